@@ -1,0 +1,293 @@
+"""Proximal Policy Optimization (Schulman et al., 2017) with the details that matter in
+practice (Huang et al., "The 37 implementation details of PPO"). The update reads top
+to bottom in `_update`; everything else is collection, bookkeeping and persistence."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import VectorEnv
+from safetensors.torch import load_file, save_file
+
+from ppocompress.errors import UserError
+from ppocompress.fileio import atomic_path, atomic_write_text
+from ppocompress.rl.config import PPOConfig
+from ppocompress.rl.envs import make_vector_env
+from ppocompress.rl.logger import TrainingLogger
+from ppocompress.rl.losses import approx_kl, clipped_surrogate_loss, normalize, value_loss
+from ppocompress.rl.normalization import RewardScaler
+from ppocompress.rl.policy import ActorCritic
+from ppocompress.rl.rollout import Batch, RolloutCollector
+from ppocompress.rl.spaces import (
+    check_spaces,
+    is_batched_observation,
+    space_from_json,
+    space_to_json,
+    to_env_actions,
+)
+
+SAVE_FORMAT = "ppocompress.rl.PPO/1"
+Callback = Callable[["PPO", dict[str, float]], bool | None]
+
+
+class PPO:
+    """`PPO(env, config, seed).learn(steps)`, then `predict`, `save` and `PPO.load`.
+
+    env may be an env id, a Gymnasium env or a vector env; None is allowed only for
+    agents that will just predict (see `load`).
+    """
+
+    def __init__(self, env: str | gym.Env | VectorEnv | None, config: PPOConfig | None = None, seed: int = 0):
+        self.config = config or PPOConfig()
+        self.seed = int(seed)
+        self.env = None if env is None else make_vector_env(env, self.config.n_envs, self.config.vectorization)
+        if self.env is None:
+            return  # load() builds the networks from the saved spaces
+        self._build(self.env.single_observation_space, self.env.single_action_space)
+
+    def _build(self, observation_space: gym.Space, action_space: gym.Space) -> None:
+        check_spaces(observation_space, action_space)
+        self.observation_space = observation_space
+        self.action_space = action_space
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.policy = ActorCritic(observation_space, action_space, self.config)
+        # fused: one kernel for all parameters instead of several per parameter tensor.
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.config.learning_rate, eps=1e-5, fused=True)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.kl_coef = self.config.kl_coef
+        self.num_timesteps = 0
+        self.reward_scaler: RewardScaler | None = None
+        self._collector: RolloutCollector | None = None
+
+    # ------------------------------------------------------------------ training
+    def learn(
+        self,
+        total_steps: int,
+        callback: Callback | None = None,
+        progress_bar: bool = False,
+        log_csv: str | Path | None = None,
+    ) -> "PPO":
+        """Trains for total_steps more environment steps (rounded up to whole rollouts).
+
+        callback(agent, metrics) runs after every update; returning False stops training.
+        """
+        if self.env is None:
+            raise UserError("this agent has no environment; call set_env(env) before learn()")
+        if total_steps < 0:
+            raise UserError(f"total_steps must be >= 0, got {total_steps}")
+        cfg = self.config
+        if self._collector is None:
+            if cfg.scale_rewards and self.reward_scaler is None:
+                self.reward_scaler = RewardScaler(self.env.num_envs, cfg.gamma, cfg.clip_normalized)
+            self._collector = RolloutCollector(self.env, self.policy, self.generator, self.reward_scaler, self.seed)
+        steps_per_update = cfg.n_steps * self.env.num_envs
+        n_updates = math.ceil(total_steps / steps_per_update)
+        logger = TrainingLogger(n_updates * steps_per_update, log_csv, progress_bar)
+        try:
+            for update in range(n_updates):
+                remaining = 1.0 - update / n_updates
+                learning_rate = cfg.learning_rate * (remaining if cfg.anneal_lr else 1.0)
+                clip_range = cfg.clip_range * (remaining if cfg.anneal_clip_range else 1.0)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = learning_rate
+
+                started = time.perf_counter()
+                batch = self._collector.collect(cfg.n_steps, cfg.gamma, cfg.gae_lambda)
+                metrics = self._update(batch, clip_range)
+                self.num_timesteps += steps_per_update
+
+                metrics.update(
+                    update=update + 1,
+                    steps=self.num_timesteps,
+                    learning_rate=learning_rate,
+                    clip_range=clip_range,
+                    kl_coef=self.kl_coef,
+                    steps_per_second=steps_per_update / (time.perf_counter() - started),
+                    episode_return_mean=_mean(self._collector.recent_returns),
+                    episode_length_mean=_mean(self._collector.recent_lengths),
+                )
+                logger.log(metrics, (update + 1) * steps_per_update)
+                if callback is not None and callback(self, metrics) is False:
+                    break
+        finally:
+            logger.close()
+        return self
+
+    def _update(self, batch: Batch, clip_range: float) -> dict[str, float]:
+        cfg = self.config
+        sums: dict[str, float] = {}
+        n_minibatches = 0
+        first_ratio_deviation = float("nan")
+        epochs_run = 0
+        early_stop = False
+        single_minibatch = cfg.batch_size >= len(batch)
+        for _epoch in range(cfg.n_epochs):
+            # With one minibatch per epoch the order is irrelevant: skip the shuffle.
+            order = None if single_minibatch else torch.randperm(len(batch), generator=self.generator)
+            for start in range(0, len(batch), cfg.batch_size):
+                mb = batch if order is None else batch.select(order[start : start + cfg.batch_size])
+                dist, values = self.policy(mb.features, mb.masks)
+                log_ratio = dist.log_prob(mb.actions) - mb.log_probs
+                ratio = log_ratio.exp()
+                kl = approx_kl(log_ratio)
+                if n_minibatches == 0:
+                    first_ratio_deviation = (ratio - 1.0).abs().max().item()
+                if cfg.target_kl is not None and kl.item() > cfg.target_kl:
+                    early_stop = True  # this step would move the policy too far: skip it and stop
+                    break
+
+                advantages = normalize(mb.advantages) if cfg.normalize_advantage else mb.advantages
+                policy_loss = clipped_surrogate_loss(ratio, advantages, clip_range)
+                critic_loss = value_loss(values, mb.values, mb.returns, cfg.clip_range_vf)
+                entropy = dist.entropy().mean()
+                loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * critic_loss
+                if cfg.kl_penalty_target is not None:
+                    loss = loss + self.kl_coef * kl
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+
+                n_minibatches += 1
+                for name, value in (
+                    ("policy_loss", policy_loss),
+                    ("value_loss", critic_loss),
+                    ("entropy", entropy),
+                    ("approx_kl", kl),
+                    ("clip_fraction", ((ratio - 1.0).abs() > clip_range).float().mean()),
+                    ("grad_norm", grad_norm),
+                ):
+                    sums[name] = sums.get(name, 0.0) + value.item()
+            if early_stop:
+                break
+            epochs_run += 1
+
+        if cfg.kl_penalty_target is not None:
+            self._adapt_kl_coef(batch)
+        metrics = {name: total / max(n_minibatches, 1) for name, total in sums.items()}
+        metrics.update(
+            epochs_run=epochs_run,
+            first_ratio_deviation=first_ratio_deviation,
+            explained_variance=_explained_variance(batch.values, batch.returns),
+        )
+        return metrics
+
+    def _adapt_kl_coef(self, batch: Batch) -> None:
+        """Adaptive KL penalty (Schulman et al., 2017, sec. 4): double the coefficient when
+        the update overshot the target KL by 1.5x, halve it when it undershot."""
+        with torch.no_grad():
+            dist, _ = self.policy(batch.features, batch.masks)
+            kl = approx_kl(dist.log_prob(batch.actions) - batch.log_probs).item()
+        target = self.config.kl_penalty_target
+        if kl > 1.5 * target:
+            self.kl_coef *= 2.0
+        elif kl < target / 1.5:
+            self.kl_coef /= 2.0
+
+    # ------------------------------------------------------------------ acting
+    def predict(self, observation: Any, deterministic: bool = False, action_mask: Any = None) -> np.ndarray:
+        """Action(s) for one observation or a batch; masked actions are never chosen."""
+        batched = is_batched_observation(self.observation_space, observation)
+        obs = np.asarray(observation) if batched else np.asarray(observation)[None]
+        mask = None
+        if action_mask is not None:
+            mask = torch.as_tensor(np.asarray(action_mask, dtype=bool)).reshape(obs.shape[0], -1)
+        with torch.inference_mode():
+            dist, _ = self.policy(self.policy.features(obs), mask)
+            actions = dist.mode() if deterministic else dist.sample(self.generator)
+        env_actions = to_env_actions(self.action_space, actions)
+        return env_actions if batched else env_actions[0]
+
+    def set_env(self, env: str | gym.Env | VectorEnv) -> None:
+        vec_env = make_vector_env(env, self.config.n_envs, self.config.vectorization)
+        if vec_env.single_observation_space != self.observation_space or vec_env.single_action_space != self.action_space:
+            raise UserError("the new environment's spaces differ from the ones this agent was trained on")
+        self.env = vec_env
+        self._collector = None
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> None:
+        """Writes model.safetensors, training_state.safetensors and config.json (no pickle)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": SAVE_FORMAT,
+            "config": self.config.to_dict(),
+            "seed": self.seed,
+            "observation_space": space_to_json(self.observation_space),
+            "action_space": space_to_json(self.action_space),
+            "num_timesteps": self.num_timesteps,
+            "kl_coef": self.kl_coef,
+        }
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in self.policy.state_dict().items()}, str(tmp))
+        with atomic_path(directory / "training_state.safetensors") as tmp:
+            save_file(self._training_state(), str(tmp))
+        atomic_write_text(directory / "config.json", json.dumps(meta, indent=2))
+
+    def _training_state(self) -> dict[str, torch.Tensor]:
+        """Adam moments and the reward scaler, so learn() resumes where it stopped."""
+        state: dict[str, torch.Tensor] = {}
+        for i, param in enumerate(self.policy.parameters()):
+            for key, value in self.optimizer.state.get(param, {}).items():
+                state[f"adam.{i}.{key}"] = torch.as_tensor(value).clone()
+        if self.reward_scaler is not None:
+            for key, value in self.reward_scaler.state_dict().items():
+                state[f"reward_scaler.{key}"] = value.clone()
+        return state
+
+    @classmethod
+    def load(cls, directory: str | Path, env: str | gym.Env | VectorEnv | None = None) -> "PPO":
+        directory = Path(directory)
+        config_path = directory / "config.json"
+        try:
+            meta = json.loads(config_path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"{config_path} does not exist; pass a directory written by PPO.save") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{config_path} is not valid JSON ({exc})") from None
+        if meta.get("format") != SAVE_FORMAT:
+            raise UserError(f"{directory} does not hold a saved PPO agent (format {meta.get('format')!r})")
+        agent = cls(None, PPOConfig.from_dict(meta["config"]), seed=meta["seed"])
+        agent._build(space_from_json(meta["observation_space"]), space_from_json(meta["action_space"]))
+        agent.policy.load_state_dict(load_file(str(directory / "model.safetensors")))
+        agent.num_timesteps = int(meta["num_timesteps"])
+        agent.kl_coef = float(meta["kl_coef"])
+        state_path = directory / "training_state.safetensors"
+        if state_path.exists():
+            agent._restore_training_state(load_file(str(state_path)))
+        if env is not None:
+            agent.set_env(env)
+        return agent
+
+    def _restore_training_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = list(self.policy.parameters())
+        for name, value in state.items():
+            owner, *rest = name.split(".")
+            if owner == "adam":
+                index, key = rest
+                self.optimizer.state[params[int(index)]][key] = value
+        scaler_state = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("reward_scaler.")}
+        if scaler_state:
+            self.reward_scaler = RewardScaler(scaler_state["discounted_return"].shape[0], self.config.gamma, self.config.clip_normalized)
+            self.reward_scaler.load_state_dict(scaler_state)
+
+
+def _mean(values) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def _explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    """1 = the critic explains the returns perfectly, 0 = no better than their mean."""
+    variance = target.var().item()
+    return float("nan") if variance == 0 else 1.0 - (target - predicted).var().item() / variance

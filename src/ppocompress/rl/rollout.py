@@ -1,0 +1,152 @@
+"""Collecting experience from a vector env into the batch a PPO update consumes."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from ppocompress.rl.advantages import compute_gae
+from ppocompress.rl.envs import ActionMasks, autoreset_mode
+from ppocompress.rl.normalization import RewardScaler
+from ppocompress.rl.policy import ActorCritic
+from ppocompress.rl.spaces import to_env_actions
+
+
+@dataclass
+class Batch:
+    """One rollout, flattened over (step, env) and restricted to valid transitions."""
+
+    features: torch.Tensor
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    masks: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def select(self, index: torch.Tensor) -> "Batch":
+        """The minibatch at these rows."""
+        return Batch(**{f.name: None if (v := getattr(self, f.name)) is None else v[index] for f in fields(self)})
+
+
+class RolloutCollector:
+    """Steps the envs with the current policy and keeps the episode statistics.
+
+    Two details matter for correctness:
+    - time-limit truncation is not termination: the return is bootstrapped from the value
+      of the final observation (CleanRL treats both alike, which biases values low);
+    - under NEXT_STEP autoreset the step after an episode's end only resets the env (the
+      action is ignored), so that transition is dropped from the batch.
+    """
+
+    def __init__(
+        self,
+        vec_env: VectorEnv,
+        policy: ActorCritic,
+        generator: torch.Generator,
+        reward_scaler: RewardScaler | None,
+        seed: int | None,
+    ):
+        self.env = vec_env
+        self.policy = policy
+        self.generator = generator
+        self.reward_scaler = reward_scaler
+        self.n_envs = vec_env.num_envs
+        self.mode = autoreset_mode(vec_env)
+        self.action_masks = ActionMasks(vec_env, policy.logit_sizes)
+        obs, infos = vec_env.reset(seed=seed)
+        vec_env.action_space.seed(seed)
+        self.obs = obs
+        self.masks = self.action_masks.read(infos)
+        self.needs_reset_step = np.zeros(self.n_envs, dtype=bool)  # NEXT_STEP only
+        self.episode_return = np.zeros(self.n_envs)
+        self.episode_length = np.zeros(self.n_envs, dtype=np.int64)
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.recent_lengths: deque[int] = deque(maxlen=100)
+        self.episodes: list[tuple[int, float, int]] = []  # (global step, return, length)
+        self.global_step = 0
+
+    def collect(self, n_steps: int, gamma: float, gae_lambda: float) -> Batch:
+        policy, n_envs = self.policy, self.n_envs
+        features, actions, log_probs, values, masks = [], [], [], [], []
+        rewards = torch.zeros(n_steps, n_envs)
+        terminated = torch.zeros(n_steps, n_envs, dtype=torch.bool)
+        ended = torch.zeros(n_steps, n_envs, dtype=torch.bool)
+        valid = torch.ones(n_steps, n_envs, dtype=torch.bool)
+        final_values = torch.full((n_steps, n_envs), float("nan"))  # SAME_STEP truncations
+
+        with torch.inference_mode():
+            for t in range(n_steps):
+                x = policy.features(self.obs, update_normalizer=True)
+                dist, value = policy(x, self.masks)
+                action = dist.sample(self.generator)
+                features.append(x)
+                actions.append(action)
+                log_probs.append(dist.log_prob(action))
+                values.append(value)
+                masks.append(self.masks)
+
+                obs, reward, term, trunc, infos = self.env.step(to_env_actions(self.env.single_action_space, action))
+                self.global_step += n_envs
+                valid[t] = torch.from_numpy(~self.needs_reset_step)
+                done = np.logical_or(term, trunc)
+                self._track_episodes(reward, done, ~self.needs_reset_step)
+                if self.mode == AutoresetMode.NEXT_STEP:
+                    self.needs_reset_step = done
+                elif trunc.any():
+                    final_values[t] = self._final_observation_values(infos, trunc)
+
+                reward_t = torch.as_tensor(reward, dtype=torch.float32)
+                done_t = torch.from_numpy(done)
+                if self.reward_scaler is not None:
+                    reward_t = self.reward_scaler.scale(reward_t, done_t)
+                rewards[t] = reward_t
+                terminated[t] = torch.from_numpy(np.asarray(term, dtype=bool))
+                ended[t] = done_t
+                self.obs = obs
+                self.masks = self.action_masks.read(infos)
+
+            values_t = torch.stack(values)
+            last_values = policy.value(policy.features(self.obs))
+            next_values = torch.cat([values_t[1:], last_values[None]])
+            # Under NEXT_STEP the obs after a truncation *is* the final obs, so values[t+1]
+            # already holds V(final); under SAME_STEP it was evaluated separately.
+            next_values = torch.where(final_values.isnan(), next_values, final_values)
+            advantages, returns = compute_gae(rewards, values_t, next_values, terminated, ended, gamma, gae_lambda)
+
+        keep = valid.reshape(-1)
+        stacked_masks = None if masks[0] is None else torch.stack(masks).reshape(n_steps * n_envs, -1)[keep]
+        return Batch(
+            features=torch.stack(features).reshape(n_steps * n_envs, -1)[keep],
+            actions=torch.stack(actions).reshape(n_steps * n_envs, -1)[keep],
+            log_probs=torch.stack(log_probs).reshape(-1)[keep],
+            values=values_t.reshape(-1)[keep],
+            advantages=advantages.reshape(-1)[keep],
+            returns=returns.reshape(-1)[keep],
+            masks=stacked_masks,
+        )
+
+    def _final_observation_values(self, infos: dict, truncated: np.ndarray) -> torch.Tensor:
+        """V(final observation) for envs truncated in this step (SAME_STEP autoreset)."""
+        out = torch.full((self.n_envs,), float("nan"))
+        idx = np.flatnonzero(truncated)
+        final_obs = np.stack([infos["final_obs"][i] for i in idx])
+        out[torch.from_numpy(idx)] = self.policy.value(self.policy.features(final_obs))
+        return out
+
+    def _track_episodes(self, reward: np.ndarray, done: np.ndarray, counted: np.ndarray) -> None:
+        self.episode_return += np.where(counted, reward, 0.0)
+        self.episode_length += counted
+        for i in np.flatnonzero(done & counted):
+            self.recent_returns.append(float(self.episode_return[i]))
+            self.recent_lengths.append(int(self.episode_length[i]))
+            self.episodes.append((self.global_step, float(self.episode_return[i]), int(self.episode_length[i])))
+            self.episode_return[i] = 0.0
+            self.episode_length[i] = 0
