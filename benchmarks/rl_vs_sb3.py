@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--out", help="also write the report to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # the same for both libraries
+    # The first Adam in a process imports torch._dynamo (about a second); pay it before timing.
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
 
     rows = []
     for seed in range(args.seeds):

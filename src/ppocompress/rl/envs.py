@@ -65,25 +65,27 @@ class ActionMasks:
         self.vec_env = vec_env
         self.logit_sizes = logit_sizes
         self.n_logits = None if logit_sizes is None else sum(logit_sizes)
-        self.has_method = logit_sizes is not None and self._has_action_masks_method()
+        self.has_method: bool | None = None  # decided on the first read, after reset
 
-    def _has_action_masks_method(self) -> bool:
-        try:
-            self.vec_env.call("action_masks")
-        except Exception:  # noqa: BLE001 - any failure means the envs have no usable method
-            return False
-        return True
+    def _call_action_masks(self) -> np.ndarray | None:
+        if self.has_method is None:
+            # Ask rather than try: a failed call shuts down AsyncVectorEnv workers.
+            self.has_method = all(self.vec_env.call("has_wrapper_attr", "action_masks"))
+        if not self.has_method:
+            return None
+        return np.stack([np.asarray(m, dtype=bool).reshape(-1) for m in self.vec_env.call("action_masks")])
 
-    def read(self, infos: dict) -> torch.Tensor | None:
+    def read(self, infos: dict, ignored: np.ndarray | None = None) -> torch.Tensor | None:
+        """Masks for the current observations; rows in `ignored` (envs whose next action
+        the env will discard, as after an episode's end under NEXT_STEP) allow everything."""
         if self.n_logits is None:
             return None
-        if "action_mask" in infos:
-            raw = np.asarray(infos["action_mask"], dtype=bool)
-        elif self.has_method:
-            raw = np.stack([np.asarray(m, dtype=bool).reshape(-1) for m in self.vec_env.call("action_masks")])
-        else:
+        raw = np.asarray(infos["action_mask"], dtype=bool) if "action_mask" in infos else self._call_action_masks()
+        if raw is None:
             return None
-        masks = torch.from_numpy(raw.reshape(self.vec_env.num_envs, -1))
+        masks = torch.from_numpy(raw.reshape(self.vec_env.num_envs, -1).copy())
+        if ignored is not None and ignored.any():
+            masks[torch.from_numpy(ignored)] = True
         if masks.shape[1] != self.n_logits:
             raise UserError(f"action mask has {masks.shape[1]} entries per env but the action space has {self.n_logits}")
         for part in torch.split(masks, self.logit_sizes, dim=1):

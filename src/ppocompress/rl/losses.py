@@ -25,8 +25,11 @@ def value_loss(
 
 
 def approx_kl(log_ratio: torch.Tensor) -> torch.Tensor:
-    """KL(old || new) by the k3 estimator (r - 1) - log r: unbiased and never negative."""
-    return (log_ratio.exp() - 1.0 - log_ratio).mean()
+    """KL(old || new) by the k3 estimator (r - 1) - log r: unbiased and never negative.
+
+    expm1 keeps it exact for the tiny log-ratios of early minibatches, where exp(x) - 1
+    would cancel to noise and could turn negative."""
+    return (torch.expm1(log_ratio) - log_ratio).mean()
 
 
 def normalize(advantages: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,10 @@ class RewardScaler(RunningMeanStd):
         self.clip = clip
         self.register_buffer("discounted_return", torch.zeros(n_envs, dtype=torch.float64))
 
+    def start_episodes(self, n_envs: int) -> None:
+        """Forget the running returns (for a fresh set of envs), keep the variance estimate."""
+        self.discounted_return = torch.zeros(n_envs, dtype=torch.float64)
+
     def scale(self, rewards: torch.Tensor, episode_ended: torch.Tensor) -> torch.Tensor:
         self.discounted_return.mul_(self.gamma).add_(rewards.double())
         self.update(self.discounted_return)

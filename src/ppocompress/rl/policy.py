@@ -13,7 +13,33 @@ from ppocompress.rl.distributions import DiagGaussian, MultiCategorical
 from ppocompress.rl.normalization import ObservationNormalizer
 from ppocompress.rl.spaces import action_logit_sizes, encode_observations, observation_dim
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+class _SigmoidTanh(torch.autograd.Function):
+    """tanh computed as 2 sigmoid(2x) - 1 (max error ~2e-7), backward 1 - y^2.
+
+    torch.tanh's vectorised kernel is several times slower than sigmoid's on common x86
+    CPUs, and tanh is the single largest cost of a small PPO network's forward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+class FastTanh(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _SigmoidTanh.apply(x)
+        return torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)  # same arithmetic, no autograd node
+
+
+ACTIVATIONS = {"tanh": FastTanh, "relu": nn.ReLU}
 
 
 def orthogonal_linear(in_features: int, out_features: int, gain: float) -> nn.Linear:

@@ -88,6 +88,8 @@ class PPO:
         if self._collector is None:
             if cfg.scale_rewards and self.reward_scaler is None:
                 self.reward_scaler = RewardScaler(self.env.num_envs, cfg.gamma, cfg.clip_normalized)
+            elif self.reward_scaler is not None:
+                self.reward_scaler.start_episodes(self.env.num_envs)  # new envs: keep the statistics
             self._collector = RolloutCollector(self.env, self.policy, self.generator, self.reward_scaler, self.seed)
         steps_per_update = cfg.n_steps * self.env.num_envs
         n_updates = math.ceil(total_steps / steps_per_update)
@@ -138,7 +140,7 @@ class PPO:
                 dist, values = self.policy(mb.features, mb.masks)
                 log_ratio = dist.log_prob(mb.actions) - mb.log_probs
                 ratio = log_ratio.exp()
-                kl = approx_kl(log_ratio)
+                kl = approx_kl(log_ratio.detach())
                 if n_minibatches == 0:
                     first_ratio_deviation = (ratio - 1.0).abs().max().item()
                 if cfg.target_kl is not None and kl.item() > cfg.target_kl:
@@ -148,10 +150,15 @@ class PPO:
                 advantages = normalize(mb.advantages) if cfg.normalize_advantage else mb.advantages
                 policy_loss = clipped_surrogate_loss(ratio, advantages, clip_range)
                 critic_loss = value_loss(values, mb.values, mb.returns, cfg.clip_range_vf)
-                entropy = dist.entropy().mean()
-                loss = policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * critic_loss
+                loss = policy_loss + cfg.vf_coef * critic_loss
+                # Terms with a zero weight stay out of the graph: at PPO's sizes every
+                # autograd node costs more than its arithmetic.
+                with torch.set_grad_enabled(cfg.ent_coef != 0.0):
+                    entropy = dist.entropy().mean()
+                if cfg.ent_coef != 0.0:
+                    loss = loss - cfg.ent_coef * entropy
                 if cfg.kl_penalty_target is not None:
-                    loss = loss + self.kl_coef * kl
+                    loss = loss + self.kl_coef * approx_kl(log_ratio)
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -233,7 +240,7 @@ class PPO:
             save_file({k: v.contiguous() for k, v in self.policy.state_dict().items()}, str(tmp))
         with atomic_path(directory / "training_state.safetensors") as tmp:
             save_file(self._training_state(), str(tmp))
-        atomic_write_text(directory / "config.json", json.dumps(meta, indent=2))
+        atomic_write_text(directory / "config.json", json.dumps(meta, indent=2, allow_nan=False))
 
     def _training_state(self) -> dict[str, torch.Tensor]:
         """Adam moments and the reward scaler, so learn() resumes where it stopped."""

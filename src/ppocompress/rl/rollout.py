@@ -111,7 +111,7 @@ class RolloutCollector:
                 terminated[t] = torch.from_numpy(np.asarray(term, dtype=bool))
                 ended[t] = done_t
                 self.obs = obs
-                self.masks = self.action_masks.read(infos)
+                self.masks = self.action_masks.read(infos, ignored=self.needs_reset_step)
 
             values_t = torch.stack(values)
             last_values = policy.value(policy.features(self.obs))

@@ -73,14 +73,19 @@ def space_to_json(space: spaces.Space) -> dict[str, Any]:
     if isinstance(space, spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
     if isinstance(space, spaces.MultiDiscrete):
-        return {"type": "MultiDiscrete", "nvec": np.asarray(space.nvec).tolist()}
+        return {
+            "type": "MultiDiscrete",
+            "nvec": np.asarray(space.nvec).tolist(),
+            "start": np.asarray(space.start).tolist(),
+            "dtype": str(space.dtype),
+        }
     if isinstance(space, spaces.MultiBinary):
         return {"type": "MultiBinary", "n": np.asarray(space.n).tolist()}
     if isinstance(space, spaces.Box):
         return {
             "type": "Box",
-            "low": space.low.tolist(),
-            "high": space.high.tolist(),
+            "low": _json_floats(space.low),
+            "high": _json_floats(space.high),
             "dtype": str(space.dtype),
         }
     raise UserError(f"cannot store space {space}")
@@ -91,10 +96,16 @@ def space_from_json(data: dict[str, Any]) -> spaces.Space:
     if kind == "Discrete":
         return spaces.Discrete(data["n"], start=data.get("start", 0))
     if kind == "MultiDiscrete":
-        return spaces.MultiDiscrete(data["nvec"])
+        return spaces.MultiDiscrete(data["nvec"], dtype=np.dtype(data.get("dtype", "int64")), start=data.get("start"))
     if kind == "MultiBinary":
         return spaces.MultiBinary(data["n"])
     if kind == "Box":
         dtype = np.dtype(data["dtype"])
+        # Infinite bounds are stored as the strings "inf"/"-inf", which numpy parses back.
         return spaces.Box(np.asarray(data["low"], dtype=dtype), np.asarray(data["high"], dtype=dtype), dtype=dtype)
     raise UserError(f"saved agent names an unknown space type {kind!r}")
+
+
+def _json_floats(values: np.ndarray) -> list:
+    """Bounds as strict JSON: non-finite floats become strings ("inf", "-inf")."""
+    return np.vectorize(lambda v: float(v) if np.isfinite(v) else str(float(v)), otypes=[object])(values).tolist()
