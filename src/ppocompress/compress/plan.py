@@ -1,0 +1,96 @@
+"""A compression plan: for every layer of the original model, what is kept.
+
+Plans are plain data (JSON round-trip) so a search can produce them, a user can edit
+them, and a saved model can be rebuilt from one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ppocompress.errors import UserError
+from ppocompress.compress.architecture import LayerInfo
+
+
+@dataclass
+class LayerPlan:
+    """What happens to one layer. None means "keep all" for groups and neurons."""
+
+    keep_groups: list[int] | None = None  # attention groups (KV heads; = heads without GQA)
+    keep_neurons: list[int] | None = None  # FFN neurons
+    drop: bool = False  # remove the whole layer
+    int8: bool = False  # dynamic int8, per-channel weight scales, on the layer's Linear layers
+    sparsity: float = 0.0  # unstructured magnitude sparsity; saves size only, no CPU speed
+
+    def is_identity(self) -> bool:
+        return self.keep_groups is None and self.keep_neurons is None and not self.drop and not self.int8 and self.sparsity == 0
+
+
+@dataclass
+class CompressionPlan:
+    layers: list[LayerPlan] = field(default_factory=list)
+
+    @classmethod
+    def dense(cls, num_layers: int) -> "CompressionPlan":
+        return cls([LayerPlan() for _ in range(num_layers)])
+
+    def validate(self, table: list[LayerInfo]) -> None:
+        """Raise UserError unless this plan fits a model with this layer table."""
+        if len(self.layers) != len(table):
+            raise UserError(f"the plan has {len(self.layers)} layers but the model has {len(table)}; make the plan for this model")
+        if all(layer.drop for layer in self.layers):
+            raise UserError("the plan drops every layer; keep at least one")
+        for info, layer in zip(table, self.layers):
+            where = f"plan layer {info.index}"
+            for name, kept, total in (("keep_groups", layer.keep_groups, info.kv_heads), ("keep_neurons", layer.keep_neurons, info.ffn)):
+                if kept is None:
+                    continue
+                if not kept:
+                    raise UserError(f"{where}: {name} is empty; keep at least one, or set drop=true")
+                if len(set(kept)) != len(kept) or min(kept) < 0 or max(kept) >= total:
+                    raise UserError(f"{where}: {name} must be distinct indices in [0, {total}), got {kept}")
+            if not 0.0 <= layer.sparsity < 1.0:
+                raise UserError(f"{where}: sparsity must be in [0, 1), got {layer.sparsity}")
+
+    def to_dict(self) -> dict:
+        return {"layers": [asdict(layer) for layer in self.layers]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CompressionPlan":
+        try:
+            return cls([LayerPlan(**layer) for layer in data["layers"]])
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"not a compression plan ({exc}); expected {{\"layers\": [{{\"keep_groups\": ..., ...}}]}}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> "CompressionPlan":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"plan file {path} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"plan file {path} is not valid JSON ({exc})") from None
+        if isinstance(data, dict) and "plan" in data:  # a result.json or compression.json holds one
+            data = data["plan"]
+        if not isinstance(data, dict):
+            raise UserError(f"plan file {path} must hold a JSON object with a 'layers' list")
+        return cls.from_dict(data)
+
+    def summary(self, table: list[LayerInfo]) -> str:
+        """One short line per layer, e.g. "L0 heads 6/12 ffn 768/1536 int8"."""
+        lines = []
+        for info, layer in zip(table, self.layers):
+            if layer.drop:
+                lines.append(f"L{info.index} dropped")
+                continue
+            groups = info.kv_heads if layer.keep_groups is None else len(layer.keep_groups)
+            neurons = info.ffn if layer.keep_neurons is None else len(layer.keep_neurons)
+            extras = (" int8" if layer.int8 else "") + (f" sparsity {layer.sparsity:.0%}" if layer.sparsity else "")
+            lines.append(f"L{info.index} groups {groups}/{info.kv_heads} ffn {neurons}/{info.ffn}{extras}")
+        return "\n".join(lines)
