@@ -43,10 +43,17 @@ def restructure(model: nn.Module, plan: CompressionPlan, quantize: bool = True) 
         if layer_plan.sparsity > 0:
             for module in adapter.attention_modules(layer) + adapter.ffn_modules(layer):
                 magnitude_sparsify_(module.weight, layer_plan.sparsity)
-    quantized = [layer for layer, p in zip(layers, plan.layers) if p.int8 and not p.drop]
     adapter.drop_layers(model, [i for i, p in enumerate(plan.layers) if p.drop])
     if quantize:
-        for layer in quantized:
+        quantize_planned_layers(model, plan)
+
+
+def quantize_planned_layers(model: nn.Module, plan: CompressionPlan) -> None:
+    """int8 for the layers the plan marks (on a model whose dropped layers are gone)."""
+    adapter = adapter_for(model)
+    kept = [layer_plan for layer_plan in plan.layers if not layer_plan.drop]
+    for layer, layer_plan in zip(adapter.layers(model), kept):
+        if layer_plan.int8:
             quantize_int8_(conv1d_to_linear_(layer))
 
 

@@ -1,0 +1,53 @@
+"""Running a model over calibration text while watching chosen modules' inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+
+def batches(tokenizer, texts: list[str], batch_size: int, max_length: int) -> Iterator[dict]:
+    for start in range(0, len(texts), batch_size):
+        yield tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                        max_length=max_length)
+
+
+def forward(model: nn.Module, batch: dict):
+    """The model's forward on input ids and mask only (no token types, no cache)."""
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if getattr(model.config, "is_decoder", False) or hasattr(model, "lm_head"):
+        kwargs["use_cache"] = False
+    return model(**kwargs)
+
+
+def watch_inputs(
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    modules: dict[str, nn.Module],
+    on_input: Callable[[str, torch.Tensor], None],
+    batch_size: int = 32,
+    max_length: int = 128,
+) -> None:
+    """Calls on_input(name, rows) with each watched module's input, one row per real
+    (non-padding) token, for every calibration batch."""
+    current_mask: list[torch.Tensor] = []
+
+    def hook_for(name: str):
+        def hook(_module, args):
+            x = args[0]
+            on_input(name, x[current_mask[0]].reshape(-1, x.shape[-1]).float())
+
+        return hook
+
+    handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in modules.items()]
+    try:
+        with torch.inference_mode():
+            for batch in batches(tokenizer, texts, batch_size, max_length):
+                current_mask[:] = [batch["attention_mask"].bool()]
+                forward(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()

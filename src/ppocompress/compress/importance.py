@@ -1,0 +1,143 @@
+"""Which heads, neurons and layers matter: scores that rank what to remove.
+
+- magnitude: weight norms only (no data);
+- activation: each attention group's / neuron's contribution to the output norm on
+  calibration text (Wanda-style: weights times the activations they actually see);
+- block influence: 1 - cosine between a layer's input and output hidden states
+  (ShortGPT): a layer that barely changes its input is the cheapest to drop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ppocompress.errors import UserError
+from ppocompress.compress.architecture import LayerInfo, adapter_for, layer_table
+from ppocompress.compress.calibration import batches, watch_inputs
+from ppocompress.compress.models import LoadedModel
+from ppocompress.compress.plan import CompressionPlan, LayerPlan
+
+METHODS = ("magnitude", "activation")
+
+
+@dataclass
+class LayerImportance:
+    groups: torch.Tensor  # one score per attention group (higher = keep)
+    neurons: torch.Tensor  # one score per FFN neuron
+    block_influence: float  # how much the layer changes the hidden state
+
+
+def output_weight(module: nn.Module) -> torch.Tensor:
+    """An output projection's weight as [out, in], whatever the module type."""
+    weight = module.weight.detach()
+    return weight.T if isinstance(module, Conv1D) else weight
+
+
+def importance_scores(loaded: LoadedModel, texts: list[str], method: str = "activation",
+                      batch_size: int = 32, max_length: int = 128) -> list[LayerImportance]:
+    if method not in METHODS:
+        raise UserError(f"unknown importance method {method!r}; use one of {', '.join(METHODS)}")
+    model = loaded.model
+    adapter = adapter_for(model)
+    table = layer_table(model)
+    layers = adapter.layers(model)
+    head_dim = adapter.head_dim(model)
+    attn_out = {f"{i}.attn": adapter.attention_output(layer) for i, layer in enumerate(layers)}
+    ffn_out = {f"{i}.ffn": adapter.ffn_output(layer) for i, layer in enumerate(layers)}
+
+    # Second moments of each output projection's input: E[x x^T] restricted to what we need.
+    group_energy = {name: torch.zeros(info.kv_heads, dtype=torch.float64) for name, info in zip(attn_out, table)}
+    neuron_energy = {name: torch.zeros(info.ffn, dtype=torch.float64) for name, info in zip(ffn_out, table)}
+    if method == "activation":
+        if not texts:
+            raise UserError("activation-aware importance needs calibration text")
+        group_widths = {f"{i}.attn": info.heads // info.kv_heads * head_dim for i, info in enumerate(table)}
+        weights = {name: output_weight(m) for name, m in {**attn_out, **ffn_out}.items()}
+
+        def accumulate(name: str, x: torch.Tensor) -> None:
+            if name.endswith(".attn"):
+                width = group_widths[name]
+                per_group = x.reshape(x.shape[0], -1, width)  # tokens, groups, width
+                w = weights[name].reshape(weights[name].shape[0], -1, width)  # out, groups, width
+                contribution = torch.einsum("tgw,ogw->tgo", per_group, w)  # each group's output vector
+                group_energy[name] += contribution.pow(2).sum(dim=(0, 2)).double()
+            else:
+                column_norms = weights[name].pow(2).sum(dim=0)
+                neuron_energy[name] += (x.pow(2).sum(dim=0) * column_norms).double()
+
+        watch_inputs(model, loaded.tokenizer, texts, {**attn_out, **ffn_out}, accumulate, batch_size, max_length)
+    else:
+        for (name, module), info in zip(attn_out.items(), table):
+            w = output_weight(module)
+            group_energy[name] = w.reshape(w.shape[0], info.kv_heads, -1).pow(2).sum(dim=(0, 2)).double()
+        for name, module in ffn_out.items():
+            neuron_energy[name] = output_weight(module).pow(2).sum(dim=0).double()
+
+    influence = block_influence(loaded, texts, batch_size, max_length) if texts else [float("nan")] * len(table)
+    return [
+        LayerImportance(group_energy[a], neuron_energy[f], influence[i])
+        for i, (a, f) in enumerate(zip(attn_out, ffn_out))
+    ]
+
+
+def block_influence(loaded: LoadedModel, texts: list[str], batch_size: int = 32, max_length: int = 128) -> list[float]:
+    """Per layer, mean over tokens of 1 - cos(layer input, layer output)."""
+    model = loaded.model
+    layers = adapter_for(model).layers(model)
+    totals = torch.zeros(len(layers), dtype=torch.float64)
+    count = 0
+    with torch.inference_mode():
+        for batch in batches(loaded.tokenizer, texts, batch_size, max_length):
+            out = forward_hidden_states(model, batch)
+            mask = batch["attention_mask"].bool()
+            for i in range(len(layers)):
+                before, after = out[i][mask], out[i + 1][mask]
+                totals[i] += (1 - torch.nn.functional.cosine_similarity(before, after, dim=-1)).sum().double()
+            count += int(mask.sum())
+    return (totals / max(count, 1)).tolist()
+
+
+def forward_hidden_states(model: nn.Module, batch: dict) -> tuple[torch.Tensor, ...]:
+    """Hidden states before the first layer and after each layer."""
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "output_hidden_states": True}
+    if hasattr(model, "lm_head"):
+        kwargs["use_cache"] = False
+    return model(**kwargs).hidden_states
+
+
+def plan_from_scores(
+    table: list[LayerInfo],
+    scores: list[LayerImportance],
+    group_keep: list[float],
+    neuron_keep: list[float],
+    int8: list[bool] | None = None,
+    drop: list[bool] | None = None,
+) -> CompressionPlan:
+    """Keeps, in each layer, the top fraction of groups and neurons by score."""
+    layers = []
+    for i, (info, score) in enumerate(zip(table, scores)):
+        groups = _top(score.groups, max(1, round(group_keep[i] * info.kv_heads)))
+        neurons = _top(score.neurons, max(1, round(neuron_keep[i] * info.ffn)))
+        layers.append(
+            LayerPlan(
+                keep_groups=None if len(groups) == info.kv_heads else groups,
+                keep_neurons=None if len(neurons) == info.ffn else neurons,
+                drop=bool(drop[i]) if drop else False,
+                int8=bool(int8[i]) if int8 else False,
+            )
+        )
+    return CompressionPlan(layers)
+
+
+def layers_to_drop(scores: list[LayerImportance], count: int) -> list[int]:
+    """The `count` layers with the least block influence."""
+    order = sorted(range(len(scores)), key=lambda i: scores[i].block_influence)
+    return sorted(order[:count])
+
+
+def _top(scores: torch.Tensor, k: int) -> list[int]:
+    return sorted(torch.topk(scores, k).indices.tolist())

@@ -1,0 +1,25 @@
+"""Plan in, compressed model out: prune, recover, then quantize."""
+
+from __future__ import annotations
+
+from ppocompress.errors import UserError
+from ppocompress.compress.apply import apply_plan, quantize_planned_layers
+from ppocompress.compress.models import LoadedModel
+from ppocompress.compress.plan import CompressionPlan
+from ppocompress.compress.recovery import METHODS, distill, refit_projections
+
+
+def compress(dense: LoadedModel, plan: CompressionPlan, recovery: str = "none", calibration: list[str] | None = None,
+             distill_steps: int = 200, progress: bool = False) -> LoadedModel:
+    """Applies plan to dense, recovers with `recovery` on calibration text, then quantizes
+    the int8-marked layers (recovery works on fp32 weights)."""
+    if recovery not in METHODS:
+        raise UserError(f"unknown recovery {recovery!r}; use one of {', '.join(METHODS)}")
+    compressed = apply_plan(dense, plan, quantize=False)
+    if recovery == "lsq":
+        refit_projections(dense, compressed, calibration or [])
+    elif recovery == "distill":
+        refit_projections(dense, compressed, calibration or [])  # a good start makes a short distillation enough
+        distill(dense, compressed, calibration or [], steps=distill_steps, progress=progress)
+    quantize_planned_layers(compressed.model, plan)
+    return compressed

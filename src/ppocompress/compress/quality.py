@@ -1,0 +1,186 @@
+"""How much a compressed model still behaves like the dense one.
+
+Encoders (any Hugging Face model whose output has .last_hidden_state) are compared on
+sentence embeddings. Causal language models (output .logits) are compared on
+perplexity and on the KL divergence of their next-token distributions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ppocompress.compress.text import lee_documents, lee_similarities
+
+LEE_MAX_LENGTH = 256  # the longest lee.cor document is 154 MiniLM tokens, so nothing is cut
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(texts: list[str], batch_size: int) -> Iterator[list[str]]:
+    for start in range(0, len(texts), batch_size):
+        yield texts[start : start + batch_size]
+
+
+def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+    """Sentence embeddings, [len(texts), hidden] float32 on the CPU, each row of length 1.
+
+    Token states are averaged over the attention mask and then L2-normalised. This is
+    what sentence-transformers does for all-MiniLM-L6-v2, so the dense model reproduces
+    its published embeddings.
+    """
+    if not texts:
+        raise ValueError("embed() needs at least one text")
+    model.eval()
+    device = _device(model)
+    rows = []
+    with torch.inference_mode():
+        for batch in _batches(texts, batch_size):
+            enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+            hidden = model(**enc).last_hidden_state.float()
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            rows.append(F.normalize(pooled, p=2, dim=1).cpu())
+    return torch.cat(rows)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 1, with tied values given their average rank (as scipy.stats.rankdata does)."""
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    starts_group = np.r_[True, sorted_x[1:] != sorted_x[:-1]]
+    starts = np.flatnonzero(starts_group)
+    ends = np.r_[starts[1:], len(x)]
+    average = (starts + ends + 1) / 2.0  # mean of the 1-based ranks starts+1 .. ends
+    ranks = np.empty(len(x))
+    ranks[order] = average[np.cumsum(starts_group) - 1]
+    return ranks
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation. 0.0 when either side is constant: a constant carries no ranking to agree with."""
+    a = a - a.mean()
+    b = b - b.mean()
+    denominator = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum()) / denominator if denominator > 0 else 0.0
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation, computed in numpy so that scipy is not needed."""
+    return _pearson(_ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64)))
+
+
+def _upper_triangle(embeddings: torch.Tensor) -> np.ndarray:
+    sims = (embeddings @ embeddings.T).double().numpy()
+    return sims[np.triu_indices(len(sims), 1)]
+
+
+def embedding_fidelity(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]:
+    """How closely candidate embeddings match reference embeddings of the same texts.
+
+    mean_cosine and min_cosine compare each text's two embeddings. pairsim_spearman asks
+    whether the candidate still ranks pairs of texts by similarity as the reference
+    does, which is what retrieval and clustering depend on.
+    """
+    if reference.shape != candidate.shape or reference.dim() != 2:
+        raise ValueError(f"need two [n, dim] tensors of the same shape, got {tuple(reference.shape)} and {tuple(candidate.shape)}")
+    if len(reference) < 3:
+        raise ValueError("embedding_fidelity needs at least 3 texts, so that there are pairs of pairs to rank")
+    reference = F.normalize(reference.detach().float().cpu(), p=2, dim=1)
+    candidate = F.normalize(candidate.detach().float().cpu(), p=2, dim=1)
+    cosines = (reference * candidate).sum(1)
+    return {
+        "mean_cosine": float(cosines.mean()),
+        "min_cosine": float(cosines.min()),
+        "pairsim_spearman": spearman(_upper_triangle(reference), _upper_triangle(candidate)),
+    }
+
+
+def lee_correlation(model: nn.Module, tokenizer) -> dict[str, float]:
+    """Agreement of the model's cosine similarities with human ratings of the 50 lee.cor articles.
+
+    This follows gensim's test_lee.py. The 1225 upper-triangle pairs are compared with
+    the human ratings. The dense all-MiniLM-L6-v2 gives Pearson 0.656 and Spearman 0.508.
+    """
+    embeddings = embed(model, tokenizer, lee_documents(), max_length=LEE_MAX_LENGTH)
+    model_pairs = _upper_triangle(embeddings)
+    human_pairs = lee_similarities()[np.triu_indices(50, 1)]
+    return {"pearson": _pearson(model_pairs, human_pairs), "spearman": spearman(model_pairs, human_pairs)}
+
+
+def _ensure_pad_token(tokenizer) -> None:
+    """Causal LM tokenizers (GPT-2, Llama) often have no pad token; batching needs one, and eos is the usual stand-in."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _causal_batches(model: nn.Module, tokenizer, texts: list[str], max_length: int, batch_size: int):
+    """(logits as float32, attention mask, input ids) per batch, right-padded so that positions need no shifting."""
+    if not texts:
+        raise ValueError("need at least one text")
+    _ensure_pad_token(tokenizer)
+    model.eval()
+    device = _device(model)
+    for batch in _batches(texts, batch_size):
+        enc = tokenizer(
+            batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt", padding_side="right"
+        ).to(device)
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+        yield logits, enc["attention_mask"], enc["input_ids"]
+
+
+def perplexity(model: nn.Module, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 8) -> float:
+    """exp of the mean negative log-likelihood per predicted token, over all texts.
+
+    Every token is weighted the same, so that long texts count in proportion to their
+    length. Padding is not counted, and neither is the first token of each text, which
+    has nothing before it to predict it from.
+    """
+    total_nll = 0.0
+    count = 0
+    with torch.inference_mode():
+        for logits, mask, ids in _causal_batches(model, tokenizer, texts, max_length, batch_size):
+            log_probs = F.log_softmax(logits[:, :-1], dim=-1)
+            nll = -log_probs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            target_mask = mask[:, 1:].bool()
+            total_nll += float(nll[target_mask].double().sum())
+            count += int(target_mask.sum())
+    if count == 0:
+        raise ValueError("perplexity needs texts of at least two tokens")
+    return math.exp(total_nll / count)
+
+
+def kl_to_reference(
+    reference_model: nn.Module, model: nn.Module, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 8
+) -> float:
+    """Mean over non-pad positions of KL(reference || model) between next-token distributions, in nats.
+
+    Unlike perplexity, this compares the compressed model with the dense one at every
+    token, so it also notices changes where both models would be equally wrong.
+    """
+    total = 0.0
+    count = 0
+    with torch.inference_mode():
+        pairs = zip(
+            _causal_batches(reference_model, tokenizer, texts, max_length, batch_size),
+            _causal_batches(model, tokenizer, texts, max_length, batch_size),
+        )
+        for (ref_logits, mask, _), (logits, _, _) in pairs:
+            if ref_logits.shape != logits.shape:
+                raise ValueError(f"the models' logits differ in shape: {tuple(ref_logits.shape)} and {tuple(logits.shape)}")
+            ref_log_probs = F.log_softmax(ref_logits, dim=-1)
+            log_probs = F.log_softmax(logits, dim=-1)
+            kl = F.kl_div(log_probs, ref_log_probs, log_target=True, reduction="none").sum(-1)
+            keep = mask.bool()
+            total += float(kl[keep].double().sum())
+            count += int(keep.sum())
+    if count == 0:
+        raise ValueError("kl_to_reference needs texts of at least one token")
+    return total / count

@@ -1,0 +1,127 @@
+"""Recovering quality after pruning.
+
+- lsq: closed-form least-squares refit of every pruned output projection (attention out,
+  FFN down): given the inputs it sees inside the *compressed* model on calibration text,
+  it is refit to reproduce what the *dense* projection outputs there. One dense pass and
+  one compressed pass collect X^T X and X^T Y; a ridge-regularised solve does the rest.
+- distill: a short distillation of the whole compressed model towards the dense model's
+  hidden states (or logits for causal LMs), N optimizer steps.
+Both run on the fp32 pruned model, before int8 quantization.
+"""
+
+from __future__ import annotations
+
+import torch
+from rich.progress import Progress
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ppocompress.errors import UserError
+from ppocompress.compress.architecture import adapter_for
+from ppocompress.compress.calibration import batches, forward, watch_inputs
+from ppocompress.compress.importance import output_weight
+from ppocompress.compress.models import LoadedModel
+
+METHODS = ("none", "lsq", "distill")
+
+
+def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[str], ridge: float = 1e-3,
+                      batch_size: int = 32, max_length: int = 128) -> int:
+    """Least-squares refit of the pruned layers' output projections. Returns how many were refit."""
+    if not texts:
+        raise UserError("least-squares recovery needs calibration text")
+    plan = compressed.plan
+    kept_layers = [i for i, p in enumerate(plan.layers) if not p.drop]
+    dense_adapter, small_adapter = adapter_for(dense.model), adapter_for(compressed.model)
+    dense_layers, small_layers = dense_adapter.layers(dense.model), small_adapter.layers(compressed.model)
+    targets: dict[str, nn.Module] = {}  # name -> module in the compressed model to refit
+    sources: dict[str, nn.Module] = {}  # name -> the same projection in the dense model
+    for new_index, old_index in enumerate(kept_layers):
+        layer_plan = plan.layers[old_index]
+        if layer_plan.keep_groups is not None:
+            targets[f"{old_index}.attn"] = small_adapter.attention_output(small_layers[new_index])
+            sources[f"{old_index}.attn"] = dense_adapter.attention_output(dense_layers[old_index])
+        if layer_plan.keep_neurons is not None:
+            targets[f"{old_index}.ffn"] = small_adapter.ffn_output(small_layers[new_index])
+            sources[f"{old_index}.ffn"] = dense_adapter.ffn_output(dense_layers[old_index])
+    if not targets:
+        return 0
+
+    # Pass 1, dense model: what each projection outputs, token by token (kept in order).
+    dense_outputs: dict[str, list[torch.Tensor]] = {name: [] for name in sources}
+
+    def record_dense(name: str, x: torch.Tensor) -> None:
+        dense_outputs[name].append(_apply(sources[name], x))
+
+    watch_inputs(dense.model, dense.tokenizer, texts, sources, record_dense, batch_size, max_length)
+
+    # Pass 2, compressed model: accumulate [X 1]^T [X 1] and [X 1]^T Y in float64.
+    gram: dict[str, torch.Tensor] = {}
+    cross: dict[str, torch.Tensor] = {}
+    cursor = {name: 0 for name in targets}
+
+    def accumulate(name: str, x: torch.Tensor) -> None:
+        y = dense_outputs[name][cursor[name]]
+        cursor[name] += 1
+        xa = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
+        # Products per batch in float32 (fast), sums across batches in float64 (exact enough).
+        gram[name] = gram.get(name, 0) + (xa.T @ xa).double()
+        cross[name] = cross.get(name, 0) + (xa.T @ y).double()
+
+    watch_inputs(compressed.model, compressed.tokenizer, texts, targets, accumulate, batch_size, max_length)
+
+    for name, module in targets.items():
+        g = gram[name]
+        scale = g.diagonal()[:-1].mean().clamp(min=1e-12)
+        solution = torch.linalg.solve(g + ridge * scale * torch.eye(g.shape[0], dtype=g.dtype), cross[name])
+        _set_weight_bias(module, solution[:-1].T.float(), solution[-1].float())
+    return len(targets)
+
+
+def distill(dense: LoadedModel, compressed: LoadedModel, texts: list[str], steps: int = 200, learning_rate: float = 5e-5,
+            batch_size: int = 16, max_length: int = 128, progress: bool = True) -> list[float]:
+    """Trains the compressed fp32 model to match the dense model's last hidden states
+    (encoders) or logits distribution (causal LMs). Returns the loss per step."""
+    if not texts:
+        raise UserError("distillation needs calibration text")
+    model = compressed.model
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=0.0)
+    all_batches = list(batches(compressed.tokenizer, texts, batch_size, max_length))
+    losses = []
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("distilling", total=steps)
+        for step in range(steps):
+            batch = all_batches[step % len(all_batches)]
+            mask = batch["attention_mask"].bool()
+            with torch.no_grad():
+                teacher = forward(dense.model, batch)
+            student = forward(model, batch)
+            if compressed.is_causal:
+                loss = nn.functional.kl_div(
+                    torch.log_softmax(student.logits[mask], -1), torch.log_softmax(teacher.logits[mask], -1),
+                    log_target=True, reduction="batchmean",
+                )
+            else:
+                loss = nn.functional.mse_loss(student.last_hidden_state[mask], teacher.last_hidden_state[mask])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+            bar.update(task, advance=1, description=f"distilling loss {loss.item():.4f}")
+    model.eval()
+    return losses
+
+
+def _apply(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The projection's output, computed directly (calling the module would re-enter the hook)."""
+    return nn.functional.linear(x, output_weight(module), module.bias)
+
+
+def _set_weight_bias(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """weight given as [out, in]; Conv1D stores the transpose."""
+    with torch.no_grad():
+        module.weight.copy_(weight.T if isinstance(module, Conv1D) else weight)
+        if module.bias is not None:
+            module.bias.copy_(bias)

@@ -1,0 +1,119 @@
+"""Importance scores, plans built from them, and recovery after pruning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from compress_models import outputs, sample_batch, save_tiny_model
+
+from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, layer_table, load_model
+from ppocompress.compress.importance import importance_scores, layers_to_drop, plan_from_scores
+from ppocompress.compress.pipeline import compress
+from ppocompress.compress.quality import embed, embedding_fidelity
+from ppocompress.errors import UserError
+
+TEXTS = [f"sentence number {i} talks about {w} and other things in the world" for i, w in
+         enumerate(["cats", "dogs", "markets", "rain", "music", "trains", "history", "science"] * 8)]
+
+
+@pytest.fixture(scope="module", params=["bert", "gpt2", "llama"])
+def tiny(request, tmp_path_factory):
+    return load_model(str(save_tiny_model(request.param, tmp_path_factory.mktemp(request.param))))
+
+
+@pytest.mark.parametrize("method", ["magnitude", "activation"])
+def test_scores_have_one_entry_per_group_and_neuron(tiny, method):
+    table = layer_table(tiny.model)
+    scores = importance_scores(tiny, TEXTS[:16], method=method)
+    assert len(scores) == len(table)
+    for info, score in zip(table, scores):
+        assert score.groups.shape == (info.kv_heads,) and score.neurons.shape == (info.ffn,)
+        assert torch.all(score.groups >= 0) and torch.all(score.neurons >= 0)
+        assert 0.0 <= score.block_influence <= 2.0
+
+
+def test_activation_scores_rank_a_silenced_neuron_last(tmp_path):
+    loaded = load_model(str(save_tiny_model("bert", tmp_path / "bert")))
+    layer = loaded.model.encoder.layer[0]
+    with torch.no_grad():
+        layer.output.dense.weight[:, 5] = 0.0  # neuron 5 cannot contribute anything
+    scores = importance_scores(loaded, TEXTS[:16], method="activation")
+    assert scores[0].neurons.argmin().item() == 5
+    assert scores[0].neurons[5].item() == 0.0
+
+
+def test_plan_from_scores_keeps_the_top_fraction(tiny):
+    table = layer_table(tiny.model)
+    scores = importance_scores(tiny, TEXTS[:16])
+    plan = plan_from_scores(table, scores, [0.5] * len(table), [0.25] * len(table), int8=[True] * len(table))
+    for info, score, lp in zip(table, scores, plan.layers):
+        assert len(lp.keep_groups) == max(1, round(info.kv_heads / 2))
+        expected = sorted(torch.topk(score.neurons, len(lp.keep_neurons)).indices.tolist())
+        assert lp.keep_neurons == expected and lp.int8
+    plan.validate(table)
+
+
+def test_layers_to_drop_picks_least_influence(tiny):
+    scores = importance_scores(tiny, TEXTS[:16])
+    drop = layers_to_drop(scores, 1)
+    assert drop == [min(range(len(scores)), key=lambda i: scores[i].block_influence)]
+
+
+def test_lsq_refit_brings_pruned_outputs_closer_to_dense(tiny):
+    table = layer_table(tiny.model)
+    scores = importance_scores(tiny, TEXTS)
+    plan = plan_from_scores(table, scores, [0.5] * len(table), [0.5] * len(table))
+    batch = sample_batch(tiny.tokenizer)
+    reference = outputs(tiny.model, batch)
+    errors = {}
+    for recovery in ("none", "lsq"):
+        compressed = compress(tiny, plan, recovery, TEXTS)
+        errors[recovery] = (outputs(compressed.model, batch) - reference).pow(2).mean().item()
+    assert errors["lsq"] < errors["none"]
+
+
+def test_lsq_is_exact_when_nothing_was_lost(tmp_path):
+    """Removing a neuron whose output column is zero loses nothing: an (almost) unregularised
+    refit must give back the dense layer."""
+    from ppocompress.compress.recovery import refit_projections
+
+    loaded = load_model(str(save_tiny_model("bert", tmp_path / "bert")))
+    with torch.no_grad():
+        loaded.model.encoder.layer[1].output.dense.weight[:, 0] = 0.0
+    table = layer_table(loaded.model)
+    plan = CompressionPlan([LayerPlan(), LayerPlan(keep_neurons=list(range(1, table[1].ffn))), LayerPlan()])
+    pruned = apply_plan(loaded, plan, quantize=False)
+    assert refit_projections(loaded, pruned, TEXTS, ridge=1e-9) == 1
+    batch = sample_batch(loaded.tokenizer)
+    assert (outputs(pruned.model, batch) - outputs(loaded.model, batch)).abs().max().item() < 1e-3
+
+
+def test_distillation_lowers_its_loss(tmp_path):
+    loaded = load_model(str(save_tiny_model("bert", tmp_path / "bert")))
+    table = layer_table(loaded.model)
+    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(info.ffn // 4))) for info in table])
+    compressed = apply_plan(loaded, plan, quantize=False)
+    from ppocompress.compress.recovery import distill
+
+    losses = distill(loaded, compressed, TEXTS, steps=30, learning_rate=1e-3, batch_size=16, progress=False)
+    assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_recovery_then_int8_quantizes_after_refit(tmp_path):
+    loaded = load_model(str(save_tiny_model("bert", tmp_path / "bert")))
+    table = layer_table(loaded.model)
+    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(info.ffn // 2)), int8=True) for info in table])
+    compressed = compress(loaded, plan, "lsq", TEXTS)
+    fidelity = embedding_fidelity(embed(loaded.model, loaded.tokenizer, TEXTS[:8]), embed(compressed.model, compressed.tokenizer, TEXTS[:8]))
+    assert fidelity["mean_cosine"] > 0.5
+    assert type(compressed.model.encoder.layer[0].output.dense).__name__ == "Linear" and hasattr(compressed.model.encoder.layer[0].output.dense, "_packed_params")
+
+
+def test_unknown_methods_are_user_errors(tmp_path):
+    loaded = load_model(str(save_tiny_model("bert", tmp_path / "bert")))
+    with pytest.raises(UserError, match="unknown importance method"):
+        importance_scores(loaded, TEXTS, method="psychic")
+    with pytest.raises(UserError, match="unknown recovery"):
+        compress(loaded, CompressionPlan.dense(3), recovery="prayer")
+    with pytest.raises(UserError, match="needs calibration text"):
+        compress(loaded, CompressionPlan([LayerPlan(keep_neurons=[0, 1])] * 3), recovery="lsq", calibration=[])

@@ -1,0 +1,186 @@
+"""Tests of the English text sources, the default split and reading a user's text."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ppocompress.compress import text
+from ppocompress.errors import UserError
+
+
+def _one_line_error(excinfo: pytest.ExceptionInfo[UserError]) -> str:
+    message = str(excinfo.value)
+    assert message and "\n" not in message
+    return message
+
+
+def test_gensim_data_dir_is_found_without_importing_gensim(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [m for m in sys.modules if m == "gensim" or m.startswith("gensim.")]:
+        monkeypatch.delitem(sys.modules, name)
+    directory = text.gensim_data_dir()
+    assert (directory / "lee.cor").is_file()
+    assert "gensim" not in sys.modules
+
+
+def test_gensim_data_dir_without_gensim_says_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gensim" else real_find_spec(name, *a))
+    with pytest.raises(UserError) as excinfo:
+        text.gensim_data_dir()
+    assert "pip install gensim" in _one_line_error(excinfo)
+
+
+def test_lee_files_have_the_documented_sizes() -> None:
+    assert len(text.lee_background_documents()) == 300
+    assert len(text.lee_documents()) == 50
+    sims = text.lee_similarities()
+    assert sims.shape == (50, 50)
+    assert np.allclose(np.diag(sims), 1.0)
+    assert np.all(sims[np.tril_indices(50, -1)] == 0)
+
+
+def test_lee_documents_decode_the_latin1_pound_sign() -> None:
+    assert any("£" in doc for doc in text.lee_documents())
+
+
+def test_movie_review_sentences_have_no_label_prefix() -> None:
+    sentences = text.movie_review_sentences()
+    assert len(sentences) == 200
+    assert not any("__label__" in s for s in sentences)
+    assert sentences[0].startswith("simplistic , silly and tedious")
+
+
+def test_imdb_reviews_and_wikipedia_paragraphs_lose_their_markup() -> None:
+    reviews = text.imdb_reviews()
+    assert len(reviews) == 10 and not any(r.startswith("_*") for r in reviews)
+    for number in (1, 2):
+        paragraphs = text.wikipedia_paragraphs(number)
+        assert paragraphs and not any("[1" in p for p in paragraphs)
+
+
+def test_split_sentences_splits_on_end_punctuation_and_drops_short_ones() -> None:
+    passage = "The cat sat on the mat today.  Short one!   Is this   a question with words? Yes.\nA new line starts a sentence here."
+    assert text.split_sentences(passage) == [
+        "The cat sat on the mat today.",
+        "Is this a question with words?",
+        "A new line starts a sentence here.",
+    ]
+
+
+def test_default_splits_are_non_overlapping_deterministic_with_documented_counts() -> None:
+    first, second = text.default_splits(), text.default_splits()
+    assert first == second
+    assert (len(first.calibration), len(first.evaluation)) == (2004, 1052)
+    assert not set(first.calibration) & set(first.evaluation)
+    assert len(set(first.calibration)) == len(first.calibration)
+    assert len(set(first.evaluation)) == len(first.evaluation)
+
+
+def test_default_splits_keep_the_lee_benchmark_out() -> None:
+    splits = text.default_splits()
+    lee_sentences = {s for doc in text.lee_documents() for s in text.split_sentences(doc)}
+    assert not lee_sentences & set(splits.calibration + splits.evaluation)
+
+
+def test_default_splits_put_later_articles_and_reviews_in_evaluation() -> None:
+    splits = text.default_splits()
+    held_out = text.split_sentences(text.lee_background_documents()[250])
+    assert held_out and set(held_out) <= set(splits.evaluation)
+    assert text.movie_review_sentences()[0] in splits.calibration
+    assert text.movie_review_sentences()[199] in splits.evaluation
+
+
+def test_splits_from_texts_interleaves_deterministically() -> None:
+    passages = [f"passage number {i}" for i in range(10)]
+    splits = text.splits_from_texts(passages, eval_fraction=0.3)
+    assert splits.evaluation == ["passage number 1", "passage number 5", "passage number 8"]
+    assert sorted(splits.calibration + splits.evaluation) == sorted(passages)
+    assert splits == text.splits_from_texts(passages, eval_fraction=0.3)
+
+
+def test_splits_from_texts_drops_duplicates_so_splits_cannot_overlap() -> None:
+    passages = [f"line {i % 12}" for i in range(40)]
+    splits = text.splits_from_texts(passages)
+    assert not set(splits.calibration) & set(splits.evaluation)
+    assert len(splits.calibration) + len(splits.evaluation) == 12
+
+
+def test_splits_from_texts_rejects_too_few_passages_and_bad_fractions() -> None:
+    with pytest.raises(UserError) as excinfo:
+        text.splits_from_texts(["one passage"] * 20)
+    assert "at least 10" in _one_line_error(excinfo)
+    with pytest.raises(UserError) as excinfo:
+        text.splits_from_texts([f"p{i}" for i in range(20)], eval_fraction=1.0)
+    assert "between 0 and 1" in _one_line_error(excinfo)
+
+
+def test_read_text_file_returns_stripped_non_empty_lines(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_text("  first passage  \n\n\tsecond — passage\n   \n", encoding="utf-8")
+    assert text.read_text_file(path) == ["first passage", "second — passage"]
+
+
+def test_read_text_file_falls_back_to_latin1(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_bytes("It cost £5 in a café.\n".encode("latin-1"))
+    assert text.read_text_file(path) == ["It cost £5 in a café."]
+
+
+def test_read_text_file_missing_file_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as excinfo:
+        text.read_text_file(tmp_path / "nope.txt")
+    assert "does not exist" in _one_line_error(excinfo)
+
+
+def test_read_text_file_directory_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError) as excinfo:
+        text.read_text_file(tmp_path)
+    assert "not a file" in _one_line_error(excinfo)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n\t\n"])
+def test_read_text_file_empty_file_is_a_user_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "empty.txt"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as excinfo:
+        text.read_text_file(path)
+    assert "empty" in _one_line_error(excinfo)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"hello\x00world\n", bytes(range(1, 256)) * 4],  # a NUL byte; bytes that are neither UTF-8 nor printable latin-1
+)
+def test_read_text_file_binary_file_is_a_user_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as excinfo:
+        text.read_text_file(path)
+    assert "binary" in _one_line_error(excinfo)
+
+
+def test_hf_dataset_texts_without_datasets_package_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` raise ImportError
+    with pytest.raises(UserError) as excinfo:
+        text.hf_dataset_texts("wikitext")
+    message = _one_line_error(excinfo)
+    assert "pip install datasets" in message and "--text FILE" in message
+
+
+def test_hf_dataset_texts_load_failure_says_offline_and_suggests_text_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    def load_dataset(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("Couldn't reach 'wikitext' on the Hub (LocalEntryNotFoundError)\nsecond line")
+
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = load_dataset  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    with pytest.raises(UserError) as excinfo:
+        text.hf_dataset_texts("wikitext", split="test")
+    message = _one_line_error(excinfo)
+    assert "could not reach dataset wikitext" in message and "offline" in message and "--text FILE" in message
