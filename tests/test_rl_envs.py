@@ -15,7 +15,6 @@ from rl_toy_envs import (
     MaskedActionTaken,
     MaskedDiscreteEnv,
     MaskedMethodLazyEnv,
-    MaskedMultiDiscreteEnv,
     tiny_config,
 )
 

@@ -52,6 +52,90 @@ def rl(
     typer.echo(summary.line())
 
 
+def _texts(text: Optional[Path]):
+    """The default calibration/evaluation splits, or a user file split the same fixed way."""
+    from ppocompress.compress.text import default_splits, read_text_file, splits_from_texts
+
+    return splits_from_texts(read_text_file(text)) if text is not None else default_splits()
+
+
+ModelOption = Annotated[
+    Optional[str],
+    typer.Option("--model", help="Hugging Face id or local directory (safetensors only). Default: the embedded all-MiniLM-L6-v2."),
+]
+TrustOption = Annotated[bool, typer.Option(help="Allow the model's own Python code to run (off unless you pass this).")]
+TextOption = Annotated[
+    Optional[Path],
+    typer.Option("--text", help="Text file, one passage per line, split into calibration/evaluation. Default: gensim's English test text."),
+]
+
+
+@app.command()
+def evaluate(
+    model: ModelOption = None,
+    plan: Annotated[Optional[Path], typer.Option(help="A plan JSON (or a result.json holding one) to apply first.")] = None,
+    text: TextOption = None,
+    recover: Annotated[str, typer.Option(help="Recovery after pruning: none, lsq or distill.")] = "none",
+    latency: Annotated[bool, typer.Option(help="Measure latency (each model in its own process).")] = True,
+    threads: Annotated[int, typer.Option(help="Threads for latency measurement.")] = 2,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    trust_remote_code: TrustOption = False,
+) -> None:
+    """Quality (embedding fidelity, Lee correlation; perplexity and KL for causal LMs) and cost (parameters, size, FLOPs, latency) of a model or a plan."""
+    import json
+
+    from ppocompress.compress import CompressionPlan, load_model
+    from ppocompress.compress.evaluation import evaluate as run_evaluate
+
+    texts = _texts(text)
+    compression_plan = CompressionPlan.from_json_file(plan) if plan is not None else None
+    dense = load_model(model, trust_remote_code=trust_remote_code)
+    report = run_evaluate(dense, texts, compression_plan, recover, latency=latency, threads=threads)
+    if json_out:
+        typer.echo(json.dumps(report, indent=1))
+        return
+    from ppocompress.reporting import print_evaluation
+
+    print_evaluation(report)
+
+
+@app.command()
+def bench(
+    model: ModelOption = None,
+    text: TextOption = None,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")] = None,
+    threads: Annotated[int, typer.Option(help="Threads for latency measurement (the same for every variant).")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Batch size for latency.")] = 32,
+    seq_len: Annotated[int, typer.Option(help="Sequence length for latency.")] = 64,
+    rounds: Annotated[int, typer.Option(help="Interleaved latency rounds per variant.")] = 3,
+    calibration_texts: Annotated[int, typer.Option(help="Calibration passages (importance, recovery), evenly spread.")] = 1024,
+    evaluation_texts: Annotated[int, typer.Option(help="Held-out passages for quality, evenly spread.")] = 512,
+    trust_remote_code: TrustOption = False,
+) -> None:
+    """Measure uniform variants (int8, heads/FFN removed, layers dropped, combinations) against the dense model."""
+    import json
+
+    from ppocompress.compress import load_model
+    from ppocompress.compress.bench import run_bench
+    from ppocompress.fileio import atomic_write_text
+    from ppocompress.reporting import print_bench
+
+    from ppocompress.compress.text import subset
+
+    texts = subset(_texts(text), calibration_texts, evaluation_texts)
+    dense = load_model(model, trust_remote_code=trust_remote_code)
+    if dense.is_causal:
+        raise UserError("bench measures embedding models for now; use evaluate --plan for causal LMs")
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+    results = run_bench(dense, texts, batch_size=batch_size, seq_len=seq_len, threads=threads, rounds=rounds,
+                        log=lambda line: typer.echo(line, err=True))
+    print_bench(results, dense.source)
+    if json_file is not None:
+        atomic_write_text(json_file, json.dumps({"model": dense.source, "threads": threads, "batch_size": batch_size,
+                                                 "seq_len": seq_len, "variants": [r.to_dict() for r in results]}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from ppocompress.errors import UserError
 
 
 def _current_umask() -> int:
@@ -37,3 +40,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_json_object(path: str | Path, what: str, hint: str) -> dict:
+    """A JSON object from a file the user named, or a one-line UserError saying what is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist; {hint}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} is not valid JSON ({exc}); {hint}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path} must hold a JSON object; {hint}")
+    return data

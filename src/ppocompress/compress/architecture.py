@@ -60,8 +60,13 @@ def _head_index(groups: list[int], group_width: int) -> torch.Tensor:
     return torch.tensor([g * group_width + i for g in groups for i in range(group_width)], dtype=torch.long)
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    """A projection's weight; int8 Linear layers expose it through a method."""
+    return module.weight() if callable(module.weight) else module.weight
+
+
 def _linear_flops(module: nn.Module) -> int:
-    return 2 * module.weight.numel()
+    return 2 * _weight(module).numel()
 
 
 class FamilyAdapter:
@@ -144,7 +149,8 @@ class FamilyAdapter:
                     kv_heads=self.kv_heads(layer, head_dim),
                     head_dim=head_dim,
                     ffn=self.ffn_width(layer),
-                    params=sum(p.numel() for p in layer.parameters()),
+                    params=sum(p.numel() for p in layer.parameters())
+                    + sum(_weight(m).numel() for m in layer.modules() if callable(getattr(m, "weight", None))),
                     flops_per_token=linear_flops + attention_flops,
                 )
             )

@@ -30,15 +30,23 @@ def watch_inputs(
     on_input: Callable[[str, torch.Tensor], None],
     batch_size: int = 32,
     max_length: int = 128,
+    stop_early: bool = False,
 ) -> None:
     """Calls on_input(name, rows) with each watched module's input, one row per real
-    (non-padding) token, for every calibration batch."""
+    (non-padding) token, for every calibration batch.
+
+    stop_early: modules are given in forward order; once the last one has been seen,
+    the rest of the forward pass is skipped.
+    """
     current_mask: list[torch.Tensor] = []
+    last = list(modules)[-1]
 
     def hook_for(name: str):
         def hook(_module, args):
             x = args[0]
             on_input(name, x[current_mask[0]].reshape(-1, x.shape[-1]).float())
+            if stop_early and name == last:
+                raise _StopForward
 
         return hook
 
@@ -47,7 +55,14 @@ def watch_inputs(
         with torch.inference_mode():
             for batch in batches(tokenizer, texts, batch_size, max_length):
                 current_mask[:] = [batch["attention_mask"].bool()]
-                forward(model, batch)
+                try:
+                    forward(model, batch)
+                except _StopForward:
+                    pass
     finally:
         for handle in handles:
             handle.remove()
+
+
+class _StopForward(Exception):
+    """Raised from a hook to skip the layers after the ones being watched."""

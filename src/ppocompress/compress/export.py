@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ppocompress.errors import UserError
+from ppocompress.fileio import read_json_object
 from ppocompress.compress.apply import restructure
 from ppocompress.compress.models import CAUSAL_TYPES, LoadedModel
 from ppocompress.compress.plan import CompressionPlan
@@ -58,12 +59,8 @@ def load(directory: str | Path) -> LoadedModel:
 
     directory = Path(directory)
     meta_path = directory / "compression.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{directory} is not a saved compressed model (no compression.json); pass a directory written by ppocompress") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{meta_path} is not valid JSON ({exc})") from None
+    meta = read_json_object(meta_path, "model description", f"{directory} is not a saved compressed model (no compression.json); "
+                            "pass a directory written by ppocompress")
     if meta.get("format") != FORMAT:
         raise UserError(f"{meta_path} has format {meta.get('format')!r}; this version reads {FORMAT}")
     base_config = dict(meta["base_config"])

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ppocompress.errors import UserError
+from ppocompress.fileio import read_json_object
 from ppocompress.compress.architecture import LayerInfo
 
 
@@ -69,17 +70,9 @@ class CompressionPlan:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "CompressionPlan":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"plan file {path} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"plan file {path} is not valid JSON ({exc})") from None
-        if isinstance(data, dict) and "plan" in data:  # a result.json or compression.json holds one
+        data = read_json_object(path, "plan file", 'a plan is {"layers": [...]}, as ppocompress writes it')
+        if "plan" in data:  # a result.json or compression.json holds one
             data = data["plan"]
-        if not isinstance(data, dict):
-            raise UserError(f"plan file {path} must hold a JSON object with a 'layers' list")
         return cls.from_dict(data)
 
     def summary(self, table: list[LayerInfo]) -> str:

@@ -40,6 +40,7 @@ def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32, m
         raise ValueError("embed() needs at least one text")
     model.eval()
     device = _device(model)
+    max_length = min(max_length, usable_positions(model))
     rows = []
     with torch.inference_mode():
         for batch in _batches(texts, batch_size):
@@ -49,6 +50,15 @@ def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32, m
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             rows.append(F.normalize(pooled, p=2, dim=1).cpu())
     return torch.cat(rows)
+
+
+def usable_positions(model: nn.Module) -> int:
+    """The longest input the model's position table allows (RoBERTa reserves padding_idx + 1)."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or 1_000_000
+    if config.model_type == "roberta":
+        limit -= (config.pad_token_id or 0) + 1
+    return limit
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 - lsq: closed-form least-squares refit of every pruned output projection (attention out,
   FFN down): given the inputs it sees inside the *compressed* model on calibration text,
-  it is refit to reproduce what the *dense* projection outputs there. One dense pass and
-  one compressed pass collect X^T X and X^T Y; a ridge-regularised solve does the rest.
+  it is refit to reproduce what the *dense* projection outputs there. One dense pass, then
+  one compressed pass per pruned layer, in order, collect X^T X and X^T Y; a
+  ridge-regularised solve does the rest.
 - distill: a short distillation of the whole compressed model towards the dense model's
   hidden states (or logits for causal LMs), N optimizer steps.
 Both run on the fp32 pruned model, before int8 quantization.
@@ -55,26 +56,31 @@ def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[s
 
     watch_inputs(dense.model, dense.tokenizer, texts, sources, record_dense, batch_size, max_length)
 
-    # Pass 2, compressed model: accumulate [X 1]^T [X 1] and [X 1]^T Y in float64.
-    gram: dict[str, torch.Tensor] = {}
-    cross: dict[str, torch.Tensor] = {}
-    cursor = {name: 0 for name in targets}
-
-    def accumulate(name: str, x: torch.Tensor) -> None:
-        y = dense_outputs[name][cursor[name]]
-        cursor[name] += 1
-        xa = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
-        # Products per batch in float32 (fast), sums across batches in float64 (exact enough).
-        gram[name] = gram.get(name, 0) + (xa.T @ xa).double()
-        cross[name] = cross.get(name, 0) + (xa.T @ y).double()
-
-    watch_inputs(compressed.model, compressed.tokenizer, texts, targets, accumulate, batch_size, max_length)
-
+    # Then, layer by layer, the compressed model: accumulate [X 1]^T [X 1] and [X 1]^T Y
+    # and solve. Going in order lets each refit see the inputs that the earlier refits
+    # produce; each pass stops once it has passed the layer it refits.
+    stages: dict[str, dict[str, nn.Module]] = {}
     for name, module in targets.items():
-        g = gram[name]
-        scale = g.diagonal()[:-1].mean().clamp(min=1e-12)
-        solution = torch.linalg.solve(g + ridge * scale * torch.eye(g.shape[0], dtype=g.dtype), cross[name])
-        _set_weight_bias(module, solution[:-1].T.float(), solution[-1].float())
+        stages.setdefault(name.split(".")[0], {})[name] = module
+    for stage in stages.values():
+        gram: dict[str, torch.Tensor] = {}
+        cross: dict[str, torch.Tensor] = {}
+        cursor = {name: 0 for name in stage}
+
+        def accumulate(name: str, x: torch.Tensor) -> None:
+            y = dense_outputs[name][cursor[name]]
+            cursor[name] += 1
+            xa = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
+            # Products per batch in float32 (fast), sums across batches in float64.
+            gram[name] = gram.get(name, 0) + (xa.T @ xa).double()
+            cross[name] = cross.get(name, 0) + (xa.T @ y).double()
+
+        watch_inputs(compressed.model, compressed.tokenizer, texts, stage, accumulate, batch_size, max_length, stop_early=True)
+        for name, module in stage.items():
+            g = gram[name]
+            scale = g.diagonal()[:-1].mean().clamp(min=1e-12)
+            solution = torch.linalg.solve(g + ridge * scale * torch.eye(g.shape[0], dtype=g.dtype), cross[name])
+            _set_weight_bias(module, solution[:-1].T.float(), solution[-1].float())
     return len(targets)
 
 

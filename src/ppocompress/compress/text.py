@@ -234,3 +234,16 @@ def hf_dataset_texts(name: str, split: str = "train", column: str = "text", limi
     if not texts:
         raise UserError(f"dataset {name} (split {split}) has no text in column {column!r}; pass --text FILE instead")
     return texts
+
+
+def evenly_spaced(texts: list[str], count: int) -> list[str]:
+    """A deterministic subset of `count` passages spread over the whole list (so a
+    subset keeps the mix of sources), or all of them if there are fewer."""
+    if count >= len(texts):
+        return list(texts)
+    step = len(texts) / count
+    return [texts[int(i * step)] for i in range(count)]
+
+
+def subset(splits: "TextSplits", calibration: int, evaluation: int) -> "TextSplits":
+    return TextSplits(evenly_spaced(splits.calibration, calibration), evenly_spaced(splits.evaluation, evaluation))

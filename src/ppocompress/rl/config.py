@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ppocompress.errors import UserError
+from ppocompress.fileio import read_json_object
 
 
 @dataclass
@@ -100,13 +100,4 @@ class PPOConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "PPOConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"config file {path} does not exist; pass a JSON file of PPOConfig fields") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"config file {path} is not valid JSON ({exc}); fix it or leave --config out") from None
-        if not isinstance(data, dict):
-            raise UserError(f"config file {path} must hold a JSON object of PPOConfig fields")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path, "config file", "pass a JSON object of PPOConfig fields, or leave --config out"))

@@ -18,7 +18,7 @@ from gymnasium.vector import VectorEnv
 from safetensors.torch import load_file, save_file
 
 from ppocompress.errors import UserError
-from ppocompress.fileio import atomic_path, atomic_write_text
+from ppocompress.fileio import atomic_path, atomic_write_text, read_json_object
 from ppocompress.rl.config import PPOConfig
 from ppocompress.rl.envs import make_vector_env
 from ppocompress.rl.logger import TrainingLogger
@@ -256,13 +256,7 @@ class PPO:
     @classmethod
     def load(cls, directory: str | Path, env: str | gym.Env | VectorEnv | None = None) -> "PPO":
         directory = Path(directory)
-        config_path = directory / "config.json"
-        try:
-            meta = json.loads(config_path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{config_path} does not exist; pass a directory written by PPO.save") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{config_path} is not valid JSON ({exc})") from None
+        meta = read_json_object(directory / "config.json", "agent file", "pass a directory written by PPO.save")
         if meta.get("format") != SAVE_FORMAT:
             raise UserError(f"{directory} does not hold a saved PPO agent (format {meta.get('format')!r})")
         agent = cls(None, PPOConfig.from_dict(meta["config"]), seed=meta["seed"])

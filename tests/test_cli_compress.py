@@ -1,0 +1,94 @@
+"""`ppocompress evaluate` and `bench` on tiny models; their errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from compress_models import save_tiny_model
+
+from ppocompress.cli import main
+from ppocompress.compress import CompressionPlan, LayerPlan, load_model
+from ppocompress.compress.bench import Variant, run_bench
+from ppocompress.compress.text import splits_from_texts
+
+LINES = [f"passage {i} is about {w} and how it changes over time" for i, w in
+         enumerate(["rivers", "cities", "music", "trade", "weather", "sport", "law", "food"] * 5)]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_model("bert", tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture()
+def text_file(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("\n".join(LINES))
+    return path
+
+
+def test_evaluate_reports_quality_and_cost_of_a_plan(tiny_dir, text_file, tmp_path, capsys):
+    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(24)), int8=True), LayerPlan(drop=True), LayerPlan(keep_groups=[0, 1])])
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(plan.to_json())
+    code = main(["evaluate", "--model", str(tiny_dir), "--plan", str(plan_path), "--text", str(text_file),
+                 "--recover", "lsq", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    dense, compressed = report["dense"], report["compressed"]
+    assert compressed["params"] < dense["params"] and compressed["size_bytes"] < dense["size_bytes"]
+    assert compressed["flops_per_sequence"] < dense["flops_per_sequence"]
+    assert 0 < compressed["mean_cosine"] <= 1.0 + 1e-6
+    assert dense["latency_ms"] > 0 and compressed["latency_ms"] > 0 and compressed["speedup"] > 0
+    assert "lee_pearson" in dense and report["plan"] == plan.to_dict()
+
+
+def test_evaluate_table_output(tiny_dir, text_file, capsys):
+    assert main(["evaluate", "--model", str(tiny_dir), "--text", str(text_file), "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    assert "lee_pearson" in out and "params" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "--model", "/no/such/model"], "does not exist"),
+        (["evaluate", "--plan", "/no/such/plan.json"], "plan file /no/such/plan.json does not exist"),
+        (["evaluate", "--text", "/no/such/text.txt"], "does not exist"),
+        (["bench", "--text", "/no/such/text.txt"], "does not exist"),
+    ],
+)
+def test_bad_inputs_are_one_line_exit_2(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and message in err
+
+
+def test_plan_that_does_not_fit_the_model_is_one_line(tiny_dir, text_file, tmp_path, capsys):
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(CompressionPlan.dense(5).to_json())
+    assert main(["evaluate", "--model", str(tiny_dir), "--plan", str(plan_path), "--text", str(text_file)]) == 2
+    assert "the plan has 5 layers but the model has 3" in capsys.readouterr().err
+
+
+def test_binary_text_file_is_rejected(tiny_dir, tmp_path, capsys):
+    binary = tmp_path / "data.bin"
+    binary.write_bytes(bytes(range(256)) * 10)
+    assert main(["evaluate", "--model", str(tiny_dir), "--text", str(binary)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # a dozen latency subprocesses
+def test_run_bench_measures_each_variant_side_by_side(tiny_dir):
+    dense = load_model(str(tiny_dir))
+    variants = [Variant("dense"), Variant("int8", int8=True), Variant("ffn -50%", ffn_keep=0.5),
+                Variant("int8 onnxruntime", int8=True, backend="onnxruntime")]
+    results = run_bench(dense, splits_from_texts(LINES), variants, rounds=1, batch_size=4, seq_len=16, log=lambda _: None)
+    by_name = {r.name: r for r in results}
+    assert by_name["dense"].speedup == pytest.approx(1.0)
+    assert all(r.latency_ms > 0 for r in results)
+    assert by_name["ffn -50%"].params < by_name["dense"].params
+    assert set(by_name["ffn -50%"].quality) == {"none", "lsq"}
+    assert by_name["int8"].size_bytes < by_name["dense"].size_bytes
+    assert by_name["int8 onnxruntime"].quality["none"]["mean_cosine"] > 0.5
