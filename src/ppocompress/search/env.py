@@ -1,0 +1,114 @@
+"""CompressionEnv: a Gymnasium environment whose episode walks the layers.
+
+At step i the agent picks layer i's level from the menu. The budget (a target speedup,
+or a target size fraction) is always met: a level is masked out when, even with every
+later layer at its cheapest level, the total would exceed the budget (AMC's clamping,
+done as masking so the agent learns only from choices that were really made). The
+reward comes at the end: the plan's quality, -log(1 - cosine to the dense model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from ppocompress.errors import UserError
+from ppocompress.search.cost_table import CostTable
+from ppocompress.search.levels import Level
+
+
+@dataclass
+class Target:
+    kind: str  # "speedup" (total cost <= dense / value) or "size" (total <= dense * value)
+    value: float
+
+    def budget(self, dense_total: float) -> float:
+        if self.kind == "speedup":
+            if self.value < 1.0:
+                raise UserError(f"--target-speedup must be >= 1, got {self.value}")
+            return dense_total / self.value
+        if self.kind == "size":
+            if not 0.0 < self.value <= 1.0:
+                raise UserError(f"--target-size must be a fraction in (0, 1], got {self.value}")
+            return dense_total * self.value
+        raise UserError(f"unknown target kind {self.kind!r}")
+
+
+class CompressionEnv(gym.Env):
+    """Observation per step (all in [0, 1] or small reals):
+    [layer position, layer's share of dense cost, budget used, budget left, cost of the
+     cheapest completion, previous level (normalised), block influence, importance
+     spread, sensitivity at each level (quality drop when only this layer is compressed)].
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, cost: CostTable, menu: list[Level], target: Target, score_plan, layer_features: np.ndarray,
+                 sensitivity: np.ndarray):
+        """score_plan(levels) -> reward; layer_features: (layers, 2) block influence and
+        importance spread; sensitivity: (layers, len(menu)) one-off quality drops."""
+        super().__init__()
+        self.cost, self.menu, self.target = cost, menu, target
+        self.score_plan = score_plan
+        self.num_layers = cost.num_layers
+        self.budget = target.budget(cost.dense_total)
+        self.cheapest = min(cost.per_level)
+        if cost.base + self.num_layers * self.cheapest > self.budget + 1e-9:
+            best = cost.dense_total / (cost.base + self.num_layers * self.cheapest)
+            raise UserError(f"target {target.kind} {target.value} cannot be met: the most compressed plan reaches "
+                            f"{best:.2f}x by the cost table; ask for less")
+        self.layer_features = np.asarray(layer_features, dtype=np.float32)
+        self.sensitivity = np.asarray(sensitivity, dtype=np.float32)
+        n_obs = 8 + len(menu)
+        self.observation_space = spaces.Box(-10.0, 10.0, shape=(n_obs,), dtype=np.float32)
+        self.action_space = spaces.Discrete(len(menu))
+        self.levels: list[int] = []
+
+    # --- Gymnasium API ------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.levels = []
+        return self._observation(), {"action_mask": self.action_masks()}
+
+    def step(self, action):
+        action = int(action)
+        if not self.action_masks()[action]:
+            raise ValueError(f"level {action} is masked at layer {len(self.levels)}: it would break the budget")
+        self.levels.append(action)
+        done = len(self.levels) == self.num_layers
+        reward = float(self.score_plan(list(self.levels))) if done else 0.0
+        info = {"action_mask": self.action_masks() if not done else np.ones(len(self.menu), dtype=bool)}
+        if done:
+            info["levels"] = list(self.levels)
+            info["cost"] = self.cost.total(self.levels)
+        observation = self._observation() if not done else np.zeros(self.observation_space.shape, dtype=np.float32)
+        return observation, reward, done, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """Levels that leave the budget reachable with the cheapest completion."""
+        remaining_after = self.num_layers - len(self.levels) - 1
+        spent = self.cost.base + sum(self.cost.per_level[i] for i in self.levels)
+        floor = remaining_after * self.cheapest
+        return np.array([spent + c + floor <= self.budget + 1e-9 for c in self.cost.per_level], dtype=bool)
+
+    # --- helpers ------------------------------------------------------------------
+    def _observation(self) -> np.ndarray:
+        i = len(self.levels)
+        dense = self.cost.dense_total
+        spent = self.cost.base + sum(self.cost.per_level[j] for j in self.levels)
+        previous = self.levels[-1] / max(len(self.menu) - 1, 1) if self.levels else 0.0
+        head = [
+            i / self.num_layers,
+            self.cost.per_level[0] / dense,
+            spent / self.budget,
+            (self.budget - spent) / dense,
+            (self.num_layers - i) * self.cheapest / dense,
+            previous,
+        ]
+        features = self.layer_features[i] if i < self.num_layers else np.zeros(2, dtype=np.float32)
+        sensitivity = self.sensitivity[i] if i < self.num_layers else np.zeros(len(self.menu), dtype=np.float32)
+        observation = np.concatenate([np.asarray(head, dtype=np.float32), features, sensitivity])
+        return np.clip(observation, -10.0, 10.0).astype(np.float32)

@@ -1,0 +1,116 @@
+"""Scoring plans quickly: the cost of a search is its evaluations.
+
+- the dense model's embeddings of the calibration subsets are computed once;
+- each (layer, level) is built once and kept (a database of compressed layers, as
+  EvoPress keeps): a plan is evaluated by swapping those layers into the dense model;
+- multi-fidelity: a small calibration subset for every plan, a larger one for the few
+  best (the search asks for it).
+Quality is the mean cosine of mean-pooled embeddings to the dense model's; the reward
+is -log(1 - cosine), which keeps separating plans as cosine approaches 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+
+import torch
+from torch import nn
+
+from ppocompress.compress import LoadedModel, adapter_for, layer_table
+from ppocompress.compress.apply import conv1d_to_linear_
+from ppocompress.compress.importance import LayerImportance
+from ppocompress.compress.quality import embed
+from ppocompress.compress.quantize import quantize_int8_
+from ppocompress.errors import UserError
+from ppocompress.search.levels import Level
+
+
+def reward_from_cosine(cosine: float) -> float:
+    return -math.log(max(1.0 - cosine, 1e-6))
+
+
+class PlanEvaluator:
+    def __init__(self, dense: LoadedModel, menu: list[Level], scores: list[LayerImportance], calibration: list[str],
+                 low_fidelity: int = 64, high_fidelity: int = 256):
+        if dense.is_causal:
+            raise UserError("the compression search scores embedding models for now (cosine to the dense model)")
+        if len(calibration) < low_fidelity:
+            raise UserError(f"the search needs at least {low_fidelity} calibration passages, got {len(calibration)}")
+        self.dense = dense
+        self.menu = menu
+        self.scores = scores
+        self.adapter = adapter_for(dense.model)
+        self.table = layer_table(dense.model)
+        self.texts = {"low": calibration[:low_fidelity], "high": calibration[:high_fidelity]}
+        self.reference = {name: embed(dense.model, dense.tokenizer, texts) for name, texts in self.texts.items()}
+        self._layers: dict[tuple[int, int], nn.Module] = {}
+        self.evaluations = 0
+
+    def layer(self, index: int, level_index: int) -> nn.Module:
+        """Layer `index` compressed to menu level `level_index`, built on first use."""
+        key = (index, level_index)
+        if key not in self._layers:
+            level = self.menu[level_index]
+            layer = copy.deepcopy(self.adapter.layers(self.dense.model)[index])
+            info, score = self.table[index], self.scores[index]
+            head_dim = self.adapter.head_dim(self.dense.model)
+            groups = max(1, round(level.group_keep * info.kv_heads))
+            neurons = max(1, round(level.ffn_keep * info.ffn))
+            if groups < info.kv_heads:
+                self.adapter.prune_attention(layer, sorted(torch.topk(score.groups, groups).indices.tolist()), head_dim)
+            if neurons < info.ffn:
+                self.adapter.prune_ffn(layer, sorted(torch.topk(score.neurons, neurons).indices.tolist()))
+            if level.int8:
+                quantize_int8_(conv1d_to_linear_(layer))
+            self._layers[key] = layer.eval()
+        return self._layers[key]
+
+    def quality(self, levels: list[int], fidelity: str = "low") -> float:
+        """Mean cosine to the dense model on the chosen calibration subset."""
+        self.evaluations += 1
+        with self.swapped(levels):
+            candidate = embed(self.dense.model, self.dense.tokenizer, self.texts[fidelity])
+        return float((candidate * self.reference[fidelity]).sum(dim=1).mean())
+
+    @contextlib.contextmanager
+    def swapped(self, levels: list[int]):
+        """The dense model with its layers replaced per `levels`, restored afterwards."""
+        model = self.dense.model
+        module_list = self.adapter.layers(model)
+        original = list(module_list)
+        config = model.config
+        saved = {name: copy.copy(getattr(config, name, None)) for name in ("num_hidden_layers", "layer_types")}
+        kept = [i for i, level in enumerate(levels) if not self.menu[level].drop]
+        try:
+            _replace(module_list, [self.layer(i, levels[i]) for i in kept])
+            self.adapter.set_num_layers(model, kept)
+            yield model
+        finally:
+            _replace(module_list, original)
+            for name, value in saved.items():
+                if value is not None:
+                    setattr(config, name, value)
+            self.adapter.set_num_layers(model, list(range(len(original))))  # layer_idx back in place
+
+
+def _replace(module_list: nn.ModuleList, layers: list[nn.Module]) -> None:
+    for i in range(len(module_list) - 1, -1, -1):
+        del module_list[i]
+    module_list.extend(layers)
+
+
+def sensitivity_table(evaluator: PlanEvaluator, fidelity: str = "low") -> list[list[float]]:
+    """Quality lost when only one layer is compressed, for every (layer, level): the
+    one-off measurements the agent observes. len(menu) x layers evaluations, done once."""
+    num_layers = len(evaluator.table)
+    rows = []
+    for layer in range(num_layers):
+        row = []
+        for level in range(len(evaluator.menu)):
+            levels = [0] * num_layers
+            levels[layer] = level
+            row.append(0.0 if level == 0 else 1.0 - evaluator.quality(levels, fidelity))
+        rows.append(row)
+    return rows

@@ -1,0 +1,45 @@
+"""The menu of per-layer compression levels an agent chooses from.
+
+One Discrete menu rather than a MultiDiscrete (heads, ffn, int8, drop) action: the cost
+of a layer is a property of the whole combination (int8 and pruning do not add up), so
+a menu lets the latency table price each choice exactly, and masking an over-budget
+choice is masking one entry instead of reasoning about combinations of sub-actions.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Level:
+    group_keep: float = 1.0  # fraction of attention groups kept
+    ffn_keep: float = 1.0  # fraction of FFN neurons kept
+    int8: bool = False
+    drop: bool = False  # remove the layer entirely (the other fields are then ignored)
+
+    @property
+    def name(self) -> str:
+        if self.drop:
+            return "drop"
+        parts = [f"h{round(self.group_keep * 100)}", f"f{round(self.ffn_keep * 100)}"]
+        return "-".join(parts) + ("-int8" if self.int8 else "")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+KEEP_FRACTIONS = (1.0, 0.75, 0.5, 0.25)
+
+
+def default_menu(allow_drop: bool = True, allow_int8: bool = True) -> list[Level]:
+    """Dense first; every combination of kept heads and neurons, with and without int8;
+    then dropping the layer."""
+    menu = [
+        Level(group_keep=g, ffn_keep=f, int8=q)
+        for q, g, f in itertools.product((False, True) if allow_int8 else (False,), KEEP_FRACTIONS, KEEP_FRACTIONS)
+    ]
+    if allow_drop:
+        menu.append(Level(drop=True))
+    return menu

@@ -1,0 +1,173 @@
+"""Four searchers, one interface, the same budget of plan evaluations.
+
+- ppo: our PPO (with invalid-action masking) on CompressionEnv, one episode per evaluation;
+- uniform: the same level in every layer, the best one that meets the target;
+- random: the best of random plans that meet the target (random valid level each step);
+- evolutionary: (1 + lambda) from the best uniform plan, mutating a few layers' levels
+  and keeping only mutants that meet the target (EvoPress's level switches).
+Every plan any searcher scores goes through one Recorder, which counts evaluations
+(repeats are free), keeps the best plan and the history for the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ppocompress.errors import UserError
+from ppocompress.search.env import CompressionEnv
+
+SEARCHERS = ("ppo", "uniform", "random", "evolutionary")
+
+
+class BudgetSpent(Exception):
+    """Raised by the Recorder when the evaluation budget is used up."""
+
+
+@dataclass
+class SearchResult:
+    searcher: str
+    best_levels: list[int]
+    best_reward: float
+    evaluations: int
+    curve: list[tuple[int, float]]  # (evaluations so far, best reward so far)
+    evaluated: list[tuple[list[int], float, float]] = field(default_factory=list)  # levels, reward, predicted speedup
+
+    def to_dict(self) -> dict:
+        return {"searcher": self.searcher, "best_levels": self.best_levels, "best_reward": self.best_reward,
+                "evaluations": self.evaluations, "curve": self.curve,
+                "evaluated": [[levels, reward, speedup] for levels, reward, speedup in self.evaluated]}
+
+
+class Recorder:
+    """Wraps score(levels) -> reward: counts, caches, and remembers the best."""
+
+    def __init__(self, score: Callable[[list[int]], float], budget: int, speedup: Callable[[list[int]], float]):
+        self.score, self.budget, self.speedup = score, budget, speedup
+        self.cache: dict[tuple[int, ...], float] = {}
+        self.best_levels: list[int] | None = None
+        self.best_reward = float("-inf")
+        self.curve: list[tuple[int, float]] = []
+        self.evaluated: list[tuple[list[int], float, float]] = []
+
+    def __call__(self, levels: list[int]) -> float:
+        key = tuple(levels)
+        if key in self.cache:
+            return self.cache[key]
+        if len(self.cache) >= self.budget:
+            raise BudgetSpent
+        reward = float(self.score(list(levels)))
+        self.cache[key] = reward
+        self.evaluated.append((list(levels), reward, self.speedup(list(levels))))
+        if reward > self.best_reward:
+            self.best_reward, self.best_levels = reward, list(levels)
+        self.curve.append((len(self.cache), self.best_reward))
+        return reward
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.cache) >= self.budget
+
+    def result(self, name: str) -> SearchResult:
+        if self.best_levels is None:
+            raise UserError(f"searcher {name} evaluated no plan; give it a larger --evals")
+        return SearchResult(name, self.best_levels, self.best_reward, len(self.cache), self.curve, self.evaluated)
+
+
+EnvFactory = Callable[[Callable[[list[int]], float]], CompressionEnv]
+
+
+def run_searcher(name: str, make_env: EnvFactory, score: Callable[[list[int]], float], evaluations: int, seed: int,
+                 on_evaluation: Callable[[Recorder], None] | None = None) -> SearchResult:
+    """make_env(score) builds a CompressionEnv that scores plans with `score`."""
+    if name not in SEARCHERS:
+        raise UserError(f"unknown searcher {name!r}; use one of {', '.join(SEARCHERS)}")
+    probe = make_env(score)
+    recorder = Recorder(score, evaluations, probe.cost.speedup)
+
+    def scored(levels: list[int]) -> float:
+        reward = recorder(levels)
+        if on_evaluation is not None:
+            on_evaluation(recorder)
+        return reward
+
+    env = make_env(scored)
+    try:
+        {"ppo": _ppo, "uniform": _uniform, "random": _random, "evolutionary": _evolutionary}[name](env, recorder, seed)
+    except BudgetSpent:
+        pass
+    return recorder.result(name)
+
+
+def _feasible(env: CompressionEnv, levels: list[int]) -> bool:
+    return env.cost.total(levels) <= env.budget + 1e-9
+
+
+def _uniform(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
+    for level in range(len(env.menu)):
+        levels = [level] * env.num_layers
+        if _feasible(env, levels):
+            env.score_plan(levels)
+
+
+def _random_plan(env: CompressionEnv, rng: np.random.Generator) -> list[int]:
+    env.reset()
+    levels = []
+    for _ in range(env.num_layers):
+        level = int(rng.choice(np.flatnonzero(env.action_masks())))
+        levels.append(level)
+        env.levels.append(level)
+    return levels
+
+
+def _random(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    misses = 0
+    while not recorder.exhausted and misses < 1000:  # misses: plans already scored
+        before = len(recorder.cache)
+        env.score_plan(_random_plan(env, rng))
+        misses = misses + 1 if len(recorder.cache) == before else 0
+
+
+def _evolutionary(env: CompressionEnv, recorder: Recorder, seed: int, offspring: int = 8, max_mutations: int = 3) -> None:
+    rng = np.random.default_rng(seed)
+    uniform = [[level] * env.num_layers for level in range(len(env.menu))]
+    starts = [levels for levels in uniform if _feasible(env, levels)] or [_random_plan(env, rng)]
+    parent = max(starts[:4], key=env.score_plan)  # a few uniform starts, the best is the first parent
+    parent_reward = env.score_plan(parent)
+    stale = 0
+    while not recorder.exhausted and stale < 200:
+        children = []
+        for _ in range(offspring * 20):
+            child = list(parent)
+            for layer in rng.choice(env.num_layers, size=rng.integers(1, max_mutations + 1), replace=False):
+                child[layer] = int(rng.integers(len(env.menu)))
+            if child != parent and _feasible(env, child):
+                children.append(child)
+            if len(children) == offspring:
+                break
+        if not children:
+            stale += 1
+            continue
+        best_child = max(children, key=env.score_plan)
+        reward = env.score_plan(best_child)
+        if reward >= parent_reward:
+            parent, parent_reward, stale = best_child, reward, 0
+        else:
+            stale += 1
+
+
+def _ppo(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
+    from ppocompress.rl import PPO, PPOConfig
+
+    episodes_per_update = 8
+    config = PPOConfig(
+        n_envs=1, n_steps=env.num_layers * episodes_per_update, batch_size=env.num_layers * episodes_per_update // 2,
+        n_epochs=8, gamma=1.0, gae_lambda=0.95, learning_rate=1e-3, anneal_lr=False, ent_coef=0.01,
+        hidden_sizes=(64, 64), target_kl=0.05,
+    )
+    agent = PPO(env, config, seed=seed)
+    # Each episode costs at most one evaluation; the recorder stops training when spent.
+    agent.learn(env.num_layers * recorder.budget * 4)

@@ -1,0 +1,86 @@
+"""CompressionEnv: a valid Gymnasium env whose episodes never end over budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ppocompress.errors import UserError
+from ppocompress.search import CompressionEnv, CostTable, Target, default_menu
+
+MENU = default_menu()
+
+
+def synthetic_table(num_layers: int = 6) -> CostTable:
+    """Layer cost shrinking with kept heads/FFN, int8 2.5x cheaper, drop free; base 10% of dense."""
+    per_level = []
+    for level in MENU:
+        if level.drop:
+            per_level.append(0.0)
+            continue
+        cost = 0.35 * level.group_keep + 0.65 * level.ffn_keep
+        per_level.append(cost / (2.5 if level.int8 else 1.0))
+    return CostTable("flops", base=0.1 * num_layers * per_level[0] / 0.9, per_level=per_level, num_layers=num_layers)
+
+
+def make_env(target: Target, num_layers: int = 6, score=None) -> CompressionEnv:
+    return CompressionEnv(
+        synthetic_table(num_layers), MENU, target,
+        score_plan=score or (lambda levels: -float(np.mean(levels))),
+        layer_features=np.random.default_rng(0).random((num_layers, 2)),
+        sensitivity=np.random.default_rng(1).random((num_layers, len(MENU))),
+    )
+
+
+def test_env_passes_the_gymnasium_checker():
+    check_env(make_env(Target("speedup", 2.0)), skip_render_check=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    kind=st.sampled_from(["speedup", "size"]),
+    value=st.floats(0.0, 1.0),
+    num_layers=st.integers(2, 12),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_no_episode_ends_over_budget(kind, value, num_layers, seed):
+    table = synthetic_table(num_layers)
+    max_speedup = table.dense_total / (table.base + num_layers * min(table.per_level))
+    target = Target("speedup", 1.0 + value * (max_speedup - 1.0)) if kind == "speedup" else Target("size", 1.0 - value * (1 - 1 / max_speedup))
+    env = make_env(target, num_layers)
+    rng = np.random.default_rng(seed)
+    _, info = env.reset(seed=seed)
+    done = False
+    while not done:
+        allowed = np.flatnonzero(info["action_mask"])
+        assert allowed.size > 0  # never a dead end
+        _, _, done, _, info = env.step(int(rng.choice(allowed)))
+    assert info["cost"] <= env.budget * (1 + 1e-9)
+
+
+def test_masked_level_cannot_be_taken():
+    env = make_env(Target("speedup", 3.0))
+    env.reset()
+    while env.action_masks()[0]:  # stay dense until the budget forbids it (3x cannot stay dense)
+        env.step(0)
+    assert len(env.levels) < env.num_layers
+    with pytest.raises(ValueError, match="masked"):
+        env.step(0)
+
+
+def test_reward_is_the_plan_score_at_the_end_only():
+    seen = []
+    env = make_env(Target("speedup", 1.5), num_layers=3, score=lambda levels: seen.append(levels) or 7.0)
+    env.reset()
+    rewards = [env.step(int(np.flatnonzero(env.action_masks())[-1]))[1] for _ in range(3)]
+    assert rewards == [0.0, 0.0, 7.0] and len(seen) == 1 and len(seen[0]) == 3
+
+
+def test_unreachable_target_is_a_user_error():
+    with pytest.raises(UserError, match="cannot be met"):
+        make_env(Target("speedup", 1000.0))
+    with pytest.raises(UserError, match="must be >= 1"):
+        make_env(Target("speedup", 0.5))

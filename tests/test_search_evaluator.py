@@ -1,0 +1,99 @@
+"""Plan evaluation (layer database, swapping, fidelity) and cost tables on a tiny model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from compress_models import outputs, sample_batch, save_tiny_model
+
+from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
+from ppocompress.compress.importance import importance_scores
+from ppocompress.compress.quality import embed
+from ppocompress.search import default_menu
+from ppocompress.search.cost_table import flops_table, measured_table
+from ppocompress.search.evaluator import PlanEvaluator, reward_from_cosine, sensitivity_table
+
+TEXTS = [f"passage {i} about {w} and the way it shapes the day" for i, w in
+         enumerate(["rain", "maps", "songs", "bread", "ships", "clocks", "trees", "coins"] * 10)]
+MENU = default_menu()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return load_model(str(save_tiny_model("bert", tmp_path_factory.mktemp("bert"))))
+
+
+@pytest.fixture(scope="module")
+def evaluator(tiny):
+    return PlanEvaluator(tiny, MENU, importance_scores(tiny, TEXTS[:32]), TEXTS, low_fidelity=16, high_fidelity=48)
+
+
+def level_index(**fields) -> int:
+    return next(i for i, level in enumerate(MENU) if all(getattr(level, k) == v for k, v in fields.items()))
+
+
+def test_dense_plan_has_quality_one(evaluator):
+    assert evaluator.quality([0, 0, 0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_swapped_model_equals_the_applied_plan_and_restores(tiny, evaluator):
+    half = level_index(group_keep=0.5, ffn_keep=0.5, int8=False)
+    drop = level_index(drop=True)
+    levels = [half, drop, 0]
+    batch = sample_batch(tiny.tokenizer)
+    before = outputs(tiny.model, batch)
+    with evaluator.swapped(levels) as model:
+        swapped = outputs(model, batch)
+        assert len(model.encoder.layer) == 2
+    scores = evaluator.scores
+    keep_groups = sorted(torch.topk(scores[0].groups, 2).indices.tolist())
+    keep_neurons = sorted(torch.topk(scores[0].neurons, 24).indices.tolist())
+    plan = CompressionPlan([LayerPlan(keep_groups=keep_groups, keep_neurons=keep_neurons), LayerPlan(drop=True), LayerPlan()])
+    assert torch.allclose(swapped, outputs(apply_plan(tiny, plan).model, batch), atol=1e-5)
+    assert torch.equal(outputs(tiny.model, batch), before)  # the dense model is back
+    assert len(tiny.model.encoder.layer) == 3 and tiny.model.config.num_hidden_layers == 3
+
+
+def test_layers_are_built_once(evaluator):
+    level = level_index(group_keep=0.25, ffn_keep=0.25, int8=True)
+    assert evaluator.layer(1, level) is evaluator.layer(1, level)
+
+
+def test_fidelities_use_their_own_subsets(evaluator):
+    levels = [level_index(group_keep=0.25, ffn_keep=0.25, int8=False)] * 3
+    low, high = evaluator.quality(levels, "low"), evaluator.quality(levels, "high")
+    assert low < 1.0 and high < 1.0 and low != high
+    assert evaluator.reference["high"].shape[0] == 48
+
+
+def test_sensitivity_is_zero_for_dense_and_positive_for_heavy_levels(evaluator):
+    table = sensitivity_table(evaluator)
+    heavy = level_index(group_keep=0.25, ffn_keep=0.25, int8=True)
+    assert len(table) == 3 and all(len(row) == len(MENU) for row in table)
+    assert all(row[0] == 0.0 and row[heavy] > 0.0 for row in table)
+
+
+def test_reward_grows_with_cosine():
+    assert reward_from_cosine(0.99) > reward_from_cosine(0.9) > reward_from_cosine(0.5)
+    assert reward_from_cosine(1.0) == pytest.approx(13.8155, rel=1e-4)  # capped, not infinite
+
+
+def test_flops_table_prices_levels(tiny):
+    table = flops_table(tiny, MENU)
+    dense, drop = table.per_level[0], table.per_level[level_index(drop=True)]
+    half = table.per_level[level_index(group_keep=0.5, ffn_keep=0.5, int8=False)]
+    half_int8 = table.per_level[level_index(group_keep=0.5, ffn_keep=0.5, int8=True)]
+    assert drop == 0.0 and half_int8 < half < dense and table.base >= 0  # encoders: no head to count
+    assert table.speedup([0, 0, 0]) == pytest.approx(1.0)
+
+
+@pytest.mark.slow  # one latency subprocess per level
+def test_measured_table_is_cached(tiny, tmp_path):
+    menu = [MENU[0], MENU[level_index(group_keep=0.5, ffn_keep=0.5, int8=False)], MENU[level_index(drop=True)]]
+    table = measured_table(tiny, menu, batch_size=4, seq_len=16, rounds=1, cache_dir=tmp_path, log=lambda _: None)
+    assert table.unit == "ms" and table.per_level[2] == 0.0 and all(c > 0 for c in table.per_level[:2])
+    again = measured_table(tiny, menu, batch_size=4, seq_len=16, rounds=1, cache_dir=tmp_path,
+                           log=lambda _: pytest.fail("measured twice"))
+    assert again == table
