@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -10,7 +9,6 @@ from compress_models import outputs, sample_batch, save_tiny_model
 
 from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
 from ppocompress.compress.importance import importance_scores
-from ppocompress.compress.quality import embed
 from ppocompress.search import default_menu
 from ppocompress.search.cost_table import flops_table, measured_table
 from ppocompress.search.evaluator import PlanEvaluator, reward_from_cosine, sensitivity_table
