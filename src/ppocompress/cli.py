@@ -136,6 +136,42 @@ def bench(
                                                  "seq_len": seq_len, "variants": [r.to_dict() for r in results]}, indent=1))
 
 
+@app.command("compress")
+def compress_command(
+    model: ModelOption = None,
+    target_speedup: Annotated[Optional[float], typer.Option(help="Speedup the plan must reach (by the latency table). Default 3.0.")] = None,
+    target_size: Annotated[Optional[float], typer.Option(help="Or: size fraction of the dense model the plan must fit in.")] = None,
+    searcher: Annotated[str, typer.Option(help="ppo, uniform, random or evolutionary.")] = "ppo",
+    evals: Annotated[int, typer.Option(help="Plan evaluations each searcher may make.")] = 200,
+    recover: Annotated[str, typer.Option(help="Recovery of the chosen plan: none, lsq or distill.")] = "lsq",
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/compress"),
+    seed: Annotated[int, typer.Option(help="Seed of the searchers.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
+    baselines: Annotated[bool, typer.Option(help="Also run the other searchers on the same budget.")] = True,
+    cost: Annotated[str, typer.Option(help="Cost table: measured (latency, cached) or flops.")] = "measured",
+    text: TextOption = None,
+    threads: Annotated[int, typer.Option(help="Threads for latency measurement.")] = 2,
+) -> None:
+    """Search a per-layer compression plan with PPO, then deliver the compressed model, measured."""
+    from ppocompress.search.job import CompressSettings, run_compress
+
+    settings = CompressSettings(model=model, target_speedup=target_speedup if (target_speedup or target_size) else 3.0,
+                                target_size=target_size, searcher=searcher, evals=evals, recover=recover, seed=seed,
+                                baselines=baselines, threads=threads, text=None if text is None else str(text), cost=cost)
+    report = run_compress(settings, out, resume=resume, log=lambda line: typer.echo(line, err=True))
+    typer.echo(f"done searcher={report['searcher']} evaluations={report['evaluations']} "
+               f"measured_speedup={report['measured_speedup']:.2f} cosine_heldout={report['cosine_heldout']:.4f} "
+               f"out={out}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="The --out directory of ppocompress compress.")]) -> None:
+    """Rebuild report.html and its plots from a run's saved results."""
+    from ppocompress.search.report import write_report
+
+    typer.echo(str(write_report(run_dir)))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:

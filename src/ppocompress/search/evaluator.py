@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from ppocompress.compress import LoadedModel, adapter_for, layer_table
+from ppocompress.compress import CompressionPlan, LayerPlan, LoadedModel, adapter_for, layer_table
 from ppocompress.compress.apply import conv1d_to_linear_
 from ppocompress.compress.importance import LayerImportance
 from ppocompress.compress.quality import embed
@@ -48,21 +48,37 @@ class PlanEvaluator:
         self._layers: dict[tuple[int, int], nn.Module] = {}
         self.evaluations = 0
 
+    def kept(self, index: int, level_index: int) -> tuple[list[int] | None, list[int] | None]:
+        """The attention groups and FFN neurons layer `index` keeps at a level (None: all),
+        the top ones by importance."""
+        level, info, score = self.menu[level_index], self.table[index], self.scores[index]
+        groups = max(1, round(level.group_keep * info.kv_heads))
+        neurons = max(1, round(level.ffn_keep * info.ffn))
+        return (
+            None if groups == info.kv_heads else sorted(torch.topk(score.groups, groups).indices.tolist()),
+            None if neurons == info.ffn else sorted(torch.topk(score.neurons, neurons).indices.tolist()),
+        )
+
+    def plan(self, levels: list[int]) -> CompressionPlan:
+        """The CompressionPlan for a list of levels, as the evaluator scores it."""
+        layers = []
+        for index, level_index in enumerate(levels):
+            level = self.menu[level_index]
+            groups, neurons = self.kept(index, level_index)
+            layers.append(LayerPlan(keep_groups=groups, keep_neurons=neurons, drop=level.drop, int8=level.int8 and not level.drop))
+        return CompressionPlan(layers)
+
     def layer(self, index: int, level_index: int) -> nn.Module:
         """Layer `index` compressed to menu level `level_index`, built on first use."""
         key = (index, level_index)
         if key not in self._layers:
-            level = self.menu[level_index]
             layer = copy.deepcopy(self.adapter.layers(self.dense.model)[index])
-            info, score = self.table[index], self.scores[index]
-            head_dim = self.adapter.head_dim(self.dense.model)
-            groups = max(1, round(level.group_keep * info.kv_heads))
-            neurons = max(1, round(level.ffn_keep * info.ffn))
-            if groups < info.kv_heads:
-                self.adapter.prune_attention(layer, sorted(torch.topk(score.groups, groups).indices.tolist()), head_dim)
-            if neurons < info.ffn:
-                self.adapter.prune_ffn(layer, sorted(torch.topk(score.neurons, neurons).indices.tolist()))
-            if level.int8:
+            groups, neurons = self.kept(index, level_index)
+            if groups is not None:
+                self.adapter.prune_attention(layer, groups, self.adapter.head_dim(self.dense.model))
+            if neurons is not None:
+                self.adapter.prune_ffn(layer, neurons)
+            if self.menu[level_index].int8:
                 quantize_int8_(conv1d_to_linear_(layer))
             self._layers[key] = layer.eval()
         return self._layers[key]
