@@ -44,7 +44,7 @@ class Variant:
 VARIANTS = [
     Variant("dense"),
     Variant("dense onnxruntime fp32", backend="onnxruntime"),
-    Variant("int8"),
+    Variant("int8", int8=True),
     Variant("int8 onnxruntime", int8=True, backend="onnxruntime"),
     Variant("heads -25%", heads_keep=0.75),
     Variant("heads -50%", heads_keep=0.5),
