@@ -48,7 +48,8 @@ def test_env_passes_the_gymnasium_checker():
 )
 def test_no_episode_ends_over_budget(kind, value, num_layers, seed):
     table = synthetic_table(num_layers)
-    max_speedup = table.dense_total / (table.base + num_layers * min(table.per_level))
+    cheapest_kept = min(c for c, level in zip(table.per_level, MENU) if not level.drop)
+    max_speedup = table.dense_total / (table.base + cheapest_kept + (num_layers - 1) * min(table.per_level))
     target = Target("speedup", 1.0 + value * (max_speedup - 1.0)) if kind == "speedup" else Target("size", 1.0 - value * (1 - 1 / max_speedup))
     env = make_env(target, num_layers)
     rng = np.random.default_rng(seed)
@@ -59,6 +60,18 @@ def test_no_episode_ends_over_budget(kind, value, num_layers, seed):
         assert allowed.size > 0  # never a dead end
         _, _, done, _, info = env.step(int(rng.choice(allowed)))
     assert info["cost"] <= env.budget * (1 + 1e-9)
+    assert env.is_valid_plan(info["levels"])  # at least one layer kept
+
+
+def test_an_episode_cannot_drop_every_layer():
+    table = synthetic_table(3)
+    table.base = 0.0  # with no fixed cost, dropping everything would be "free"
+    env = CompressionEnv(table, MENU, Target("speedup", 20.0), lambda levels: 0.0, np.zeros((3, 2)), np.zeros((3, len(MENU))))
+    env.reset()
+    drop = len(MENU) - 1
+    env.step(drop)
+    env.step(drop)
+    assert not env.action_masks()[drop] and env.action_masks().any()
 
 
 def test_masked_level_cannot_be_taken():

@@ -56,10 +56,13 @@ class CompressionEnv(gym.Env):
         self.num_layers = cost.num_layers
         self.budget = target.budget(cost.dense_total)
         self.cheapest = min(cost.per_level)
-        if cost.base + self.num_layers * self.cheapest > self.budget + 1e-9:
-            best = cost.dense_total / (cost.base + self.num_layers * self.cheapest)
+        # A plan must keep at least one layer, so the cheapest plan is one kept layer at its
+        # cheapest level with every other layer at the cheapest level overall.
+        self.cheapest_kept = min(c for c, level in zip(cost.per_level, menu) if not level.drop)
+        lowest = cost.base + self.cheapest_kept + (self.num_layers - 1) * self.cheapest
+        if lowest > self.budget + 1e-9:
             raise UserError(f"target {target.kind} {target.value} cannot be met: the most compressed plan reaches "
-                            f"{best:.2f}x by the cost table; ask for less")
+                            f"{cost.dense_total / lowest:.2f}x by the cost table; ask for less")
         self.layer_features = np.asarray(layer_features, dtype=np.float32)
         self.sensitivity = np.asarray(sensitivity, dtype=np.float32)
         n_obs = 8 + len(menu)
@@ -88,11 +91,23 @@ class CompressionEnv(gym.Env):
         return observation, reward, done, False, info
 
     def action_masks(self) -> np.ndarray:
-        """Levels that leave the budget reachable with the cheapest completion."""
+        """Levels after which the budget stays reachable by the cheapest completion that
+        still keeps at least one layer."""
         remaining_after = self.num_layers - len(self.levels) - 1
         spent = self.cost.base + sum(self.cost.per_level[i] for i in self.levels)
-        floor = remaining_after * self.cheapest
-        return np.array([spent + c + floor <= self.budget + 1e-9 for c in self.cost.per_level], dtype=bool)
+        kept_before = any(not self.menu[i].drop for i in self.levels)
+        mask = np.zeros(len(self.menu), dtype=bool)
+        for index, (cost, level) in enumerate(zip(self.cost.per_level, self.menu)):
+            kept = kept_before or not level.drop
+            if not kept and remaining_after == 0:
+                continue  # would drop every layer
+            floor = remaining_after * self.cheapest + (0.0 if kept else self.cheapest_kept - self.cheapest)
+            mask[index] = spent + cost + floor <= self.budget + 1e-9
+        return mask
+
+    def is_valid_plan(self, levels: list[int]) -> bool:
+        """Meets the budget and keeps at least one layer."""
+        return self.cost.total(levels) <= self.budget + 1e-9 and any(not self.menu[i].drop for i in levels)
 
     # --- helpers ------------------------------------------------------------------
     def _observation(self) -> np.ndarray:

@@ -101,14 +101,10 @@ def run_searcher(name: str, make_env: EnvFactory, score: Callable[[list[int]], f
     return recorder.result(name)
 
 
-def _feasible(env: CompressionEnv, levels: list[int]) -> bool:
-    return env.cost.total(levels) <= env.budget + 1e-9
-
-
 def _uniform(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
     for level in range(len(env.menu)):
         levels = [level] * env.num_layers
-        if _feasible(env, levels):
+        if env.is_valid_plan(levels):
             env.score_plan(levels)
 
 
@@ -134,7 +130,7 @@ def _random(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
 def _evolutionary(env: CompressionEnv, recorder: Recorder, seed: int, offspring: int = 8, max_mutations: int = 3) -> None:
     rng = np.random.default_rng(seed)
     uniform = [[level] * env.num_layers for level in range(len(env.menu))]
-    starts = [levels for levels in uniform if _feasible(env, levels)] or [_random_plan(env, rng)]
+    starts = [levels for levels in uniform if env.is_valid_plan(levels)] or [_random_plan(env, rng)]
     parent = max(starts[:4], key=env.score_plan)  # a few uniform starts, the best is the first parent
     parent_reward = env.score_plan(parent)
     stale = 0
@@ -144,7 +140,7 @@ def _evolutionary(env: CompressionEnv, recorder: Recorder, seed: int, offspring:
             child = list(parent)
             for layer in rng.choice(env.num_layers, size=rng.integers(1, max_mutations + 1), replace=False):
                 child[layer] = int(rng.integers(len(env.menu)))
-            if child != parent and _feasible(env, child):
+            if child != parent and env.is_valid_plan(child):
                 children.append(child)
             if len(children) == offspring:
                 break
