@@ -70,10 +70,10 @@ def _policy_plot(result: dict, path: Path) -> str:
     ax.imshow(compression, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for r, row in enumerate(rows):
         for c, name in enumerate(row["levels"]):
-            ax.text(c, r, name, ha="center", va="center", fontsize=7, color="white" if compression[r, c] > 0.5 else "black")
+            ax.text(c, r, name, ha="center", va="center", fontsize=7, color="black" if compression[r, c] > 0.5 else "white")
     ax.set_yticks(range(len(rows)), names)
     ax.set_xticks(range(layers), [f"layer {i}" for i in range(layers)])
-    ax.set_title("level chosen per layer (darker = less compressed)")
+    ax.set_title("level chosen per layer (brighter = more of the layer kept; int8 counts as 0.6)")
     return _save(fig, path)
 
 
