@@ -52,13 +52,6 @@ def rl(
     typer.echo(summary.line())
 
 
-def _texts(text: Optional[Path]):
-    """The default calibration/evaluation splits, or a user file split the same fixed way."""
-    from ppocompress.compress.text import default_splits, read_text_file, splits_from_texts
-
-    return splits_from_texts(read_text_file(text)) if text is not None else default_splits()
-
-
 ModelOption = Annotated[
     Optional[str],
     typer.Option("--model", help="Hugging Face id or local directory (safetensors only). Default: the embedded all-MiniLM-L6-v2."),
@@ -86,8 +79,9 @@ def evaluate(
 
     from ppocompress.compress import CompressionPlan, load_model
     from ppocompress.compress.evaluation import evaluate as run_evaluate
+    from ppocompress.compress.text import load_splits
 
-    texts = _texts(text)
+    texts = load_splits(text)
     compression_plan = CompressionPlan.from_json_file(plan) if plan is not None else None
     dense = load_model(model, trust_remote_code=trust_remote_code)
     report = run_evaluate(dense, texts, compression_plan, recover, latency=latency, threads=threads)
@@ -120,9 +114,9 @@ def bench(
     from ppocompress.fileio import atomic_write_text
     from ppocompress.reporting import print_bench
 
-    from ppocompress.compress.text import subset
+    from ppocompress.compress.text import load_splits, subset
 
-    texts = subset(_texts(text), calibration_texts, evaluation_texts)
+    texts = subset(load_splits(text), calibration_texts, evaluation_texts)
     dense = load_model(model, trust_remote_code=trust_remote_code)
     if dense.is_causal:
         raise UserError("bench measures embedding models for now; use evaluate --plan for causal LMs")

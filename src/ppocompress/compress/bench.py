@@ -23,7 +23,7 @@ from ppocompress.compress.importance import importance_scores, layers_to_drop, p
 from ppocompress.compress.models import LoadedModel
 from ppocompress.compress.onnx_export import export_onnx, onnx_outputs, quantize_onnx_int8
 from ppocompress.compress.pipeline import compress
-from ppocompress.compress.quality import embed, embedding_fidelity, lee_correlation
+from ppocompress.compress.quality import embed, embedding_fidelity, lee_correlation, mean_pooled
 from ppocompress.compress.text import TextSplits
 
 
@@ -133,6 +133,5 @@ def _onnx_embed(path: Path, tokenizer, texts: list[str], batch_size: int = 32) -
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(texts[start : start + batch_size], return_tensors="np", padding=True, truncation=True, max_length=128)
         hidden = torch.from_numpy(np.asarray(onnx_outputs(session, batch["input_ids"], batch["attention_mask"])))
-        mask = torch.from_numpy(batch["attention_mask"]).unsqueeze(-1).float()
-        rows.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=1))
+        rows.append(mean_pooled(hidden.float(), torch.from_numpy(batch["attention_mask"])))
     return torch.cat(rows)

@@ -46,10 +46,14 @@ def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32, m
         for batch in _batches(texts, batch_size):
             enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
             hidden = model(**enc).last_hidden_state.float()
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            rows.append(F.normalize(pooled, p=2, dim=1).cpu())
+            rows.append(mean_pooled(hidden, enc["attention_mask"]).cpu())
     return torch.cat(rows)
+
+
+def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Token states averaged over the mask, then L2-normalised (sentence-transformers' pooling)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), p=2, dim=1)
 
 
 def usable_positions(model: nn.Module) -> int:

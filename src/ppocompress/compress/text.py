@@ -247,3 +247,8 @@ def evenly_spaced(texts: list[str], count: int) -> list[str]:
 
 def subset(splits: "TextSplits", calibration: int, evaluation: int) -> "TextSplits":
     return TextSplits(evenly_spaced(splits.calibration, calibration), evenly_spaced(splits.evaluation, evaluation))
+
+
+def load_splits(path: str | Path | None = None) -> TextSplits:
+    """The default splits, or a user's text file split the same fixed way."""
+    return splits_from_texts(read_text_file(path)) if path else default_splits()

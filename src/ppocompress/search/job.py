@@ -29,7 +29,7 @@ from ppocompress.compress.importance import importance_scores
 from ppocompress.compress.onnx_export import export_onnx, quantize_onnx_int8
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.quality import embed, embedding_fidelity, lee_correlation
-from ppocompress.compress.text import default_splits, read_text_file, splits_from_texts, subset
+from ppocompress.compress.text import load_splits, subset
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text
 from ppocompress.search.cost_table import flops_table, measured_table
@@ -88,8 +88,7 @@ def run_compress(settings: CompressSettings, out: Path, resume: bool = False, lo
         state = SearchState(asdict(settings))
 
     dense = load_model(settings.model)
-    texts = splits_from_texts(read_text_file(settings.text)) if settings.text else default_splits()
-    texts = subset(texts, settings.calibration_texts, settings.evaluation_texts)
+    texts = subset(load_splits(settings.text), settings.calibration_texts, settings.evaluation_texts)
     log(f"model {dense.source}: importance scores on {min(256, len(texts.calibration))} calibration passages")
     scores = importance_scores(dense, texts.calibration[:256])
     menu = default_menu()
