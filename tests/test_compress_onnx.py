@@ -120,6 +120,28 @@ def test_int8_onnx_file_is_smaller_and_close(tiny, tmp_path, family):
     assert onnx_metadata(int8)["vocab_size"] == "30522"  # the latency worker still finds the vocabulary
 
 
+def test_simulated_int8_reproduces_onnx_runtime_int8(tiny, tmp_path):
+    """The search prices int8 with SimulatedInt8Linear: it must compute what ONNX Runtime's
+    int8 graph computes, far closer than PyTorch's own int8 kernels (7-bit inputs) do."""
+    import copy
+
+    from ppocompress.compress.quantize import quantize_int8_, simulate_onnx_int8_
+
+    loaded = tiny("bert")
+    fp32 = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "fp32.onnx")
+    layers = list(range(len(adapter_for(loaded.model).layers(loaded.model))))
+    int8 = quantize_onnx_int8(fp32, tmp_path / "int8.onnx", layers, "bert", embeddings=False)
+    batch = _other_batch(loaded.tokenizer)
+    onnx_int8 = torch.from_numpy(np.asarray(onnx_outputs(int8, batch["input_ids"], batch["attention_mask"].numpy())))
+    errors = {}
+    for name, convert in (("simulated", simulate_onnx_int8_), ("torch", quantize_int8_)):
+        model = copy.deepcopy(loaded.model)
+        for layer in adapter_for(model).layers(model):
+            convert(layer)
+        errors[name] = (outputs(model, batch) - onnx_int8).abs().max().item()
+    assert errors["simulated"] < 1e-3 and errors["simulated"] < errors["torch"] / 10
+
+
 def test_quantizing_embeddings_is_optional_and_only_changes_size(tiny, tmp_path):
     loaded = tiny("bert")
     fp32 = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "fp32.onnx")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from compress_models import outputs, sample_batch, save_tiny_model
 
-from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, layer_table, load_model
+from ppocompress.compress import CompressionPlan, LayerPlan, adapter_for, apply_plan, layer_table, load_model
 from ppocompress.compress.importance import importance_scores, layers_to_drop, plan_from_scores
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.quality import embed, embedding_fidelity
@@ -117,3 +117,37 @@ def test_unknown_methods_are_user_errors(tmp_path):
         compress(loaded, CompressionPlan.dense(3), recovery="prayer")
     with pytest.raises(UserError, match="needs calibration text"):
         compress(loaded, CompressionPlan([LayerPlan(keep_neurons=[0, 1])] * 3), recovery="lsq", calibration=[])
+
+
+@pytest.mark.parametrize("cut", ["heads", "neurons"])
+def test_refit_from_dense_statistics_equals_the_sequential_refit_of_a_first_layer(tiny, cut):
+    """In the first layer a pruned projection's kept inputs are exactly the dense ones, so
+    the one-solve refit from projection_grams must match refit_projections there."""
+    import copy
+
+    from ppocompress.compress.recovery import projection_grams, refit_projections, refit_to_subset
+
+    adapter = adapter_for(tiny.model)
+    table = layer_table(tiny.model)
+    groups = list(range(0, table[0].kv_heads, 2))
+    neurons = list(range(0, table[0].ffn, 2))
+    first = LayerPlan(keep_groups=groups) if cut == "heads" else LayerPlan(keep_neurons=neurons)
+    plan = CompressionPlan([first] + [LayerPlan() for _ in table[1:]])
+    pruned = apply_plan(tiny, plan, quantize=False)
+    by_subset = copy.deepcopy(pruned)
+    refit_projections(tiny, pruned, TEXTS)
+    grams = projection_grams(tiny, TEXTS)
+    dense_layer, layer = adapter.layers(tiny.model)[0], adapter.layers(by_subset.model)[0]
+    head_dim = adapter.head_dim(tiny.model)
+    if cut == "heads":
+        module = adapter.attention_output(layer)
+        refit_to_subset(module, adapter.attention_output(dense_layer), grams["0.attn"],
+                        adapter.attention_output_columns(dense_layer, groups, head_dim))
+        expected = adapter.attention_output(adapter.layers(pruned.model)[0])
+    else:
+        module = adapter.ffn_output(layer)
+        refit_to_subset(module, adapter.ffn_output(dense_layer), grams["0.ffn"], torch.tensor(neurons))
+        expected = adapter.ffn_output(adapter.layers(pruned.model)[0])
+    assert torch.allclose(module.weight, expected.weight, rtol=1e-3, atol=1e-4)
+    if expected.bias is not None:
+        assert torch.allclose(module.bias, expected.bias, rtol=1e-3, atol=1e-4)

@@ -97,3 +97,22 @@ def test_unreachable_target_is_a_user_error():
         make_env(Target("speedup", 1000.0))
     with pytest.raises(UserError, match="must be >= 1"):
         make_env(Target("speedup", 0.5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), num_layers=st.integers(2, 8))
+def test_shaped_rewards_add_up_to_the_true_reward(seed, num_layers):
+    """Potential-based shaping: an episode's shaped rewards sum to its plan's reward minus
+    the same constant for every plan, so shaping cannot change which plan is best."""
+    def true_reward(levels):
+        return -float(np.mean(levels)) / 7.0
+
+    env = make_env(Target("speedup", 1.5), num_layers, score=true_reward)
+    env.shaped = True
+    rng = np.random.default_rng(seed)
+    _, info = env.reset(seed=seed)
+    total, done = 0.0, False
+    while not done:
+        _, reward, done, _, info = env.step(int(rng.choice(np.flatnonzero(info["action_mask"]))))
+        total += reward
+    assert total == pytest.approx(true_reward(info["levels"]) - env.estimated_reward([]), abs=1e-9)

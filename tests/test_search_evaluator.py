@@ -91,7 +91,11 @@ def test_flops_table_prices_levels(tiny):
 def test_measured_table_is_cached(tiny, tmp_path):
     menu = [MENU[0], MENU[level_index(group_keep=0.5, ffn_keep=0.5, int8=False)], MENU[level_index(drop=True)]]
     table = measured_table(tiny, menu, batch_size=4, seq_len=16, rounds=1, cache_dir=tmp_path, log=lambda _: None)
-    assert table.unit == "ms" and table.per_level[2] == 0.0 and all(c > 0 for c in table.per_level[:2])
+    assert table.unit == "ms" and table.backend == "onnxruntime" and table.per_level[2] == 0.0
+    assert all(c > 0 for c in table.per_level[:2]) and table.reference > 0
+    mixed = [row for row in table.fit if row["label"].startswith("mixed")]
+    assert len(mixed) == 12 and all(row["measured_ms"] > 0 and row["predicted_ms"] > 0 for row in mixed)
+    assert table.fit_error() == max(abs(row["predicted_ms"] / row["measured_ms"] - 1) for row in mixed)
     again = measured_table(tiny, menu, batch_size=4, seq_len=16, rounds=1, cache_dir=tmp_path,
                            log=lambda _: pytest.fail("measured twice"))
     assert again == table

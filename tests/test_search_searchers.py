@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_search_env import MENU, make_env
+from test_search_env import MENU, synthetic_table
 
 from ppocompress.errors import UserError
-from ppocompress.search.env import Target
+from ppocompress.search import searchers
+from ppocompress.search.env import CompressionEnv, Target
 from ppocompress.search.searchers import SEARCHERS, run_searcher
 
 NUM_LAYERS = 6
@@ -22,11 +23,18 @@ def score(levels: list[int]) -> float:
 
 
 def factory(target: Target):
-    return lambda scorer: make_env(target, NUM_LAYERS, score=scorer)
+    """Envs whose one-off sensitivities are the synthetic losses, as the job measures them."""
+    return lambda scorer: CompressionEnv(synthetic_table(NUM_LAYERS), MENU, target, scorer,
+                                         np.zeros((NUM_LAYERS, 2)), LOSS / LOSS.sum())
+
+
+@pytest.fixture
+def short_rehearsal(monkeypatch):
+    monkeypatch.setattr(searchers, "REHEARSAL_EPISODES", 200)
 
 
 @pytest.mark.parametrize("name", SEARCHERS)
-def test_each_searcher_stays_within_budget_and_evaluations(name):
+def test_each_searcher_stays_within_budget_and_evaluations(name, short_rehearsal):
     target = Target("speedup", 2.0)
     result = run_searcher(name, factory(target), score, evaluations=60, seed=0)
     env = factory(target)(score)
@@ -37,7 +45,7 @@ def test_each_searcher_stays_within_budget_and_evaluations(name):
     assert all(b2 >= b1 for (_, b1), (_, b2) in zip(result.curve, result.curve[1:]))  # best-so-far never drops
 
 
-def test_search_is_reproducible_with_a_seed():
+def test_search_is_reproducible_with_a_seed(short_rehearsal):
     target = Target("speedup", 2.0)
     a = run_searcher("ppo", factory(target), score, evaluations=40, seed=3)
     b = run_searcher("ppo", factory(target), score, evaluations=40, seed=3)
@@ -49,6 +57,17 @@ def test_ppo_beats_uniform_on_a_non_uniform_problem():
     ppo = run_searcher("ppo", factory(target), score, evaluations=300, seed=0)
     uniform = run_searcher("uniform", factory(target), score, evaluations=300, seed=0)
     assert ppo.best_reward > uniform.best_reward
+
+
+def test_ppo_rehearsal_spends_no_evaluations(short_rehearsal):
+    calls = []
+
+    def counted(levels):
+        calls.append(levels)
+        return score(levels)
+
+    result = run_searcher("ppo", factory(Target("speedup", 2.0)), counted, evaluations=5, seed=0)
+    assert len(calls) == result.evaluations == 5
 
 
 def test_unknown_searcher_is_a_user_error():

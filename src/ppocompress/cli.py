@@ -147,12 +147,14 @@ def compress_command(
     threads: Annotated[int, typer.Option(help="Threads for latency measurement.")] = 2,
 ) -> None:
     """Search a per-layer compression plan with PPO, then deliver the compressed model, measured."""
+    from ppocompress.reporting import print_compress
     from ppocompress.search.job import CompressSettings, run_compress
 
     settings = CompressSettings(model=model, target_speedup=target_speedup if (target_speedup or target_size) else 3.0,
                                 target_size=target_size, searcher=searcher, evals=evals, recover=recover, seed=seed,
                                 baselines=baselines, threads=threads, text=None if text is None else str(text), cost=cost)
     report = run_compress(settings, out, resume=resume, log=lambda line: typer.echo(line, err=True))
+    print_compress(report)
     typer.echo(f"done searcher={report['searcher']} evaluations={report['evaluations']} "
                f"measured_speedup={report['measured_speedup']:.2f} cosine_heldout={report['cosine_heldout']:.4f} "
                f"out={out}")

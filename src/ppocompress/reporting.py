@@ -34,3 +34,21 @@ def print_evaluation(report: dict) -> None:
         table.add_row(metric, *[_fmt(report[label].get(metric), ",.4f" if not isinstance(report[label].get(metric), int) else ",d")
                                 for label in labels])
     Console().print(table)
+
+
+def print_compress(report: dict) -> None:
+    """The searchers side by side: what each plan was predicted to do and what it did."""
+    target = (f"speedup {report['target_speedup']}x" if report.get("target_speedup") is not None
+              else f"size {report.get('target_size')}")
+    table = Table(title=f"{report['model']}: target {target}, {report['evaluations']} evaluations a searcher "
+                        f"(speedups vs dense PyTorch fp32 at {report['dense_latency_ms']:.0f} ms, measured side by side)")
+    for column in ("searcher", "backend", "predicted", "measured", "vs ORT dense", "cosine held-out", "Lee Pearson",
+                   "size MB", "plan"):
+        table.add_column(column, justify="left" if column in ("searcher", "backend", "plan") else "right")
+    for row in [report, *report.get("baselines", {}).values()]:
+        size = row["onnx_size_bytes"] if row["backend"] == "onnxruntime" else row["size_bytes"]
+        table.add_row(row["searcher"], row["backend"], _fmt(row.get("predicted_speedup"), ".2f"),
+                      _fmt(row["measured_speedup"], ".2f") + "x", _fmt(row["measured_speedup_vs_onnx_dense"], ".2f") + "x",
+                      _fmt(row["cosine_heldout"]), _fmt(row["lee_pearson"]), _fmt(size / 1e6, ".1f"), " ".join(row["levels"]))
+    Console().print(table)
+    Console().print(f"dense: Lee Pearson {report['dense_lee_pearson']:.4f}, {report['dense_size_bytes'] / 1e6:.1f} MB")

@@ -100,6 +100,12 @@ class FamilyAdapter:
     def ffn_width(self, layer: nn.Module) -> int:
         raise NotImplementedError
 
+    def attention_output_columns(self, layer: nn.Module, keep_groups: list[int], head_dim: int) -> torch.Tensor:
+        """The input features of the attention output projection that kept groups feed
+        (a group's query heads are contiguous)."""
+        group_size = self.query_heads(layer, head_dim) // self.kv_heads(layer, head_dim)
+        return _head_index(keep_groups, group_size * head_dim)
+
     def prune_attention(self, layer: nn.Module, keep_groups: list[int], head_dim: int) -> None:
         raise NotImplementedError
 
@@ -294,7 +300,7 @@ class LlamaAdapter(FamilyAdapter):
     def prune_attention(self, layer, keep_groups, head_dim):
         attn = layer.self_attn
         group_size = self.query_heads(layer, head_dim) // self.kv_heads(layer, head_dim)
-        query_index = _head_index(keep_groups, group_size * head_dim)  # a group's query heads are contiguous
+        query_index = self.attention_output_columns(layer, keep_groups, head_dim)
         kv_index = _head_index(keep_groups, head_dim)
         attn.q_proj = slice_linear(attn.q_proj, query_index, 0)
         attn.k_proj = slice_linear(attn.k_proj, kv_index, 0)

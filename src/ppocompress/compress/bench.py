@@ -13,7 +13,6 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ppocompress.compress.architecture import layer_table
@@ -21,9 +20,9 @@ from ppocompress.compress.cost import count_parameters, directory_bytes, measure
 from ppocompress.compress.export import save
 from ppocompress.compress.importance import importance_scores, layers_to_drop, plan_from_scores
 from ppocompress.compress.models import LoadedModel
-from ppocompress.compress.onnx_export import export_onnx, onnx_outputs, quantize_onnx_int8
+from ppocompress.compress.onnx_export import export_onnx, quantize_onnx_int8
 from ppocompress.compress.pipeline import compress
-from ppocompress.compress.quality import embed, embedding_fidelity, lee_correlation, mean_pooled
+from ppocompress.compress.quality import embed, embed_onnx, embedding_fidelity, lee_correlation
 from ppocompress.compress.text import TextSplits
 
 
@@ -95,7 +94,7 @@ def run_bench(dense: LoadedModel, texts: TextSplits, variants: list[Variant] = V
                 if onnx_dense is None:
                     onnx_dense = export_onnx(dense.model, dense.tokenizer, work / "dense.onnx")
                 path = onnx_dense if not variant.int8 else quantize_onnx_int8(onnx_dense, work / "int8.onnx", model_type=dense.model_type)
-                quality = {"none": _metrics(reference, _onnx_embed(path, dense.tokenizer, texts.evaluation), None)}
+                quality = {"none": _metrics(reference, embed_onnx(path, dense.tokenizer, texts.evaluation), None)}
                 results.append(VariantResult(variant.name, variant.backend, count_parameters(dense.model), directory_bytes(path), quality=quality))
                 targets.append((variant.name, path, "onnxruntime"))
                 continue
@@ -124,14 +123,3 @@ def _metrics(reference: torch.Tensor, candidate: torch.Tensor, model: LoadedMode
     return metrics
 
 
-def _onnx_embed(path: Path, tokenizer, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-    """Mean-pooled, normalised embeddings from an ONNX encoder (as quality.embed does in torch)."""
-    from ppocompress.compress.onnx_export import onnx_session
-
-    session = onnx_session(path)
-    rows = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], return_tensors="np", padding=True, truncation=True, max_length=128)
-        hidden = torch.from_numpy(np.asarray(onnx_outputs(session, batch["input_ids"], batch["attention_mask"])))
-        rows.append(mean_pooled(hidden.float(), torch.from_numpy(batch["attention_mask"])))
-    return torch.cat(rows)

@@ -50,6 +50,21 @@ def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32, m
     return torch.cat(rows)
 
 
+def embed_onnx(path, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+    """embed() for an exported .onnx encoder run by ONNX Runtime: the model as shipped."""
+    from ppocompress.compress.onnx_export import onnx_outputs, onnx_session
+
+    if not texts:
+        raise ValueError("embed_onnx() needs at least one text")
+    session = onnx_session(path)
+    rows = []
+    for batch in _batches(texts, batch_size):
+        enc = tokenizer(batch, return_tensors="np", padding=True, truncation=True, max_length=max_length)
+        hidden = torch.from_numpy(np.asarray(onnx_outputs(session, enc["input_ids"], enc["attention_mask"])))
+        rows.append(mean_pooled(hidden.float(), torch.from_numpy(enc["attention_mask"])))
+    return torch.cat(rows)
+
+
 def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Token states averaged over the mask, then L2-normalised (sentence-transformers' pooling)."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -123,7 +138,11 @@ def lee_correlation(model: nn.Module, tokenizer) -> dict[str, float]:
     This follows gensim's test_lee.py. The 1225 upper-triangle pairs are compared with
     the human ratings. The dense all-MiniLM-L6-v2 gives Pearson 0.656 and Spearman 0.508.
     """
-    embeddings = embed(model, tokenizer, lee_documents(), max_length=LEE_MAX_LENGTH)
+    return lee_correlation_of(embed(model, tokenizer, lee_documents(), max_length=LEE_MAX_LENGTH))
+
+
+def lee_correlation_of(embeddings: torch.Tensor) -> dict[str, float]:
+    """lee_correlation from embeddings of lee_documents() (max_length LEE_MAX_LENGTH), however computed."""
     model_pairs = _upper_triangle(embeddings)
     human_pairs = lee_similarities()[np.triu_indices(50, 1)]
     return {"pearson": _pearson(model_pairs, human_pairs), "spearman": spearman(model_pairs, human_pairs)}

@@ -4,7 +4,9 @@
   FFN down): given the inputs it sees inside the *compressed* model on calibration text,
   it is refit to reproduce what the *dense* projection outputs there. One dense pass, then
   one compressed pass per pruned layer, in order, collect X^T X and X^T Y; a
-  ridge-regularised solve does the rest.
+  ridge-regularised solve does the rest. refit_to_subset is the cheap variant a search
+  uses: from the dense model's input statistics alone (projection_grams), one solve per
+  projection, for any subset of heads or neurons.
 - distill: a short distillation of the whole compressed model towards the dense model's
   hidden states (or logits for causal LMs), N optimizer steps.
 Both run on the fp32 pruned model, before int8 quantization.
@@ -77,11 +79,50 @@ def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[s
 
         watch_inputs(compressed.model, compressed.tokenizer, texts, stage, accumulate, batch_size, max_length, stop_early=True)
         for name, module in stage.items():
-            g = gram[name]
-            scale = g.diagonal()[:-1].mean().clamp(min=1e-12)
-            solution = torch.linalg.solve(g + ridge * scale * torch.eye(g.shape[0], dtype=g.dtype), cross[name])
-            _set_weight_bias(module, solution[:-1].T.float(), solution[-1].float())
+            g, c, width = gram[name], cross[name], gram[name].shape[0] - 1
+            if module.bias is None:  # no bias to absorb a constant: fit without one
+                g, c = g[:-1, :-1], c[:-1]
+            solution = _ridge_solve(g, c, ridge, gram[name].diagonal()[:-1].mean())
+            _set_weight_bias(module, solution[:width].T.float(), solution[-1].float())
     return len(targets)
+
+
+def projection_grams(dense: LoadedModel, texts: list[str], batch_size: int = 32, max_length: int = 128) -> dict[str, torch.Tensor]:
+    """[X 1]^T [X 1] of the inputs X of every layer's output projections in the dense
+    model, keyed "<layer>.attn" and "<layer>.ffn". The dense outputs are [X 1] [W b]^T, so
+    these alone let refit_to_subset refit a projection to any subset of its inputs with
+    one solve: how a search prices recovery for many pruning levels without a pass each."""
+    if not texts:
+        raise UserError("least-squares recovery needs calibration text")
+    adapter = adapter_for(dense.model)
+    modules: dict[str, nn.Module] = {}
+    for index, layer in enumerate(adapter.layers(dense.model)):
+        modules[f"{index}.attn"] = adapter.attention_output(layer)
+        modules[f"{index}.ffn"] = adapter.ffn_output(layer)
+    grams: dict[str, torch.Tensor] = {}
+
+    def accumulate(name: str, x: torch.Tensor) -> None:
+        xa = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
+        grams[name] = grams.get(name, 0) + (xa.T @ xa).double()
+
+    watch_inputs(dense.model, dense.tokenizer, texts, modules, accumulate, batch_size, max_length)
+    return grams
+
+
+def refit_to_subset(module: nn.Module, dense_module: nn.Module, gram: torch.Tensor, columns: torch.Tensor,
+                    ridge: float = 1e-3) -> None:
+    """Refits `module`, the dense projection `dense_module` cut to its input `columns`,
+    to reproduce the dense outputs on the inputs `gram` summarises (see projection_grams).
+    The inputs are the dense model's, so this is the non-sequential refit: cheaper and a
+    little weaker than refit_projections, which sees the compressed model's own inputs."""
+    weight, bias = output_weight(dense_module).double(), dense_module.bias
+    constant = gram.shape[0] - 1
+    dense_map = torch.cat([weight.T, torch.zeros(1, weight.shape[0], dtype=torch.float64) if bias is None
+                           else bias.detach().double()[None]])
+    index = columns.long() if bias is None else torch.cat([columns.long(), torch.tensor([constant])])
+    scale = gram.diagonal()[columns.long()].mean()
+    solution = _ridge_solve(gram[index][:, index], gram[index] @ dense_map, ridge, scale)
+    _set_weight_bias(module, solution[: len(columns)].T.float(), solution[-1].float())
 
 
 def distill(dense: LoadedModel, compressed: LoadedModel, texts: list[str], steps: int = 200, learning_rate: float = 5e-5,
@@ -118,6 +159,13 @@ def distill(dense: LoadedModel, compressed: LoadedModel, texts: list[str], steps
             bar.update(task, advance=1, description=f"distilling loss {loss.item():.4f}")
     model.eval()
     return losses
+
+
+def _ridge_solve(gram: torch.Tensor, cross: torch.Tensor, ridge: float, scale: torch.Tensor) -> torch.Tensor:
+    """argmin_W |XW - Y|^2 + ridge * scale * |W|^2 from X^T X and X^T Y. scale is the mean
+    squared input feature, so one ridge value suits activations of any size."""
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+    return torch.linalg.solve(gram + ridge * scale.clamp(min=1e-12) * eye, cross)
 
 
 def _apply(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

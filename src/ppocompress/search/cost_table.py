@@ -1,13 +1,15 @@
 """What each level of each layer costs: a latency table measured once and cached.
 
-Layers of the supported families share one shape, so the table is per level, measured on
-whole models (the same code path users run): the dense model, a one-layer model, and for
-every level a model with all layers at that level, each in its own process, in
-interleaved rounds. Then
-    layer_ms(dense) = (T_dense - T_one) / (L - 1),   base = T_one - layer_ms(dense),
-    layer_ms(level) = (T_level - base) / L,          layer_ms(drop) = 0,
-and a plan's predicted latency is base + the sum of its layers' costs. FLOPs give the
-same kind of table without measuring (the fallback, and a cross-check).
+Layers of the supported families share one shape, so the table is per level, fitted to
+whole-model timings on the backend the tool delivers on (ONNX Runtime; PyTorch with
+backend="torch"): the dense model, a one-layer model, every level applied to all layers,
+and a dozen random mixed plans, each model timed in its own process in interleaved
+rounds. A plan's predicted latency is base + the sum of its layers' level costs; base and
+the per-level costs are the non-negative least-squares fit to all those timings, so the
+mixed plans calibrate the table to plans like the ones a search returns, and the fit's
+error on them is kept with the table (predicted and measured speedups must agree).
+Speedups are against the dense model in PyTorch fp32, timed in the same rounds.
+FLOPs give the same kind of table without measuring (the fallback, and a cross-check).
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import hashlib
 import json
 import platform
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from scipy.optimize import nnls
 
 from ppocompress.compress import CompressionPlan, LayerPlan, LoadedModel, apply_plan, layer_table, save
 from ppocompress.compress.cost import measure_latencies, model_flops
+from ppocompress.compress.onnx_export import export_onnx, quantize_onnx_int8
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text
 from ppocompress.search.levels import Level
@@ -38,16 +43,28 @@ class CostTable:
     base: float
     per_level: list[float]  # indexed like the level menu
     num_layers: int
+    reference: float | None = None  # what speedups are against (dense PyTorch fp32 ms); None: dense_total
+    backend: str | None = None  # where the timings were taken
+    fit: list[dict] = field(default_factory=list)  # measured vs predicted ms of each timed model
 
     @property
     def dense_total(self) -> float:
         return self.base + self.num_layers * self.per_level[0]
 
+    @property
+    def reference_total(self) -> float:
+        return self.reference if self.reference is not None else self.dense_total
+
     def total(self, levels: list[int]) -> float:
         return self.base + sum(self.per_level[i] for i in levels)
 
     def speedup(self, levels: list[int]) -> float:
-        return self.dense_total / self.total(levels)
+        return self.reference_total / self.total(levels)
+
+    def fit_error(self) -> float:
+        """Largest relative error of the table on the mixed plans it was fitted to."""
+        mixed = [row for row in self.fit if row["label"].startswith("mixed")]
+        return max((abs(row["predicted_ms"] / row["measured_ms"] - 1.0) for row in mixed), default=0.0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,56 +99,89 @@ def flops_table(dense: LoadedModel, menu: list[Level], seq_len: int = 64) -> Cos
     return CostTable("flops", float(base), per_level, num_layers)
 
 
+MIXED_PLANS = 12  # random mixed plans timed to calibrate the table
+
+
 def measured_table(dense: LoadedModel, menu: list[Level], batch_size: int = 32, seq_len: int = 64, threads: int = 2,
-                   rounds: int = 2, cache_dir: Path | None = None, log=print) -> CostTable:
+                   rounds: int = 2, backend: str = "onnxruntime", cache_dir: Path | None = None, log=print) -> CostTable:
     """The latency table, from the on-disk cache when this model/machine/setting was measured before."""
-    key = _cache_key(dense, menu, batch_size, seq_len, threads)
+    key = _cache_key(dense, menu, batch_size, seq_len, threads, backend)
     cache = (cache_dir or default_cache_dir()) / f"latency-{key}.json"
     if cache.exists():
-        data = json.loads(cache.read_text())
-        return CostTable(**data)
-    table = layer_table(dense.model)
-    num_layers = len(table)
+        return CostTable(**json.loads(cache.read_text()))
+    num_layers = len(layer_table(dense.model))
     if num_layers < 2:
         raise UserError("a measured latency table needs a model with at least 2 layers")
+    rng = np.random.default_rng(0)
+    plans = {"dense": [0] * num_layers, "one layer": [0] + [_drop_level(menu)] * (num_layers - 1)}
+    plans |= {f"uniform {level.name}": [i] * num_layers for i, level in enumerate(menu) if i > 0 and not level.drop}
+    for m in range(MIXED_PLANS):
+        levels = [int(v) for v in rng.integers(len(menu), size=num_layers)]
+        if all(menu[i].drop for i in levels):
+            levels[0] = 0
+        plans[f"mixed {m}"] = levels
     with tempfile.TemporaryDirectory(prefix="ppocompress-latency-") as workdir:
         work = Path(workdir)
-        one_layer = CompressionPlan([LayerPlan(drop=i > 0) for i in range(num_layers)])
-        targets = [("dense", save(dense, work / "dense"), "torch"),
-                   ("one", save(apply_plan(dense, one_layer), work / "one"), "torch")]
-        for i, level in enumerate(menu):
-            if not level.drop and i > 0:
-                targets.append((f"level{i}", save(apply_plan(dense, uniform_plan(table, level)), work / f"level{i}"), "torch"))
-        log(f"measuring the latency table: {len(targets)} models x {rounds} rounds (cached afterwards in {cache})")
+        log(f"measuring the latency table on {backend}: {len(plans)} models x {rounds} rounds (once; cached in {cache})")
+        targets = [("reference", save(dense, work / "reference"), "torch")]
+        for n, (label, levels) in enumerate(plans.items()):
+            targets.append((label, _build(dense, menu, levels, backend, work / f"model{n}"), backend))
         measured = measure_latencies(targets, rounds=rounds, batch_size=batch_size, seq_len=seq_len, threads=threads)
-    t_dense, t_one = measured["dense"].median_ms, measured["one"].median_ms
-    dense_layer = max((t_dense - t_one) / (num_layers - 1), 1e-6)
-    base = max(t_one - dense_layer, 0.0)
-    per_level = []
-    for i, level in enumerate(menu):
-        if level.drop:
-            per_level.append(0.0)
-        elif i == 0:
-            per_level.append(dense_layer)
-        else:
-            per_level.append(max((measured[f"level{i}"].median_ms - base) / num_layers, 1e-6))
-    result = CostTable("ms", base, per_level, num_layers)
+    # Unknowns: base, then one cost per level (drop costs nothing); one equation a model.
+    rows = np.zeros((len(plans), len(menu) + 1))
+    rows[:, 0] = 1.0
+    for r, levels in enumerate(plans.values()):
+        for level in levels:
+            if not menu[level].drop:
+                rows[r, level + 1] += 1.0
+    times = np.array([measured[label].median_ms for label in plans])
+    weights = 1.0 / times  # relative errors count alike for small and large models
+    solution, _ = nnls(rows * weights[:, None], times * weights)
+    base, per_level = float(solution[0]), [float(v) for v in solution[1:]]
+    fit = [{"label": label, "levels": levels, "measured_ms": float(t), "predicted_ms": float(rows[r] @ solution)}
+           for r, ((label, levels), t) in enumerate(zip(plans.items(), times))]
+    result = CostTable("ms", base, per_level, num_layers, reference=measured["reference"].median_ms, backend=backend, fit=fit)
+    log(f"latency table: dense {backend} {times[0]:.1f} ms, dense PyTorch {result.reference:.1f} ms; "
+        f"largest error on the mixed plans {100 * result.fit_error():.1f}%")
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cache, json.dumps(result.to_dict()))
     return result
+
+
+def _drop_level(menu: list[Level]) -> int:
+    drops = [i for i, level in enumerate(menu) if level.drop]
+    if not drops:
+        raise UserError("a measured latency table needs a menu with a drop level (to time a one-layer model)")
+    return drops[0]
+
+
+def _build(dense: LoadedModel, menu: list[Level], levels: list[int], backend: str, path: Path) -> Path:
+    """The model of a plan (which heads/neurons does not matter for cost), saved for timing."""
+    table = layer_table(dense.model)
+    plan = CompressionPlan([uniform_plan([info], menu[level]).layers[0] if not menu[level].drop else LayerPlan(drop=True)
+                            for info, level in zip(table, levels)])
+    if backend == "torch":
+        return save(apply_plan(dense, plan), path)
+    if backend != "onnxruntime":
+        raise UserError(f"unknown backend {backend!r}; use onnxruntime or torch")
+    fp32 = apply_plan(dense, plan, quantize=False)
+    path.mkdir(parents=True)
+    onnx_path = export_onnx(fp32.model, dense.tokenizer, path / "fp32.onnx")
+    int8_layers = [i for i, p in enumerate([p for p in plan.layers if not p.drop]) if p.int8]
+    return quantize_onnx_int8(onnx_path, path / "int8.onnx", int8_layers, dense.model_type) if int8_layers else onnx_path
 
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "ppocompress"
 
 
-def _cache_key(dense: LoadedModel, menu: list[Level], batch_size: int, seq_len: int, threads: int) -> str:
+def _cache_key(dense: LoadedModel, menu: list[Level], batch_size: int, seq_len: int, threads: int, backend: str) -> str:
     """Same model, menu, machine, library versions and timing setting: same table."""
     identity = {
         "model": dense.source,
         "config": {k: v for k, v in sorted(dense.base_config.items()) if isinstance(v, (int, float, str, bool))},
         "menu": [level.to_dict() for level in menu],
-        "batch": batch_size, "seq": seq_len, "threads": threads,
+        "batch": batch_size, "seq": seq_len, "threads": threads, "backend": backend, "mixed": MIXED_PLANS,
         "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

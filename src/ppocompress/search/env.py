@@ -5,11 +5,19 @@ or a target size fraction) is always met: a level is masked out when, even with 
 later layer at its cheapest level, the total would exceed the budget (AMC's clamping,
 done as masking so the agent learns only from choices that were really made). The
 reward comes at the end: the plan's quality, -log(1 - cosine to the dense model).
+
+With shaped=True each step also pays the change in a cheap estimate of that reward (the
+one-off quality drops of the layers chosen so far, added up), and the last step pays the
+true reward minus the estimate: potential-based shaping, so an episode's return is the
+true reward up to a constant and the best plan is unchanged, but each choice is credited
+at once instead of through one number at the end of the episode.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 import gymnasium as gym
 import numpy as np
@@ -18,6 +26,9 @@ from gymnasium import spaces
 from ppocompress.errors import UserError
 from ppocompress.search.cost_table import CostTable
 from ppocompress.search.levels import Level
+
+
+SHAPING_FLOOR = 1e-3  # quality drop below which the shaping estimate stops rewarding (cosine 0.999)
 
 
 @dataclass
@@ -41,20 +52,21 @@ class CompressionEnv(gym.Env):
     """Observation per step (all in [0, 1] or small reals):
     [layer position, layer's share of dense cost, budget used, budget left, cost of the
      cheapest completion, previous level (normalised), block influence, importance
-     spread, sensitivity at each level (quality drop when only this layer is compressed)].
+     spread, sensitivity at each level (quality drop when only this layer is compressed),
+     the later layers' mean sensitivity at each level].
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, cost: CostTable, menu: list[Level], target: Target, score_plan, layer_features: np.ndarray,
-                 sensitivity: np.ndarray):
+                 sensitivity: np.ndarray, shaped: bool = False):
         """score_plan(levels) -> reward; layer_features: (layers, 2) block influence and
         importance spread; sensitivity: (layers, len(menu)) one-off quality drops."""
         super().__init__()
         self.cost, self.menu, self.target = cost, menu, target
         self.score_plan = score_plan
         self.num_layers = cost.num_layers
-        self.budget = target.budget(cost.dense_total)
+        self.budget = target.budget(cost.reference_total)
         self.cheapest = min(cost.per_level)
         # A plan must keep at least one layer, so the cheapest plan is one kept layer at its
         # cheapest level with every other layer at the cheapest level overall.
@@ -62,10 +74,11 @@ class CompressionEnv(gym.Env):
         lowest = cost.base + self.cheapest_kept + (self.num_layers - 1) * self.cheapest
         if lowest > self.budget + 1e-9:
             raise UserError(f"target {target.kind} {target.value} cannot be met: the most compressed plan reaches "
-                            f"{cost.dense_total / lowest:.2f}x by the cost table; ask for less")
+                            f"{cost.reference_total / lowest:.2f}x by the cost table; ask for less")
         self.layer_features = np.asarray(layer_features, dtype=np.float32)
         self.sensitivity = np.asarray(sensitivity, dtype=np.float32)
-        n_obs = 8 + len(menu)
+        self.shaped = shaped
+        n_obs = 8 + 2 * len(menu)
         self.observation_space = spaces.Box(-10.0, 10.0, shape=(n_obs,), dtype=np.float32)
         self.action_space = spaces.Discrete(len(menu))
         self.levels: list[int] = []
@@ -80,9 +93,13 @@ class CompressionEnv(gym.Env):
         action = int(action)
         if not self.action_masks()[action]:
             raise ValueError(f"level {action} is masked at layer {len(self.levels)}: it would break the budget")
+        before = self.estimated_reward(self.levels) if self.shaped else 0.0
         self.levels.append(action)
         done = len(self.levels) == self.num_layers
-        reward = float(self.score_plan(list(self.levels))) if done else 0.0
+        if done:
+            reward = float(self.score_plan(list(self.levels))) - before
+        else:
+            reward = self.estimated_reward(self.levels) - before if self.shaped else 0.0
         info = {"action_mask": self.action_masks() if not done else np.ones(len(self.menu), dtype=bool)}
         if done:
             info["levels"] = list(self.levels)
@@ -109,6 +126,11 @@ class CompressionEnv(gym.Env):
         """Meets the budget and keeps at least one layer."""
         return self.cost.total(levels) <= self.budget + 1e-9 and any(not self.menu[i].drop for i in levels)
 
+    def estimated_reward(self, levels: list[int]) -> float:
+        """The reward if quality drops added up and the later layers stayed dense."""
+        loss = sum(float(self.sensitivity[layer, level]) for layer, level in enumerate(levels))
+        return -math.log(max(loss, SHAPING_FLOOR))
+
     # --- helpers ------------------------------------------------------------------
     def _observation(self) -> np.ndarray:
         i = len(self.levels)
@@ -125,5 +147,7 @@ class CompressionEnv(gym.Env):
         ]
         features = self.layer_features[i] if i < self.num_layers else np.zeros(2, dtype=np.float32)
         sensitivity = self.sensitivity[i] if i < self.num_layers else np.zeros(len(self.menu), dtype=np.float32)
-        observation = np.concatenate([np.asarray(head, dtype=np.float32), features, sensitivity])
+        # What the later layers would lose at each level: whether to spend budget here or keep it for them.
+        later = self.sensitivity[i + 1:].mean(axis=0) if i + 1 < self.num_layers else np.zeros(len(self.menu), dtype=np.float32)
+        observation = np.concatenate([np.asarray(head, dtype=np.float32), features, sensitivity, later])
         return np.clip(observation, -10.0, 10.0).astype(np.float32)

@@ -3,6 +3,10 @@
 - the dense model's embeddings of the calibration subsets are computed once;
 - each (layer, level) is built once and kept (a database of compressed layers, as
   EvoPress keeps): a plan is evaluated by swapping those layers into the dense model;
+- recovery is priced in: with recovery="lsq" each compressed layer's output projections
+  are refit (least squares, to the dense outputs on other calibration text) when the
+  layer is built, so the search ranks plans by the quality they will have after recovery,
+  not before (pruning FFN neurons recovers far better than pruning heads or dropping);
 - multi-fidelity: a small calibration subset for every plan, a larger one for the few
   best (the search asks for it).
 Quality is the mean cosine of mean-pooled embeddings to the dense model's; the reward
@@ -22,9 +26,13 @@ from ppocompress.compress import CompressionPlan, LayerPlan, LoadedModel, adapte
 from ppocompress.compress.apply import conv1d_to_linear_
 from ppocompress.compress.importance import LayerImportance
 from ppocompress.compress.quality import embed
-from ppocompress.compress.quantize import quantize_int8_
+from ppocompress.compress.quantize import quantize_int8_, simulate_onnx_int8_
+from ppocompress.compress.recovery import projection_grams, refit_to_subset
 from ppocompress.errors import UserError
 from ppocompress.search.levels import Level
+
+
+LOW_FIDELITY, HIGH_FIDELITY = 64, 256  # calibration passages a plan is scored on
 
 
 def reward_from_cosine(cosine: float) -> float:
@@ -33,7 +41,11 @@ def reward_from_cosine(cosine: float) -> float:
 
 class PlanEvaluator:
     def __init__(self, dense: LoadedModel, menu: list[Level], scores: list[LayerImportance], calibration: list[str],
-                 low_fidelity: int = 64, high_fidelity: int = 256):
+                 low_fidelity: int = LOW_FIDELITY, high_fidelity: int = HIGH_FIDELITY, recovery: str = "none",
+                 recovery_texts: list[str] | None = None, int8_backend: str = "onnxruntime"):
+        """Plans are scored on calibration[:low_fidelity] or [:high_fidelity]; with
+        recovery "lsq", layers are refit on recovery_texts (best kept apart from those).
+        int8 layers are scored as the backend the model will run on computes them."""
         if dense.is_causal:
             raise UserError("the compression search scores embedding models for now (cosine to the dense model)")
         if len(calibration) < low_fidelity:
@@ -41,8 +53,16 @@ class PlanEvaluator:
         self.dense = dense
         self.menu = menu
         self.scores = scores
+        if int8_backend not in ("onnxruntime", "torch"):
+            raise UserError(f"int8 is priced for onnxruntime or torch, got {int8_backend!r}")
+        self.int8_backend = int8_backend
+        if recovery not in ("none", "lsq"):
+            raise UserError(f"the search prices recovery 'none' or 'lsq', got {recovery!r} (distill is for delivery only)")
         self.adapter = adapter_for(dense.model)
+        self.dense_layers = list(self.adapter.layers(dense.model))  # the originals, while swapped() replaces them
+        self.head_dim = self.adapter.head_dim(dense.model)
         self.table = layer_table(dense.model)
+        self.grams = projection_grams(dense, recovery_texts or calibration) if recovery == "lsq" else None
         self.texts = {"low": calibration[:low_fidelity], "high": calibration[:high_fidelity]}
         self.reference = {name: embed(dense.model, dense.tokenizer, texts) for name, texts in self.texts.items()}
         self._layers: dict[tuple[int, int], nn.Module] = {}
@@ -72,14 +92,22 @@ class PlanEvaluator:
         """Layer `index` compressed to menu level `level_index`, built on first use."""
         key = (index, level_index)
         if key not in self._layers:
-            layer = copy.deepcopy(self.adapter.layers(self.dense.model)[index])
+            dense_layer = self.dense_layers[index]
+            layer = copy.deepcopy(dense_layer)
             groups, neurons = self.kept(index, level_index)
             if groups is not None:
-                self.adapter.prune_attention(layer, groups, self.adapter.head_dim(self.dense.model))
+                self.adapter.prune_attention(layer, groups, self.head_dim)
+                if self.grams is not None:
+                    refit_to_subset(self.adapter.attention_output(layer), self.adapter.attention_output(dense_layer),
+                                    self.grams[f"{index}.attn"], self.adapter.attention_output_columns(dense_layer, groups, self.head_dim))
             if neurons is not None:
                 self.adapter.prune_ffn(layer, neurons)
+                if self.grams is not None:
+                    refit_to_subset(self.adapter.ffn_output(layer), self.adapter.ffn_output(dense_layer),
+                                    self.grams[f"{index}.ffn"], torch.tensor(neurons))
             if self.menu[level_index].int8:
-                quantize_int8_(conv1d_to_linear_(layer))
+                int8 = simulate_onnx_int8_ if self.int8_backend == "onnxruntime" else quantize_int8_
+                int8(conv1d_to_linear_(layer))
             self._layers[key] = layer.eval()
         return self._layers[key]
 

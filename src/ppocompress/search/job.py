@@ -28,13 +28,14 @@ from ppocompress.compress.cost import directory_bytes, measure_latencies
 from ppocompress.compress.importance import importance_scores
 from ppocompress.compress.onnx_export import export_onnx, quantize_onnx_int8
 from ppocompress.compress.pipeline import compress
-from ppocompress.compress.quality import embed, embedding_fidelity, lee_correlation
-from ppocompress.compress.text import load_splits, subset
+from ppocompress.compress.quality import (LEE_MAX_LENGTH, embed, embed_onnx, embedding_fidelity, lee_correlation,
+                                          lee_correlation_of)
+from ppocompress.compress.text import lee_documents, load_splits, subset
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text
 from ppocompress.search.cost_table import flops_table, measured_table
 from ppocompress.search.env import CompressionEnv, Target
-from ppocompress.search.evaluator import PlanEvaluator, reward_from_cosine, sensitivity_table
+from ppocompress.search.evaluator import HIGH_FIDELITY, PlanEvaluator, reward_from_cosine, sensitivity_table
 from ppocompress.search.levels import default_menu
 from ppocompress.search.searchers import SEARCHERS, SearchResult, run_searcher
 from ppocompress.search.state import SearchState
@@ -98,7 +99,12 @@ def run_compress(settings: CompressSettings, out: Path, resume: bool = False, lo
         cost = measured_table(dense, menu, threads=settings.threads, log=log)
     else:
         cost = flops_table(dense, menu)
-    evaluator = PlanEvaluator(dense, menu, scores, texts.calibration)
+    # The search prices least-squares recovery in (distillation starts from it), refit on
+    # calibration text apart from the passages plans are scored on.
+    search_recovery = "none" if settings.recover == "none" else "lsq"
+    evaluator = PlanEvaluator(dense, menu, scores, texts.calibration, recovery=search_recovery,
+                              recovery_texts=texts.calibration[HIGH_FIDELITY:] or texts.calibration,
+                              int8_backend=cost.backend or "onnxruntime")
     if "sensitivity" not in state.extras:
         log(f"sensitivity of {len(scores)} layers x {len(menu)} levels (once)")
         state.extras["sensitivity"] = sensitivity_table(evaluator)
@@ -138,6 +144,8 @@ def run_compress(settings: CompressSettings, out: Path, resume: bool = False, lo
     log("re-scoring the best plans on more calibration text")
     finals = {name: _best_at_high_fidelity(evaluator, result) for name, result in results.items()}
     report = _deliver(dense, texts, evaluator, cost, settings, finals, results, out, log)
+    # Shared by every searcher and outside their budgets, but evaluations all the same.
+    report["sensitivity_evaluations"] = len(scores) * (len(menu) - 1)
     atomic_write_text(out / "result.json", json.dumps(report, indent=1))
     from ppocompress.search.report import write_report
 
@@ -151,60 +159,75 @@ def _best_at_high_fidelity(evaluator: PlanEvaluator, result: SearchResult, top: 
 
 
 def _deliver(dense, texts, evaluator, cost, settings, finals, results, out: Path, log) -> dict:
+    """Every searcher's best plan recovered, exported for both backends, judged on held-out
+    text and timed; the chosen searcher's model is moved into `out`."""
     reference = embed(dense.model, dense.tokenizer, texts.evaluation)
     dense_lee = lee_correlation(dense.model, dense.tokenizer)["pearson"]
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
         save(dense, staging / "dense")
         onnx_dense = export_onnx(dense.model, dense.tokenizer, staging / "dense.onnx")
-        summaries, targets = {}, [("dense torch", staging / "dense", "torch"), ("dense onnxruntime", onnx_dense, "onnxruntime")]
+        summaries, paths = {}, {}
+        targets = [("dense torch", staging / "dense", "torch"), ("dense onnxruntime", onnx_dense, "onnxruntime")]
         for name, levels in finals.items():
             log(f"{name}: recovery {settings.recover}, export and held-out quality")
-            plan = evaluator.plan(levels)
-            fp32 = compress(dense, plan, settings.recover, texts.calibration, quantize=False)
-            onnx_path = export_onnx(fp32.model, dense.tokenizer, staging / f"{name}.onnx")
-            compressed = copy.deepcopy(fp32)
-            quantize_planned_layers(compressed.model, plan)
-            model_dir = save(compressed, staging / f"{name}-model")
-            int8_layers = [i for i, p in enumerate([p for p in plan.layers if not p.drop]) if p.int8]
-            if int8_layers:
-                onnx_path = quantize_onnx_int8(onnx_path, staging / f"{name}-int8.onnx", int8_layers, dense.model_type)
-            targets += [(f"{name} torch", model_dir, "torch"), (f"{name} onnxruntime", onnx_path, "onnxruntime")]
-            fidelity = embedding_fidelity(reference, embed(compressed.model, compressed.tokenizer, texts.evaluation))
-            summaries[name] = {
-                "searcher": name, "evaluations": results[name].evaluations, "plan": plan.to_dict(),
-                "levels": [evaluator.menu[i].name for i in levels], "target_speedup": settings.target_speedup,
-                "predicted_speedup": cost.speedup(levels) if cost.unit == "ms" else None,
-                "cosine_heldout": fidelity["mean_cosine"], "cosine_heldout_min": fidelity["min_cosine"],
-                "lee_pearson": lee_correlation(compressed.model, compressed.tokenizer)["pearson"],
-                "dense_lee_pearson": dense_lee, "size_bytes": directory_bytes(model_dir / "model.safetensors"),
-                "onnx_size_bytes": directory_bytes(onnx_path), "dense_size_bytes": directory_bytes(staging / "dense" / "model.safetensors"),
-                "_paths": (model_dir, onnx_path),
-            }
+            summaries[name], paths[name] = _build_and_judge(dense, evaluator.plan(levels), settings.recover, texts,
+                                                            reference, staging / name)
+            summaries[name].update(
+                searcher=name, evaluations=results[name].evaluations, levels=[evaluator.menu[i].name for i in levels],
+                target_speedup=settings.target_speedup, target_size=settings.target_size,
+                predicted_speedup=cost.speedup(levels) if cost.unit == "ms" else None,
+                dense_lee_pearson=dense_lee, dense_size_bytes=directory_bytes(staging / "dense" / "model.safetensors"))
+            targets += [(f"{name} torch", paths[name]["torch"], "torch"),
+                        (f"{name} onnxruntime", paths[name]["onnxruntime"], "onnxruntime")]
         log(f"latency: {len(targets)} models, each in its own process, interleaved")
         latency = measure_latencies(targets, rounds=3, batch_size=32, seq_len=64, threads=settings.threads)
         for name, summary in summaries.items():
-            torch_ms, ort_ms = latency[f"{name} torch"].median_ms, latency[f"{name} onnxruntime"].median_ms
-            backend = "onnxruntime" if ort_ms < torch_ms else "torch"
-            best_ms = min(torch_ms, ort_ms)
-            summary.update(backend=backend, latency_ms=best_ms, latency_torch_ms=torch_ms, latency_onnxruntime_ms=ort_ms,
-                           measured_speedup=latency["dense torch"].median_ms / best_ms,
-                           measured_speedup_vs_onnx_dense=latency["dense onnxruntime"].median_ms / best_ms,
-                           dense_latency_ms=latency["dense torch"].median_ms)
-        main = summaries[settings.searcher]
-        model_dir, onnx_path = main.pop("_paths")
-        for other in summaries.values():
-            other.pop("_paths", None)
-        _move(model_dir, out / "model")
-        _move(onnx_path, out / "model.onnx")
+            times = {backend: latency[f"{name} {backend}"].median_ms for backend in ("torch", "onnxruntime")}
+            backend = min(times, key=times.get)  # the backend the tool recommends: the faster one
+            summary.update(
+                backend=backend, latency_ms=times[backend], latency_torch_ms=times["torch"],
+                latency_onnxruntime_ms=times["onnxruntime"], dense_latency_ms=latency["dense torch"].median_ms,
+                measured_speedup=latency["dense torch"].median_ms / times[backend],
+                measured_speedup_vs_onnx_dense=latency["dense onnxruntime"].median_ms / times[backend],
+                cosine_heldout=summary[f"cosine_heldout_{backend}"], cosine_heldout_min=summary[f"cosine_heldout_min_{backend}"],
+                lee_pearson=summary[f"lee_pearson_{backend}"])
+        _move(paths[settings.searcher]["torch"], out / "model")
+        _move(paths[settings.searcher]["onnxruntime"], out / "model.onnx")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report = dict(main)
+    report = dict(summaries[settings.searcher])
     report["model"] = dense.source
+    report["latency_table"] = {"backend": cost.backend, "largest_error_on_mixed_plans": cost.fit_error()} if cost.unit == "ms" else None
     report["curves"] = {name: r.curve for name, r in results.items()}
     report["evaluated"] = {name: [[levels, reward, speedup] for levels, reward, speedup in r.evaluated] for name, r in results.items()}
     report["baselines"] = {name: s for name, s in summaries.items() if name != settings.searcher}
     return report
+
+
+def _build_and_judge(dense, plan, recover: str, texts, reference, workdir: Path) -> tuple[dict, dict[str, Path]]:
+    """The plan's model, recovered, saved for PyTorch (safetensors + plan) and exported for
+    ONNX Runtime (int8 where the plan says), each judged on held-out text and Lee."""
+    fp32 = compress(dense, plan, recover, texts.calibration, quantize=False)
+    onnx_path = export_onnx(fp32.model, dense.tokenizer, workdir / "fp32.onnx")
+    int8_layers = [i for i, p in enumerate([p for p in plan.layers if not p.drop]) if p.int8]
+    if int8_layers:
+        onnx_path = quantize_onnx_int8(onnx_path, workdir / "int8.onnx", int8_layers, dense.model_type)
+    compressed = copy.deepcopy(fp32)
+    quantize_planned_layers(compressed.model, plan)
+    model_dir = save(compressed, workdir / "model")
+    held_out = {"torch": embed(compressed.model, compressed.tokenizer, texts.evaluation),
+                "onnxruntime": embed_onnx(onnx_path, dense.tokenizer, texts.evaluation)}
+    lee = {"torch": lee_correlation(compressed.model, compressed.tokenizer)["pearson"],
+           "onnxruntime": lee_correlation_of(embed_onnx(onnx_path, dense.tokenizer, lee_documents(), max_length=LEE_MAX_LENGTH))["pearson"]}
+    summary = {"plan": plan.to_dict(), "size_bytes": directory_bytes(model_dir / "model.safetensors"),
+               "onnx_size_bytes": directory_bytes(onnx_path)}
+    for backend, embeddings in held_out.items():
+        fidelity = embedding_fidelity(reference, embeddings)
+        summary[f"cosine_heldout_{backend}"] = fidelity["mean_cosine"]
+        summary[f"cosine_heldout_min_{backend}"] = fidelity["min_cosine"]
+        summary[f"lee_pearson_{backend}"] = lee[backend]
+    return summary, {"torch": model_dir, "onnxruntime": onnx_path}
 
 
 def _move(source: Path, destination: Path) -> None:

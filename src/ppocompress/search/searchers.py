@@ -1,6 +1,7 @@
 """Four searchers, one interface, the same budget of plan evaluations.
 
-- ppo: our PPO (with invalid-action masking) on CompressionEnv, one episode per evaluation;
+- ppo: our PPO (with invalid-action masking) on CompressionEnv: it rehearses on the env's
+  free reward estimate built from the one-off sensitivities, then learns from evaluations;
 - uniform: the same level in every layer, the best one that meets the target;
 - random: the best of random plans that meet the target (random valid level each step);
 - evolutionary: (1 + lambda) from the best uniform plan, mutating a few layers' levels
@@ -11,6 +12,7 @@ Every plan any searcher scores goes through one Recorder, which counts evaluatio
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -155,15 +157,52 @@ def _evolutionary(env: CompressionEnv, recorder: Recorder, seed: int, offspring:
             stale += 1
 
 
+REHEARSAL_EPISODES = 2000  # episodes each PPO agent first learns from the free reward estimate
+PATIENCE = 2  # updates without a new plan after which an agent is taken to have converged
+
+
 def _ppo(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
+    """PPO agents, one after another until the evaluations are spent. Each rehearses on
+    the env's free reward estimate (the layers' one-off quality drops added up: no
+    evaluation spent), then learns from real evaluations with the estimate as
+    potential-based shaping. Plans scored before cost nothing, so a converging agent
+    trains on for free; once it proposes no new plan for PATIENCE updates, a new agent
+    (next seed) starts with the evaluations left. Restarts matter: on MiniLM single
+    agents converged within ~50 evaluations, to plans that differed by seed.
+
+    Settings, chosen on MiniLM at a 4x target by how close rehearsal came to the exact
+    optimum of the estimate (a knapsack solved by dynamic programming): 32 episodes an
+    update (fewer were noisier), Monte Carlo returns (lambda 1: shaping then biases
+    nothing), normalised observations (the sensitivities are small numbers)."""
     from ppocompress.rl import PPO, PPOConfig
 
-    episodes_per_update = 8
+    episodes_per_update = 32
     config = PPOConfig(
-        n_envs=1, n_steps=env.num_layers * episodes_per_update, batch_size=env.num_layers * episodes_per_update // 2,
-        n_epochs=8, gamma=1.0, gae_lambda=0.95, learning_rate=1e-3, anneal_lr=False, ent_coef=0.01,
-        hidden_sizes=(64, 64), target_kl=0.05,
+        n_envs=1, n_steps=env.num_layers * episodes_per_update, batch_size=64, n_epochs=10, gamma=1.0, gae_lambda=1.0,
+        learning_rate=1e-3, anneal_lr=False, ent_coef=0.01, hidden_sizes=(64, 64), target_kl=0.05,
+        normalize_observations=True,
     )
-    agent = PPO(env, config, seed=seed)
-    # Each episode costs at most one evaluation; the recorder stops training when spent.
-    agent.learn(env.num_layers * recorder.budget * 4)
+    score, env.shaped = env.score_plan, True
+    fruitless = 0
+    for restart in itertools.count():
+        if recorder.exhausted or fruitless == 3:
+            return
+        before = len(recorder.cache)
+        agent = PPO(env, config, seed=seed + 1000 * restart)
+        env.score_plan = env.estimated_reward
+        agent.learn(env.num_layers * REHEARSAL_EPISODES)
+        env.score_plan = score
+        agent.learn(env.num_layers * recorder.budget * 4, callback=_until_converged(recorder))
+        fruitless = fruitless + 1 if len(recorder.cache) == before else 0
+
+
+def _until_converged(recorder: Recorder):
+    """A PPO callback that stops learning after PATIENCE updates without a new evaluation."""
+    seen = {"evaluations": len(recorder.cache), "idle": 0}
+
+    def callback(agent, metrics) -> bool:
+        idle = len(recorder.cache) == seen["evaluations"]
+        seen["evaluations"], seen["idle"] = len(recorder.cache), seen["idle"] + 1 if idle else 0
+        return seen["idle"] < PATIENCE
+
+    return callback
