@@ -52,7 +52,7 @@ def test_search_is_reproducible_with_a_seed(short_rehearsal):
     assert a.best_levels == b.best_levels and a.curve == b.curve
 
 
-def test_ppo_beats_uniform_on_a_non_uniform_problem():
+def test_ppo_beats_uniform_on_a_non_uniform_problem(short_rehearsal):
     target = Target("speedup", 2.0)
     ppo = run_searcher("ppo", factory(target), score, evaluations=300, seed=0)
     uniform = run_searcher("uniform", factory(target), score, evaluations=300, seed=0)
@@ -68,6 +68,19 @@ def test_ppo_rehearsal_spends_no_evaluations(short_rehearsal):
 
     result = run_searcher("ppo", factory(Target("speedup", 2.0)), counted, evaluations=5, seed=0)
     assert len(calls) == result.evaluations == 5
+
+
+def test_ppo_spends_its_whole_budget_by_restarting_converged_agents(short_rehearsal):
+    result = run_searcher("ppo", factory(Target("speedup", 2.0)), score, evaluations=80, seed=0)
+    assert result.evaluations == 80
+
+
+def test_evolutionary_starts_from_the_best_uniform_plan():
+    target = Target("speedup", 2.0)
+    uniform = run_searcher("uniform", factory(target), score, evaluations=300, seed=0)
+    evolutionary = run_searcher("evolutionary", factory(target), score, evaluations=300, seed=0)
+    assert uniform.best_levels in [levels for levels, _, _ in evolutionary.evaluated]
+    assert evolutionary.best_reward >= uniform.best_reward
 
 
 def test_unknown_searcher_is_a_user_error():

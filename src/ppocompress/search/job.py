@@ -29,7 +29,7 @@ from ppocompress.compress.importance import importance_scores
 from ppocompress.compress.onnx_export import export_onnx, quantize_onnx_int8
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.quality import (LEE_MAX_LENGTH, embed, embed_onnx, embedding_fidelity, lee_correlation,
-                                          lee_correlation_of)
+                                          lee_correlation_of, usable_positions)
 from ppocompress.compress.text import lee_documents, load_splits, subset
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text
@@ -177,6 +177,8 @@ def _deliver(dense, texts, evaluator, cost, settings, finals, results, out: Path
                 searcher=name, evaluations=results[name].evaluations, levels=[evaluator.menu[i].name for i in levels],
                 target_speedup=settings.target_speedup, target_size=settings.target_size,
                 predicted_speedup=cost.speedup(levels) if cost.unit == "ms" else None,
+                predicted_latency_ms=cost.total(levels) if cost.unit == "ms" else None,
+                predicted_reference_ms=cost.reference_total if cost.unit == "ms" else None,
                 dense_lee_pearson=dense_lee, dense_size_bytes=directory_bytes(staging / "dense" / "model.safetensors"))
             targets += [(f"{name} torch", paths[name]["torch"], "torch"),
                         (f"{name} onnxruntime", paths[name]["onnxruntime"], "onnxruntime")]
@@ -216,10 +218,12 @@ def _build_and_judge(dense, plan, recover: str, texts, reference, workdir: Path)
     compressed = copy.deepcopy(fp32)
     quantize_planned_layers(compressed.model, plan)
     model_dir = save(compressed, workdir / "model")
+    positions = usable_positions(dense.model)  # embed() caps inputs so; the ONNX graph needs the same cap
     held_out = {"torch": embed(compressed.model, compressed.tokenizer, texts.evaluation),
-                "onnxruntime": embed_onnx(onnx_path, dense.tokenizer, texts.evaluation)}
+                "onnxruntime": embed_onnx(onnx_path, dense.tokenizer, texts.evaluation, max_length=min(128, positions))}
+    lee_documents_onnx = embed_onnx(onnx_path, dense.tokenizer, lee_documents(), max_length=min(LEE_MAX_LENGTH, positions))
     lee = {"torch": lee_correlation(compressed.model, compressed.tokenizer)["pearson"],
-           "onnxruntime": lee_correlation_of(embed_onnx(onnx_path, dense.tokenizer, lee_documents(), max_length=LEE_MAX_LENGTH))["pearson"]}
+           "onnxruntime": lee_correlation_of(lee_documents_onnx)["pearson"]}
     summary = {"plan": plan.to_dict(), "size_bytes": directory_bytes(model_dir / "model.safetensors"),
                "onnx_size_bytes": directory_bytes(onnx_path)}
     for backend, embeddings in held_out.items():

@@ -38,13 +38,23 @@ def write_report(run_dir: Path) -> Path:
 table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}img{{max-width:100%}}</style></head><body>
 <h1>ppocompress: {html.escape(str(result.get('model')))}</h1>
 <p>Target speedup {html.escape(_fmt(result.get('target_speedup')))}; dense Lee Pearson {html.escape(_fmt(result.get('dense_lee_pearson')))}.
-Speedups are measured in separate processes, batch 32, against the dense model in PyTorch fp32 (and in ONNX Runtime fp32).</p>
+Speedups are measured in separate processes, batch 32, against the dense model in PyTorch fp32 (and in ONNX Runtime fp32);
+predicted speedups come from the latency table{html.escape(_table_note(result))}. Cosine and Lee Pearson are on held-out text,
+for the model on the backend shown (the faster one). Sensitivities took {html.escape(_fmt(result.get('sensitivity_evaluations')))}
+evaluations, shared by all searchers and outside their budgets.</p>
 <table><tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>{table}</table>
 <h2>Per-layer policy</h2><img src="{plots['policy']}"><h2>Search curve</h2><img src="{plots['curve']}">
 <h2>Quality against predicted speedup, all evaluated plans</h2><img src="{plots['scatter']}">
 </body></html>"""
     atomic_write_text(run_dir / "report.html", page)
     return run_dir / "report.html"
+
+
+def _table_note(result: dict) -> str:
+    table = result.get("latency_table")
+    if not table:
+        return " (FLOPs, not measured)"
+    return f" ({table['backend']}; largest error on the mixed plans it was fitted to {100 * table['largest_error_on_mixed_plans']:.1f}%)"
 
 
 def _fmt(value) -> str:

@@ -133,7 +133,7 @@ def _evolutionary(env: CompressionEnv, recorder: Recorder, seed: int, offspring:
     rng = np.random.default_rng(seed)
     uniform = [[level] * env.num_layers for level in range(len(env.menu))]
     starts = [levels for levels in uniform if env.is_valid_plan(levels)] or [_random_plan(env, rng)]
-    parent = max(starts[:4], key=env.score_plan)  # a few uniform starts, the best is the first parent
+    parent = max(starts, key=env.score_plan)  # the best uniform plan is the first parent, as in EvoPress
     parent_reward = env.score_plan(parent)
     stale = 0
     while not recorder.exhausted and stale < 200:
