@@ -274,3 +274,15 @@ def onnx_outputs(
     if any(i.name == "token_type_ids" for i in session.get_inputs()):
         feeds["token_type_ids"] = np.zeros_like(input_ids) if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64)
     return session.run(None, feeds)[0]
+
+
+def export_planned_onnx(fp32, plan, directory: str | Path) -> Path:
+    """A pruned fp32 LoadedModel exported to ONNX, then int8 in the layers its plan marks
+    (numbered as the kept layers are in the graph); the fp32 file when none is."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(fp32.model, fp32.tokenizer, directory / "fp32.onnx")
+    int8_layers = [i for i, p in enumerate([p for p in plan.layers if not p.drop]) if p.int8]
+    if not int8_layers:
+        return onnx_path
+    return quantize_onnx_int8(onnx_path, directory / "int8.onnx", int8_layers, fp32.model_type)

@@ -27,7 +27,7 @@ from scipy.optimize import nnls
 
 from ppocompress.compress import CompressionPlan, LayerPlan, LoadedModel, apply_plan, layer_table, save
 from ppocompress.compress.cost import measure_latencies, model_flops
-from ppocompress.compress.onnx_export import export_onnx, quantize_onnx_int8
+from ppocompress.compress.onnx_export import export_planned_onnx
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text
 from ppocompress.search.levels import Level
@@ -164,11 +164,7 @@ def _build(dense: LoadedModel, menu: list[Level], levels: list[int], backend: st
         return save(apply_plan(dense, plan), path)
     if backend != "onnxruntime":
         raise UserError(f"unknown backend {backend!r}; use onnxruntime or torch")
-    fp32 = apply_plan(dense, plan, quantize=False)
-    path.mkdir(parents=True)
-    onnx_path = export_onnx(fp32.model, dense.tokenizer, path / "fp32.onnx")
-    int8_layers = [i for i, p in enumerate([p for p in plan.layers if not p.drop]) if p.int8]
-    return quantize_onnx_int8(onnx_path, path / "int8.onnx", int8_layers, dense.model_type) if int8_layers else onnx_path
+    return export_planned_onnx(apply_plan(dense, plan, quantize=False), plan, path)
 
 
 def default_cache_dir() -> Path:

@@ -26,7 +26,7 @@ from ppocompress.compress import load_model, save
 from ppocompress.compress.apply import quantize_planned_layers
 from ppocompress.compress.cost import directory_bytes, measure_latencies
 from ppocompress.compress.importance import importance_scores
-from ppocompress.compress.onnx_export import export_onnx, quantize_onnx_int8
+from ppocompress.compress.onnx_export import export_onnx, export_planned_onnx
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.quality import (LEE_MAX_LENGTH, embed, embed_onnx, embedding_fidelity, lee_correlation,
                                           lee_correlation_of, usable_positions)
@@ -211,10 +211,7 @@ def _build_and_judge(dense, plan, recover: str, texts, reference, workdir: Path)
     """The plan's model, recovered, saved for PyTorch (safetensors + plan) and exported for
     ONNX Runtime (int8 where the plan says), each judged on held-out text and Lee."""
     fp32 = compress(dense, plan, recover, texts.calibration, quantize=False)
-    onnx_path = export_onnx(fp32.model, dense.tokenizer, workdir / "fp32.onnx")
-    int8_layers = [i for i, p in enumerate([p for p in plan.layers if not p.drop]) if p.int8]
-    if int8_layers:
-        onnx_path = quantize_onnx_int8(onnx_path, workdir / "int8.onnx", int8_layers, dense.model_type)
+    onnx_path = export_planned_onnx(fp32, plan, workdir)
     compressed = copy.deepcopy(fp32)
     quantize_planned_layers(compressed.model, plan)
     model_dir = save(compressed, workdir / "model")
