@@ -120,17 +120,25 @@ def plan_from_scores(
     """Keeps, in each layer, the top fraction of groups and neurons by score."""
     layers = []
     for i, (info, score) in enumerate(zip(table, scores)):
-        groups = _top(score.groups, max(1, round(group_keep[i] * info.kv_heads)))
-        neurons = _top(score.neurons, max(1, round(neuron_keep[i] * info.ffn)))
+        groups, neurons = kept_units(info, score, group_keep[i], neuron_keep[i])
         layers.append(
             LayerPlan(
-                keep_groups=None if len(groups) == info.kv_heads else groups,
-                keep_neurons=None if len(neurons) == info.ffn else neurons,
+                keep_groups=groups,
+                keep_neurons=neurons,
                 drop=bool(drop[i]) if drop else False,
                 int8=bool(int8[i]) if int8 else False,
             )
         )
     return CompressionPlan(layers)
+
+
+def kept_units(info: LayerInfo, score: LayerImportance, group_keep: float, neuron_keep: float) -> tuple[list[int] | None, list[int] | None]:
+    """The attention groups and FFN neurons a layer keeps at these fractions: the top ones
+    by score (at least one of each), sorted; None where it keeps them all."""
+    groups = max(1, round(group_keep * info.kv_heads))
+    neurons = max(1, round(neuron_keep * info.ffn))
+    return (None if groups == info.kv_heads else _top(score.groups, groups),
+            None if neurons == info.ffn else _top(score.neurons, neurons))
 
 
 def layers_to_drop(scores: list[LayerImportance], count: int) -> list[int]:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ppocompress.compress import CompressionPlan, LayerPlan, LoadedModel, adapter_for, layer_table
 from ppocompress.compress.apply import conv1d_to_linear_
-from ppocompress.compress.importance import LayerImportance
+from ppocompress.compress.importance import LayerImportance, kept_units
 from ppocompress.compress.quality import embed
 from ppocompress.compress.quantize import quantize_int8_, simulate_onnx_int8_
 from ppocompress.compress.recovery import projection_grams, refit_to_subset
@@ -71,13 +71,8 @@ class PlanEvaluator:
     def kept(self, index: int, level_index: int) -> tuple[list[int] | None, list[int] | None]:
         """The attention groups and FFN neurons layer `index` keeps at a level (None: all),
         the top ones by importance."""
-        level, info, score = self.menu[level_index], self.table[index], self.scores[index]
-        groups = max(1, round(level.group_keep * info.kv_heads))
-        neurons = max(1, round(level.ffn_keep * info.ffn))
-        return (
-            None if groups == info.kv_heads else sorted(torch.topk(score.groups, groups).indices.tolist()),
-            None if neurons == info.ffn else sorted(torch.topk(score.neurons, neurons).indices.tolist()),
-        )
+        level = self.menu[level_index]
+        return kept_units(self.table[index], self.scores[index], level.group_keep, level.ffn_keep)
 
     def plan(self, levels: list[int]) -> CompressionPlan:
         """The CompressionPlan for a list of levels, as the evaluator scores it."""
