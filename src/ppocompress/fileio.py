@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def move_into_place(source: Path, destination: Path) -> None:
+    """Renames a finished file or directory onto `destination`, replacing what was there;
+    the old one is renamed aside first, so at no moment is `destination` half-written."""
+    if not destination.exists():
+        os.replace(source, destination)
+        return
+    old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+    os.replace(destination, old)
+    os.replace(source, destination)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
 
 
 def read_json_object(path: str | Path, what: str, hint: str) -> dict:

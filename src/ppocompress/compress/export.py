@@ -9,7 +9,6 @@ dense architecture from the config, cuts it to the plan's shapes, then loads the
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ppocompress.errors import UserError
-from ppocompress.fileio import read_json_object
+from ppocompress.fileio import move_into_place, read_json_object
 from ppocompress.compress.apply import restructure
 from ppocompress.compress.models import CAUSAL_TYPES, LoadedModel
 from ppocompress.compress.plan import CompressionPlan
@@ -136,12 +135,6 @@ def _is_sparse(tensor: torch.Tensor) -> bool:
 
 
 def _replace_directory(staging: Path, directory: Path) -> None:
-    if directory.exists():
-        if not (directory / "compression.json").exists() and any(directory.iterdir()):
-            raise UserError(f"{directory} exists and is not a saved model; choose an empty or new directory")
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.replace(directory, old)
-        os.replace(staging, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, directory)
+    if directory.exists() and not (directory / "compression.json").exists() and any(directory.iterdir()):
+        raise UserError(f"{directory} exists and is not a saved model; choose an empty or new directory")
+    move_into_place(staging, directory)
