@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from compress_models import outputs, sample_batch, save_tiny_model
 from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
 from ppocompress.compress.importance import importance_scores
 from ppocompress.search import default_menu
-from ppocompress.search.cost_table import flops_table, measured_table
+from ppocompress.compress.cost import LatencyResult
+from ppocompress.search.cost_table import CostTable, anchor_reference, flops_table, measured_table
 from ppocompress.search.evaluator import PlanEvaluator, reward_from_cosine, sensitivity_table
 
 TEXTS = [f"passage {i} about {w} and the way it shapes the day" for i, w in
@@ -99,3 +101,23 @@ def test_measured_table_is_cached(tiny, tmp_path):
     again = measured_table(tiny, menu, batch_size=4, seq_len=16, rounds=1, cache_dir=tmp_path,
                            log=lambda _: pytest.fail("measured twice"))
     assert again == table
+
+
+def test_anchor_reference_scales_the_table_by_the_ratio_timed_now(tiny, monkeypatch):
+    """A reference timed under load once must not skew later runs: each run re-times dense
+    PyTorch and dense ONNX Runtime side by side and keeps the table's scale."""
+    timed = {}
+
+    def fake_latencies(targets, **_):
+        timed.update({label: (Path(path), backend) for label, path, backend in targets})
+        return {label: LatencyResult(backend, ms, ms, ms, 32, 64, 2, 9)
+                for (label, _, backend), ms in zip(targets, (330.0, 300.0))}
+
+    monkeypatch.setattr("ppocompress.search.cost_table.measure_latencies", fake_latencies)
+    table = CostTable("ms", 10.0, [40.0, 20.0, 0.0], 3, reference=404.0, backend="onnxruntime")
+    anchored = anchor_reference(table, tiny, log=lambda _: None)
+    assert timed["torch"][1] == "torch" and timed["onnxruntime"][1] == "onnxruntime"
+    assert anchored.reference == pytest.approx(table.dense_total * 330.0 / 300.0)
+    assert anchored.per_level == table.per_level and anchored.base == table.base
+    flops = CostTable("flops", 1.0, [3.0, 0.0], 3)
+    assert anchor_reference(flops, tiny, log=pytest.fail) is flops

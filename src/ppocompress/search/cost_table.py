@@ -4,11 +4,15 @@ Layers of the supported families share one shape, so the table is per level, fit
 whole-model timings on the backend the tool delivers on (ONNX Runtime; PyTorch with
 backend="torch"): the dense model, a one-layer model, every level applied to all layers,
 and a dozen random mixed plans, each model timed in its own process in interleaved
-rounds. A plan's predicted latency is base + the sum of its layers' level costs; base and
+rounds. A model's time is its 10th percentile: other tenants only ever slow a run down,
+and medians over a few rounds let one busy spell skew the models it hit by 10-17% here. A plan's predicted latency is base + the sum of its layers' level costs; base and
 the per-level costs are the non-negative least-squares fit to all those timings, so the
 mixed plans calibrate the table to plans like the ones a search returns, and the fit's
 error on them is kept with the table (predicted and measured speedups must agree).
-Speedups are against the dense model in PyTorch fp32, timed in the same rounds.
+Speedups are against the dense model in PyTorch fp32, timed in the same rounds; each run
+re-anchors that reference (`anchor_reference`), because PyTorch slows far more than ONNX
+Runtime when the machine is busy, and a reference timed under load once would mislead
+every later run that reads the cached table.
 FLOPs give the same kind of table without measuring (the fallback, and a cross-check).
 """
 
@@ -18,7 +22,7 @@ import hashlib
 import json
 import platform
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +31,7 @@ from scipy.optimize import nnls
 
 from ppocompress.compress import CompressionPlan, LayerPlan, LoadedModel, apply_plan, layer_table, save
 from ppocompress.compress.cost import measure_latencies, model_flops
-from ppocompress.compress.onnx_export import export_planned_onnx
+from ppocompress.compress.onnx_export import export_onnx, export_planned_onnx
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text
 from ppocompress.search.levels import Level
@@ -103,9 +107,9 @@ MIXED_PLANS = 12  # random mixed plans timed to calibrate the table
 
 
 def measured_table(dense: LoadedModel, menu: list[Level], batch_size: int = 32, seq_len: int = 64, threads: int = 2,
-                   rounds: int = 2, backend: str = "onnxruntime", cache_dir: Path | None = None, log=print) -> CostTable:
+                   rounds: int = 3, backend: str = "onnxruntime", cache_dir: Path | None = None, log=print) -> CostTable:
     """The latency table, from the on-disk cache when this model/machine/setting was measured before."""
-    key = _cache_key(dense, menu, batch_size, seq_len, threads, backend)
+    key = _cache_key(dense, menu, batch_size, seq_len, threads, rounds, backend)
     cache = (cache_dir or default_cache_dir()) / f"latency-{key}.json"
     if cache.exists():
         return CostTable(**json.loads(cache.read_text()))
@@ -134,18 +138,36 @@ def measured_table(dense: LoadedModel, menu: list[Level], batch_size: int = 32, 
         for level in levels:
             if not menu[level].drop:
                 rows[r, level + 1] += 1.0
-    times = np.array([measured[label].median_ms for label in plans])
+    times = np.array([measured[label].p10_ms for label in plans])
     weights = 1.0 / times  # relative errors count alike for small and large models
     solution, _ = nnls(rows * weights[:, None], times * weights)
     base, per_level = float(solution[0]), [float(v) for v in solution[1:]]
     fit = [{"label": label, "levels": levels, "measured_ms": float(t), "predicted_ms": float(rows[r] @ solution)}
            for r, ((label, levels), t) in enumerate(zip(plans.items(), times))]
-    result = CostTable("ms", base, per_level, num_layers, reference=measured["reference"].median_ms, backend=backend, fit=fit)
+    result = CostTable("ms", base, per_level, num_layers, reference=measured["reference"].p10_ms, backend=backend, fit=fit)
     log(f"latency table: dense {backend} {times[0]:.1f} ms, dense PyTorch {result.reference:.1f} ms; "
         f"largest error on the mixed plans {100 * result.fit_error():.1f}%")
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cache, json.dumps(result.to_dict()))
     return result
+
+
+def anchor_reference(table: CostTable, dense: LoadedModel, batch_size: int = 32, seq_len: int = 64, threads: int = 2,
+                     rounds: int = 4, log=print) -> CostTable:
+    """The table with its reference set from dense PyTorch and dense ONNX Runtime timed now,
+    side by side: reference = the table's dense total x their ratio, so the per-level costs
+    and the reference come from one consistent scale whatever the machine did since."""
+    if table.unit != "ms" or table.backend != "onnxruntime":
+        return table  # FLOPs, or a PyTorch table: its dense total is the reference already
+    with tempfile.TemporaryDirectory(prefix="ppocompress-reference-") as workdir:
+        work = Path(workdir)
+        onnx_dense = export_onnx(dense.model, dense.tokenizer, work / "dense.onnx")
+        measured = measure_latencies([("torch", save(dense, work / "torch"), "torch"), ("onnxruntime", onnx_dense, "onnxruntime")],
+                                     rounds=rounds, batch_size=batch_size, seq_len=seq_len, threads=threads)
+    ratio = measured["torch"].p10_ms / measured["onnxruntime"].p10_ms
+    log(f"dense PyTorch {measured['torch'].p10_ms:.1f} ms, dense ONNX Runtime {measured['onnxruntime'].p10_ms:.1f} ms "
+        f"now (ratio {ratio:.2f}; {table.reference_total / table.dense_total:.2f} when the table was measured)")
+    return replace(table, reference=table.dense_total * ratio)
 
 
 def _drop_level(menu: list[Level]) -> int:
@@ -171,13 +193,14 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "ppocompress"
 
 
-def _cache_key(dense: LoadedModel, menu: list[Level], batch_size: int, seq_len: int, threads: int, backend: str) -> str:
+def _cache_key(dense: LoadedModel, menu: list[Level], batch_size: int, seq_len: int, threads: int, rounds: int, backend: str) -> str:
     """Same model, menu, machine, library versions and timing setting: same table."""
     identity = {
         "model": dense.source,
         "config": {k: v for k, v in sorted(dense.base_config.items()) if isinstance(v, (int, float, str, bool))},
         "menu": [level.to_dict() for level in menu],
-        "batch": batch_size, "seq": seq_len, "threads": threads, "backend": backend, "mixed": MIXED_PLANS,
+        "batch": batch_size, "seq": seq_len, "threads": threads, "rounds": rounds, "statistic": "p10",
+        "backend": backend, "mixed": MIXED_PLANS,
         "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -13,10 +13,9 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,8 @@ from ppocompress.compress.quality import (LEE_MAX_LENGTH, embed, embed_onnx, emb
                                           lee_correlation_of, usable_positions)
 from ppocompress.compress.text import lee_documents, load_splits, subset
 from ppocompress.errors import UserError
-from ppocompress.fileio import atomic_write_text
-from ppocompress.search.cost_table import flops_table, measured_table
+from ppocompress.fileio import atomic_write_text, move_into_place
+from ppocompress.search.cost_table import anchor_reference, flops_table, measured_table
 from ppocompress.search.env import CompressionEnv, Target
 from ppocompress.search.evaluator import HIGH_FIDELITY, PlanEvaluator, reward_from_cosine, sensitivity_table
 from ppocompress.search.levels import default_menu
@@ -97,6 +96,10 @@ def run_compress(settings: CompressSettings, out: Path, resume: bool = False, lo
         cost = flops_table(dense, menu)  # parameters scale like FLOPs per layer; int8 is priced by its discount
     elif settings.cost == "measured":
         cost = measured_table(dense, menu, threads=settings.threads, log=log)
+        if "reference_ms" not in state.extras:  # timed once a run; a resumed run keeps its budget
+            state.extras["reference_ms"] = anchor_reference(cost, dense, threads=settings.threads, log=log).reference_total
+            state.save(state_path)
+        cost = replace(cost, reference=state.extras["reference_ms"])
     else:
         cost = flops_table(dense, menu)
     # The search prices least-squares recovery in (distillation starts from it), refit on
@@ -194,8 +197,8 @@ def _deliver(dense, texts, evaluator, cost, settings, finals, results, out: Path
                 measured_speedup_vs_onnx_dense=latency["dense onnxruntime"].median_ms / times[backend],
                 cosine_heldout=summary[f"cosine_heldout_{backend}"], cosine_heldout_min=summary[f"cosine_heldout_min_{backend}"],
                 lee_pearson=summary[f"lee_pearson_{backend}"])
-        _move(paths[settings.searcher]["torch"], out / "model")
-        _move(paths[settings.searcher]["onnxruntime"], out / "model.onnx")
+        move_into_place(paths[settings.searcher]["torch"], out / "model")
+        move_into_place(paths[settings.searcher]["onnxruntime"], out / "model.onnx")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report = dict(summaries[settings.searcher])
@@ -229,9 +232,3 @@ def _build_and_judge(dense, plan, recover: str, texts, reference, workdir: Path)
         summary[f"cosine_heldout_min_{backend}"] = fidelity["min_cosine"]
         summary[f"lee_pearson_{backend}"] = lee[backend]
     return summary, {"torch": model_dir, "onnxruntime": onnx_path}
-
-
-def _move(source: Path, destination: Path) -> None:
-    if destination.exists():
-        shutil.rmtree(destination) if destination.is_dir() else destination.unlink()
-    os.replace(source, destination)
