@@ -4,9 +4,11 @@ Layers of the supported families share one shape, so the table is per level, fit
 whole-model timings on the backend the tool delivers on (ONNX Runtime; PyTorch with
 backend="torch"): the dense model, a one-layer model, every level applied to all layers,
 and a dozen random mixed plans, each model timed in its own process in interleaved
-rounds. A model's time is its 10th percentile: other tenants only ever slow a run down,
-and medians over a few rounds let one busy spell skew the models it hit by 10-17% here. A plan's predicted latency is base + the sum of its layers' level costs; base and
-the per-level costs are the non-negative least-squares fit to all those timings, so the
+rounds. A model's time is its 10th percentile (other tenants only ever slow a run down):
+on MiniLM, medians of 2 rounds missed three mixed plans by 13-17%, 10th percentiles of 3
+rounds missed none by more than 7%.
+A plan's predicted latency is base + the sum of its layers' level costs; base and the
+per-level costs are the non-negative least-squares fit to all those timings, so the
 mixed plans calibrate the table to plans like the ones a search returns, and the fit's
 error on them is kept with the table (predicted and measured speedups must agree).
 Speedups are against the dense model in PyTorch fp32, timed in the same rounds; each run
