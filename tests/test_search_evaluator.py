@@ -105,7 +105,7 @@ def test_measured_table_is_cached(tiny, tmp_path):
 
 def test_anchor_reference_scales_the_table_by_the_ratio_timed_now(tiny, monkeypatch):
     """A reference timed under load once must not skew later runs: each run re-times dense
-    PyTorch and dense ONNX Runtime side by side and keeps the table's scale."""
+    PyTorch and dense ONNX Runtime side by side, keeps the table's scale and the lower ratio."""
     timed = {}
 
     def fake_latencies(targets, **_):
@@ -119,5 +119,8 @@ def test_anchor_reference_scales_the_table_by_the_ratio_timed_now(tiny, monkeypa
     assert timed["torch"][1] == "torch" and timed["onnxruntime"][1] == "onnxruntime"
     assert anchored.reference == pytest.approx(table.dense_total * 330.0 / 300.0)
     assert anchored.per_level == table.per_level and anchored.base == table.base
+    # PyTorch under load: a ratio higher than the table's is not trusted.
+    quiet = CostTable("ms", 10.0, [40.0, 20.0, 0.0], 3, reference=130.0 * 1.05, backend="onnxruntime")
+    assert anchor_reference(quiet, tiny, log=lambda _: None).reference == pytest.approx(quiet.reference)
     flops = CostTable("flops", 1.0, [3.0, 0.0], 3)
     assert anchor_reference(flops, tiny, log=pytest.fail) is flops
