@@ -11,6 +11,7 @@ from ppocompress.cli import main
 from ppocompress.compress import CompressionPlan, LayerPlan, load_model
 from ppocompress.compress.bench import Variant, run_bench
 from ppocompress.compress.text import splits_from_texts
+from ppocompress.compress.timing import TimingSetup
 
 LINES = [f"passage {i} is about {w} and how it changes over time" for i, w in
          enumerate(["rivers", "cities", "music", "trade", "weather", "sport", "law", "food"] * 5)]
@@ -40,7 +41,7 @@ def test_evaluate_reports_quality_and_cost_of_a_plan(tiny_dir, text_file, tmp_pa
     assert compressed["params"] < dense["params"] and compressed["size_bytes"] < dense["size_bytes"]
     assert compressed["flops_per_sequence"] < dense["flops_per_sequence"]
     assert 0 < compressed["mean_cosine"] <= 1.0 + 1e-6
-    assert dense["latency_ms"] > 0 and compressed["latency_ms"] > 0 and compressed["speedup"] > 0
+    assert dense["latency_torch_fp32_ms"] > 0 and compressed["latency_ms"] > 0 and compressed["speedup"] > 0
     assert "lee_pearson" in dense and report["plan"] == plan.to_dict()
 
 
@@ -82,13 +83,13 @@ def test_binary_text_file_is_rejected(tiny_dir, tmp_path, capsys):
 @pytest.mark.slow  # a dozen latency subprocesses
 def test_run_bench_measures_each_variant_side_by_side(tiny_dir):
     dense = load_model(str(tiny_dir))
-    variants = [Variant("dense"), Variant("int8", int8=True), Variant("ffn -50%", ffn_keep=0.5),
-                Variant("int8 onnxruntime", int8=True, backend="onnxruntime")]
-    results = run_bench(dense, splits_from_texts(LINES), variants, rounds=1, batch_size=4, seq_len=16, log=lambda _: None)
-    by_name = {r.name: r for r in results}
-    assert by_name["dense"].speedup == pytest.approx(1.0)
-    assert all(r.latency_ms > 0 for r in results)
-    assert by_name["ffn -50%"].params < by_name["dense"].params
-    assert set(by_name["ffn -50%"].quality) == {"none", "lsq"}
-    assert by_name["int8"].size_bytes < by_name["dense"].size_bytes
-    assert by_name["int8 onnxruntime"].quality["none"]["mean_cosine"] > 0.5
+    variants = [Variant("dense"), Variant("int8", int8=True), Variant("ffn -50%", ffn_keep=0.5)]
+    setup = TimingSetup(batch_size=4, seq_len=16, rounds=1, repeats=2, warmup=1)
+    results = run_bench(dense, splits_from_texts(LINES), ["torch", "onnxruntime"], variants, setup=setup, log=lambda _: None)
+    by_name = {(r.name, r.runtime): r for r in results}
+    assert len(results) == 6 and all(r.latency_ms > 0 and r.speedup > 0 for r in results)
+    assert by_name["dense", "torch"].cosine == pytest.approx(1.0, abs=1e-5)
+    assert by_name["ffn -50%", "torch"].params < by_name["dense", "torch"].params
+    for runtime in ("torch", "onnxruntime"):
+        assert by_name["int8", runtime].size_bytes < by_name["dense", runtime].size_bytes
+        assert by_name["int8", runtime].cosine > 0.5

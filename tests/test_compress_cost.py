@@ -1,31 +1,15 @@
-"""Parameter, byte and FLOP counts, and subprocess latency measurement."""
+"""Parameter, byte and FLOP counts."""
 
 from __future__ import annotations
 
 import warnings
 
-import onnx
 import pytest
 import torch
-from compress_models import save_tiny_model
 from torch import nn
 from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
-from ppocompress.compress import cost
-from ppocompress.compress.apply import apply_plan
-from ppocompress.compress.cost import (
-    LatencyResult,
-    count_parameters,
-    directory_bytes,
-    measure_latencies,
-    measure_latency,
-    model_bytes,
-    model_flops,
-)
-from ppocompress.compress.export import save
-from ppocompress.compress.models import load_model
-from ppocompress.compress.onnx_export import export_onnx
-from ppocompress.compress.plan import CompressionPlan, LayerPlan
+from ppocompress.compress.cost import count_parameters, directory_bytes, model_bytes, model_flops
 from ppocompress.errors import UserError
 
 
@@ -83,81 +67,3 @@ def test_directory_bytes_sums_files_or_sizes_one_file(tmp_path):
     assert directory_bytes(tmp_path / "a.bin") == 10
     with pytest.raises(UserError, match="does not exist"):
         directory_bytes(tmp_path / "missing")
-
-
-@pytest.fixture(scope="module")
-def tiny_targets(tmp_path_factory):
-    """A tiny saved BERT directory and its ONNX export."""
-    directory = save_tiny_model("bert", tmp_path_factory.mktemp("bert"))
-    loaded = load_model(str(directory))
-    return directory, export_onnx(loaded.model, loaded.tokenizer, directory.parent / "bert.onnx")
-
-
-def test_measure_latency_returns_positive_medians_for_torch_and_onnxruntime(tiny_targets):
-    directory, onnx_path = tiny_targets
-    for target, backend in ((directory, "torch"), (onnx_path, "onnxruntime")):
-        result = measure_latency(target, backend, batch_size=4, seq_len=16, warmup=1, repeats=3)
-        assert result.backend == backend and result.repeats == 3
-        assert 0 < result.p10_ms <= result.median_ms <= result.p90_ms
-        assert (result.batch_size, result.seq_len, result.threads) == (4, 16, 2)
-
-
-def test_measure_latency_times_a_compressed_directory_with_compression_json(tmp_path, tiny_targets):
-    directory, _ = tiny_targets
-    plan = CompressionPlan([LayerPlan(int8=True), LayerPlan(keep_groups=[0, 1]), LayerPlan(drop=True)])
-    compressed = save(apply_plan(load_model(str(directory)), plan), tmp_path / "compressed")
-    assert (compressed / "compression.json").is_file()
-    result = measure_latency(compressed, "torch", batch_size=4, seq_len=16, warmup=1, repeats=2)
-    assert result.median_ms > 0
-
-
-def test_bad_latency_targets_raise_user_error(tmp_path, tiny_targets):
-    directory, onnx_path = tiny_targets
-    with pytest.raises(UserError, match="is not a model directory"):
-        measure_latency(tmp_path / "missing", "torch")
-    with pytest.raises(UserError, match="is not a model directory"):
-        measure_latency(onnx_path, "torch")
-    with pytest.raises(UserError, match="is not an .onnx file"):
-        measure_latency(directory, "onnxruntime")
-    with pytest.raises(UserError, match="unknown backend"):
-        measure_latency(directory, "tensorflow")
-
-
-def test_a_worker_user_error_comes_back_as_user_error_with_its_message(tmp_path):
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="has no config.json"):
-        measure_latency(tmp_path / "empty", "torch", repeats=1, warmup=0)
-    ids = onnx.helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, ["batch", "seq"])
-    out = onnx.helper.make_tensor_value_info("out", onnx.TensorProto.INT64, ["batch", "seq"])
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["input_ids"], ["out"])], "foreign", [ids], [out])
-    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "foreign.onnx"))
-    with pytest.raises(UserError, match="has no vocab_size metadata"):
-        measure_latency(tmp_path / "foreign.onnx", "onnxruntime", repeats=1, warmup=0)
-
-
-def test_a_worker_crash_raises_runtime_error_with_its_last_stderr_line(tmp_path):
-    broken = tmp_path / "broken.onnx"
-    broken.write_bytes(b"not protobuf")
-    with pytest.raises(RuntimeError, match=r"latency worker for .*broken.onnx \(onnxruntime\) failed: .+"):
-        measure_latency(broken, "onnxruntime", repeats=1, warmup=0)
-
-
-def test_measure_latencies_interleaves_rounds_and_pools_their_timings(monkeypatch, tiny_targets):
-    directory, onnx_path = tiny_targets
-    calls = []
-
-    def fake_worker(path, backend, *args):
-        calls.append(backend)
-        return [10.0 * len(calls)] * 2  # 2 timings per round
-
-    monkeypatch.setattr(cost, "_run_worker", fake_worker)
-    results = measure_latencies([("a", directory, "torch"), ("b", onnx_path, "onnxruntime")], rounds=3)
-    assert calls == ["torch", "onnxruntime"] * 3
-    assert isinstance(results["a"], LatencyResult) and results["a"].repeats == 6
-    assert results["a"].median_ms == 30.0 and results["b"].median_ms == 40.0  # medians over rounds 1, 3, 5 / 2, 4, 6
-
-
-def test_measure_latencies_rejects_duplicate_labels(tiny_targets):
-    directory, _ = tiny_targets
-    with pytest.raises(UserError, match="unique"):
-        measure_latencies([("a", directory, "torch"), ("a", directory, "torch")])

@@ -12,13 +12,8 @@ from compress_models import outputs, sample_batch, save_tiny_model
 
 from ppocompress.compress.architecture import adapter_for
 from ppocompress.compress.models import load_model
-from ppocompress.compress.onnx_export import (
-    export_onnx,
-    onnx_metadata,
-    onnx_outputs,
-    onnx_session,
-    quantize_onnx_int8,
-)
+from ppocompress.compress.onnx_export import export_onnx, onnx_metadata, quantize_onnx_int8
+from ppocompress.compress.runtimes.onnx_runtime import onnx_outputs, onnx_session
 from ppocompress.errors import UserError
 
 
@@ -125,7 +120,7 @@ def test_simulated_int8_reproduces_onnx_runtime_int8(tiny, tmp_path):
     int8 graph computes, far closer than PyTorch's own int8 kernels (7-bit inputs) do."""
     import copy
 
-    from ppocompress.compress.quantize import quantize_int8_, simulate_onnx_int8_
+    from ppocompress.compress.quantize import quantize_int8_, simulate_int8_
 
     loaded = tiny("bert")
     fp32 = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "fp32.onnx")
@@ -134,7 +129,7 @@ def test_simulated_int8_reproduces_onnx_runtime_int8(tiny, tmp_path):
     batch = _other_batch(loaded.tokenizer)
     onnx_int8 = torch.from_numpy(np.asarray(onnx_outputs(int8, batch["input_ids"], batch["attention_mask"].numpy())))
     errors = {}
-    for name, convert in (("simulated", simulate_onnx_int8_), ("torch", quantize_int8_)):
+    for name, convert in (("simulated", simulate_int8_), ("torch", quantize_int8_)):
         model = copy.deepcopy(loaded.model)
         for layer in adapter_for(model).layers(model):
             convert(layer)
@@ -187,7 +182,7 @@ def test_quantizing_a_layer_the_graph_lacks_raises_user_error(tiny, tmp_path):
     fp32 = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "fp32.onnx")
     with pytest.raises(UserError, match=r"layers \[7\] are not in"):
         quantize_onnx_int8(fp32, tmp_path / "int8.onnx", [1, 7])
-    with pytest.raises(UserError, match="unsupported model type"):
+    with pytest.raises(UserError, match="unsupported architecture .t5."):
         quantize_onnx_int8(fp32, tmp_path / "int8.onnx", model_type="t5")
     assert not (tmp_path / "int8.onnx").exists()
 

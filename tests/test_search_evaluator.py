@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import numpy as np
 import pytest
 import torch
 from compress_models import outputs, sample_batch, save_tiny_model
@@ -11,8 +10,9 @@ from compress_models import outputs, sample_batch, save_tiny_model
 from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
 from ppocompress.compress.importance import importance_scores
 from ppocompress.search import default_menu
-from ppocompress.compress.cost import LatencyResult
-from ppocompress.search.cost_table import CostTable, anchor_reference, flops_table, measured_table
+from ppocompress.compress.timing import TimingSetup
+from ppocompress.search.cost_table import (CostTable, anchor_reference, flops_table, level_features, measured_table,
+                                           timing_plans)
 from ppocompress.search.evaluator import PlanEvaluator, reward_from_cosine, sensitivity_table
 
 TEXTS = [f"passage {i} about {w} and the way it shapes the day" for i, w in
@@ -89,38 +89,39 @@ def test_flops_table_prices_levels(tiny):
     assert table.speedup([0, 0, 0]) == pytest.approx(1.0)
 
 
-@pytest.mark.slow  # one latency subprocess per level
-def test_measured_table_is_cached(tiny, tmp_path):
-    menu = [MENU[0], MENU[level_index(group_keep=0.5, ffn_keep=0.5, int8=False)], MENU[level_index(drop=True)]]
-    table = measured_table(tiny, menu, batch_size=4, seq_len=16, rounds=1, cache_dir=tmp_path, log=lambda _: None)
-    assert table.unit == "ms" and table.backend == "onnxruntime" and table.per_level[2] == 0.0
-    assert all(c > 0 for c in table.per_level[:2]) and table.reference > 0
+@pytest.mark.slow  # a latency subprocess per timed model
+def test_measured_table_is_fitted_to_a_few_models_and_cached(tiny, tmp_path):
+    setup = TimingSetup(batch_size=4, seq_len=16, rounds=1, repeats=2, warmup=1)
+    table = measured_table(tiny, MENU, "onnxruntime", setup, TEXTS, cache_dir=tmp_path, log=lambda _: None)
+    assert table.unit == "ms" and table.backend == "onnxruntime" and table.per_level[level_index(drop=True)] == 0.0
+    assert all(c >= 0 for c in table.per_level) and table.reference > 0 and table.dense_total > 0
+    timed = [row["label"] for row in table.fit]
+    assert len(timed) == len(timing_plans(MENU, 3)) < len(MENU)  # fewer models than levels
     mixed = [row for row in table.fit if row["label"].startswith("mixed")]
-    assert len(mixed) == 12 and all(row["measured_ms"] > 0 and row["predicted_ms"] > 0 for row in mixed)
+    assert mixed and all(row["measured_ms"] > 0 and row["predicted_ms"] > 0 for row in mixed)
     assert table.fit_error() == max(abs(row["predicted_ms"] / row["measured_ms"] - 1) for row in mixed)
-    again = measured_table(tiny, menu, batch_size=4, seq_len=16, rounds=1, cache_dir=tmp_path,
-                           log=lambda _: pytest.fail("measured twice"))
+    again = measured_table(tiny, MENU, "onnxruntime", setup, TEXTS, cache_dir=tmp_path, log=lambda _: pytest.fail("measured twice"))
     assert again == table
 
 
-def test_anchor_reference_scales_the_table_by_the_ratio_timed_now(tiny, monkeypatch):
+def test_level_costs_follow_the_time_model():
+    """A level's cost is linear in the fractions it keeps, per precision; dropping is free."""
+    theta = np.array([1.0, 2.0, 3.0, 0.5, 1.0, 1.5])
+    for level in MENU:
+        expected = 0.0 if level.drop else (theta[3:] if level.int8 else theta[:3]) @ [1.0, level.group_keep, level.ffn_keep]
+        assert level_features(level) @ theta == pytest.approx(expected)
+
+
+def test_anchor_reference_scales_the_table_by_the_ratio_timed_now():
     """A reference timed under load once must not skew later runs: each run re-times dense
-    PyTorch and dense ONNX Runtime side by side, keeps the table's scale and the lower ratio."""
-    timed = {}
-
-    def fake_latencies(targets, **_):
-        timed.update({label: (Path(path), backend) for label, path, backend in targets})
-        return {label: LatencyResult(backend, ms, ms, ms, 32, 64, 2, 9)
-                for (label, _, backend), ms in zip(targets, (330.0, 300.0))}
-
-    monkeypatch.setattr("ppocompress.search.cost_table.measure_latencies", fake_latencies)
-    table = CostTable("ms", 10.0, [40.0, 20.0, 0.0], 3, reference=404.0, backend="onnxruntime")
-    anchored = anchor_reference(table, tiny, log=lambda _: None)
-    assert timed["torch"][1] == "torch" and timed["onnxruntime"][1] == "onnxruntime"
+    PyTorch and the dense model on the table's runtime side by side, keeps the table's
+    scale and the lower of the two ratios."""
+    table = CostTable("ms", 10.0, [40.0, 20.0, 0.0], 3, reference=404.0, backend="openvino")
+    anchored = anchor_reference(table, 330.0, 300.0, log=lambda _: None)
     assert anchored.reference == pytest.approx(table.dense_total * 330.0 / 300.0)
     assert anchored.per_level == table.per_level and anchored.base == table.base
     # PyTorch under load: a ratio higher than the table's is not trusted.
     quiet = CostTable("ms", 10.0, [40.0, 20.0, 0.0], 3, reference=130.0 * 1.05, backend="onnxruntime")
-    assert anchor_reference(quiet, tiny, log=lambda _: None).reference == pytest.approx(quiet.reference)
+    assert anchor_reference(quiet, 330.0, 300.0, log=lambda _: None).reference == pytest.approx(quiet.reference)
     flops = CostTable("flops", 1.0, [3.0, 0.0], 3)
-    assert anchor_reference(flops, tiny, log=pytest.fail) is flops
+    assert anchor_reference(flops, 330.0, 300.0, log=pytest.fail) is flops

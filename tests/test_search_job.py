@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from compress_models import save_tiny_model
@@ -11,6 +12,7 @@ import ppocompress
 from ppocompress.cli import main
 from ppocompress.search import job as job_module
 from ppocompress.search.job import CompressSettings, run_compress
+from ppocompress.search.results import CompressResult
 
 LINES = [f"passage {i} is about {w} and how it changes over the years" for i, w in
          enumerate(["rivers", "cities", "music", "trade", "weather", "sport", "law", "food", "roads", "stars"] * 12)]
@@ -26,28 +28,36 @@ def setup(tmp_path_factory):
 
 def settings(model_dir, text, **overrides) -> CompressSettings:
     values = dict(model=str(model_dir), target_speedup=1.5, searcher="ppo", evals=24, recover="lsq", seed=0,
-                  baselines=False, text=str(text), cost="flops", calibration_texts=80, evaluation_texts=36)
+                  baselines=False, text=str(text), cost="flops", runtime="onnxruntime", calibration_texts=80, evaluation_texts=36)
     values.update(overrides)
     return CompressSettings(**values)
 
 
-@pytest.mark.slow  # latency subprocesses and ONNX export
+@pytest.mark.slow  # latency subprocesses, ONNX export, NNCF
 def test_compress_end_to_end_writes_everything(setup, tmp_path, capsys):
     model_dir, text = setup
     out = tmp_path / "run"
     code = main(["compress", "--model", str(model_dir), "--target-speedup", "1.5", "--evals", "24", "--cost", "flops",
                  "--text", str(text), "--out", str(out), "--no-baselines"])
     assert code == 0
-    result = json.loads((out / "result.json").read_text())
-    for key in ("searcher", "evaluations", "target_speedup", "predicted_speedup", "measured_speedup",
-                "measured_speedup_vs_onnx_dense", "cosine_heldout", "lee_pearson", "dense_lee_pearson", "size_bytes",
-                "dense_size_bytes", "plan", "baselines"):
-        assert key in result
-    assert result["evaluations"] <= 24 and 0 < result["cosine_heldout"] <= 1.0 + 1e-6
+    result = CompressResult.from_file(out / "result.json")
+    assert result.runtime == "openvino"  # auto without timing prefers it when it is installed
+    delivered = result.delivered
+    assert result.searcher == "ppo" and set(result.searchers) == {"ppo"}
+    assert delivered.evaluations <= 24 and 0 < delivered.cosine_heldout <= 1.0 + 1e-6
+    for model in (delivered, result.dense, result.dense_int8):
+        assert model.latency.ms > 0 and model.speedup == pytest.approx(result.reference_latency.ms / model.latency.ms)
+        assert model.speedup_vs_dense_int8 == pytest.approx(result.dense_int8.latency.ms / model.latency.ms)
+        assert model.size_bytes > 0 and model.runtime == "openvino"
     assert ppocompress.load(out / "model").plan is not None
-    assert (out / "model.onnx").stat().st_size > 0
+    for name in ("modules.json", "config.json", "1_Pooling/config.json", "onnx/model.onnx", "openvino/openvino_model.xml",
+                 "openvino/openvino_model.bin"):
+        assert (out / "model" / name).stat().st_size > 0
     for name in ("report.html", "policy.png", "search_curve.png", "pareto.png"):
         assert (out / name).exists()
+    assert not list(out.glob(".staging-*"))
+    summary = capsys.readouterr().out
+    assert "dense int8" in summary and max(len(line) for line in summary.splitlines()) <= 80
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.html").exists()
 
@@ -56,10 +66,11 @@ def test_resume_after_interruption_gives_the_same_plan(setup, tmp_path, monkeypa
     model_dir, text = setup
     plain = settings(model_dir, text)
 
-    def skip_delivery(dense, texts, evaluator, cost, settings, finals, results, out, log):
-        return {"plan": evaluator.plan(finals[settings.searcher]).to_dict(), "evaluations": results[settings.searcher].evaluations}
+    def skip_delivery(prepared, settings, finals, results, out, log):
+        plan = prepared.evaluator.plan(finals[settings.searcher]).to_dict()
+        return SimpleNamespace(plan=plan, to_json=lambda: "{}")
 
-    monkeypatch.setattr(job_module, "_deliver", skip_delivery)
+    monkeypatch.setattr(job_module, "deliver", skip_delivery)
     monkeypatch.setattr("ppocompress.search.report.write_report", lambda out: None)
     uninterrupted = run_compress(plain, tmp_path / "a", log=lambda _: None)
 
@@ -79,7 +90,7 @@ def test_resume_after_interruption_gives_the_same_plan(setup, tmp_path, monkeypa
     assert 0 < len(state["evaluations"]) < 24 and not state["finished"]
     monkeypatch.setattr(job_module.PlanEvaluator, "quality", original)
     resumed = run_compress(plain, tmp_path / "b", resume=True, log=lambda _: None)
-    assert resumed["plan"] == uninterrupted["plan"]
+    assert resumed.plan == uninterrupted.plan
 
 
 def test_resume_refuses_other_settings_and_missing_state(setup, tmp_path, capsys):

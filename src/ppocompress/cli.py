@@ -63,12 +63,18 @@ TextOption = Annotated[
 ]
 
 
+RuntimeOption = Annotated[str, typer.Option(help="Where the model runs: auto (time the candidates, serve on the fastest), "
+                                               "openvino, onnxruntime or torch.")]
+
+
 @app.command()
 def evaluate(
     model: ModelOption = None,
     plan: Annotated[Optional[Path], typer.Option(help="A plan JSON (or a result.json holding one) to apply first.")] = None,
     text: TextOption = None,
     recover: Annotated[str, typer.Option(help="Recovery after pruning: none, lsq or distill.")] = "none",
+    runtime: Annotated[str, typer.Option(help="Runtime the model is judged and timed on: torch, onnxruntime, openvino, "
+                                              "or auto (each available one).")] = "torch",
     latency: Annotated[bool, typer.Option(help="Measure latency (each model in its own process).")] = True,
     threads: Annotated[int, typer.Option(help="Threads for latency measurement.")] = 2,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -80,23 +86,41 @@ def evaluate(
     from ppocompress.compress import CompressionPlan, load_model
     from ppocompress.compress.evaluation import evaluate as run_evaluate
     from ppocompress.compress.text import load_splits
+    from ppocompress.compress.timing import TimingSetup
 
+    names = _runtimes(runtime)
+    setup = TimingSetup(threads=threads)
     texts = load_splits(text)
     compression_plan = CompressionPlan.from_json_file(plan) if plan is not None else None
     dense = load_model(model, trust_remote_code=trust_remote_code)
-    report = run_evaluate(dense, texts, compression_plan, recover, latency=latency, threads=threads)
+    reports = [run_evaluate(dense, texts, compression_plan, recover, name, latency=latency, setup=setup) for name in names]
     if json_out:
-        typer.echo(json.dumps(report, indent=1))
+        typer.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
         return
     from ppocompress.reporting import print_evaluation
 
-    print_evaluation(report)
+    for report in reports:
+        print_evaluation(report)
+
+
+def _runtimes(choice: str) -> list[str]:
+    """--runtime NAME: that one (a UserError if it cannot run here); auto: every one that can."""
+    from ppocompress.compress.runtimes import CHOICES, available_runtimes, get_runtime
+
+    if choice not in CHOICES:
+        raise UserError(f"unknown runtime {choice!r}; use one of {', '.join(CHOICES)}")
+    if choice == "auto":
+        return [r.name for r in available_runtimes(log=lambda line: typer.echo(line, err=True))]
+    get_runtime(choice).require()
+    return [choice]
 
 
 @app.command()
 def bench(
     model: ModelOption = None,
     text: TextOption = None,
+    runtime: Annotated[str, typer.Option(help="Runtime every variant is exported to, judged and timed on, or auto "
+                                              "(every available one).")] = "auto",
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")] = None,
     threads: Annotated[int, typer.Option(help="Threads for latency measurement (the same for every variant).")] = 2,
     batch_size: Annotated[int, typer.Option(help="Batch size for latency.")] = 32,
@@ -106,34 +130,36 @@ def bench(
     evaluation_texts: Annotated[int, typer.Option(help="Held-out passages for quality, evenly spread.")] = 512,
     trust_remote_code: TrustOption = False,
 ) -> None:
-    """Measure uniform variants (int8, heads/FFN removed, layers dropped, combinations) against the dense model."""
+    """Measure uniform variants (int8, heads/FFN removed, layers dropped, combinations) on each runtime against dense PyTorch fp32."""
     import json
 
     from ppocompress.compress import load_model
     from ppocompress.compress.bench import run_bench
+    from ppocompress.compress.text import load_splits, subset
+    from ppocompress.compress.timing import TimingSetup
     from ppocompress.fileio import atomic_write_text
     from ppocompress.reporting import print_bench
 
-    from ppocompress.compress.text import load_splits, subset
-
+    setup = TimingSetup(batch_size=batch_size, seq_len=seq_len, threads=threads, rounds=rounds)
+    names = _runtimes(runtime)
     texts = subset(load_splits(text), calibration_texts, evaluation_texts)
     dense = load_model(model, trust_remote_code=trust_remote_code)
     if dense.is_causal:
         raise UserError("bench measures embedding models for now; use evaluate --plan for causal LMs")
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
-    results = run_bench(dense, texts, batch_size=batch_size, seq_len=seq_len, threads=threads, rounds=rounds,
-                        log=lambda line: typer.echo(line, err=True))
+    results = run_bench(dense, texts, names, setup=setup, log=lambda line: typer.echo(line, err=True))
     print_bench(results, dense.source)
     if json_file is not None:
-        atomic_write_text(json_file, json.dumps({"model": dense.source, "threads": threads, "batch_size": batch_size,
-                                                 "seq_len": seq_len, "variants": [r.to_dict() for r in results]}, indent=1))
+        atomic_write_text(json_file, json.dumps({"model": dense.source, "timing": setup.to_dict(),
+                                                 "variants": [r.to_dict() for r in results]}, indent=1))
 
 
 @app.command("compress")
 def compress_command(
     model: ModelOption = None,
-    target_speedup: Annotated[Optional[float], typer.Option(help="Speedup the plan must reach (by the latency table). Default 3.0.")] = None,
+    target_speedup: Annotated[Optional[float], typer.Option(help="Speedup against dense PyTorch fp32 the plan must reach "
+                                                                 "(by the latency table). Default 5.0.")] = None,
     target_size: Annotated[Optional[float], typer.Option(help="Or: size fraction of the dense model the plan must fit in.")] = None,
     searcher: Annotated[str, typer.Option(help="ppo, uniform, random or evolutionary.")] = "ppo",
     evals: Annotated[int, typer.Option(help="Plan evaluations each searcher may make.")] = 200,
@@ -143,21 +169,30 @@ def compress_command(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     baselines: Annotated[bool, typer.Option(help="Also run the other searchers on the same budget.")] = True,
     cost: Annotated[str, typer.Option(help="Cost table: measured (latency, cached) or flops.")] = "measured",
+    runtime: RuntimeOption = "auto",
     text: TextOption = None,
     threads: Annotated[int, typer.Option(help="Threads for latency measurement.")] = 2,
+    trust_remote_code: TrustOption = False,
 ) -> None:
     """Search a per-layer compression plan with PPO, then deliver the compressed model, measured."""
     from ppocompress.reporting import print_compress
-    from ppocompress.search.job import CompressSettings, run_compress
+    from ppocompress.search.job import (
+        DEFAULT_TARGET_SPEEDUP,
+        CompressSettings,
+        run_compress,
+    )
 
-    settings = CompressSettings(model=model, target_speedup=target_speedup if (target_speedup or target_size) else 3.0,
-                                target_size=target_size, searcher=searcher, evals=evals, recover=recover, seed=seed,
-                                baselines=baselines, threads=threads, text=None if text is None else str(text), cost=cost)
-    report = run_compress(settings, out, resume=resume, log=lambda line: typer.echo(line, err=True))
-    print_compress(report)
-    typer.echo(f"done searcher={report['searcher']} evaluations={report['evaluations']} "
-               f"measured_speedup={report['measured_speedup']:.2f} cosine_heldout={report['cosine_heldout']:.4f} "
-               f"out={out}")
+    if target_speedup is None and target_size is None:
+        target_speedup = DEFAULT_TARGET_SPEEDUP
+    settings = CompressSettings(model=model, target_speedup=target_speedup, target_size=target_size, searcher=searcher,
+                                evals=evals, recover=recover, seed=seed, baselines=baselines, threads=threads,
+                                text=None if text is None else str(text), cost=cost, runtime=runtime,
+                                trust_remote_code=trust_remote_code)
+    result = run_compress(settings, out, resume=resume, log=lambda line: typer.echo(line, err=True))
+    print_compress(result)
+    delivered = result.delivered
+    typer.echo(f"done searcher={result.searcher} runtime={result.runtime} speedup={delivered.speedup:.2f} "
+               f"vs_dense_int8={delivered.speedup_vs_dense_int8:.2f} cosine_heldout={delivered.cosine_heldout:.4f} out={out}")
 
 
 @app.command()

@@ -11,20 +11,18 @@ def _fmt(value, spec: str = ".4f") -> str:
 
 
 def print_bench(results, model_name: str) -> None:
-    table = Table(title=f"Uniform variants of {model_name} (speedup vs dense PyTorch fp32, measured side by side)")
-    for column in ("variant", "backend", "cosine", "cosine +lsq", "Lee Pearson", "size MB", "latency ms", "speedup"):
-        table.add_column(column, justify="left" if column in ("variant", "backend") else "right")
+    table = Table(title=f"Variants of {model_name} (speedup vs dense PyTorch fp32, measured side by side)")
+    for column in ("variant", "runtime", "cosine", "Lee Pearson", "size MB", "latency ms", "speedup"):
+        table.add_column(column, justify="left" if column in ("variant", "runtime") else "right")
     for r in results:
-        none, lsq = r.quality.get("none", {}), r.quality.get("lsq", {})
-        best = lsq or none
-        table.add_row(r.name, r.backend, _fmt(none.get("mean_cosine")), _fmt(lsq.get("mean_cosine")),
-                      _fmt(best.get("lee_pearson")), _fmt(r.size_bytes / 1e6, ".1f"), _fmt(r.latency_ms, ".1f"),
-                      _fmt(r.speedup, ".2f") + "x")
+        table.add_row(r.name, r.runtime, _fmt(r.cosine), _fmt(r.lee_pearson), _fmt(r.size_bytes / 1e6, ".1f"),
+                      _fmt(r.latency_ms, ".1f"), _fmt(r.speedup, ".2f") + "x")
     Console().print(table)
 
 
 def print_evaluation(report: dict) -> None:
-    table = Table(title=f"{report['model']} ({report['model_type']}), {report['evaluation_texts']} evaluation passages")
+    table = Table(title=f"{report['model']} ({report['model_type']}) on {report['runtime']}, "
+                        f"{report['evaluation_texts']} evaluation passages")
     table.add_column("metric")
     labels = [label for label in ("dense", "compressed") if label in report]
     for label in labels:
@@ -36,19 +34,33 @@ def print_evaluation(report: dict) -> None:
     Console().print(table)
 
 
-def print_compress(report: dict) -> None:
-    """The searchers side by side: what each plan was predicted to do and what it did."""
-    target = (f"speedup {report['target_speedup']}x" if report.get("target_speedup") is not None
-              else f"size {report.get('target_size')}")
-    table = Table(title=f"{report['model']}: target {target}, {report['evaluations']} evaluations a searcher "
-                        f"(speedups vs dense PyTorch fp32 at {report['dense_latency_ms']:.0f} ms, measured side by side)")
-    for column in ("searcher", "backend", "predicted", "measured", "vs ORT dense", "cosine held-out", "Lee Pearson",
-                   "size MB", "plan"):
-        table.add_column(column, justify="left" if column in ("searcher", "backend", "plan") else "right")
-    for row in [report, *report.get("baselines", {}).values()]:
-        size = row["onnx_size_bytes"] if row["backend"] == "onnxruntime" else row["size_bytes"]
-        table.add_row(row["searcher"], row["backend"], _fmt(row.get("predicted_speedup"), ".2f"),
-                      _fmt(row["measured_speedup"], ".2f") + "x", _fmt(row["measured_speedup_vs_onnx_dense"], ".2f") + "x",
-                      _fmt(row["cosine_heldout"]), _fmt(row["lee_pearson"]), _fmt(size / 1e6, ".1f"), " ".join(row["levels"]))
-    Console().print(table)
-    Console().print(f"dense: Lee Pearson {report['dense_lee_pearson']:.4f}, {report['dense_size_bytes'] / 1e6:.1f} MB")
+SUMMARY_WIDTH = 80  # the summary must read in an 80-column terminal
+
+
+def short_level(name: str) -> str:
+    """A menu level in a few characters: "h50-f25-int8" -> "h50f25q", "drop" -> "-"."""
+    return "-" if name == "drop" else name.replace("-int8", "q").replace("-", "")
+
+
+def print_compress(result) -> None:
+    """The searchers side by side with the dense alternatives, then one plan line each."""
+    console = Console(width=SUMMARY_WIDTH)
+    target = f"{result.target_value:g}x speedup" if result.target_kind == "speedup" else f"size {result.target_value:g}"
+    table = Table(title=f"{result.model} on {result.runtime}, target {target}", title_justify="left",
+                  caption=f"speedups: dense PyTorch fp32 {result.reference_latency.ms:.0f} ms, and the dense int8 model on "
+                          f"{result.runtime} (vs int8); cosine on held-out text", caption_justify="left")
+    for column in ("model", "predicted", "speedup", "vs int8", "cosine", "Lee", "MB"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    rows = [*result.searchers.values(), result.dense_int8, result.dense]
+    for row in rows:
+        name = row.name + (" *" if row.name == result.searcher else "")
+        table.add_row(name, _fmt(row.predicted_speedup, ".2f"), _fmt(row.speedup, ".2f") + "x",
+                      _fmt(row.speedup_vs_dense_int8, ".2f") + "x", _fmt(row.cosine_heldout), _fmt(row.lee_pearson, ".3f"),
+                      _fmt(row.size_bytes / 1e6, ".1f"))
+    console.print(table)
+    console.print("* delivered. Plans, a level per layer (h/f: % of attention groups / FFN neurons kept, "
+                  "q: int8, -: dropped):")
+    for row in result.searchers.values():
+        console.print(f"  {row.name:<13}" + " ".join(short_level(name) for name in row.levels))
+    for warning in result.warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}")

@@ -1,24 +1,26 @@
 """Compression engine: physically smaller transformers, and measurements of what it cost.
 
 Knows nothing of reinforcement learning; the search (ppocompress.search) drives it.
+The names below load on first use, so that a latency worker, which imports one runtime
+module of this package, does not pay for torch and transformers.
 """
 
-from ppocompress.compress.apply import apply_plan
-from ppocompress.compress.architecture import LayerInfo, adapter_for, layer_table
-from ppocompress.compress.export import load, save
-from ppocompress.compress.models import EMBEDDED_DEFAULT, LoadedModel, load_model
-from ppocompress.compress.plan import CompressionPlan, LayerPlan
+from __future__ import annotations
 
-__all__ = [
-    "EMBEDDED_DEFAULT",
-    "CompressionPlan",
-    "LayerInfo",
-    "LayerPlan",
-    "LoadedModel",
-    "adapter_for",
-    "apply_plan",
-    "layer_table",
-    "load",
-    "load_model",
-    "save",
-]
+import importlib
+
+_EXPORTS = {
+    "EMBEDDED_DEFAULT": "models", "LoadedModel": "models", "load_model": "models",
+    "CompressionPlan": "plan", "LayerPlan": "plan",
+    "LayerInfo": "architecture", "adapter_for": "architecture", "layer_table": "architecture",
+    "apply_plan": "apply", "load": "export", "save": "export",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+__all__ = sorted(_EXPORTS)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ppocompress.errors import UserError
-from ppocompress.compress.architecture import adapter_for, layer_table
+from ppocompress.compress.architecture import FamilyAdapter, adapter_for, layer_table
 from ppocompress.compress.models import LoadedModel
-from ppocompress.compress.plan import CompressionPlan
+from ppocompress.compress.plan import CompressionPlan, LayerPlan
 from ppocompress.compress.quantize import quantize_int8_
+from ppocompress.errors import UserError
 
 
 def apply_plan(loaded: LoadedModel, plan: CompressionPlan, quantize: bool = True) -> LoadedModel:
@@ -28,24 +29,43 @@ def apply_plan(loaded: LoadedModel, plan: CompressionPlan, quantize: bool = True
     return LoadedModel(model, loaded.tokenizer, loaded.model_type, loaded.source, dict(loaded.base_config), plan)
 
 
+Refit = Callable[[str, nn.Module, torch.Tensor], None]  # (kind "attn" or "ffn", pruned projection, kept input columns)
+
+
+def compress_layer(layer: nn.Module, plan: LayerPlan, adapter: FamilyAdapter, head_dim: int, refit: Refit | None = None,
+                   int8: Callable[[nn.Module], object] | None = None) -> nn.Module:
+    """Applies one layer's plan in place and returns the layer: attention groups and FFN
+    neurons removed, each pruned output projection refit (recovery), sparsity, then int8
+    through `int8` when the plan marks it. The one path both the search's layer database
+    and a delivered model go through (dropping is the model's business, not the layer's)."""
+    if plan.keep_groups is not None:
+        groups = sorted(plan.keep_groups)
+        columns = adapter.attention_output_columns(layer, groups, head_dim)
+        adapter.prune_attention(layer, groups, head_dim)
+        if refit is not None:
+            refit("attn", adapter.attention_output(layer), columns)
+    if plan.keep_neurons is not None:
+        neurons = sorted(plan.keep_neurons)
+        adapter.prune_ffn(layer, neurons)
+        if refit is not None:
+            refit("ffn", adapter.ffn_output(layer), torch.tensor(neurons))
+    if plan.sparsity > 0:
+        for module in adapter.attention_modules(layer) + adapter.ffn_modules(layer):
+            magnitude_sparsify_(module.weight, plan.sparsity)
+    if plan.int8 and int8 is not None:
+        int8(conv1d_to_linear_(layer))
+    return layer
+
+
 def restructure(model: nn.Module, plan: CompressionPlan, quantize: bool = True) -> None:
-    """Applies plan to model in place (also used to rebuild a saved model's shapes)."""
+    """Applies plan to model in place (also used to rebuild a saved model's shapes);
+    quantize=False leaves int8-marked layers in fp32 for recovery or a runtime's export."""
     adapter = adapter_for(model)
     head_dim = adapter.head_dim(model)
-    layers = adapter.layers(model)
-    for layer, layer_plan in zip(layers, plan.layers):
-        if layer_plan.drop:
-            continue
-        if layer_plan.keep_groups is not None:
-            adapter.prune_attention(layer, sorted(layer_plan.keep_groups), head_dim)
-        if layer_plan.keep_neurons is not None:
-            adapter.prune_ffn(layer, sorted(layer_plan.keep_neurons))
-        if layer_plan.sparsity > 0:
-            for module in adapter.attention_modules(layer) + adapter.ffn_modules(layer):
-                magnitude_sparsify_(module.weight, layer_plan.sparsity)
+    for layer, layer_plan in zip(adapter.layers(model), plan.layers):
+        if not layer_plan.drop:
+            compress_layer(layer, layer_plan, adapter, head_dim, int8=quantize_int8_ if quantize else None)
     adapter.drop_layers(model, [i for i, p in enumerate(plan.layers) if p.drop])
-    if quantize:
-        quantize_planned_layers(model, plan)
 
 
 def quantize_planned_layers(model: nn.Module, plan: CompressionPlan) -> None:

@@ -318,21 +318,12 @@ class LlamaAdapter(FamilyAdapter):
             mlp.intermediate_size = len(keep)
 
 
-ADAPTERS: dict[str, FamilyAdapter] = {
-    "bert": BertAdapter(),
-    "roberta": BertAdapter(),
-    "gpt2": GPT2Adapter(),
-    "llama": LlamaAdapter(),
-    "qwen2": LlamaAdapter(),
-    "mistral": LlamaAdapter(),
-}
-
-
 def adapter_for(model: nn.Module) -> FamilyAdapter:
-    model_type = getattr(model.config, "model_type", "?")
-    if model_type not in ADAPTERS:
-        raise UserError(f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(ADAPTERS))}")
-    return ADAPTERS[model_type]
+    from ppocompress.compress.families import (
+        family,  # the registry imports the adapters above
+    )
+
+    return family(getattr(model.config, "model_type", "?")).adapter
 
 
 def layer_table(model: nn.Module, seq_len: int = 128) -> list[LayerInfo]:

@@ -18,12 +18,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ppocompress.compress.apply import restructure
+from ppocompress.compress.families import family
+from ppocompress.compress.models import LoadedModel
+from ppocompress.compress.plan import CompressionPlan
+from ppocompress.compress.quantize import (
+    int8_tensors,
+    is_int8_linear,
+    load_int8_tensors,
+)
 from ppocompress.errors import UserError
 from ppocompress.fileio import move_into_place, read_json_object
-from ppocompress.compress.apply import restructure
-from ppocompress.compress.models import CAUSAL_TYPES, LoadedModel
-from ppocompress.compress.plan import CompressionPlan
-from ppocompress.compress.quantize import int8_tensors, is_int8_linear, load_int8_tensors
 
 FORMAT = "ppocompress.compress/1"
 SPARSE_SUFFIXES = (".sparse_mask", ".sparse_values")
@@ -34,6 +39,10 @@ def save(loaded: LoadedModel, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     plan = loaded.plan if loaded.plan is not None else CompressionPlan.dense(loaded.model.config.num_hidden_layers)
+    if any(layer.int8 for layer in plan.layers) and not any(is_int8_linear(m) for m in loaded.model.modules()):
+        # load() quantizes the int8-marked layers before reading the weights back.
+        raise ValueError("the plan marks int8 layers but the model holds none; quantize it first "
+                         "(apply_plan(quantize=True), or the torch runtime's export)")
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.staging-"))
     try:
         save_file(state_tensors(loaded.model), str(staging / "model.safetensors"), metadata={"format": FORMAT})
@@ -64,7 +73,7 @@ def load(directory: str | Path) -> LoadedModel:
         raise UserError(f"{meta_path} has format {meta.get('format')!r}; this version reads {FORMAT}")
     base_config = dict(meta["base_config"])
     config = AutoConfig.for_model(**base_config)
-    auto_class = AutoModelForCausalLM if meta["model_type"] in CAUSAL_TYPES else AutoModel
+    auto_class = AutoModelForCausalLM if family(meta["model_type"]).causal else AutoModel
     model = auto_class.from_config(config)
     plan = CompressionPlan.from_dict(meta["plan"])
     restructure(model, plan)

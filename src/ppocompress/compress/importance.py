@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ppocompress.errors import UserError
 from ppocompress.compress.architecture import LayerInfo, adapter_for, layer_table
 from ppocompress.compress.calibration import batches, watch_inputs
 from ppocompress.compress.models import LoadedModel
 from ppocompress.compress.plan import CompressionPlan, LayerPlan
+from ppocompress.errors import UserError
 
 METHODS = ("magnitude", "activation")
 

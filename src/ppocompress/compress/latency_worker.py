@@ -1,8 +1,8 @@
 """Times one model's forward pass in a process of its own and prints one JSON line.
 
-cost.measure_latency starts this module with `python -m`; a process per measurement
-keeps torch's and ONNX Runtime's thread pools from competing. Exit code 2 means bad
-input (a UserError, message on the last stderr line).
+timing.measure_latencies starts this module with `python -m`; a process per measurement
+keeps the runtimes' thread pools from competing. Exit code 2 means bad input (a
+UserError, message on the last stderr line). Only the runtime being timed is imported.
 """
 
 from __future__ import annotations
@@ -15,11 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ppocompress.compress.export import load
-from ppocompress.compress.models import load_model
-from ppocompress.compress.onnx_export import onnx_outputs, onnx_session, takes_token_type_ids
 from ppocompress.errors import UserError
 
 # In BERT-style vocabularies the first ids are [PAD], [unused...] and other special
@@ -27,43 +23,12 @@ from ppocompress.errors import UserError
 _FIRST_ORDINARY_ID = 1000
 
 
-def _random_ids(vocab_size: int, batch_size: int, seq_len: int, seed: int) -> np.ndarray:
+def random_ids(vocab_size: int, batch_size: int, seq_len: int, seed: int) -> np.ndarray:
     low = _FIRST_ORDINARY_ID if vocab_size > _FIRST_ORDINARY_ID else 0
     return np.random.default_rng(seed).integers(low, vocab_size, size=(batch_size, seq_len), dtype=np.int64)
 
 
-def _torch_runner(target: Path, batch_size: int, seq_len: int, threads: int, seed: int) -> Callable[[], object]:
-    torch.set_num_threads(threads)
-    if (target / "compression.json").is_file():
-        loaded = load(target)
-    else:
-        loaded = load_model(str(target))
-    model = loaded.model.eval()
-    input_ids = torch.from_numpy(_random_ids(model.config.vocab_size, batch_size, seq_len, seed))
-    inputs: dict[str, object] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-    if takes_token_type_ids(model):
-        inputs["token_type_ids"] = torch.zeros_like(input_ids)
-    if loaded.is_causal:
-        inputs["use_cache"] = False  # the ONNX graph has no KV cache either
-
-    def run() -> object:
-        with torch.inference_mode():
-            return model(**inputs)
-
-    return run
-
-
-def _onnx_runner(target: Path, batch_size: int, seq_len: int, threads: int, seed: int) -> Callable[[], object]:
-    session = onnx_session(target, threads)
-    vocab_size = session.get_modelmeta().custom_metadata_map.get("vocab_size")
-    if vocab_size is None:
-        raise UserError(f"{target} has no vocab_size metadata; export it with ppocompress (export_onnx)")
-    input_ids = _random_ids(int(vocab_size), batch_size, seq_len, seed)
-    attention_mask = np.ones_like(input_ids)
-    return lambda: onnx_outputs(session, input_ids, attention_mask)
-
-
-def _time_forward(run: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+def time_calls(run: Callable[[], object], warmup: int, repeats: int) -> list[float]:
     """Milliseconds per call, after warm-up calls that fill caches and allocators."""
     for _ in range(warmup):
         run()
@@ -76,24 +41,27 @@ def _time_forward(run: Callable[[], object], warmup: int, repeats: int) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ppocompress.compress.runtimes import RUNTIMES, get_runtime
+
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--backend", choices=["torch", "onnxruntime"], required=True)
+    parser.add_argument("--runtime", choices=list(RUNTIMES), required=True)
     parser.add_argument("--target", type=Path, required=True)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--seq-len", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--warmup", type=int, required=True)
+    parser.add_argument("--repeats", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    runner = _torch_runner if args.backend == "torch" else _onnx_runner
     try:
-        run = runner(args.target, args.batch_size, args.seq_len, args.threads, args.seed)
+        session = get_runtime(args.runtime).session(args.target, args.threads)
     except UserError as exc:
         print(exc, file=sys.stderr)
         return 2
-    times = _time_forward(run, args.warmup, args.repeats)
-    print(json.dumps({"backend": args.backend, "times_ms": times}))
+    input_ids = random_ids(session.vocab_size, args.batch_size, args.seq_len, args.seed)
+    attention_mask = np.ones_like(input_ids)
+    times = time_calls(lambda: session(input_ids, attention_mask), args.warmup, args.repeats)
+    print(json.dumps({"runtime": args.runtime, "times_ms": times}))
     return 0
 
 

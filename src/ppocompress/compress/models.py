@@ -13,11 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ppocompress.compress.families import FAMILIES, family
 from ppocompress.errors import UserError
 
 EMBEDDED_DEFAULT = "all-MiniLM-L6-v2"
-ENCODER_TYPES = {"bert", "roberta"}
-CAUSAL_TYPES = {"gpt2", "llama", "qwen2", "mistral"}
 
 
 @dataclass
@@ -33,7 +32,7 @@ class LoadedModel:
 
     @property
     def is_causal(self) -> bool:
-        return self.model_type in CAUSAL_TYPES
+        return family(self.model_type).causal
 
 
 def embedded_model_dir() -> Path:
@@ -71,10 +70,10 @@ def load_model(name: str | None = None, trust_remote_code: bool = False) -> Load
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model {display!r}: {_first_line(exc)}; check the id/path, or that it is cached when offline") from None
     model_type = getattr(config, "model_type", "?")
-    if model_type not in ENCODER_TYPES | CAUSAL_TYPES:
-        supported = ", ".join(sorted(ENCODER_TYPES | CAUSAL_TYPES))
+    if model_type not in FAMILIES:
+        supported = ", ".join(sorted(FAMILIES))
         raise UserError(f"model {display!r} is a {model_type!r} model; supported architectures: {supported}")
-    auto_class = AutoModelForCausalLM if model_type in CAUSAL_TYPES else AutoModel
+    auto_class = AutoModelForCausalLM if family(model_type).causal else AutoModel
     try:
         model = auto_class.from_pretrained(
             source, config=config, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32

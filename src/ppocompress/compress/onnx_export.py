@@ -1,9 +1,9 @@
 """ONNX export of a (possibly pruned) transformer, and ONNX Runtime int8 quantization.
 
-ONNX Runtime is where int8 pays off on CPU: its dynamic int8 MatMul was about 2x
-faster than fp32 and lost less quality than torch's eager int8 (research report,
-sections 4 and 5). The export uses the TorchScript exporter (dynamo=False) because it
-needs no onnxscript and writes one self-contained file.
+ONNX Runtime's dynamic int8 MatMul was about 2x faster than fp32 here and lost less
+quality than torch's eager int8. The export uses the TorchScript exporter (dynamo=False)
+because it needs no onnxscript and writes one self-contained file; OpenVINO converts
+that same file.
 """
 
 from __future__ import annotations
@@ -11,49 +11,30 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import re
 import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 import onnx
 import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from ppocompress.compress.models import CAUSAL_TYPES
+from ppocompress.compress.families import family
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_path
-
-if TYPE_CHECKING:  # imported lazily: the torch latency worker should not load ONNX Runtime
-    import onnxruntime as ort
 
 # Two texts of different lengths, so the traced example has a padded row: the graph
 # then keeps the general masking path instead of one specialised to "no padding".
 _EXAMPLE_TEXTS = ["An example.", "A somewhat longer example sentence, used to trace the export."]
 # A protobuf file cannot exceed 2 GiB; bigger models would need external data files.
 _MAX_ONNX_BYTES = 2**31 - 2**24
-# How each family's exported node names encode the layer index. The exporter names
-# nodes after module paths: "/model/encoder/layer.3/...", "/model/transformer/h.3/...",
-# "/model/model/layers.3/..." (the first "model" is the export wrapper's attribute).
-_LAYER_PATTERNS = {
-    "bert": re.compile(r"/encoder/layer\.(\d+)/"),
-    "roberta": re.compile(r"/encoder/layer\.(\d+)/"),
-    "gpt2": re.compile(r"/transformer/h\.(\d+)/"),
-    "llama": re.compile(r"/model/layers\.(\d+)/"),
-    "qwen2": re.compile(r"/model/layers\.(\d+)/"),
-    "mistral": re.compile(r"/model/layers\.(\d+)/"),
-}
-
-
 def takes_token_type_ids(model: nn.Module) -> bool:
     """Encoders with segment embeddings take token_type_ids; causal LMs get none (GPT-2
     accepts them but would add an embedding that generation never uses)."""
     model_type = getattr(model.config, "model_type", "")
-    return model_type not in CAUSAL_TYPES and "token_type_ids" in inspect.signature(model.forward).parameters
+    return not family(model_type).causal and "token_type_ids" in inspect.signature(model.forward).parameters
 
 
 class _ExportWrapper(nn.Module):
@@ -82,7 +63,7 @@ def export_onnx(model: nn.Module, tokenizer, path: str | Path, opset: int = 17) 
     """
     path = Path(path)
     model_type = getattr(model.config, "model_type", "?")
-    causal = model_type in CAUSAL_TYPES
+    causal = family(model_type).causal
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     if size > _MAX_ONNX_BYTES:
         raise UserError(f"the model has {size / 2**30:.1f} GiB of weights; ONNX export supports at most 2 GiB (one protobuf file)")
@@ -155,10 +136,8 @@ def quantize_onnx_int8(
     quantization skips; those Gemms are rewritten to MatMul + Add first.
     """
     src, dst = _existing_onnx(src), Path(dst)
-    if model_type not in _LAYER_PATTERNS:
-        raise UserError(f"unsupported model type {model_type!r}; supported: {', '.join(sorted(_LAYER_PATTERNS))}")
+    pattern = family(model_type).graph_layer_pattern()
     graph = onnx.load(str(src))
-    pattern = _LAYER_PATTERNS[model_type]
     _gemm_to_matmul(graph)
     weights = {init.name for init in graph.graph.initializer}
     matmuls = [n for n in graph.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
@@ -182,7 +161,7 @@ def quantize_onnx_int8(
 
 class _DropPreprocessHint(logging.Filter):
     """ORT logs a pre-processing hint on every call; symbolic shape inference (the
-    pre-processing) fails on these graphs anyway (research report, section 4)."""
+    pre-processing) fails on these graphs anyway."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "consider to run pre-processing" not in record.getMessage()
@@ -240,49 +219,3 @@ def _existing_onnx(path: str | Path) -> Path:
     if not path.is_file() or path.suffix != ".onnx":
         raise UserError(f"{path} is not an .onnx file; pass a file written by export_onnx")
     return path
-
-
-def onnx_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with intra-op threads that sleep when idle.
-
-    Spinning threads (ORT's default) take CPU from whatever runs next, which distorted
-    interleaved torch timings (research report, section 5).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(_existing_onnx(path)), options, providers=["CPUExecutionProvider"])
-
-
-def onnx_outputs(
-    session_or_path: ort.InferenceSession | str | Path,
-    input_ids: torch.Tensor | np.ndarray,
-    attention_mask: torch.Tensor | np.ndarray,
-    token_type_ids: torch.Tensor | np.ndarray | None = None,
-) -> np.ndarray:
-    """Runs the graph's single output; token_type_ids default to zeros if the graph takes them.
-
-    Pass a session from onnx_session to run many batches without reloading the file.
-    """
-    session = onnx_session(session_or_path) if isinstance(session_or_path, (str, Path)) else session_or_path
-    input_ids = np.asarray(input_ids, dtype=np.int64)
-    feeds = {"input_ids": input_ids, "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
-    if any(i.name == "token_type_ids" for i in session.get_inputs()):
-        feeds["token_type_ids"] = np.zeros_like(input_ids) if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64)
-    return session.run(None, feeds)[0]
-
-
-def export_planned_onnx(fp32, plan, directory: str | Path) -> Path:
-    """A pruned fp32 LoadedModel exported to ONNX, then int8 in the layers its plan marks
-    (numbered as the kept layers are in the graph); the fp32 file when none is."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_onnx(fp32.model, fp32.tokenizer, directory / "fp32.onnx")
-    int8_layers = [i for i, p in enumerate([p for p in plan.layers if not p.drop]) if p.int8]
-    if not int8_layers:
-        return onnx_path
-    return quantize_onnx_int8(onnx_path, directory / "int8.onnx", int8_layers, fp32.model_type)

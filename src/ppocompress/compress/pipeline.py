@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ppocompress.errors import UserError
 from ppocompress.compress.apply import apply_plan, quantize_planned_layers
 from ppocompress.compress.models import LoadedModel
 from ppocompress.compress.plan import CompressionPlan
 from ppocompress.compress.recovery import METHODS, distill, refit_projections
+from ppocompress.errors import UserError
 
 
 def compress(dense: LoadedModel, plan: CompressionPlan, recovery: str = "none", calibration: list[str] | None = None,

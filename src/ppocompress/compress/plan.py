@@ -10,9 +10,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ppocompress.compress.architecture import LayerInfo
 from ppocompress.errors import UserError
 from ppocompress.fileio import read_json_object
-from ppocompress.compress.architecture import LayerInfo
 
 
 @dataclass

@@ -18,6 +18,7 @@ from torch import nn
 from ppocompress.compress.text import lee_documents, lee_similarities
 
 LEE_MAX_LENGTH = 256  # the longest lee.cor document is 154 MiniLM tokens, so nothing is cut
+HELD_OUT_MAX_LENGTH = 128  # tokens of a held-out passage that quality is measured on
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -50,19 +51,26 @@ def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32, m
     return torch.cat(rows)
 
 
-def embed_onnx(path, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
-    """embed() for an exported .onnx encoder run by ONNX Runtime: the model as shipped."""
-    from ppocompress.compress.onnx_export import onnx_outputs, onnx_session
-
+def embed_session(session, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+    """embed() for a model loaded by a runtime (runtimes.Session): the model as shipped."""
     if not texts:
-        raise ValueError("embed_onnx() needs at least one text")
-    session = onnx_session(path)
+        raise ValueError("embed_session() needs at least one text")
     rows = []
     for batch in _batches(texts, batch_size):
         enc = tokenizer(batch, return_tensors="np", padding=True, truncation=True, max_length=max_length)
-        hidden = torch.from_numpy(np.asarray(onnx_outputs(session, enc["input_ids"], enc["attention_mask"])))
+        hidden = torch.from_numpy(np.asarray(session(enc["input_ids"], enc["attention_mask"])))
         rows.append(mean_pooled(hidden.float(), torch.from_numpy(enc["attention_mask"])))
     return torch.cat(rows)
+
+
+def judge_session(session, dense_model: nn.Module, tokenizer, texts: list[str], reference: torch.Tensor) -> dict[str, float]:
+    """Fidelity (mean and min cosine, pair-similarity Spearman) to the dense `reference`
+    embeddings of `texts`, and the Lee Pearson correlation, of a model as its runtime runs
+    it; inputs capped to the dense model's positions as embed() caps them."""
+    positions = usable_positions(dense_model)
+    fidelity = embedding_fidelity(reference, embed_session(session, tokenizer, texts, max_length=min(HELD_OUT_MAX_LENGTH, positions)))
+    lee = lee_correlation_of(embed_session(session, tokenizer, lee_documents(), max_length=min(LEE_MAX_LENGTH, positions)))
+    return {**fidelity, "lee_pearson": lee["pearson"]}
 
 
 def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -19,11 +19,11 @@ from rich.progress import Progress
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ppocompress.errors import UserError
 from ppocompress.compress.architecture import adapter_for
 from ppocompress.compress.calibration import batches, forward, watch_inputs
 from ppocompress.compress.importance import output_weight
 from ppocompress.compress.models import LoadedModel
+from ppocompress.errors import UserError
 
 METHODS = ("none", "lsq", "distill")
 

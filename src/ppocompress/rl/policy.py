@@ -11,7 +11,12 @@ from torch import nn
 from ppocompress.rl.config import PPOConfig
 from ppocompress.rl.distributions import DiagGaussian, MultiCategorical
 from ppocompress.rl.normalization import ObservationNormalizer
-from ppocompress.rl.spaces import action_logit_sizes, encode_observations, observation_dim
+from ppocompress.rl.spaces import (
+    action_logit_sizes,
+    encode_observations,
+    observation_dim,
+)
+
 
 class _SigmoidTanh(torch.autograd.Function):
     """tanh computed as 2 sigmoid(2x) - 1 (max error ~2e-7), backward 1 - y^2.

@@ -22,7 +22,12 @@ from ppocompress.fileio import atomic_path, atomic_write_text, read_json_object
 from ppocompress.rl.config import PPOConfig
 from ppocompress.rl.envs import make_vector_env
 from ppocompress.rl.logger import TrainingLogger
-from ppocompress.rl.losses import approx_kl, clipped_surrogate_loss, normalize, value_loss
+from ppocompress.rl.losses import (
+    approx_kl,
+    clipped_surrogate_loss,
+    normalize,
+    value_loss,
+)
 from ppocompress.rl.normalization import RewardScaler
 from ppocompress.rl.policy import ActorCritic
 from ppocompress.rl.rollout import Batch, RolloutCollector

@@ -1,26 +1,26 @@
 """What each level of each layer costs: a latency table measured once and cached.
 
-Layers of the supported families share one shape, so the table is per level, fitted to
-whole-model timings on the backend the tool delivers on (ONNX Runtime; PyTorch with
-backend="torch"): the dense model, a one-layer model, every level applied to all layers,
-and a dozen random mixed plans, each model timed in its own process in interleaved
-rounds. A model's time is its 10th percentile (other tenants only ever slow a run down):
-on MiniLM, medians of 2 rounds missed three mixed plans by 13-17%, 10th percentiles of 3
-rounds missed none by more than 7%.
-A plan's predicted latency is base + the sum of its layers' level costs; base and the
-per-level costs are the non-negative least-squares fit to all those timings, so the
-mixed plans calibrate the table to plans like the ones a search returns, and the fit's
-error on them is kept with the table (predicted and measured speedups must agree).
+Layers of the supported families share one shape, so a layer's time is modelled from
+what it keeps: for floating point and for int8 each, a fixed cost plus a cost per
+fraction of attention groups kept plus a cost per fraction of FFN neurons kept (matrix
+products scale with their widths). Those six numbers and a base outside the layers are
+the non-negative least-squares fit to a dozen whole models timed on the serving runtime
+(dense, one layer, uniform levels at both precisions, random mixed plans), each in its
+own process in interleaved rounds; every menu level is then priced from the fit. The fit's
+error on the mixed plans is kept with the table (predicted and measured speedups must
+agree). Fewer models, each a better witness, made the table 3x cheaper than timing every
+level.
 Speedups are against the dense model in PyTorch fp32, timed in the same rounds; each run
-re-anchors that reference (`anchor_reference`), because PyTorch slows far more than ONNX
-Runtime when the machine is busy, and a reference timed under load once would mislead
-every later run that reads the cached table.
+re-anchors that reference (`anchor_reference`), because PyTorch slows far more than the
+other runtimes when the machine is busy, and a reference timed under load once would
+mislead every later run that reads the cached table.
 FLOPs give the same kind of table without measuring (the fallback, and a cross-check).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import platform
 import tempfile
@@ -28,12 +28,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.optimize import nnls
 
-from ppocompress.compress import CompressionPlan, LayerPlan, LoadedModel, apply_plan, layer_table, save
-from ppocompress.compress.cost import measure_latencies, model_flops
-from ppocompress.compress.onnx_export import export_onnx, export_planned_onnx
+from ppocompress.compress import (
+    CompressionPlan,
+    LayerPlan,
+    LoadedModel,
+    apply_plan,
+    layer_table,
+)
+from ppocompress.compress.cost import model_flops
+from ppocompress.compress.runtimes import get_runtime
+from ppocompress.compress.timing import TimingSetup, measure_latencies
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text
 from ppocompress.search.levels import Level
@@ -105,76 +111,91 @@ def flops_table(dense: LoadedModel, menu: list[Level], seq_len: int = 64) -> Cos
     return CostTable("flops", float(base), per_level, num_layers)
 
 
-MIXED_PLANS = 12  # random mixed plans timed to calibrate the table
+MIXED_PLANS = 4  # random mixed plans timed to calibrate the table
+UNIFORM_TIMED = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.25, 0.25))  # (groups, neurons) kept, timed at both precisions
+CALIBRATION_FOR_TIMING = 16  # passages static int8 calibrates on; ranges do not change speed
 
 
-def measured_table(dense: LoadedModel, menu: list[Level], batch_size: int = 32, seq_len: int = 64, threads: int = 2,
-                   rounds: int = 3, backend: str = "onnxruntime", cache_dir: Path | None = None, log=print) -> CostTable:
-    """The latency table, from the on-disk cache when this model/machine/setting was measured before."""
-    key = _cache_key(dense, menu, batch_size, seq_len, threads, rounds, backend)
+def level_features(level: Level) -> np.ndarray:
+    """A level's unknowns in the per-layer time model: [1, groups kept, neurons kept] for
+    floating point, then the same for int8; all zero when the layer is dropped."""
+    features = np.zeros(6)
+    if not level.drop:
+        offset = 3 if level.int8 else 0
+        features[offset: offset + 3] = (1.0, level.group_keep, level.ffn_keep)
+    return features
+
+
+def timing_plans(menu: list[Level], num_layers: int) -> dict[str, list[int]]:
+    """The whole models the table is fitted to, as lists of menu levels."""
+    index = {(level.group_keep, level.ffn_keep, level.int8): i for i, level in enumerate(menu) if not level.drop}
+    plans = {"one layer": [0] + [_drop_level(menu)] * (num_layers - 1)}
+    for int8 in (False, True):
+        for groups, neurons in UNIFORM_TIMED:
+            level = index[(groups, neurons, int8)]
+            plans[f"uniform {menu[level].name}"] = [level] * num_layers
+    rng = np.random.default_rng(0)
+    for m in range(MIXED_PLANS):
+        levels = [int(v) for v in rng.integers(len(menu), size=num_layers)]
+        if all(menu[i].drop for i in levels):
+            levels[0] = 0
+        plans[f"mixed {m}"] = levels
+    return plans
+
+
+def measured_table(dense: LoadedModel, menu: list[Level], runtime: str, setup: TimingSetup, calibration: list[str],
+                   cache_dir: Path | None = None, log=print) -> CostTable:
+    """The latency table on `runtime`, from the on-disk cache when this model, machine and
+    setting were measured before."""
+    key = _cache_key(dense, menu, runtime, setup)
     cache = (cache_dir or default_cache_dir()) / f"latency-{key}.json"
     if cache.exists():
         return CostTable(**json.loads(cache.read_text()))
     num_layers = len(layer_table(dense.model))
     if num_layers < 2:
         raise UserError("a measured latency table needs a model with at least 2 layers")
-    rng = np.random.default_rng(0)
-    plans = {"dense": [0] * num_layers, "one layer": [0] + [_drop_level(menu)] * (num_layers - 1)}
-    plans |= {f"uniform {level.name}": [i] * num_layers for i, level in enumerate(menu) if i > 0 and not level.drop}
-    for m in range(MIXED_PLANS):
-        levels = [int(v) for v in rng.integers(len(menu), size=num_layers)]
-        if all(menu[i].drop for i in levels):
-            levels[0] = 0
-        plans[f"mixed {m}"] = levels
+    plans = timing_plans(menu, num_layers)
     with tempfile.TemporaryDirectory(prefix="ppocompress-latency-") as workdir:
         work = Path(workdir)
-        log(f"measuring the latency table on {backend}: {len(plans)} models x {rounds} rounds (once; cached in {cache})")
-        targets = [("reference", save(dense, work / "reference"), "torch")]
+        log(f"measuring the latency table on {runtime}: {len(plans) + 1} models x {setup.rounds} rounds "
+            f"(once; cached in {cache})")
+        targets = [("reference", get_runtime("torch").export(dense, work / "reference", []), "torch")]
         for n, (label, levels) in enumerate(plans.items()):
-            targets.append((label, _build(dense, menu, levels, backend, work / f"model{n}"), backend))
-        measured = measure_latencies(targets, rounds=rounds, batch_size=batch_size, seq_len=seq_len, threads=threads)
-    # Unknowns: base, then one cost per level (drop costs nothing); one equation a model.
-    rows = np.zeros((len(plans), len(menu) + 1))
-    rows[:, 0] = 1.0
-    for r, levels in enumerate(plans.values()):
-        for level in levels:
-            if not menu[level].drop:
-                rows[r, level + 1] += 1.0
-    times = np.array([measured[label].p10_ms for label in plans])
+            model = apply_plan(dense, _plan_of(dense, menu, levels), quantize=False)
+            targets.append((label, get_runtime(runtime).export(model, work / f"model{n}", calibration[:CALIBRATION_FOR_TIMING]),
+                            runtime))
+        measured = measure_latencies(targets, setup)
+    features = np.array([[1.0, *sum(level_features(menu[level]) for level in levels)] for levels in plans.values()])
+    times = np.array([measured[label].ms for label in plans])
     weights = 1.0 / times  # relative errors count alike for small and large models
-    solution, _ = nnls(rows * weights[:, None], times * weights)
-    base, per_level = float(solution[0]), [float(v) for v in solution[1:]]
-    fit = [{"label": label, "levels": levels, "measured_ms": float(t), "predicted_ms": float(rows[r] @ solution)}
+    solution, _ = nnls(features * weights[:, None], times * weights)
+    base, per_level = float(solution[0]), [float(level_features(level) @ solution[1:]) for level in menu]
+    fit = [{"label": label, "levels": levels, "measured_ms": float(t), "predicted_ms": float(features[r] @ solution)}
            for r, ((label, levels), t) in enumerate(zip(plans.items(), times))]
-    result = CostTable("ms", base, per_level, num_layers, reference=measured["reference"].p10_ms, backend=backend, fit=fit)
-    log(f"latency table: dense {backend} {times[0]:.1f} ms, dense PyTorch {result.reference:.1f} ms; "
+    result = CostTable("ms", base, per_level, num_layers, reference=measured["reference"].ms, backend=runtime, fit=fit)
+    log(f"latency table: dense {runtime} {result.dense_total:.1f} ms, dense PyTorch {result.reference:.1f} ms; "
         f"largest error on the mixed plans {100 * result.fit_error():.1f}%")
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cache, json.dumps(result.to_dict()))
     return result
 
 
-def anchor_reference(table: CostTable, dense: LoadedModel, batch_size: int = 32, seq_len: int = 64, threads: int = 2,
-                     rounds: int = 4, log=print) -> CostTable:
-    """The table with its reference set from dense PyTorch and dense ONNX Runtime timed now,
-    side by side: reference = the table's dense total x their ratio, so the per-level costs
-    and the reference come from one consistent scale whatever the machine did since.
+def anchor_reference(table: CostTable, torch_ms: float, runtime_dense_ms: float, log=print) -> CostTable:
+    """The table with its reference set from dense PyTorch and the dense model on the
+    table's runtime timed now, side by side: reference = the table's dense total x their
+    ratio, so the per-level costs and the reference come from one consistent scale
+    whatever the machine did since.
 
     The ratio kept is the lower of now's and the table's: a busy machine slows PyTorch far
-    more than ONNX Runtime, so a high ratio is load (here it ranged 1.11-1.33 over one day),
-    and a reference inflated by load would let plans through that miss the target when
-    the delivered model is timed."""
-    if table.unit != "ms" or table.backend != "onnxruntime":
+    more than the other runtimes, so a high ratio is load (one day here it ranged
+    1.11-1.33 against ONNX Runtime), and a reference inflated by load would let plans
+    through that miss the target when the delivered model is timed."""
+    if table.unit != "ms" or table.backend == "torch":
         return table  # FLOPs, or a PyTorch table: its dense total is the reference already
-    with tempfile.TemporaryDirectory(prefix="ppocompress-reference-") as workdir:
-        work = Path(workdir)
-        onnx_dense = export_onnx(dense.model, dense.tokenizer, work / "dense.onnx")
-        measured = measure_latencies([("torch", save(dense, work / "torch"), "torch"), ("onnxruntime", onnx_dense, "onnxruntime")],
-                                     rounds=rounds, batch_size=batch_size, seq_len=seq_len, threads=threads)
-    now = measured["torch"].p10_ms / measured["onnxruntime"].p10_ms
+    now = torch_ms / runtime_dense_ms
     then = table.reference_total / table.dense_total
-    log(f"dense PyTorch {measured['torch'].p10_ms:.1f} ms, dense ONNX Runtime {measured['onnxruntime'].p10_ms:.1f} ms "
-        f"now (ratio {now:.2f}; {then:.2f} when the table was measured; speedups use {min(now, then):.2f})")
+    log(f"dense PyTorch {torch_ms:.1f} ms, dense {table.backend} {runtime_dense_ms:.1f} ms now (ratio {now:.2f}; "
+        f"{then:.2f} when the table was measured; speedups use {min(now, then):.2f})")
     return replace(table, reference=table.dense_total * min(now, then))
 
 
@@ -185,30 +206,42 @@ def _drop_level(menu: list[Level]) -> int:
     return drops[0]
 
 
-def _build(dense: LoadedModel, menu: list[Level], levels: list[int], backend: str, path: Path) -> Path:
-    """The model of a plan (which heads/neurons does not matter for cost), saved for timing."""
+def _plan_of(dense: LoadedModel, menu: list[Level], levels: list[int]) -> CompressionPlan:
+    """The plan of a list of levels for timing (which heads and neurons does not matter for cost)."""
     table = layer_table(dense.model)
-    plan = CompressionPlan([uniform_plan([info], menu[level]).layers[0] if not menu[level].drop else LayerPlan(drop=True)
+    return CompressionPlan([uniform_plan([info], menu[level]).layers[0] if not menu[level].drop else LayerPlan(drop=True)
                             for info, level in zip(table, levels)])
-    if backend == "torch":
-        return save(apply_plan(dense, plan), path)
-    if backend != "onnxruntime":
-        raise UserError(f"unknown backend {backend!r}; use onnxruntime or torch")
-    return export_planned_onnx(apply_plan(dense, plan, quantize=False), plan, path)
 
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "ppocompress"
 
 
-def _cache_key(dense: LoadedModel, menu: list[Level], batch_size: int, seq_len: int, threads: int, rounds: int, backend: str) -> str:
+def _cache_key(dense: LoadedModel, menu: list[Level], runtime: str, setup: TimingSetup) -> str:
     """Same model, menu, machine, library versions and timing setting: same table."""
     identity = {
         "model": dense.source,
         "config": {k: v for k, v in sorted(dense.base_config.items()) if isinstance(v, (int, float, str, bool))},
-        "menu": [level.to_dict() for level in menu],
-        "batch": batch_size, "seq": seq_len, "threads": threads, "rounds": rounds, "statistic": "p10",
-        "backend": backend, "mixed": MIXED_PLANS,
-        "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
+        "menu": [level.to_dict() for level in menu], "setup": setup.to_dict(), "runtime": runtime,
+        "versions": {name: _version(name) for name in ("torch", runtime)}, "plans": sorted(timing_plans(menu, len(layer_table(dense.model)))),
+        "machine": platform.machine(), "processor": platform.processor(), "cpu": _cpu_model(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (platform.processor() is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

@@ -15,9 +15,8 @@ at once instead of through one number at the end of the episode.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -26,7 +25,6 @@ from gymnasium import spaces
 from ppocompress.errors import UserError
 from ppocompress.search.cost_table import CostTable
 from ppocompress.search.levels import Level
-
 
 SHAPING_FLOOR = 1e-3  # quality drop below which the shaping estimate stops rewarding (cosine 0.999)
 

@@ -22,15 +22,22 @@ import math
 import torch
 from torch import nn
 
-from ppocompress.compress import CompressionPlan, LayerPlan, LoadedModel, adapter_for, layer_table
-from ppocompress.compress.apply import conv1d_to_linear_
+from ppocompress.compress import (
+    CompressionPlan,
+    LayerPlan,
+    LoadedModel,
+    adapter_for,
+    layer_table,
+)
+from ppocompress.compress.apply import compress_layer
+from ppocompress.compress.calibration import watch_inputs
 from ppocompress.compress.importance import LayerImportance, kept_units
 from ppocompress.compress.quality import embed
-from ppocompress.compress.quantize import quantize_int8_, simulate_onnx_int8_
+from ppocompress.compress.quantize import InputStatistics, quantize_int8_, simulate_int8_
 from ppocompress.compress.recovery import projection_grams, refit_to_subset
+from ppocompress.compress.runtimes import get_runtime
 from ppocompress.errors import UserError
 from ppocompress.search.levels import Level
-
 
 LOW_FIDELITY, HIGH_FIDELITY = 64, 256  # calibration passages a plan is scored on
 
@@ -42,10 +49,10 @@ def reward_from_cosine(cosine: float) -> float:
 class PlanEvaluator:
     def __init__(self, dense: LoadedModel, menu: list[Level], scores: list[LayerImportance], calibration: list[str],
                  low_fidelity: int = LOW_FIDELITY, high_fidelity: int = HIGH_FIDELITY, recovery: str = "none",
-                 recovery_texts: list[str] | None = None, int8_backend: str = "onnxruntime"):
+                 recovery_texts: list[str] | None = None, runtime: str = "onnxruntime"):
         """Plans are scored on calibration[:low_fidelity] or [:high_fidelity]; with
         recovery "lsq", layers are refit on recovery_texts (best kept apart from those).
-        int8 layers are scored as the backend the model will run on computes them."""
+        int8 layers are scored as `runtime` computes them."""
         if dense.is_causal:
             raise UserError("the compression search scores embedding models for now (cosine to the dense model)")
         if len(calibration) < low_fidelity:
@@ -53,9 +60,7 @@ class PlanEvaluator:
         self.dense = dense
         self.menu = menu
         self.scores = scores
-        if int8_backend not in ("onnxruntime", "torch"):
-            raise UserError(f"int8 is priced for onnxruntime or torch, got {int8_backend!r}")
-        self.int8_backend = int8_backend
+        self.int8_kind = get_runtime(runtime).int8_kind
         if recovery not in ("none", "lsq"):
             raise UserError(f"the search prices recovery 'none' or 'lsq', got {recovery!r} (distill is for delivery only)")
         self.adapter = adapter_for(dense.model)
@@ -74,37 +79,59 @@ class PlanEvaluator:
         level = self.menu[level_index]
         return kept_units(self.table[index], self.scores[index], level.group_keep, level.ffn_keep)
 
+    def plan_layer(self, index: int, level_index: int) -> LayerPlan:
+        """What layer `index` keeps at a level: the top attention groups and FFN neurons by importance."""
+        level = self.menu[level_index]
+        groups, neurons = self.kept(index, level_index)
+        return LayerPlan(keep_groups=groups, keep_neurons=neurons, drop=level.drop, int8=level.int8 and not level.drop)
+
     def plan(self, levels: list[int]) -> CompressionPlan:
         """The CompressionPlan for a list of levels, as the evaluator scores it."""
-        layers = []
-        for index, level_index in enumerate(levels):
-            level = self.menu[level_index]
-            groups, neurons = self.kept(index, level_index)
-            layers.append(LayerPlan(keep_groups=groups, keep_neurons=neurons, drop=level.drop, int8=level.int8 and not level.drop))
-        return CompressionPlan(layers)
+        return CompressionPlan([self.plan_layer(index, level) for index, level in enumerate(levels)])
 
     def layer(self, index: int, level_index: int) -> nn.Module:
         """Layer `index` compressed to menu level `level_index`, built on first use."""
         key = (index, level_index)
         if key not in self._layers:
             dense_layer = self.dense_layers[index]
-            layer = copy.deepcopy(dense_layer)
-            groups, neurons = self.kept(index, level_index)
-            if groups is not None:
-                self.adapter.prune_attention(layer, groups, self.head_dim)
-                if self.grams is not None:
-                    refit_to_subset(self.adapter.attention_output(layer), self.adapter.attention_output(dense_layer),
-                                    self.grams[f"{index}.attn"], self.adapter.attention_output_columns(dense_layer, groups, self.head_dim))
-            if neurons is not None:
-                self.adapter.prune_ffn(layer, neurons)
-                if self.grams is not None:
-                    refit_to_subset(self.adapter.ffn_output(layer), self.adapter.ffn_output(dense_layer),
-                                    self.grams[f"{index}.ffn"], torch.tensor(neurons))
-            if self.menu[level_index].int8:
-                int8 = simulate_onnx_int8_ if self.int8_backend == "onnxruntime" else quantize_int8_
-                int8(conv1d_to_linear_(layer))
-            self._layers[key] = layer.eval()
+            layer_plan = self.plan_layer(index, level_index)
+            refit = None
+            if self.grams is not None:
+                def refit(kind: str, projection: nn.Module, columns: torch.Tensor) -> None:
+                    dense_projection = (self.adapter.attention_output if kind == "attn" else self.adapter.ffn_output)(dense_layer)
+                    refit_to_subset(projection, dense_projection, self.grams[f"{index}.{kind}"], columns)
+            self._layers[key] = compress_layer(copy.deepcopy(dense_layer), layer_plan, self.adapter, self.head_dim, refit,
+                                               int8=lambda layer: self._int8(index, layer)).eval()
         return self._layers[key]
+
+    def _int8(self, index: int, layer: nn.Module) -> None:
+        """int8 as the serving runtime computes it: its own kernels (torch), ranges per call
+        (dynamic), or ranges calibrated on the passages plans are scored on (static)."""
+        if self.int8_kind == "torch":
+            quantize_int8_(layer)
+        elif self.int8_kind == "dynamic":
+            simulate_int8_(layer)
+        else:
+            simulate_int8_(layer, self._input_statistics(index, layer))
+
+    def _input_statistics(self, index: int, layer: nn.Module) -> dict[str, InputStatistics]:
+        """Each Linear's per-channel input range in `layer`, placed at `index` in the
+        otherwise dense model, over the low-fidelity passages (static int8 calibrates on
+        text likewise)."""
+        linears = {name: module for name, module in layer.named_modules() if isinstance(module, nn.Linear)}
+        statistics: dict[str, InputStatistics] = {}
+
+        def record(name: str, x: torch.Tensor) -> None:
+            seen = statistics.get(name)
+            statistics[name] = InputStatistics(x.amin(dim=0), x.amax(dim=0)) if seen is None else seen.update(x)
+
+        module_list = self.adapter.layers(self.dense.model)
+        module_list[index] = layer
+        try:
+            watch_inputs(self.dense.model, self.dense.tokenizer, self.texts["low"], linears, record)
+        finally:
+            module_list[index] = self.dense_layers[index]
+        return statistics
 
     def quality(self, levels: list[int], fidelity: str = "low") -> float:
         """Mean cosine to the dense model on the chosen calibration subset."""

@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ppocompress.errors import UserError  # noqa: E402
-from ppocompress.fileio import atomic_path, atomic_write_text, read_json_object  # noqa: E402
+from ppocompress.fileio import atomic_path, atomic_write_text  # noqa: E402
+from ppocompress.search.results import CompressResult  # noqa: E402
 
 
 def _cosine(reward: float) -> float:
@@ -22,27 +23,48 @@ def _cosine(reward: float) -> float:
 
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
-    result = read_json_object(run_dir / "result.json", "run result", "run ppocompress compress first")
-    if "curves" not in result:
-        raise UserError(f"{run_dir / 'result.json'} is not a compress result; pass the --out folder of ppocompress compress")
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a folder; pass the --out folder of ppocompress compress")
+    result = CompressResult.from_file(run_dir / "result.json")
     plots = {"policy": _policy_plot(result, run_dir / "policy.png"), "curve": _curve_plot(result, run_dir / "search_curve.png"),
              "scatter": _scatter_plot(result, run_dir / "pareto.png")}
-    rows = [result] + list(result.get("baselines", {}).values())
-    columns = ("searcher", "evaluations", "predicted_speedup", "measured_speedup", "measured_speedup_vs_onnx_dense", "backend",
-               "cosine_heldout", "lee_pearson", "size_bytes")
-    table = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(c)))}</td>" for c in columns) + "</tr>" for row in rows
-    )
+    columns = ("model", "runtime", "evaluations", "predicted speedup", "speedup", "vs dense int8", "cosine held-out",
+               "min cosine", "Lee Pearson", "size MB")
+    rows = []
+    for row in [*result.searchers.values(), result.dense_int8, result.dense]:
+        name = row.name + (" (delivered)" if row.name == result.searcher else "")
+        cells = (name, row.runtime, row.evaluations, row.predicted_speedup, f"{row.speedup:.2f}x", f"{row.speedup_vs_dense_int8:.2f}x",
+                 row.cosine_heldout, row.cosine_heldout_min, row.lee_pearson, f"{row.size_bytes / 1e6:.1f}")
+        style = ' class="delivered"' if row.name == result.searcher else ""
+        rows.append(f"<tr{style}>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
+    plan_rows = "".join(f"<tr><td>{html.escape(row.name)}</td>" + "".join(f"<td>{html.escape(level)}</td>" for level in row.levels)
+                        + "</tr>" for row in result.searchers.values())
+    layers = len(result.delivered.levels)
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
+    target = f"{result.target_value:g}x speedup" if result.target_kind == "speedup" else f"size {result.target_value:g}"
+    timing = result.timing
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ppocompress report</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:4px 10px;text-align:right}}
-table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}img{{max-width:100%}}</style></head><body>
-<h1>ppocompress: {html.escape(str(result.get('model')))}</h1>
-<p>Target speedup {html.escape(_fmt(result.get('target_speedup')))}; dense Lee Pearson {html.escape(_fmt(result.get('dense_lee_pearson')))}.
-Speedups are measured in separate processes, batch 32, against the dense model in PyTorch fp32 (and in ONNX Runtime fp32);
-predicted speedups come from the latency table{html.escape(_table_note(result))}. Cosine and Lee Pearson are on held-out text,
-for the model on the backend shown (the faster one). Sensitivities took {html.escape(_fmt(result.get('sensitivity_evaluations')))}
-evaluations, shared by all searchers and outside their budgets.</p>
-<table><tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>{table}</table>
+table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}tr.delivered{{font-weight:bold}}img{{max-width:100%}}
+.warnings{{color:#a04000}}</style></head><body>
+<h1>ppocompress: {html.escape(result.model)} on {html.escape(result.runtime)}</h1>
+<p>Target {html.escape(target)}. Delivered: the {html.escape(result.searcher)} plan, {result.delivered.speedup:.2f}x faster than
+dense PyTorch fp32 and {result.delivered.speedup_vs_dense_int8:.2f}x faster than the dense model with int8 on {html.escape(result.runtime)}
+(what a user gets without a search), mean cosine {result.delivered.cosine_heldout:.4f} to the dense embeddings on held-out text.</p>
+{f'<ul class="warnings">{warnings}</ul>' if warnings else ''}
+<p>Every model timed in its own process, {timing.rounds} interleaved rounds, batch {timing.batch_size} x {timing.seq_len} tokens,
+{timing.threads} threads, {timing.statistic} of the timings; dense PyTorch fp32 {result.reference_latency.ms:.1f} ms. Predicted
+speedups come from the latency table{html.escape(_table_note(result))}. Sensitivities took {result.sensitivity_evaluations}
+evaluations, shared by all searchers and outside their budgets. Dense Lee Pearson {result.dense_lee_pearson:.4f}.</p>
+<table><tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>{''.join(rows)}</table>
+<h2>Plans per layer</h2>
+<table><tr><th>searcher</th>{''.join(f'<th>layer {i}</th>' for i in range(layers))}</tr>{plan_rows}</table>
+<h2>Using the delivered model</h2>
+<pre>import ppocompress                                   # PyTorch, the exact pruned model
+model = ppocompress.load("{html.escape(str(run_dir / 'model'))}")
+
+from sentence_transformers import SentenceTransformer  # the served files
+model = SentenceTransformer("{html.escape(str(run_dir / 'model'))}", backend="openvino")  # or backend="onnx"</pre>
 <h2>Per-layer policy</h2><img src="{plots['policy']}"><h2>Search curve</h2><img src="{plots['curve']}">
 <h2>Quality against predicted speedup, all evaluated plans</h2><img src="{plots['scatter']}">
 </body></html>"""
@@ -50,11 +72,11 @@ evaluations, shared by all searchers and outside their budgets.</p>
     return run_dir / "report.html"
 
 
-def _table_note(result: dict) -> str:
-    table = result.get("latency_table")
+def _table_note(result: CompressResult) -> str:
+    table = result.latency_table
     if not table:
         return " (FLOPs, not measured)"
-    return f" ({table['backend']}; largest error on the mixed plans it was fitted to {100 * table['largest_error_on_mixed_plans']:.1f}%)"
+    return f" (measured on {table['runtime']}; largest error on the mixed plans it was fitted to {100 * table['largest_error_on_mixed_plans']:.1f}%)"
 
 
 def _fmt(value) -> str:
@@ -71,15 +93,15 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def _policy_plot(result: dict, path: Path) -> str:
-    rows = [result] + list(result.get("baselines", {}).values())
-    names = [row["searcher"] for row in rows]
-    layers = len(rows[0]["levels"])
+def _policy_plot(result: CompressResult, path: Path) -> str:
+    rows = list(result.searchers.values())
+    names = [row.name for row in rows]
+    layers = len(rows[0].levels)
     fig, ax = plt.subplots(figsize=(1.4 + 1.1 * layers, 0.8 + 0.6 * len(rows)))
-    compression = np.array([[_level_weight(name) for name in row["levels"]] for row in rows])
+    compression = np.array([[_level_weight(name) for name in row.levels] for row in rows])
     ax.imshow(compression, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for r, row in enumerate(rows):
-        for c, name in enumerate(row["levels"]):
+        for c, name in enumerate(row.levels):
             ax.text(c, r, name, ha="center", va="center", fontsize=7, color="black" if compression[r, c] > 0.5 else "white")
     ax.set_yticks(range(len(rows)), names)
     ax.set_xticks(range(layers), [f"layer {i}" for i in range(layers)])
@@ -96,9 +118,9 @@ def _level_weight(name: str) -> float:
     return keep * (0.6 if name.endswith("int8") else 1.0)
 
 
-def _curve_plot(result: dict, path: Path) -> str:
+def _curve_plot(result: CompressResult, path: Path) -> str:
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, curve in result["curves"].items():
+    for name, curve in result.curves.items():
         if curve:
             steps, best = zip(*curve)
             ax.step(steps, [_cosine(b) for b in best], where="post", label=name)
@@ -109,10 +131,10 @@ def _curve_plot(result: dict, path: Path) -> str:
     return _save(fig, path)
 
 
-def _scatter_plot(result: dict, path: Path) -> str:
+def _scatter_plot(result: CompressResult, path: Path) -> str:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     everything = []
-    for name, evaluated in result["evaluated"].items():
+    for name, evaluated in result.evaluated.items():
         if evaluated:
             speedups = [e[2] for e in evaluated]
             cosines = [_cosine(e[1]) for e in evaluated]

@@ -42,6 +42,11 @@ class SearchResult:
                 "evaluations": self.evaluations, "curve": self.curve,
                 "evaluated": [[levels, reward, speedup] for levels, reward, speedup in self.evaluated]}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchResult":
+        return cls(data["searcher"], data["best_levels"], data["best_reward"], data["evaluations"],
+                   [tuple(point) for point in data["curve"]], [tuple(e) for e in data["evaluated"]])
+
 
 class Recorder:
     """Wraps score(levels) -> reward: counts, caches, and remembers the best."""

@@ -1,0 +1,50 @@
+"""One registry entry per supported model family: its layer adapter, whether it is a
+causal LM, and how an exported graph names its layers (the per-layer int8 choice of ONNX
+Runtime and OpenVINO finds a layer's nodes by that name)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ppocompress.compress.architecture import (
+    BertAdapter,
+    FamilyAdapter,
+    GPT2Adapter,
+    LlamaAdapter,
+)
+from ppocompress.errors import UserError
+
+
+@dataclass(frozen=True)
+class Family:
+    adapter: FamilyAdapter
+    causal: bool
+    # The exporter names nodes after module paths, e.g. "/model/encoder/layer.3/attention/...";
+    # this is the part before the layer index (the first "model" is the export wrapper's).
+    graph_layer_prefix: str
+
+    def graph_layer_pattern(self, index: int | None = None) -> re.Pattern:
+        """Matches the node names of layer `index` in an exported graph (any layer when None;
+        group 1 is then the index)."""
+        number = r"(\d+)" if index is None else str(index)
+        return re.compile(re.escape(self.graph_layer_prefix) + number + "/")
+
+
+_BERT = Family(BertAdapter(), causal=False, graph_layer_prefix="/encoder/layer.")
+_LLAMA = Family(LlamaAdapter(), causal=True, graph_layer_prefix="/model/layers.")
+
+FAMILIES: dict[str, Family] = {
+    "bert": _BERT,
+    "roberta": _BERT,
+    "gpt2": Family(GPT2Adapter(), causal=True, graph_layer_prefix="/transformer/h."),
+    "llama": _LLAMA,
+    "qwen2": _LLAMA,
+    "mistral": _LLAMA,
+}
+
+
+def family(model_type: str) -> Family:
+    if model_type not in FAMILIES:
+        raise UserError(f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[model_type]

@@ -1,0 +1,33 @@
+"""The runtimes a compressed model can be served on, one registry."""
+
+from __future__ import annotations
+
+from ppocompress.compress.runtimes.base import Runtime, Session, int8_layers
+from ppocompress.compress.runtimes.onnx_runtime import OnnxRuntime
+from ppocompress.compress.runtimes.openvino_runtime import OpenVinoRuntime
+from ppocompress.compress.runtimes.pytorch import TorchRuntime
+from ppocompress.errors import UserError
+
+RUNTIMES: dict[str, Runtime] = {runtime.name: runtime for runtime in (TorchRuntime(), OnnxRuntime(), OpenVinoRuntime())}
+CHOICES = ("auto", *RUNTIMES)  # what --runtime accepts
+
+
+def get_runtime(name: str) -> Runtime:
+    if name not in RUNTIMES:
+        raise UserError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIMES)}")
+    return RUNTIMES[name]
+
+
+def available_runtimes(log=None) -> list[Runtime]:
+    """The runtimes that can run here; each one that cannot is reported in one line."""
+    usable = []
+    for runtime in RUNTIMES.values():
+        reason = runtime.missing()
+        if reason is None:
+            usable.append(runtime)
+        elif log is not None:
+            log(f"skipping runtime {runtime.name}: {reason}")
+    return usable
+
+
+__all__ = ["CHOICES", "RUNTIMES", "Runtime", "Session", "available_runtimes", "get_runtime", "int8_layers"]

@@ -1,0 +1,67 @@
+"""What a runtime does for us: export a pruned, recovered model (int8 where its plan says),
+load it, and run it; one implementation per runtime (PyTorch, ONNX Runtime, OpenVINO)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from ppocompress.errors import UserError
+
+if TYPE_CHECKING:
+    from ppocompress.compress.models import LoadedModel
+
+
+class Session(Protocol):
+    """A loaded model: token ids and mask in, last hidden state (encoders) or logits out."""
+
+    vocab_size: int
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
+class Runtime:
+    name: str
+    package: str  # the module that must be importable
+    install_hint: str
+    # How its int8 computes, which is how a search simulates it: "torch" (torch's own
+    # dynamic kernels), "dynamic" (input ranges per call) or "static" (calibrated ranges).
+    int8_kind: str
+
+    def missing(self) -> str | None:
+        """Why this runtime cannot run here, in one line; None when it can."""
+        if importlib.util.find_spec(self.package) is None:
+            return f"{self.name} is not installed ({self.install_hint})"
+        return None
+
+    def require(self) -> None:
+        reason = self.missing()
+        if reason is not None:
+            raise UserError(reason)
+
+    def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
+        """Writes `model` (fp32, pruned and recovered) for this runtime into `directory`,
+        int8 in the layers its plan marks; returns the artifact that `session` loads.
+        Static int8 calibrates its activation ranges on `calibration`."""
+        raise NotImplementedError
+
+    def check_artifact(self, path: Path) -> Path:
+        """`path` if it looks like this runtime's artifact, else a UserError."""
+        raise NotImplementedError
+
+    def session(self, artifact: Path, threads: int | None = None) -> Session:
+        raise NotImplementedError
+
+    def size_bytes(self, artifact: Path) -> int:
+        """Bytes of the served weights (tokenizer and descriptions not counted)."""
+        return Path(artifact).stat().st_size
+
+
+def int8_layers(model: LoadedModel) -> list[int]:
+    """Indices, among the kept layers, of the layers the model's plan marks int8."""
+    if model.plan is None:
+        return []
+    return [i for i, layer in enumerate(layer for layer in model.plan.layers if not layer.drop) if layer.int8]

@@ -1,0 +1,124 @@
+"""OpenVINO: the exported graph converted to OpenVINO IR; layers not marked int8 run at the
+CPU's default inference precision (bf16 where the CPU has it, else fp32), int8 layers
+are NNCF static int8 (transformer preset) with activation ranges calibrated on text.
+
+The per-layer choice goes through NNCF's ignored scope: the nodes of every layer the plan
+keeps in floating point are ignored, found by the family's graph layer names."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ppocompress.compress.runtimes.base import Runtime, int8_layers
+from ppocompress.errors import UserError
+
+if TYPE_CHECKING:
+    from ppocompress.compress.models import LoadedModel
+
+XML_NAME = "openvino_model.xml"  # what sentence-transformers and optimum-intel look for
+CALIBRATION_PASSAGES = 300  # NNCF's default subset size; more changed nothing measurable
+CALIBRATION_MAX_LENGTH = 128
+_VOCAB_KEY = ["ppocompress", "vocab_size"]
+
+
+class OpenVinoSession:
+    def __init__(self, artifact: Path, threads: int | None):
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(artifact))
+        if not model.has_rt_info(_VOCAB_KEY):
+            raise UserError(f"{artifact} has no vocab_size information; export it with ppocompress")
+        self.vocab_size = int(model.get_rt_info(_VOCAB_KEY).astype(str))
+        config = {"NUM_STREAMS": 1}  # one batch at a time, all threads on it
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = {i.get_any_name() for i in self.compiled.inputs}
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        feeds = {"input_ids": input_ids, "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        return self.request.infer(feeds)[0].copy()
+
+
+class OpenVinoRuntime(Runtime):
+    name = "openvino"
+    package = "openvino"
+    install_hint = "pip install openvino nncf"
+    int8_kind = "static"
+
+    def missing(self) -> str | None:
+        reason = super().missing()
+        if reason is None:
+            import openvino as ov
+
+            if "CPU" not in ov.Core().available_devices:
+                return "openvino has no CPU device on this machine"
+        return reason
+
+    def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
+        import openvino as ov
+
+        from ppocompress.compress.onnx_export import export_onnx
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        onnx_path = export_onnx(model.model, model.tokenizer, directory / "graph.onnx")
+        graph = ov.convert_model(str(onnx_path))
+        onnx_path.unlink()
+        layers = int8_layers(model)
+        if layers:
+            graph = _quantize(graph, model, layers, calibration)
+        graph.set_rt_info(str(model.model.config.vocab_size), _VOCAB_KEY)
+        path = directory / XML_NAME
+        ov.save_model(graph, str(path))
+        return path
+
+    def check_artifact(self, path: Path) -> Path:
+        if not path.is_file() or path.suffix != ".xml" or not path.with_suffix(".bin").is_file():
+            raise UserError(f"{path} is not an OpenVINO IR (.xml beside its .bin); the openvino runtime runs one exported by ppocompress")
+        return path
+
+    def session(self, artifact: Path, threads: int | None = None) -> OpenVinoSession:
+        return OpenVinoSession(self.check_artifact(Path(artifact)), threads)
+
+    def size_bytes(self, artifact: Path) -> int:
+        return Path(artifact).stat().st_size + Path(artifact).with_suffix(".bin").stat().st_size
+
+
+def _quantize(graph, model: LoadedModel, layers: list[int], calibration: list[str]):
+    """NNCF static int8 of `layers` (indices among the kept layers), calibrated on text."""
+    import nncf
+
+    from ppocompress.compress.families import family
+
+    if not calibration:
+        raise UserError("static int8 needs calibration text to set its activation ranges")
+    logging.getLogger("nncf").setLevel(logging.ERROR)  # it logs every node it skips
+    kept = len([layer for layer in model.plan.layers if not layer.drop])
+    floating = [i for i in range(kept) if i not in set(layers)]
+    prefix = family(model.model_type).graph_layer_prefix
+    ignored = nncf.IgnoredScope(patterns=[f".*{re.escape(prefix)}{i}/.*" for i in floating], validate=False)
+    texts = calibration[:CALIBRATION_PASSAGES]
+    samples = [model.tokenizer(text, truncation=True, max_length=CALIBRATION_MAX_LENGTH, return_tensors="np") for text in texts]
+    inputs = {i.get_any_name() for i in graph.inputs}
+
+    def feeds(sample) -> dict:
+        return {name: np.asarray(sample.get(name, np.zeros_like(sample["input_ids"])), dtype=np.int64) for name in inputs}
+
+    # NNCF draws its own progress bars; ours own the terminal.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return nncf.quantize(graph, nncf.Dataset(samples, feeds), model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(samples), ignored_scope=ignored)
+

@@ -1,0 +1,72 @@
+"""PyTorch eager: the reference every speedup is measured against (fp32), and dynamic int8."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ppocompress.compress.runtimes.base import Runtime
+from ppocompress.errors import UserError
+
+if TYPE_CHECKING:
+    from ppocompress.compress.models import LoadedModel
+
+
+class TorchSession:
+    def __init__(self, artifact: Path, threads: int | None):
+        import torch
+
+        from ppocompress.compress.export import load
+        from ppocompress.compress.models import load_model
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.loaded = load(artifact) if (artifact / "compression.json").is_file() else load_model(str(artifact))
+        self.model = self.loaded.model.eval()
+        self.vocab_size = int(self.model.config.vocab_size)
+        from ppocompress.compress.onnx_export import takes_token_type_ids
+
+        self._token_types = takes_token_type_ids(self.model)
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        import torch
+
+        inputs: dict = {"input_ids": torch.from_numpy(np.asarray(input_ids, dtype=np.int64)),
+                        "attention_mask": torch.from_numpy(np.asarray(attention_mask, dtype=np.int64))}
+        if self._token_types:
+            inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+        with torch.inference_mode():
+            if self.loaded.is_causal:
+                return self.model(**inputs, use_cache=False).logits.float().numpy()
+            return self.model(**inputs).last_hidden_state.float().numpy()
+
+
+class TorchRuntime(Runtime):
+    name = "torch"
+    package = "torch"
+    install_hint = "pip install torch==2.13.0"
+    int8_kind = "torch"
+
+    def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
+        from ppocompress.compress.apply import quantize_planned_layers
+        from ppocompress.compress.export import save
+
+        if model.plan is not None and any(layer.int8 for layer in model.plan.layers):
+            model = copy.copy(model)
+            model.model = copy.deepcopy(model.model)
+            quantize_planned_layers(model.model, model.plan)
+        return save(model, Path(directory) / "model")
+
+    def check_artifact(self, path: Path) -> Path:
+        if not path.is_dir():
+            raise UserError(f"{path} is not a model directory; the torch runtime runs a directory saved by ppocompress or save_pretrained")
+        return path
+
+    def session(self, artifact: Path, threads: int | None = None) -> TorchSession:
+        return TorchSession(self.check_artifact(Path(artifact)), threads)
+
+    def size_bytes(self, artifact: Path) -> int:
+        return (Path(artifact) / "model.safetensors").stat().st_size

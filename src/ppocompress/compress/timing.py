@@ -1,0 +1,122 @@
+"""How models are timed: one TimingSetup, and side-by-side latencies in worker processes.
+
+Every model is timed in a fresh process (latency_worker), because torch's OpenMP pool,
+ONNX Runtime's and OpenVINO's thread pools distort each other when they share one. On a
+shared machine only latencies measured side by side in interleaved rounds are comparable,
+and other tenants only ever slow a run down, so the statistic is a low percentile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ppocompress.errors import UserError
+
+STATISTICS = ("p10", "median")
+WORKER_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class TimingSetup:
+    """The one description of a timing: the cost table, the reference anchoring, delivery,
+    `bench` and `evaluate` all take it, so their numbers are comparable.
+
+    p10 rather than the median: on this shared machine medians of 5 rounds were up to 22%
+    off the cost table's predictions, 10th percentiles within 5%."""
+
+    batch_size: int = 32
+    seq_len: int = 64
+    threads: int = 2
+    rounds: int = 3  # interleaved rounds; each target runs once a round in a fresh process
+    repeats: int = 3  # timed passes a process, after `warmup` untimed ones
+    warmup: int = 2
+    statistic: str = "p10"
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "seq_len", "threads", "rounds", "repeats"):
+            if getattr(self, name) < 1:
+                raise UserError(f"timing {name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise UserError(f"timing warm-up must be >= 0, got {self.warmup}")
+        if self.statistic not in STATISTICS:
+            raise UserError(f"timing statistic must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LatencyResult:
+    """One target's forward-pass times for a batch, over all its rounds."""
+
+    runtime: str
+    ms: float  # the setup's statistic
+    p10_ms: float
+    median_ms: float
+    p90_ms: float
+    timings: int
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / p10: how unquiet the machine was while this target ran."""
+        return (self.p90_ms - self.p10_ms) / self.p10_ms
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarise(times: list[float], runtime: str, statistic: str) -> LatencyResult:
+    p10, median, p90 = (float(v) for v in np.percentile(times, [10, 50, 90]))
+    return LatencyResult(runtime, p10 if statistic == "p10" else median, p10, median, p90, len(times))
+
+
+def run_worker(path: Path, runtime: str, setup: TimingSetup, seed: int = 0) -> list[float]:
+    """Times in ms of `setup.repeats` forward passes, from a fresh worker process."""
+    command = [
+        sys.executable, "-m", "ppocompress.compress.latency_worker",
+        "--runtime", runtime, "--target", str(path),
+        "--batch-size", str(setup.batch_size), "--seq-len", str(setup.seq_len), "--threads", str(setup.threads),
+        "--warmup", str(setup.warmup), "--repeats", str(setup.repeats), "--seed", str(seed),
+    ]  # fmt: skip
+    # OpenMP sizes its pool from the environment at start-up; match the threads asked for.
+    env = {**os.environ, "OMP_NUM_THREADS": str(setup.threads), "TOKENIZERS_PARALLELISM": "false"}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"latency worker for {path} ({runtime}) took longer than {WORKER_TIMEOUT_S:.0f} s") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        message = lines[-1] if lines else f"exit code {done.returncode}"
+        if done.returncode == 2:  # the worker's UserError: bad input, not a crash
+            raise UserError(message)
+        raise RuntimeError(f"latency worker for {path} ({runtime}) failed: {message}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["times_ms"]
+
+
+def measure_latencies(targets: list[tuple[str, str | Path, str]], setup: TimingSetup, seed: int = 0,
+                      on_round=None) -> dict[str, LatencyResult]:
+    """Side-by-side latencies of (label, artifact, runtime) triples, keyed by label.
+
+    Each round runs every target once (A, B, C, A, B, C, ...), each time in a fresh
+    worker: a load per round costs time, but it spreads every target over the whole
+    window, so drifts in machine speed hit all targets alike."""
+    from ppocompress.compress.runtimes import get_runtime
+
+    labels = [label for label, _, _ in targets]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"latency labels must be unique, got {labels}")
+    checked = [(label, get_runtime(runtime).check_artifact(Path(target)), runtime) for label, target, runtime in targets]
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for round_index in range(setup.rounds):
+        for label, path, runtime in checked:
+            times[label] += run_worker(path, runtime, setup, seed)
+        if on_round is not None:
+            on_round(round_index + 1)
+    return {label: summarise(times[label], runtime, setup.statistic) for label, _, runtime in checked}

@@ -1,0 +1,124 @@
+"""Everything a search needs before its first plan evaluation: the model and text,
+importance, the serving runtime, the latency table anchored to dense PyTorch, the plan
+evaluator and the one-off sensitivities. Each expensive result is kept in the search
+state, so a resumed run neither re-measures nor changes its budget."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ppocompress.compress import (
+    CompressionPlan,
+    LayerPlan,
+    LoadedModel,
+    apply_plan,
+    load_model,
+)
+from ppocompress.compress.importance import LayerImportance, importance_scores
+from ppocompress.compress.runtimes import available_runtimes, get_runtime
+from ppocompress.compress.text import TextSplits, load_splits, subset
+from ppocompress.compress.timing import TimingSetup, measure_latencies
+from ppocompress.search.cost_table import (
+    CALIBRATION_FOR_TIMING,
+    CostTable,
+    anchor_reference,
+    flops_table,
+    measured_table,
+)
+from ppocompress.search.evaluator import HIGH_FIDELITY, PlanEvaluator, sensitivity_table
+from ppocompress.search.levels import Level, default_menu
+from ppocompress.search.state import SearchState
+
+IMPORTANCE_PASSAGES = 256
+ANCHOR_ROUNDS = 4  # rounds of the dense timings taken at the start of every run
+PREFERENCE = ("openvino", "onnxruntime", "torch")  # --runtime auto without measuring (--cost flops)
+
+
+@dataclass
+class Prepared:
+    dense: LoadedModel
+    texts: TextSplits
+    scores: list[LayerImportance]
+    menu: list[Level]
+    runtime: str
+    cost: CostTable
+    evaluator: PlanEvaluator
+    sensitivity: np.ndarray  # (layers, levels) quality lost when only that layer is compressed
+    features: np.ndarray  # (layers, 2) block influence and importance spread
+
+
+def prepare(settings, state: SearchState, save_state, log) -> Prepared:
+    """settings: a CompressSettings; save_state() writes `state` to disk."""
+    dense = load_model(settings.model, trust_remote_code=settings.trust_remote_code)
+    texts = subset(load_splits(settings.text), settings.calibration_texts, settings.evaluation_texts)
+    calibration = texts.calibration
+    log(f"model {dense.source}: importance scores on {min(IMPORTANCE_PASSAGES, len(calibration))} calibration passages")
+    scores = importance_scores(dense, calibration[:IMPORTANCE_PASSAGES])
+    menu = default_menu()
+    target = settings.target()
+    setup = settings.timing()
+    measured = settings.cost == "measured" and target.kind == "speedup"
+    if "runtime" not in state.extras:
+        if measured:
+            candidates = [settings.runtime] if settings.runtime != "auto" else [r.name for r in available_runtimes(log)]
+            timings = time_dense_variants(dense, candidates, replace(setup, rounds=ANCHOR_ROUNDS),
+                                          calibration[:CALIBRATION_FOR_TIMING], log)
+            state.extras["dense_ms"] = timings
+            state.extras["runtime"] = settings.runtime if settings.runtime != "auto" else fastest_int8(timings)
+        else:
+            state.extras["runtime"] = settings.runtime if settings.runtime != "auto" else next(
+                r for r in PREFERENCE if get_runtime(r).missing() is None)
+        save_state()
+    runtime = state.extras["runtime"]
+    get_runtime(runtime).require()
+    log(f"serving runtime: {runtime}")
+    if measured:
+        cost = measured_table(dense, menu, runtime, setup, calibration, log=log)
+        timings = state.extras["dense_ms"]
+        cost = anchor_reference(cost, timings["torch"], timings[runtime], log=log)
+    else:
+        cost = flops_table(dense, menu)  # parameters scale like FLOPs per layer; int8 is priced by its discount
+    # The search prices least-squares recovery in (distillation starts from it), refit on
+    # calibration text apart from the passages plans are scored on.
+    evaluator = PlanEvaluator(dense, menu, scores, calibration, recovery="none" if settings.recover == "none" else "lsq",
+                              recovery_texts=calibration[HIGH_FIDELITY:] or calibration, runtime=runtime)
+    if "sensitivity" not in state.extras:
+        log(f"sensitivity of {len(scores)} layers x {len(menu)} levels (once)")
+        state.extras["sensitivity"] = sensitivity_table(evaluator)
+        save_state()
+    features = np.array([[s.block_influence, float(s.neurons.std() / (s.neurons.mean() + 1e-12))] for s in scores])
+    return Prepared(dense, texts, scores, menu, runtime, cost, evaluator, np.array(state.extras["sensitivity"]), features)
+
+
+def all_int8(dense: LoadedModel) -> LoadedModel:
+    """The dense model with every layer marked int8 (fp32 weights until a runtime quantizes)."""
+    return apply_plan(dense, CompressionPlan([LayerPlan(int8=True) for _ in range(dense.model.config.num_hidden_layers)]),
+                      quantize=False)
+
+
+def time_dense_variants(dense: LoadedModel, runtimes: list[str], setup: TimingSetup, calibration: list[str], log) -> dict[str, float]:
+    """Dense PyTorch fp32 ("torch"), and on each runtime the dense model at its default
+    precision (name) and with int8 in every layer ("name int8"), side by side, in ms."""
+    with tempfile.TemporaryDirectory(prefix="ppocompress-dense-") as workdir:
+        work = Path(workdir)
+        targets = [("torch", get_runtime("torch").export(dense, work / "torch", []), "torch")]
+        int8 = all_int8(dense)
+        for name in runtimes:
+            runtime = get_runtime(name)
+            if name != "torch":
+                targets.append((name, runtime.export(dense, work / name, calibration), name))
+            targets.append((f"{name} int8", runtime.export(int8, work / f"{name}-int8", calibration), name))
+        log(f"timing the dense model on {', '.join(runtimes)}: {len(targets)} models x {setup.rounds} rounds")
+        measured = measure_latencies(targets, setup)
+    timings = {label: result.ms for label, result in measured.items()}
+    log("dense: " + ", ".join(f"{label} {ms:.1f} ms" for label, ms in timings.items()))
+    return timings
+
+
+def fastest_int8(timings: dict[str, float]) -> str:
+    """The runtime whose dense int8 model ran fastest."""
+    return min((label for label in timings if label.endswith(" int8")), key=timings.get).removesuffix(" int8")

@@ -1,0 +1,84 @@
+"""What `ppocompress compress` delivers, as typed records: written to result.json, read by
+the terminal summary, the report and the benchmarks (one schema, no keys built up)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+from ppocompress.compress.timing import LatencyResult, TimingSetup
+from ppocompress.errors import UserError
+from ppocompress.fileio import read_json_object
+
+RESULT_FORMAT = "ppocompress.result/2"
+
+
+@dataclass
+class MeasuredModel:
+    """One model timed and judged in the delivery run: a searcher's plan on the serving
+    runtime, or a dense alternative a user could ship with no search at all."""
+
+    name: str  # "ppo", "evolutionary", ..., "dense int8", "dense"
+    runtime: str
+    latency: LatencyResult
+    speedup: float  # against dense PyTorch fp32, same rounds
+    speedup_vs_dense_int8: float  # against the dense model on the serving runtime with int8
+    cosine_heldout: float  # mean cosine to the dense PyTorch embeddings, on held-out text
+    cosine_heldout_min: float
+    lee_pearson: float
+    size_bytes: int  # the served artifact on disk
+    levels: list[str] | None = None  # menu level per layer; None for the dense models
+    plan: dict | None = None
+    evaluations: int | None = None  # plan evaluations the searcher spent
+    predicted_speedup: float | None = None  # by the latency table
+    predicted_latency_ms: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MeasuredModel":
+        return cls(**{**data, "latency": LatencyResult(**data["latency"])})
+
+
+@dataclass
+class CompressResult:
+    model: str
+    runtime: str  # where the delivered model is served and the search priced plans
+    target_kind: str  # "speedup" or "size"
+    target_value: float
+    searcher: str  # whose plan was delivered
+    timing: TimingSetup
+    reference_latency: LatencyResult  # dense PyTorch fp32, same rounds
+    dense_lee_pearson: float
+    dense_size_bytes: int  # dense safetensors
+    searchers: dict[str, MeasuredModel]  # every searcher's best plan, delivered and measured
+    dense: MeasuredModel  # dense, the runtime's default precision
+    dense_int8: MeasuredModel  # dense, the runtime's int8: the no-effort alternative
+    sensitivity_evaluations: int  # shared by all searchers and outside their budgets
+    latency_table: dict | None = None  # runtime and largest error on mixed plans; None for FLOPs
+    curves: dict[str, list] = field(default_factory=dict)  # searcher -> [(evaluations, best reward)]
+    evaluated: dict[str, list] = field(default_factory=dict)  # searcher -> [(levels, reward, predicted speedup)]
+    warnings: list[str] = field(default_factory=list)
+    format: str = RESULT_FORMAT
+
+    @property
+    def delivered(self) -> MeasuredModel:
+        return self.searchers[self.searcher]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "CompressResult":
+        data = read_json_object(path, "run result", "pass the --out folder of ppocompress compress")
+        if data.get("format") != RESULT_FORMAT:
+            raise UserError(f"{path} is not a result this version reads (format {data.get('format')!r}, "
+                            f"expected {RESULT_FORMAT}); run ppocompress compress again")
+        missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise UserError(f"{path} lacks the field {missing[0]!r}; run ppocompress compress again")
+        try:
+            return cls(**{**data, "timing": TimingSetup(**data["timing"]), "reference_latency": LatencyResult(**data["reference_latency"]),
+                          "searchers": {k: MeasuredModel.from_dict(v) for k, v in data["searchers"].items()},
+                          "dense": MeasuredModel.from_dict(data["dense"]), "dense_int8": MeasuredModel.from_dict(data["dense_int8"])})
+        except (TypeError, KeyError) as exc:
+            raise UserError(f"{path} does not match the result schema ({exc}); run ppocompress compress again") from None

@@ -1,0 +1,127 @@
+"""The runtimes: each exports a pruned model with int8 where its plan says, loads it and runs
+it close to PyTorch fp32; OpenVINO's per-layer int8 goes through NNCF's ignored scope; the
+search simulates static int8 as calibrated ranges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from compress_models import sample_batch, save_tiny_model
+
+from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
+from ppocompress.compress.quantize import InputStatistics, SimulatedInt8Linear
+from ppocompress.compress.runtimes import RUNTIMES, available_runtimes, get_runtime, int8_layers
+from ppocompress.compress.runtimes.base import Runtime
+from ppocompress.errors import UserError
+
+CALIBRATION = [f"passage {i} about {w} and the way it shapes the day" for i, w in
+               enumerate(["rain", "maps", "songs", "bread", "ships", "clocks", "trees", "coins"] * 4)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = load_model(str(save_tiny_model(family, tmp_path_factory.mktemp(family))))
+        return cache[family]
+
+    return get
+
+
+def _reference(model) -> np.ndarray:
+    batch = sample_batch(model.tokenizer)
+    with torch.no_grad():
+        out = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return (out.logits if model.is_causal else out.last_hidden_state).numpy()
+
+
+def _run(runtime: Runtime, artifact, model) -> np.ndarray:
+    batch = sample_batch(model.tokenizer)
+    return runtime.session(artifact, threads=1)(batch["input_ids"].numpy(), batch["attention_mask"].numpy())
+
+
+@pytest.mark.parametrize("name", list(RUNTIMES))
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_every_runtime_runs_a_pruned_model_as_pytorch_does(tiny, tmp_path, name, family):
+    dense = tiny(family)
+    plan = CompressionPlan([LayerPlan(keep_groups=[0, 2]), LayerPlan(keep_neurons=list(range(20))), LayerPlan(drop=True)])
+    pruned = apply_plan(dense, plan, quantize=False)
+    runtime = get_runtime(name)
+    artifact = runtime.export(pruned, tmp_path / name, CALIBRATION)
+    got, expected = _run(runtime, artifact, pruned), _reference(pruned)
+    assert got.shape == expected.shape
+    # OpenVINO runs in bf16 where the CPU has it: 8 mantissa bits.
+    tolerance = 0.05 if name == "openvino" else 1e-4
+    assert np.abs(got - expected).max() <= tolerance * max(1.0, np.abs(expected).max())
+    assert runtime.session(artifact).vocab_size == dense.model.config.vocab_size
+    assert 0 < runtime.size_bytes(artifact)
+
+
+@pytest.mark.parametrize("name", list(RUNTIMES))
+def test_int8_in_the_planned_layers_shrinks_the_model_and_stays_close(tiny, tmp_path, name):
+    dense = tiny("bert")
+    runtime = get_runtime(name)
+    fp = runtime.export(dense, tmp_path / "fp", CALIBRATION)
+    int8 = apply_plan(dense, CompressionPlan([LayerPlan(int8=True)] * 3), quantize=False)
+    quantized = runtime.export(int8, tmp_path / "int8", CALIBRATION)
+    assert runtime.size_bytes(quantized) < runtime.size_bytes(fp)
+    got, expected = _run(runtime, quantized, dense), _reference(dense)
+    cosine = (got * expected).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(expected, axis=-1))
+    assert cosine.min() > 0.9
+
+
+def test_openvino_quantizes_only_the_planned_layers(tiny, tmp_path):
+    """NNCF's ignored scope keeps every other layer's matrix products in floating point."""
+    import openvino as ov
+
+    dense = tiny("bert")
+    plan = CompressionPlan([LayerPlan(), LayerPlan(int8=True), LayerPlan(drop=True)])
+    model = apply_plan(dense, plan, quantize=False)
+    assert int8_layers(model) == [1]
+    artifact = get_runtime("openvino").export(model, tmp_path, CALIBRATION)
+    graph = ov.Core().read_model(str(artifact))
+    quantized = {op.get_friendly_name() for op in graph.get_ops() if op.get_type_name() == "FakeQuantize"}
+    assert any("/encoder/layer.1/" in name for name in quantized)
+    assert not any("/encoder/layer.0/attention/self/" in name or "/encoder/layer.0/intermediate/" in name for name in quantized)
+
+
+def test_static_int8_needs_calibration_text(tiny, tmp_path):
+    int8 = apply_plan(tiny("bert"), CompressionPlan([LayerPlan(int8=True)] * 3), quantize=False)
+    with pytest.raises(UserError, match="calibration text"):
+        get_runtime("openvino").export(int8, tmp_path, [])
+
+
+def test_a_runtime_that_is_not_installed_is_reported_in_one_line_and_skipped(monkeypatch):
+    monkeypatch.setattr(RUNTIMES["openvino"], "package", "no_such_package_here")
+    lines = []
+    names = [r.name for r in available_runtimes(log=lines.append)]
+    assert "openvino" not in names and "torch" in names
+    assert lines == ["skipping runtime openvino: openvino is not installed (pip install openvino nncf)"]
+    with pytest.raises(UserError, match="not installed"):
+        RUNTIMES["openvino"].require()
+    with pytest.raises(UserError, match="unknown runtime"):
+        get_runtime("tensorflow")
+
+
+def test_static_simulation_smooths_and_fixes_the_input_range():
+    """With calibration statistics the simulated Linear divides its input by the smoothing
+    scale, quantizes it with the fixed calibrated range, and the product is unchanged when
+    nothing is lost to rounding (int8-exact weights and inputs on the grid)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(4, 3)
+    x = torch.randn(50, 4) * torch.tensor([1.0, 10.0, 0.1, 3.0])
+    statistics = InputStatistics(x.amin(dim=0), x.amax(dim=0))
+    static = SimulatedInt8Linear(linear, statistics)
+    assert static.smooth is not None and static.smooth.shape == (4,)
+    low, high = static.input_range
+    smoothed = x / static.smooth
+    assert low == pytest.approx(float(smoothed.min()), rel=1e-6) and high == pytest.approx(float(smoothed.max()), rel=1e-6)
+    assert torch.allclose(static(x), linear(x), atol=0.05 * float(linear(x).abs().max()))
+    dynamic = SimulatedInt8Linear(linear)
+    assert dynamic.smooth is None and dynamic.input_range is None
+    # A value outside the calibrated range is clipped by the static one, not by the dynamic one.
+    far = torch.full((1, 4), 1000.0)
+    assert not torch.allclose(static(far), linear(far), rtol=0.1) and torch.allclose(dynamic(far), linear(far), rtol=0.1)
