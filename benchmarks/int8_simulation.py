@@ -13,20 +13,19 @@ level, simulated against real. Prints a table and writes benchmarks/results/int8
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
+
+from publish import publish
 
 from ppocompress.compress import load_model
 from ppocompress.compress.importance import importance_scores
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.quality import embed_session
 from ppocompress.compress.runtimes import get_runtime
-from ppocompress.compress.text import default_splits
+from ppocompress.compress.text import load_splits, subset
 from ppocompress.search.evaluator import HIGH_FIDELITY, PlanEvaluator
 from ppocompress.search.levels import default_menu
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -35,8 +34,7 @@ def main() -> None:
     parser.add_argument("--keep", default="1,0.5,0.25", help="fractions kept; levels with both heads and FFN at one of them")
     args = parser.parse_args()
     dense = load_model()
-    texts = default_splits()
-    calibration = texts.calibration[:1024]
+    calibration = subset(load_splits(None), 1024, 512).calibration
     scores = importance_scores(dense, calibration[:256])
     menu = default_menu()
     keep = {float(v) for v in args.keep.split(",")}
@@ -48,7 +46,7 @@ def main() -> None:
         reference = evaluator.reference["low"]
         with tempfile.TemporaryDirectory() as work:
             for index, level in enumerate(menu):
-                if level.drop or level.group_keep not in keep or level.ffn_keep not in keep:
+                if level.drop or level.group_keep not in keep or level.neuron_keep not in keep:
                     continue
                 levels = [index] * len(evaluator.table)
                 simulated = evaluator.quality(levels)
@@ -64,11 +62,7 @@ def main() -> None:
             fp = next(r for r in rows if r["runtime"] == row["runtime"] and r["level"] == row["level"].removesuffix("-int8"))
             lines.append(f"{row['runtime']:12} {fp['level']:10} {fp['simulated']:7.4f} {fp['real']:7.4f} {row['simulated']:7.4f} "
                          f"{row['real']:7.4f} {fp['simulated'] - row['simulated']:8.4f} {fp['real'] - row['real']:9.4f}")
-    text = "\n".join(lines)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "int8_simulation.txt").write_text(text + "\n")
-    (RESULTS / "int8_simulation.json").write_text(json.dumps(rows, indent=1))
+    publish("int8_simulation", "\n".join(lines), rows)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ import argparse
 import json
 from pathlib import Path
 
+from publish import publish
+
 from ppocompress.compress import CompressionPlan, load_model
 from ppocompress.compress.bench import Variant, run_bench
 from ppocompress.compress.runtimes import RUNTIMES
 from ppocompress.compress.text import load_splits, subset
 from ppocompress.compress.timing import TimingSetup
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -30,8 +30,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     variants = [Variant("dense"), Variant("dense int8", int8=True),
-                Variant("uniform 75/75 int8", group_keep=0.75, ffn_keep=0.75, int8=True),
-                Variant("uniform 50/50 int8", group_keep=0.5, ffn_keep=0.5, int8=True)]
+                Variant("uniform 75/75 int8", group_keep=0.75, neuron_keep=0.75, int8=True),
+                Variant("uniform 50/50 int8", group_keep=0.5, neuron_keep=0.5, int8=True)]
     if args.plan is not None:
         data = json.loads(args.plan.read_text())
         delivered = data["searchers"][data["searcher"]]
@@ -46,11 +46,7 @@ def main() -> None:
     for r in results:
         lines.append(f"{r.name:28} {r.runtime:12} {r.speedup:7.2f}x {r.cosine:7.4f} {r.cosine_min:7.4f} {r.lee_pearson:6.3f} "
                      f"{r.size_bytes / 1e6:6.1f}")
-    text = "\n".join(lines)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "runtimes.txt").write_text(text + "\n")
-    (RESULTS / "runtimes.json").write_text(json.dumps({"timing": setup.to_dict(), "variants": [r.to_dict() for r in results]}, indent=1))
+    publish("runtimes", "\n".join(lines), {"timing": setup.to_dict(), "variants": [r.to_dict() for r in results]})
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""The four searchers on the embedded all-MiniLM-L6-v2 at several speedup targets.
+"""The four searchers on the embedded all-MiniLM-L6-v2 at several speedup targets and seeds.
 
-For each target, one `ppocompress compress` run: every searcher gets the same number of
-plan evaluations; every searcher's best plan is recovered (lsq), exported, judged on
-held-out text the search never saw, and timed side by side with the dense model.
-Keeps a table and the per-target result.json files' numbers under benchmarks/results/.
-Usage: python benchmarks/searchers.py [--targets 2,3,4] [--evals 300] [--work DIR]
+For each (target, seed), one `ppocompress compress` run on the default runtime: every
+searcher gets the same number of plan evaluations; every searcher's best plan is recovered
+(lsq), exported, judged on held-out text the search never saw, and timed side by side with
+dense PyTorch fp32 and with the dense int8 model on the same runtime (the no-effort
+alternative). Finished runs are kept in --work, so an interrupted benchmark continues.
+Prints per target and searcher the mean and spread of held-out cosine over the seeds, and
+writes benchmarks/results/searchers.{txt,json}.
+
+    python benchmarks/searchers.py [--targets 4,5,6] [--seeds 0,1,2] [--evals 200] [--work DIR]
 """
 
 from __future__ import annotations
@@ -12,75 +16,71 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
-import os
+import statistics
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
-from ppocompress.reporting import print_compress
+from publish import publish
 
-RESULTS = Path(__file__).parent / "results"
-FIELDS = ("searcher", "backend", "predicted_speedup", "measured_speedup", "measured_speedup_vs_onnx_dense",
-          "cosine_heldout", "lee_pearson", "levels", "dense_latency_ms")
+from ppocompress.reporting import print_compress
+from ppocompress.search.results import CompressResult
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", default="2,3,4")
-    parser.add_argument("--evals", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--targets", default="4,5,6")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--evals", type=int, default=200)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-searchers"))
     args = parser.parse_args()
-    RESULTS.mkdir(exist_ok=True)
-    os.environ["COLUMNS"] = "180"  # the tables, printed to a file, at full width
-    rows, lines = [], []
+    runs: dict[tuple[float, int], CompressResult] = {}
     for target in args.targets.split(","):
-        out = args.work / f"speedup-{target}"
-        command = ["ppocompress", "compress", "--target-speedup", target, "--evals", str(args.evals),
-                   "--seed", str(args.seed), "--out", str(out)]
-        if not (out / "result.json").exists():  # else done in an earlier, interrupted benchmark run
-            if (out / "state.json").exists():
-                command.append("--resume")  # an interrupted target continues where it stopped
-            print("+", " ".join(command), flush=True)
-            done = subprocess.run(command, capture_output=True, text=True)
-            sys.stderr.write(done.stderr)
-            if done.returncode != 0:
-                return done.returncode
-        result = json.loads((out / "result.json").read_text())
-        lines.append(_table(result))
-        for row in [result, *result["baselines"].values()]:
-            rows.append({"target_speedup": float(target), "evaluations": row["evaluations"],
-                         **{k: row[k] for k in FIELDS}, "dense_lee_pearson": row["dense_lee_pearson"],
-                         "latency_table_error": result["latency_table"]})
-    summary = _summary(rows)
-    text = "".join(lines) + "\n" + summary
-    print(summary)
-    (RESULTS / "searchers.txt").write_text(text)
-    (RESULTS / "searchers.json").write_text(json.dumps({"evals": args.evals, "seed": args.seed, "rows": rows}, indent=1))
+        for seed in args.seeds.split(","):
+            out = args.work / f"speedup-{target}-seed{seed}"
+            command = ["ppocompress", "compress", "--target-speedup", target, "--evals", str(args.evals),
+                       "--seed", seed, "--out", str(out)]
+            if not (out / "result.json").exists():  # else done in an earlier, interrupted benchmark run
+                if (out / "state.json").exists():
+                    command.append("--resume")  # an interrupted run continues where it stopped
+                print("+", " ".join(command), flush=True)
+                done = subprocess.run(command, capture_output=True, text=True)
+                sys.stderr.write(done.stderr[-2000:])
+                if done.returncode != 0:
+                    return done.returncode
+            runs[float(target), int(seed)] = CompressResult.from_file(out / "result.json")
+    text = "".join(_table(result, seed) for (_, seed), result in runs.items()) + "\n" + _summary(runs)
+    publish("searchers", text, {"evals": args.evals, "runs": [
+        {"target": t, "seed": s, "result": {k: v for k, v in asdict(r).items() if k not in ("curves", "evaluated")}}
+        for (t, s), r in runs.items()]})
     return 0
 
 
-def _table(result: dict) -> str:
-    """The searchers' table, as `ppocompress compress` prints it."""
+def _table(result: CompressResult, seed: int) -> str:
+    """The summary `ppocompress compress` prints, for one run."""
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         print_compress(result)
-    return buffer.getvalue()
+    return f"seed {seed}\n" + buffer.getvalue() + "\n"
 
 
-def _summary(rows: list[dict]) -> str:
-    """Per target: who kept the most held-out quality, and whether each plan met the target when measured."""
-    out = []
-    for target in sorted({row["target_speedup"] for row in rows}):
-        group = [row for row in rows if row["target_speedup"] == target]
-        best = max(group, key=lambda row: row["cosine_heldout"])
-        out.append(f"target {target:g}x: best held-out cosine {best['cosine_heldout']:.4f} by {best['searcher']}")
-        for row in group:
-            met = "meets" if row["measured_speedup"] >= target else "misses"
-            out.append(f"  {row['searcher']:>12}: cosine {row['cosine_heldout']:.4f}, predicted {row['predicted_speedup']:.2f}x, "
-                       f"measured {row['measured_speedup']:.2f}x ({met} the target; dense PyTorch {row['dense_latency_ms']:.0f} ms)")
-    return "\n".join(out) + "\n"
+def _summary(runs: dict[tuple[float, int], CompressResult]) -> str:
+    """Per target and searcher: held-out cosine, mean and spread over seeds; measured speedups."""
+    lines = []
+    for target in sorted({t for t, _ in runs}):
+        results = [r for (t, _), r in runs.items() if t == target]
+        alternative = statistics.mean(r.dense_int8.speedup for r in results)
+        lines.append(f"target {target:g}x, {len(results)} seeds; dense int8 on {results[0].runtime}: {alternative:.2f}x, "
+                     f"cosine {statistics.mean(r.dense_int8.cosine_heldout for r in results):.4f}")
+        for name in results[0].searchers:
+            cosines = [r.searchers[name].cosine_heldout for r in results]
+            speedups = [r.searchers[name].speedup for r in results]
+            spread = statistics.stdev(cosines) if len(cosines) > 1 else 0.0
+            lines.append(f"  {name:>12}: held-out cosine {statistics.mean(cosines):.4f} +- {spread:.4f} "
+                         f"(min {min(cosines):.4f}); measured {min(speedups):.2f}-{max(speedups):.2f}x, "
+                         f"{statistics.mean(r.searchers[name].speedup_vs_dense_int8 for r in results):.2f}x the dense int8")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,8 +1,25 @@
-"""Suite-wide settings: property tests draw the same examples on every machine."""
+"""Suite-wide settings (property tests draw the same examples on every machine) and fixtures."""
 
+import pytest
+from compress_models import save_tiny_model
 from hypothesis import settings
+
+from ppocompress.compress.models import load_model
 
 # derandomize: examples come from a fixed seed, so a newcomer's run draws what CI drew;
 # no example database, so nothing a previous run found changes the next one.
 settings.register_profile("repeatable", derandomize=True, database=None, print_blob=True)
 settings.load_profile("repeatable")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny random saved-and-loaded model of a family, built once per family and session."""
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = load_model(str(save_tiny_model(family, tmp_path_factory.mktemp(family))))
+        return cache[family]
+
+    return get

@@ -83,7 +83,7 @@ def test_binary_text_file_is_rejected(tiny_dir, tmp_path, capsys):
 @pytest.mark.slow  # a dozen latency subprocesses
 def test_run_bench_measures_each_variant_side_by_side(tiny_dir):
     dense = load_model(str(tiny_dir))
-    variants = [Variant("dense"), Variant("int8", int8=True), Variant("ffn -50%", ffn_keep=0.5)]
+    variants = [Variant("dense"), Variant("int8", int8=True), Variant("ffn -50%", neuron_keep=0.5)]
     setup = TimingSetup(batch_size=4, seq_len=16, rounds=1, repeats=2, warmup=1)
     results = run_bench(dense, splits_from_texts(LINES), ["torch", "onnxruntime"], variants, setup=setup, log=lambda _: None)
     by_name = {(r.name, r.runtime): r for r in results}

@@ -11,8 +11,16 @@ from compress_models import FAMILIES, outputs, sample_batch, save_tiny_model
 from transformers.pytorch_utils import Conv1D
 
 import ppocompress
+from ppocompress.compress import (
+    CompressionPlan,
+    LayerPlan,
+    adapter_for,
+    apply_plan,
+    layer_table,
+    load_model,
+    save,
+)
 from ppocompress.compress.quantize import is_int8_linear
-from ppocompress.compress import CompressionPlan, LayerPlan, adapter_for, apply_plan, layer_table, load_model, save
 from ppocompress.errors import UserError
 
 

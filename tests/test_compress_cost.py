@@ -9,7 +9,12 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
-from ppocompress.compress.cost import count_parameters, directory_bytes, model_bytes, model_flops
+from ppocompress.compress.cost import (
+    count_parameters,
+    directory_bytes,
+    model_bytes,
+    model_flops,
+)
 from ppocompress.errors import UserError
 
 

@@ -12,22 +12,13 @@ from compress_models import outputs, sample_batch, save_tiny_model
 
 from ppocompress.compress.architecture import adapter_for
 from ppocompress.compress.models import load_model
-from ppocompress.compress.onnx_export import export_onnx, onnx_metadata, quantize_onnx_int8
+from ppocompress.compress.onnx_export import (
+    export_onnx,
+    onnx_metadata,
+    quantize_onnx_int8,
+)
 from ppocompress.compress.runtimes.onnx_runtime import onnx_outputs, onnx_session
 from ppocompress.errors import UserError
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """Loads a tiny saved model of a family, once per family."""
-    cache = {}
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = load_model(str(save_tiny_model(family, tmp_path_factory.mktemp(family))))
-        return cache[family]
-
-    return get
 
 
 def _other_batch(tokenizer) -> dict:
@@ -50,16 +41,16 @@ def _int8_matmuls(path) -> list[str]:
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "gpt2", "llama", "qwen2", "mistral"])
-def test_onnx_output_equals_torch_for_other_batch_sizes_and_padding(tiny, tmp_path, family):
-    loaded = tiny(family)
+def test_onnx_output_equals_torch_for_other_batch_sizes_and_padding(tiny_model, tmp_path, family):
+    loaded = tiny_model(family)
     path = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "model.onnx")
     for batch in (_other_batch(loaded.tokenizer), sample_batch(loaded.tokenizer)):
         got = onnx_outputs(path, batch["input_ids"], batch["attention_mask"])
         assert np.abs(got - outputs(loaded.model, batch).numpy()).max() < 1e-4
 
 
-def test_exported_graph_inputs_outputs_and_metadata(tiny, tmp_path):
-    bert, gpt2 = tiny("bert"), tiny("gpt2")
+def test_exported_graph_inputs_outputs_and_metadata(tiny_model, tmp_path):
+    bert, gpt2 = tiny_model("bert"), tiny_model("gpt2")
     bert_path = export_onnx(bert.model, bert.tokenizer, tmp_path / "bert.onnx")
     gpt2_path = export_onnx(gpt2.model, gpt2.tokenizer, tmp_path / "gpt2.onnx")
     bert_session, gpt2_session = onnx_session(bert_path), onnx_session(gpt2_path)
@@ -89,21 +80,21 @@ def test_onnx_output_equals_torch_for_a_model_pruned_differently_per_layer(tmp_p
     assert np.abs(got - outputs(model, batch).numpy()).max() < 1e-4
 
 
-def test_export_writes_only_the_target_file(tiny, tmp_path):
-    loaded = tiny("bert")
+def test_export_writes_only_the_target_file(tiny_model, tmp_path):
+    loaded = tiny_model("bert")
     export_onnx(loaded.model, loaded.tokenizer, tmp_path / "out" / "model.onnx")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["model.onnx"]  # no temporary left behind
 
 
-def test_export_leaves_the_model_in_eval_mode(tiny, tmp_path):
-    loaded = tiny("bert")
+def test_export_leaves_the_model_in_eval_mode(tiny_model, tmp_path):
+    loaded = tiny_model("bert")
     export_onnx(loaded.model, loaded.tokenizer, tmp_path / "model.onnx")
     assert not any(m.training for m in loaded.model.modules())
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
-def test_int8_onnx_file_is_smaller_and_close(tiny, tmp_path, family):
-    loaded = tiny(family)
+def test_int8_onnx_file_is_smaller_and_close(tiny_model, tmp_path, family):
+    loaded = tiny_model(family)
     fp32 = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "fp32.onnx")
     int8 = quantize_onnx_int8(fp32, tmp_path / "int8.onnx", model_type=family)
     assert int8.stat().st_size < 0.5 * fp32.stat().st_size
@@ -115,14 +106,14 @@ def test_int8_onnx_file_is_smaller_and_close(tiny, tmp_path, family):
     assert onnx_metadata(int8)["vocab_size"] == "30522"  # the latency worker still finds the vocabulary
 
 
-def test_simulated_int8_reproduces_onnx_runtime_int8(tiny, tmp_path):
+def test_simulated_int8_reproduces_onnx_runtime_int8(tiny_model, tmp_path):
     """The search prices int8 with SimulatedInt8Linear: it must compute what ONNX Runtime's
     int8 graph computes, far closer than PyTorch's own int8 kernels (7-bit inputs) do."""
     import copy
 
     from ppocompress.compress.quantize import quantize_int8_, simulate_int8_
 
-    loaded = tiny("bert")
+    loaded = tiny_model("bert")
     fp32 = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "fp32.onnx")
     layers = list(range(len(adapter_for(loaded.model).layers(loaded.model))))
     int8 = quantize_onnx_int8(fp32, tmp_path / "int8.onnx", layers, "bert", embeddings=False)
@@ -137,8 +128,8 @@ def test_simulated_int8_reproduces_onnx_runtime_int8(tiny, tmp_path):
     assert errors["simulated"] < 1e-3 and errors["simulated"] < errors["torch"] / 10
 
 
-def test_quantizing_embeddings_is_optional_and_only_changes_size(tiny, tmp_path):
-    loaded = tiny("bert")
+def test_quantizing_embeddings_is_optional_and_only_changes_size(tiny_model, tmp_path):
+    loaded = tiny_model("bert")
     fp32 = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "fp32.onnx")
     with_tables = quantize_onnx_int8(fp32, tmp_path / "all.onnx")
     without = quantize_onnx_int8(fp32, tmp_path / "matmul.onnx", embeddings=False)
@@ -153,8 +144,8 @@ def test_quantizing_embeddings_is_optional_and_only_changes_size(tiny, tmp_path)
     ("family", "layers", "per_layer"),
     [("bert", [1], 6), ("gpt2", [0, 2], 4), ("llama", [2], 7)],  # q k v o + FFN: 2 (BERT), 3 (gated), GPT-2 fuses q|k|v
 )
-def test_quantizing_some_layers_quantizes_only_their_matmuls(tiny, tmp_path, family, layers, per_layer):
-    loaded = tiny(family)
+def test_quantizing_some_layers_quantizes_only_their_matmuls(tiny_model, tmp_path, family, layers, per_layer):
+    loaded = tiny_model(family)
     fp32 = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "fp32.onnx")
     part = quantize_onnx_int8(fp32, tmp_path / "part.onnx", layers, model_type=family, embeddings=False)
     names = _int8_matmuls(part)
@@ -170,15 +161,15 @@ def test_quantizing_some_layers_quantizes_only_their_matmuls(tiny, tmp_path, fam
     assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
 
 
-def test_quantizing_no_layers_without_embeddings_copies_the_file(tiny, tmp_path):
-    loaded = tiny("bert")
+def test_quantizing_no_layers_without_embeddings_copies_the_file(tiny_model, tmp_path):
+    loaded = tiny_model("bert")
     fp32 = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "fp32.onnx")
     copy = quantize_onnx_int8(fp32, tmp_path / "copy.onnx", [], embeddings=False)
     assert copy.read_bytes() == fp32.read_bytes()
 
 
-def test_quantizing_a_layer_the_graph_lacks_raises_user_error(tiny, tmp_path):
-    loaded = tiny("bert")
+def test_quantizing_a_layer_the_graph_lacks_raises_user_error(tiny_model, tmp_path):
+    loaded = tiny_model("bert")
     fp32 = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "fp32.onnx")
     with pytest.raises(UserError, match=r"layers \[7\] are not in"):
         quantize_onnx_int8(fp32, tmp_path / "int8.onnx", [1, 7])

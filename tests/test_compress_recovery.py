@@ -6,8 +6,19 @@ import pytest
 import torch
 from compress_models import outputs, sample_batch, save_tiny_model
 
-from ppocompress.compress import CompressionPlan, LayerPlan, adapter_for, apply_plan, layer_table, load_model
-from ppocompress.compress.importance import importance_scores, layers_to_drop, plan_from_scores
+from ppocompress.compress import (
+    CompressionPlan,
+    LayerPlan,
+    adapter_for,
+    apply_plan,
+    layer_table,
+    load_model,
+)
+from ppocompress.compress.importance import (
+    importance_scores,
+    layers_to_drop,
+    plan_from_scores,
+)
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.quality import embed, embedding_fidelity
 from ppocompress.errors import UserError
@@ -125,7 +136,11 @@ def test_refit_from_dense_statistics_equals_the_sequential_refit_of_a_first_laye
     the one-solve refit from projection_grams must match refit_projections there."""
     import copy
 
-    from ppocompress.compress.recovery import projection_grams, refit_projections, refit_to_subset
+    from ppocompress.compress.recovery import (
+        projection_grams,
+        refit_projections,
+        refit_to_subset,
+    )
 
     adapter = adapter_for(tiny.model)
     table = layer_table(tiny.model)

@@ -7,28 +7,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from compress_models import sample_batch, save_tiny_model
+from compress_models import sample_batch
 
-from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
+from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan
 from ppocompress.compress.quantize import InputStatistics, SimulatedInt8Linear
-from ppocompress.compress.runtimes import RUNTIMES, available_runtimes, get_runtime, int8_layers
+from ppocompress.compress.runtimes import (
+    RUNTIMES,
+    available_runtimes,
+    get_runtime,
+    int8_layers,
+)
 from ppocompress.compress.runtimes.base import Runtime
 from ppocompress.errors import UserError
 
 CALIBRATION = [f"passage {i} about {w} and the way it shapes the day" for i, w in
                enumerate(["rain", "maps", "songs", "bread", "ships", "clocks", "trees", "coins"] * 4)]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    cache = {}
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = load_model(str(save_tiny_model(family, tmp_path_factory.mktemp(family))))
-        return cache[family]
-
-    return get
 
 
 def _reference(model) -> np.ndarray:
@@ -45,8 +38,8 @@ def _run(runtime: Runtime, artifact, model) -> np.ndarray:
 
 @pytest.mark.parametrize("name", list(RUNTIMES))
 @pytest.mark.parametrize("family", ["bert", "llama"])
-def test_every_runtime_runs_a_pruned_model_as_pytorch_does(tiny, tmp_path, name, family):
-    dense = tiny(family)
+def test_every_runtime_runs_a_pruned_model_as_pytorch_does(tiny_model, tmp_path, name, family):
+    dense = tiny_model(family)
     plan = CompressionPlan([LayerPlan(keep_groups=[0, 2]), LayerPlan(keep_neurons=list(range(20))), LayerPlan(drop=True)])
     pruned = apply_plan(dense, plan, quantize=False)
     runtime = get_runtime(name)
@@ -61,8 +54,8 @@ def test_every_runtime_runs_a_pruned_model_as_pytorch_does(tiny, tmp_path, name,
 
 
 @pytest.mark.parametrize("name", list(RUNTIMES))
-def test_int8_in_the_planned_layers_shrinks_the_model_and_stays_close(tiny, tmp_path, name):
-    dense = tiny("bert")
+def test_int8_in_the_planned_layers_shrinks_the_model_and_stays_close(tiny_model, tmp_path, name):
+    dense = tiny_model("bert")
     runtime = get_runtime(name)
     fp = runtime.export(dense, tmp_path / "fp", CALIBRATION)
     int8 = apply_plan(dense, CompressionPlan([LayerPlan(int8=True)] * 3), quantize=False)
@@ -73,11 +66,11 @@ def test_int8_in_the_planned_layers_shrinks_the_model_and_stays_close(tiny, tmp_
     assert cosine.min() > 0.9
 
 
-def test_openvino_quantizes_only_the_planned_layers(tiny, tmp_path):
+def test_openvino_quantizes_only_the_planned_layers(tiny_model, tmp_path):
     """NNCF's ignored scope keeps every other layer's matrix products in floating point."""
     import openvino as ov
 
-    dense = tiny("bert")
+    dense = tiny_model("bert")
     plan = CompressionPlan([LayerPlan(), LayerPlan(int8=True), LayerPlan(drop=True)])
     model = apply_plan(dense, plan, quantize=False)
     assert int8_layers(model) == [1]
@@ -88,8 +81,8 @@ def test_openvino_quantizes_only_the_planned_layers(tiny, tmp_path):
     assert not any("/encoder/layer.0/attention/self/" in name or "/encoder/layer.0/intermediate/" in name for name in quantized)
 
 
-def test_static_int8_needs_calibration_text(tiny, tmp_path):
-    int8 = apply_plan(tiny("bert"), CompressionPlan([LayerPlan(int8=True)] * 3), quantize=False)
+def test_static_int8_needs_calibration_text(tiny_model, tmp_path):
+    int8 = apply_plan(tiny_model("bert"), CompressionPlan([LayerPlan(int8=True)] * 3), quantize=False)
     with pytest.raises(UserError, match="calibration text"):
         get_runtime("openvino").export(int8, tmp_path, [])
 
@@ -111,7 +104,7 @@ def test_static_simulation_smooths_and_fixes_the_input_range():
     scale, quantizes it with the fixed calibrated range, and the product is unchanged when
     nothing is lost to rounding (int8-exact weights and inputs on the grid)."""
     torch.manual_seed(0)
-    linear = torch.nn.Linear(4, 3)
+    linear = torch.nn.Linear(4, 3).requires_grad_(False)
     x = torch.randn(50, 4) * torch.tensor([1.0, 10.0, 0.1, 3.0])
     statistics = InputStatistics(x.amin(dim=0), x.amax(dim=0))
     static = SimulatedInt8Linear(linear, statistics)

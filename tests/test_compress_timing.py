@@ -12,7 +12,12 @@ from ppocompress.compress.export import save
 from ppocompress.compress.models import load_model
 from ppocompress.compress.onnx_export import export_onnx
 from ppocompress.compress.plan import CompressionPlan, LayerPlan
-from ppocompress.compress.timing import LatencyResult, TimingSetup, measure_latencies, run_worker
+from ppocompress.compress.timing import (
+    LatencyResult,
+    TimingSetup,
+    measure_latencies,
+    run_worker,
+)
 from ppocompress.errors import UserError
 
 SMALL = TimingSetup(batch_size=4, seq_len=16, rounds=1, repeats=3, warmup=1)

@@ -7,7 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from ppocompress.rl.losses import approx_kl, clipped_surrogate_loss, normalize, value_loss
+from ppocompress.rl.losses import (
+    approx_kl,
+    clipped_surrogate_loss,
+    normalize,
+    value_loss,
+)
 
 EPS = 0.2
 

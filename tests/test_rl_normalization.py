@@ -10,7 +10,11 @@ from hypothesis.extra.numpy import arrays
 from rl_toy_envs import NormalObsEnv, tiny_config
 
 from ppocompress.rl import PPO
-from ppocompress.rl.normalization import ObservationNormalizer, RewardScaler, RunningMeanStd
+from ppocompress.rl.normalization import (
+    ObservationNormalizer,
+    RewardScaler,
+    RunningMeanStd,
+)
 
 
 @st.composite

@@ -21,7 +21,7 @@ def synthetic_table(num_layers: int = 6) -> CostTable:
         if level.drop:
             per_level.append(0.0)
             continue
-        cost = 0.35 * level.group_keep + 0.65 * level.ffn_keep
+        cost = 0.35 * level.group_keep + 0.65 * level.neuron_keep
         per_level.append(cost / (2.5 if level.int8 else 1.0))
     return CostTable("flops", base=0.1 * num_layers * per_level[0] / 0.9, per_level=per_level, num_layers=num_layers)
 

@@ -9,11 +9,21 @@ from compress_models import outputs, sample_batch, save_tiny_model
 
 from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
 from ppocompress.compress.importance import importance_scores
-from ppocompress.search import default_menu
 from ppocompress.compress.timing import TimingSetup
-from ppocompress.search.cost_table import (CostTable, anchor_reference, flops_table, level_features, measured_table,
-                                           timing_plans)
-from ppocompress.search.evaluator import PlanEvaluator, reward_from_cosine, sensitivity_table
+from ppocompress.search import default_menu
+from ppocompress.search.cost_table import (
+    CostTable,
+    anchor_reference,
+    flops_table,
+    level_features,
+    measured_table,
+    timing_plans,
+)
+from ppocompress.search.evaluator import (
+    PlanEvaluator,
+    reward_from_cosine,
+    sensitivity_table,
+)
 
 TEXTS = [f"passage {i} about {w} and the way it shapes the day" for i, w in
          enumerate(["rain", "maps", "songs", "bread", "ships", "clocks", "trees", "coins"] * 10)]
@@ -39,7 +49,7 @@ def test_dense_plan_has_quality_one(evaluator):
 
 
 def test_swapped_model_equals_the_applied_plan_and_restores(tiny, evaluator):
-    half = level_index(group_keep=0.5, ffn_keep=0.5, int8=False)
+    half = level_index(group_keep=0.5, neuron_keep=0.5, int8=False)
     drop = level_index(drop=True)
     levels = [half, drop, 0]
     batch = sample_batch(tiny.tokenizer)
@@ -57,12 +67,12 @@ def test_swapped_model_equals_the_applied_plan_and_restores(tiny, evaluator):
 
 
 def test_layers_are_built_once(evaluator):
-    level = level_index(group_keep=0.25, ffn_keep=0.25, int8=True)
+    level = level_index(group_keep=0.25, neuron_keep=0.25, int8=True)
     assert evaluator.layer(1, level) is evaluator.layer(1, level)
 
 
 def test_fidelities_use_their_own_subsets(evaluator):
-    levels = [level_index(group_keep=0.25, ffn_keep=0.25, int8=False)] * 3
+    levels = [level_index(group_keep=0.25, neuron_keep=0.25, int8=False)] * 3
     low, high = evaluator.quality(levels, "low"), evaluator.quality(levels, "high")
     assert low < 1.0 and high < 1.0 and low != high
     assert evaluator.reference["high"].shape[0] == 48
@@ -70,7 +80,7 @@ def test_fidelities_use_their_own_subsets(evaluator):
 
 def test_sensitivity_is_zero_for_dense_and_positive_for_heavy_levels(evaluator):
     table = sensitivity_table(evaluator)
-    heavy = level_index(group_keep=0.25, ffn_keep=0.25, int8=True)
+    heavy = level_index(group_keep=0.25, neuron_keep=0.25, int8=True)
     assert len(table) == 3 and all(len(row) == len(MENU) for row in table)
     assert all(row[0] == 0.0 and row[heavy] > 0.0 for row in table)
 
@@ -83,8 +93,8 @@ def test_reward_grows_with_cosine():
 def test_flops_table_prices_levels(tiny):
     table = flops_table(tiny, MENU)
     dense, drop = table.per_level[0], table.per_level[level_index(drop=True)]
-    half = table.per_level[level_index(group_keep=0.5, ffn_keep=0.5, int8=False)]
-    half_int8 = table.per_level[level_index(group_keep=0.5, ffn_keep=0.5, int8=True)]
+    half = table.per_level[level_index(group_keep=0.5, neuron_keep=0.5, int8=False)]
+    half_int8 = table.per_level[level_index(group_keep=0.5, neuron_keep=0.5, int8=True)]
     assert drop == 0.0 and half_int8 < half < dense and table.base >= 0  # encoders: no head to count
     assert table.speedup([0, 0, 0]) == pytest.approx(1.0)
 
@@ -108,7 +118,7 @@ def test_level_costs_follow_the_time_model():
     """A level's cost is linear in the fractions it keeps, per precision; dropping is free."""
     theta = np.array([1.0, 2.0, 3.0, 0.5, 1.0, 1.5])
     for level in MENU:
-        expected = 0.0 if level.drop else (theta[3:] if level.int8 else theta[:3]) @ [1.0, level.group_keep, level.ffn_keep]
+        expected = 0.0 if level.drop else (theta[3:] if level.int8 else theta[:3]) @ [1.0, level.group_keep, level.neuron_keep]
         assert level_features(level) @ theta == pytest.approx(expected)
 
 

@@ -27,7 +27,7 @@ def setup(tmp_path_factory):
 
 
 def settings(model_dir, text, **overrides) -> CompressSettings:
-    values = dict(model=str(model_dir), target_speedup=1.5, searcher="ppo", evals=24, recover="lsq", seed=0,
+    values = dict(model=str(model_dir), target_speedup=1.5, searcher="ppo", evals=24, recovery="lsq", seed=0,
                   baselines=False, text=str(text), cost="flops", runtime="onnxruntime", calibration_texts=80, evaluation_texts=36)
     values.update(overrides)
     return CompressSettings(**values)

@@ -13,7 +13,9 @@ import ppocompress
 from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
 from ppocompress.compress.quality import embed, embed_session
 from ppocompress.compress.runtimes import get_runtime
-from ppocompress.compress.sentence_transformers_folder import write_sentence_transformers_files
+from ppocompress.compress.sentence_transformers_folder import (
+    write_sentence_transformers_files,
+)
 
 SENTENCES = ["the cat sat on the mat", "a much longer sentence about rivers and the cities built beside them", "short",
              "prices rose again this spring, the third time in a year"]

@@ -72,7 +72,7 @@ def evaluate(
     model: ModelOption = None,
     plan: Annotated[Optional[Path], typer.Option(help="A plan JSON (or a result.json holding one) to apply first.")] = None,
     text: TextOption = None,
-    recover: Annotated[str, typer.Option(help="Recovery after pruning: none, lsq or distill.")] = "none",
+    recovery: Annotated[str, typer.Option("--recover", help="Recovery after pruning: none, lsq or distill.")] = "none",
     runtime: Annotated[str, typer.Option(help="Runtime the model is judged and timed on: torch, onnxruntime, openvino, "
                                               "or auto (each available one).")] = "torch",
     latency: Annotated[bool, typer.Option(help="Measure latency (each model in its own process).")] = True,
@@ -93,7 +93,7 @@ def evaluate(
     texts = load_splits(text)
     compression_plan = CompressionPlan.from_json_file(plan) if plan is not None else None
     dense = load_model(model, trust_remote_code=trust_remote_code)
-    reports = [run_evaluate(dense, texts, compression_plan, recover, name, latency=latency, setup=setup) for name in names]
+    reports = [run_evaluate(dense, texts, compression_plan, recovery, name, latency=latency, setup=setup) for name in names]
     if json_out:
         typer.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
         return
@@ -148,7 +148,7 @@ def bench(
         raise UserError("bench measures embedding models for now; use evaluate --plan for causal LMs")
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
-    results = run_bench(dense, texts, names, setup=setup, log=lambda line: typer.echo(line, err=True))
+    results = run_bench(dense, texts, names, setup=setup, log=_progress_log())
     print_bench(results, dense.source)
     if json_file is not None:
         atomic_write_text(json_file, json.dumps({"model": dense.source, "timing": setup.to_dict(),
@@ -163,7 +163,7 @@ def compress_command(
     target_size: Annotated[Optional[float], typer.Option(help="Or: size fraction of the dense model the plan must fit in.")] = None,
     searcher: Annotated[str, typer.Option(help="ppo, uniform, random or evolutionary.")] = "ppo",
     evals: Annotated[int, typer.Option(help="Plan evaluations each searcher may make.")] = 200,
-    recover: Annotated[str, typer.Option(help="Recovery of the chosen plan: none, lsq or distill.")] = "lsq",
+    recovery: Annotated[str, typer.Option("--recover", help="Recovery of the chosen plan: none, lsq or distill.")] = "lsq",
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/compress"),
     seed: Annotated[int, typer.Option(help="Seed of the searchers.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
@@ -185,10 +185,10 @@ def compress_command(
     if target_speedup is None and target_size is None:
         target_speedup = DEFAULT_TARGET_SPEEDUP
     settings = CompressSettings(model=model, target_speedup=target_speedup, target_size=target_size, searcher=searcher,
-                                evals=evals, recover=recover, seed=seed, baselines=baselines, threads=threads,
+                                evals=evals, recovery=recovery, seed=seed, baselines=baselines, threads=threads,
                                 text=None if text is None else str(text), cost=cost, runtime=runtime,
                                 trust_remote_code=trust_remote_code)
-    result = run_compress(settings, out, resume=resume, log=lambda line: typer.echo(line, err=True))
+    result = run_compress(settings, out, resume=resume, log=_progress_log())
     print_compress(result)
     delivered = result.delivered
     typer.echo(f"done searcher={result.searcher} runtime={result.runtime} speedup={delivered.speedup:.2f} "
@@ -201,6 +201,19 @@ def report(run_dir: Annotated[Path, typer.Argument(help="The --out directory of 
     from ppocompress.search.report import write_report
 
     typer.echo(str(write_report(run_dir)))
+
+
+def _progress_log():
+    """Log lines on stderr, each with the time since the command started."""
+    import time
+
+    start = time.monotonic()
+
+    def log(line: str) -> None:
+        minutes, seconds = divmod(int(time.monotonic() - start), 60)
+        typer.echo(f"[{minutes:2d}:{seconds:02d}] {line}", err=True)
+
+    return log
 
 
 def main(argv: list[str] | None = None) -> int:

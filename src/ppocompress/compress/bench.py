@@ -34,7 +34,7 @@ from ppocompress.compress.timing import TimingSetup, measure_latencies
 class Variant:
     name: str
     group_keep: float = 1.0  # fraction of attention groups kept in every layer
-    ffn_keep: float = 1.0  # fraction of FFN neurons kept in every layer
+    neuron_keep: float = 1.0  # fraction of FFN neurons kept in every layer
     drop: int = 0  # whole layers removed (least block influence first)
     int8: bool = False
     plan: CompressionPlan | None = None  # a given plan instead of the uniform fields
@@ -45,7 +45,7 @@ class Variant:
         table = layer_table(dense.model)
         n = len(table)
         dropped = set(layers_to_drop(scores, self.drop)) if self.drop else set()
-        return plan_from_scores(table, scores, [self.group_keep] * n, [self.ffn_keep] * n, int8=[self.int8] * n,
+        return plan_from_scores(table, scores, [self.group_keep] * n, [self.neuron_keep] * n, int8=[self.int8] * n,
                                 drop=[j in dropped for j in range(n)])
 
 
@@ -54,13 +54,13 @@ VARIANTS = [
     Variant("int8", int8=True),
     Variant("heads -25%", group_keep=0.75),
     Variant("heads -50%", group_keep=0.5),
-    Variant("ffn -25%", ffn_keep=0.75),
-    Variant("ffn -50%", ffn_keep=0.5),
+    Variant("ffn -25%", neuron_keep=0.75),
+    Variant("ffn -50%", neuron_keep=0.5),
     Variant("drop 1 layer", drop=1),
     Variant("drop 2 layers", drop=2),
-    Variant("heads -50% ffn -50%", group_keep=0.5, ffn_keep=0.5),
-    Variant("ffn -50% int8", ffn_keep=0.5, int8=True),
-    Variant("heads -50% ffn -50% int8", group_keep=0.5, ffn_keep=0.5, int8=True),
+    Variant("heads -50% ffn -50%", group_keep=0.5, neuron_keep=0.5),
+    Variant("ffn -50% int8", neuron_keep=0.5, int8=True),
+    Variant("heads -50% ffn -50% int8", group_keep=0.5, neuron_keep=0.5, int8=True),
     Variant("drop 2 layers int8", drop=2, int8=True),
 ]
 

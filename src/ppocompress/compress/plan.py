@@ -25,9 +25,6 @@ class LayerPlan:
     int8: bool = False  # dynamic int8, per-channel weight scales, on the layer's Linear layers
     sparsity: float = 0.0  # unstructured magnitude sparsity; saves size only, no CPU speed
 
-    def is_identity(self) -> bool:
-        return self.keep_groups is None and self.keep_neurons is None and not self.drop and not self.int8 and self.sparsity == 0
-
 
 @dataclass
 class CompressionPlan:
@@ -74,16 +71,3 @@ class CompressionPlan:
         if "plan" in data:  # a result.json or compression.json holds one
             data = data["plan"]
         return cls.from_dict(data)
-
-    def summary(self, table: list[LayerInfo]) -> str:
-        """One short line per layer, e.g. "L0 heads 6/12 ffn 768/1536 int8"."""
-        lines = []
-        for info, layer in zip(table, self.layers):
-            if layer.drop:
-                lines.append(f"L{info.index} dropped")
-                continue
-            groups = info.kv_heads if layer.keep_groups is None else len(layer.keep_groups)
-            neurons = info.ffn if layer.keep_neurons is None else len(layer.keep_neurons)
-            extras = (" int8" if layer.int8 else "") + (f" sparsity {layer.sparsity:.0%}" if layer.sparsity else "")
-            lines.append(f"L{info.index} groups {groups}/{info.kv_heads} ffn {neurons}/{info.ffn}{extras}")
-        return "\n".join(lines)

@@ -245,8 +245,20 @@ def evenly_spaced(texts: list[str], count: int) -> list[str]:
     return [texts[int(i * step)] for i in range(count)]
 
 
+def spread_prefixes(texts: list[str]) -> list[str]:
+    """The same passages reordered so that every prefix is spread over the whole list
+    (bit-reversed positions, a van der Corput order): the first k passages, which plan
+    scoring, importance and static int8 calibration take, sample every source in
+    proportion instead of only the first source in the list."""
+    bits = max(1, (len(texts) - 1).bit_length())
+    order = sorted(range(len(texts)), key=lambda i: int(format(i, f"0{bits}b")[::-1], 2))
+    return [texts[i] for i in order]
+
+
 def subset(splits: "TextSplits", calibration: int, evaluation: int) -> "TextSplits":
-    return TextSplits(evenly_spaced(splits.calibration, calibration), evenly_spaced(splits.evaluation, evaluation))
+    """`calibration` passages spread over the sources, in an order whose every prefix is
+    spread too; `evaluation` passages spread over the held-out list."""
+    return TextSplits(spread_prefixes(evenly_spaced(splits.calibration, calibration)), evenly_spaced(splits.evaluation, evaluation))
 
 
 def load_splits(path: str | Path | None = None) -> TextSplits:

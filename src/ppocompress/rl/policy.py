@@ -106,7 +106,6 @@ class ActorCritic(nn.Module):
         )
         # A shared network uses one body for both heads; separate bodies (SB3's default)
         # keep the value loss from fighting the policy loss over shared features.
-        self.shared_network = config.shared_network
         self.bodies = StackedMLP(1 if config.shared_network else 2, obs_dim, hidden, config.activation)
         self.value_head = orthogonal_linear(hidden[-1], 1, 1.0)
         self.logit_sizes = action_logit_sizes(action_space)

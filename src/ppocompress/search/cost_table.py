@@ -87,7 +87,7 @@ def uniform_plan(table, level: Level) -> CompressionPlan:
     layers = []
     for info in table:
         groups = max(1, round(level.group_keep * info.kv_heads))
-        neurons = max(1, round(level.ffn_keep * info.ffn))
+        neurons = max(1, round(level.neuron_keep * info.ffn))
         layers.append(LayerPlan(
             keep_groups=None if groups == info.kv_heads else list(range(groups)),
             keep_neurons=None if neurons == info.ffn else list(range(neurons)),
@@ -122,13 +122,13 @@ def level_features(level: Level) -> np.ndarray:
     features = np.zeros(6)
     if not level.drop:
         offset = 3 if level.int8 else 0
-        features[offset: offset + 3] = (1.0, level.group_keep, level.ffn_keep)
+        features[offset: offset + 3] = (1.0, level.group_keep, level.neuron_keep)
     return features
 
 
 def timing_plans(menu: list[Level], num_layers: int) -> dict[str, list[int]]:
     """The whole models the table is fitted to, as lists of menu levels."""
-    index = {(level.group_keep, level.ffn_keep, level.int8): i for i, level in enumerate(menu) if not level.drop}
+    index = {(level.group_keep, level.neuron_keep, level.int8): i for i, level in enumerate(menu) if not level.drop}
     plans = {"one layer": [0] + [_drop_level(menu)] * (num_layers - 1)}
     for int8 in (False, True):
         for groups, neurons in UNIFORM_TIMED:
@@ -147,8 +147,7 @@ def measured_table(dense: LoadedModel, menu: list[Level], runtime: str, setup: T
                    cache_dir: Path | None = None, log=print) -> CostTable:
     """The latency table on `runtime`, from the on-disk cache when this model, machine and
     setting were measured before."""
-    key = _cache_key(dense, menu, runtime, setup)
-    cache = (cache_dir or default_cache_dir()) / f"latency-{key}.json"
+    cache = table_cache_path(dense, menu, runtime, setup, cache_dir)
     if cache.exists():
         return CostTable(**json.loads(cache.read_text()))
     num_layers = len(layer_table(dense.model))
@@ -211,6 +210,11 @@ def _plan_of(dense: LoadedModel, menu: list[Level], levels: list[int]) -> Compre
     table = layer_table(dense.model)
     return CompressionPlan([uniform_plan([info], menu[level]).layers[0] if not menu[level].drop else LayerPlan(drop=True)
                             for info, level in zip(table, levels)])
+
+
+def table_cache_path(dense: LoadedModel, menu: list[Level], runtime: str, setup: TimingSetup, cache_dir: Path | None = None) -> Path:
+    """Where the table of this model, menu, runtime, machine and timing setup is cached."""
+    return (cache_dir or default_cache_dir()) / f"latency-{_cache_key(dense, menu, runtime, setup)}.json"
 
 
 def default_cache_dir() -> Path:

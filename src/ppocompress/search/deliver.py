@@ -44,8 +44,8 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
                      "dense int8": runtime.export(all_int8(dense), staging / "dense-int8", calibration)}
         recovered: dict[str, LoadedModel] = {}
         for name, levels in finals.items():
-            log(f"{name}: recovery {settings.recover}, export for {runtime.name}")
-            recovered[name] = compress(dense, prepared.evaluator.plan(levels), settings.recover, calibration, quantize=False)
+            log(f"{name}: recovery {settings.recovery}, export for {runtime.name}")
+            recovered[name] = compress(dense, prepared.evaluator.plan(levels), settings.recovery, calibration, quantize=False)
             artifacts[name] = runtime.export(recovered[name], staging / name, calibration)
         log(f"held-out quality of {len(artifacts)} models on {runtime.name}")
         quality = {name: judge_session(runtime.session(artifact), dense.model, dense.tokenizer, texts.evaluation, reference)

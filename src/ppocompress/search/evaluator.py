@@ -33,7 +33,11 @@ from ppocompress.compress.apply import compress_layer
 from ppocompress.compress.calibration import watch_inputs
 from ppocompress.compress.importance import LayerImportance, kept_units
 from ppocompress.compress.quality import embed
-from ppocompress.compress.quantize import InputStatistics, quantize_int8_, simulate_int8_
+from ppocompress.compress.quantize import (
+    InputStatistics,
+    quantize_int8_,
+    simulate_int8_,
+)
 from ppocompress.compress.recovery import projection_grams, refit_to_subset
 from ppocompress.compress.runtimes import get_runtime
 from ppocompress.errors import UserError
@@ -77,7 +81,7 @@ class PlanEvaluator:
         """The attention groups and FFN neurons layer `index` keeps at a level (None: all),
         the top ones by importance."""
         level = self.menu[level_index]
-        return kept_units(self.table[index], self.scores[index], level.group_keep, level.ffn_keep)
+        return kept_units(self.table[index], self.scores[index], level.group_keep, level.neuron_keep)
 
     def plan_layer(self, index: int, level_index: int) -> LayerPlan:
         """What layer `index` keeps at a level: the top attention groups and FFN neurons by importance."""
@@ -128,7 +132,8 @@ class PlanEvaluator:
         module_list = self.adapter.layers(self.dense.model)
         module_list[index] = layer
         try:
-            watch_inputs(self.dense.model, self.dense.tokenizer, self.texts["low"], linears, record)
+            # Linears are listed in forward order, so the pass stops after this layer's last one.
+            watch_inputs(self.dense.model, self.dense.tokenizer, self.texts["low"], linears, record, stop_early=True)
         finally:
             module_list[index] = self.dense_layers[index]
         return statistics

@@ -48,7 +48,7 @@ class CompressSettings:
     target_size: float | None = None
     searcher: str = "ppo"
     evals: int = 200
-    recover: str = "lsq"
+    recovery: str = "lsq"
     seed: int = 0
     baselines: bool = True
     threads: int = 2
@@ -64,6 +64,10 @@ class CompressSettings:
             raise UserError("give exactly one of --target-speedup and --target-size")
         return Target("speedup", self.target_speedup) if self.target_speedup is not None else Target("size", self.target_size)
 
+    def searchers(self) -> list[str]:
+        """The chosen searcher first, then the baselines on the same budget."""
+        return [self.searcher] + ([s for s in SEARCHERS if s != self.searcher] if self.baselines else [])
+
     def timing(self) -> TimingSetup:
         return TimingSetup(threads=self.threads)
 
@@ -76,8 +80,8 @@ class CompressSettings:
             raise UserError(f"--evals must be >= 1, got {self.evals}")
         if self.cost not in ("measured", "flops"):
             raise UserError(f"--cost must be measured or flops, got {self.cost!r}")
-        if self.recover not in METHODS:
-            raise UserError(f"unknown recovery {self.recover!r}; use one of {', '.join(METHODS)}")
+        if self.recovery not in METHODS:
+            raise UserError(f"unknown recovery {self.recovery!r}; use one of {', '.join(METHODS)}")
         if self.runtime not in RUNTIME_CHOICES:
             raise UserError(f"unknown runtime {self.runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
 
@@ -121,9 +125,8 @@ def search(prepared: Prepared, settings: CompressSettings, state: SearchState, s
                 state.save(state_path)
         return state.evaluations[key]
 
-    order = [settings.searcher] + ([s for s in SEARCHERS if s != settings.searcher] if settings.baselines else [])
     results: dict[str, SearchResult] = {}
-    for name in order:
+    for name in settings.searchers():
         if name in state.finished:
             results[name] = SearchResult.from_dict(state.finished[name])
             continue

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 @dataclass(frozen=True)
 class Level:
     group_keep: float = 1.0  # fraction of attention groups kept
-    ffn_keep: float = 1.0  # fraction of FFN neurons kept
+    neuron_keep: float = 1.0  # fraction of FFN neurons kept
     int8: bool = False
     drop: bool = False  # remove the layer entirely (the other fields are then ignored)
 
@@ -23,7 +23,7 @@ class Level:
     def name(self) -> str:
         if self.drop:
             return "drop"
-        parts = [f"h{round(self.group_keep * 100)}", f"f{round(self.ffn_keep * 100)}"]
+        parts = [f"h{round(self.group_keep * 100)}", f"f{round(self.neuron_keep * 100)}"]
         return "-".join(parts) + ("-int8" if self.int8 else "")
 
     def to_dict(self) -> dict:
@@ -37,7 +37,7 @@ def default_menu(allow_drop: bool = True, allow_int8: bool = True) -> list[Level
     """Dense first; every combination of kept heads and neurons, with and without int8;
     then dropping the layer."""
     menu = [
-        Level(group_keep=g, ffn_keep=f, int8=q)
+        Level(group_keep=g, neuron_keep=f, int8=q)
         for q, g, f in itertools.product((False, True) if allow_int8 else (False,), KEEP_FRACTIONS, KEEP_FRACTIONS)
     ]
     if allow_drop:

@@ -6,6 +6,7 @@ state, so a resumed run neither re-measures nor changes its budget."""
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,13 +29,15 @@ from ppocompress.search.cost_table import (
     anchor_reference,
     flops_table,
     measured_table,
+    table_cache_path,
 )
+from ppocompress.search.estimate import estimate
 from ppocompress.search.evaluator import HIGH_FIDELITY, PlanEvaluator, sensitivity_table
 from ppocompress.search.levels import Level, default_menu
 from ppocompress.search.state import SearchState
 
 IMPORTANCE_PASSAGES = 256
-ANCHOR_ROUNDS = 4  # rounds of the dense timings taken at the start of every run
+ANCHOR_ROUNDS = 3  # rounds of the dense timings taken at the start of every run
 PREFERENCE = ("openvino", "onnxruntime", "torch")  # --runtime auto without measuring (--cost flops)
 
 
@@ -57,11 +60,17 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
     texts = subset(load_splits(settings.text), settings.calibration_texts, settings.evaluation_texts)
     calibration = texts.calibration
     log(f"model {dense.source}: importance scores on {min(IMPORTANCE_PASSAGES, len(calibration))} calibration passages")
+    start = time.monotonic()
     scores = importance_scores(dense, calibration[:IMPORTANCE_PASSAGES])
     menu = default_menu()
     target = settings.target()
     setup = settings.timing()
     measured = settings.cost == "measured" and target.kind == "speedup"
+    runtime_known = state.extras.get("runtime", settings.runtime if settings.runtime != "auto" else None)
+    log(estimate(time.monotonic() - start, [s for s in settings.searchers() if s not in state.finished], settings.evals,
+                 0 if "sensitivity" in state.extras else len(scores) * (len(menu) - 1),
+                 table_cached=runtime_known is not None and table_cache_path(dense, menu, runtime_known, setup).exists(),
+                 dense_timed="dense_ms" in state.extras, measured=measured).line())
     if "runtime" not in state.extras:
         if measured:
             candidates = [settings.runtime] if settings.runtime != "auto" else [r.name for r in available_runtimes(log)]
@@ -84,7 +93,7 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
         cost = flops_table(dense, menu)  # parameters scale like FLOPs per layer; int8 is priced by its discount
     # The search prices least-squares recovery in (distillation starts from it), refit on
     # calibration text apart from the passages plans are scored on.
-    evaluator = PlanEvaluator(dense, menu, scores, calibration, recovery="none" if settings.recover == "none" else "lsq",
+    evaluator = PlanEvaluator(dense, menu, scores, calibration, recovery="none" if settings.recovery == "none" else "lsq",
                               recovery_texts=calibration[HIGH_FIDELITY:] or calibration, runtime=runtime)
     if "sensitivity" not in state.extras:
         log(f"sensitivity of {len(scores)} layers x {len(menu)} levels (once)")
