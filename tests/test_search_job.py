@@ -56,8 +56,9 @@ def test_compress_end_to_end_writes_everything(setup, tmp_path, capsys):
     for name in ("report.html", "policy.png", "search_curve.png", "pareto.png"):
         assert (out / name).exists()
     assert not list(out.glob(".staging-*"))
-    summary = capsys.readouterr().out
-    assert "dense int8" in summary and max(len(line) for line in summary.splitlines()) <= 80
+    *summary, done = capsys.readouterr().out.splitlines()  # the last line is key=value for scripts
+    assert any("dense int8" in line for line in summary) and max(len(line) for line in summary) <= 80
+    assert done.startswith("done searcher=ppo runtime=openvino ")
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.html").exists()
 

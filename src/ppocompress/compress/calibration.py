@@ -8,6 +8,12 @@ import torch
 from torch import nn
 
 
+def by_length(texts: list[str]) -> list[int]:
+    """Indices of `texts`, shortest first: batches of similar lengths pad little, and the
+    passages a search scores, mixing short news and long reviews, ran a third slower unsorted."""
+    return sorted(range(len(texts)), key=lambda i: len(texts[i]))
+
+
 def batches(tokenizer, texts: list[str], batch_size: int, max_length: int) -> Iterator[dict]:
     for start in range(0, len(texts), batch_size):
         yield tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True,
@@ -53,7 +59,8 @@ def watch_inputs(
     handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in modules.items()]
     try:
         with torch.inference_mode():
-            for batch in batches(tokenizer, texts, batch_size, max_length):
+            # Shortest first (less padding); every pass over the same texts sees the same order.
+            for batch in batches(tokenizer, [texts[i] for i in by_length(texts)], batch_size, max_length):
                 current_mask[:] = [batch["attention_mask"].bool()]
                 try:
                     forward(model, batch)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ppocompress.compress.calibration import by_length
 from ppocompress.compress.text import lee_documents, lee_similarities
 
 LEE_MAX_LENGTH = 256  # the longest lee.cor document is 154 MiniLM tokens, so nothing is cut
@@ -23,6 +24,14 @@ HELD_OUT_MAX_LENGTH = 128  # tokens of a held-out passage that quality is measur
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _in_input_order(rows: list[torch.Tensor], order: list[int]) -> torch.Tensor:
+    """Rows computed in `order`, put back in the order of the texts."""
+    stacked = torch.cat(rows)
+    restored = torch.empty_like(stacked)
+    restored[torch.tensor(order)] = stacked
+    return restored
 
 
 def _batches(texts: list[str], batch_size: int) -> Iterator[list[str]]:
@@ -42,25 +51,27 @@ def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32, m
     model.eval()
     device = _device(model)
     max_length = min(max_length, usable_positions(model))
+    order = by_length(texts)
     rows = []
     with torch.inference_mode():
-        for batch in _batches(texts, batch_size):
+        for batch in _batches([texts[i] for i in order], batch_size):
             enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
             hidden = model(**enc).last_hidden_state.float()
             rows.append(mean_pooled(hidden, enc["attention_mask"]).cpu())
-    return torch.cat(rows)
+    return _in_input_order(rows, order)
 
 
 def embed_session(session, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
     """embed() for a model loaded by a runtime (runtimes.Session): the model as shipped."""
     if not texts:
         raise ValueError("embed_session() needs at least one text")
+    order = by_length(texts)
     rows = []
-    for batch in _batches(texts, batch_size):
+    for batch in _batches([texts[i] for i in order], batch_size):
         enc = tokenizer(batch, return_tensors="np", padding=True, truncation=True, max_length=max_length)
         hidden = torch.from_numpy(np.asarray(session(enc["input_ids"], enc["attention_mask"])))
         rows.append(mean_pooled(hidden.float(), torch.from_numpy(enc["attention_mask"])))
-    return torch.cat(rows)
+    return _in_input_order(rows, order)
 
 
 def judge_session(session, dense_model: nn.Module, tokenizer, texts: list[str], reference: torch.Tensor) -> dict[str, float]:
@@ -169,7 +180,7 @@ def _causal_batches(model: nn.Module, tokenizer, texts: list[str], max_length: i
     _ensure_pad_token(tokenizer)
     model.eval()
     device = _device(model)
-    for batch in _batches(texts, batch_size):
+    for batch in _batches([texts[i] for i in by_length(texts)], batch_size):  # sums: order does not matter
         enc = tokenizer(
             batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt", padding_side="right"
         ).to(device)
