@@ -19,6 +19,7 @@ import io
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,17 +40,20 @@ def main() -> int:
     for target in args.targets.split(","):
         for seed in args.seeds.split(","):
             out = args.work / f"speedup-{target}-seed{seed}"
-            command = ["ppocompress", "compress", "--target-speedup", target, "--evals", str(args.evals),
+            command = [sys.executable, "-m", "ppocompress.cli", "compress", "--target-speedup", target, "--evals", str(args.evals),
                        "--seed", seed, "--out", str(out)]
             if not (out / "result.json").exists():  # else done in an earlier, interrupted benchmark run
                 if (out / "state.json").exists():
                     command.append("--resume")  # an interrupted run continues where it stopped
                 print("+", " ".join(command), flush=True)
+                start = time.monotonic()
                 done = subprocess.run(command, capture_output=True, text=True)
                 sys.stderr.write(done.stderr[-2000:])
                 if done.returncode != 0:
                     return done.returncode
+                (out / "wall_time_s.txt").write_text(f"{time.monotonic() - start:.0f}\n")
             runs[float(target), int(seed)] = CompressResult.from_file(out / "result.json")
+            print(f"target {target} seed {seed}: {_minutes(out)}", flush=True)
     text = "".join(_table(result, seed) for (_, seed), result in runs.items()) + "\n" + _summary(runs)
     publish("searchers", text, {"evals": args.evals, "runs": [
         {"target": t, "seed": s, "result": {k: v for k, v in asdict(r).items() if k not in ("curves", "evaluated")}}
@@ -63,6 +67,12 @@ def _table(result: CompressResult, seed: int) -> str:
     with contextlib.redirect_stdout(buffer):
         print_compress(result)
     return f"seed {seed}\n" + buffer.getvalue() + "\n"
+
+
+def _minutes(out: Path) -> str:
+    """The run's wall time, when this benchmark ran it (resumed runs report their last part)."""
+    path = out / "wall_time_s.txt"
+    return f"{int(path.read_text()) / 60:.1f} min" if path.exists() else "-"
 
 
 def _summary(runs: dict[tuple[float, int], CompressResult]) -> str:

@@ -103,7 +103,7 @@ def test_flops_table_prices_levels(tiny):
 def test_measured_table_is_fitted_to_a_few_models_and_cached(tiny, tmp_path):
     setup = TimingSetup(batch_size=4, seq_len=16, rounds=1, repeats=2, warmup=1)
     table = measured_table(tiny, MENU, "onnxruntime", setup, TEXTS, cache_dir=tmp_path, log=lambda _: None)
-    assert table.unit == "ms" and table.backend == "onnxruntime" and table.per_level[level_index(drop=True)] == 0.0
+    assert table.unit == "ms" and table.runtime == "onnxruntime" and table.per_level[level_index(drop=True)] == 0.0
     assert all(c >= 0 for c in table.per_level) and table.reference > 0 and table.dense_total > 0
     timed = [row["label"] for row in table.fit]
     assert len(timed) == len(timing_plans(MENU, 3)) < len(MENU)  # fewer models than levels
@@ -126,12 +126,12 @@ def test_anchor_reference_scales_the_table_by_the_ratio_timed_now():
     """A reference timed under load once must not skew later runs: each run re-times dense
     PyTorch and the dense model on the table's runtime side by side, keeps the table's
     scale and the lower of the two ratios."""
-    table = CostTable("ms", 10.0, [40.0, 20.0, 0.0], 3, reference=404.0, backend="openvino")
+    table = CostTable("ms", 10.0, [40.0, 20.0, 0.0], 3, reference=404.0, runtime="openvino")
     anchored = anchor_reference(table, 330.0, 300.0, log=lambda _: None)
     assert anchored.reference == pytest.approx(table.dense_total * 330.0 / 300.0)
     assert anchored.per_level == table.per_level and anchored.base == table.base
     # PyTorch under load: a ratio higher than the table's is not trusted.
-    quiet = CostTable("ms", 10.0, [40.0, 20.0, 0.0], 3, reference=130.0 * 1.05, backend="onnxruntime")
+    quiet = CostTable("ms", 10.0, [40.0, 20.0, 0.0], 3, reference=130.0 * 1.05, runtime="onnxruntime")
     assert anchor_reference(quiet, 330.0, 300.0, log=lambda _: None).reference == pytest.approx(quiet.reference)
     flops = CostTable("flops", 1.0, [3.0, 0.0], 3)
     assert anchor_reference(flops, 330.0, 300.0, log=pytest.fail) is flops

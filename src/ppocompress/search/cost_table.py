@@ -56,7 +56,7 @@ class CostTable:
     per_level: list[float]  # indexed like the level menu
     num_layers: int
     reference: float | None = None  # what speedups are against (dense PyTorch fp32 ms); None: dense_total
-    backend: str | None = None  # where the timings were taken
+    runtime: str | None = None  # where the timings were taken
     fit: list[dict] = field(default_factory=list)  # measured vs predicted ms of each timed model
 
     @property
@@ -112,6 +112,7 @@ def flops_table(dense: LoadedModel, menu: list[Level], seq_len: int = 64) -> Cos
 
 
 MIXED_PLANS = 4  # random mixed plans timed to calibrate the table
+TABLE_FORMAT = 2  # of the cached file; a new format is measured anew
 UNIFORM_TIMED = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.25, 0.25))  # (groups, neurons) kept, timed at both precisions
 CALIBRATION_FOR_TIMING = 16  # passages static int8 calibrates on; ranges do not change speed
 
@@ -171,7 +172,7 @@ def measured_table(dense: LoadedModel, menu: list[Level], runtime: str, setup: T
     base, per_level = float(solution[0]), [float(level_features(level) @ solution[1:]) for level in menu]
     fit = [{"label": label, "levels": levels, "measured_ms": float(t), "predicted_ms": float(features[r] @ solution)}
            for r, ((label, levels), t) in enumerate(zip(plans.items(), times))]
-    result = CostTable("ms", base, per_level, num_layers, reference=measured["reference"].ms, backend=runtime, fit=fit)
+    result = CostTable("ms", base, per_level, num_layers, reference=measured["reference"].ms, runtime=runtime, fit=fit)
     log(f"latency table: dense {runtime} {result.dense_total:.1f} ms, dense PyTorch {result.reference:.1f} ms; "
         f"largest error on the mixed plans {100 * result.fit_error():.1f}%")
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -189,11 +190,11 @@ def anchor_reference(table: CostTable, torch_ms: float, runtime_dense_ms: float,
     more than the other runtimes, so a high ratio is load (one day here it ranged
     1.11-1.33 against ONNX Runtime), and a reference inflated by load would let plans
     through that miss the target when the delivered model is timed."""
-    if table.unit != "ms" or table.backend == "torch":
+    if table.unit != "ms" or table.runtime == "torch":
         return table  # FLOPs, or a PyTorch table: its dense total is the reference already
     now = torch_ms / runtime_dense_ms
     then = table.reference_total / table.dense_total
-    log(f"dense PyTorch {torch_ms:.1f} ms, dense {table.backend} {runtime_dense_ms:.1f} ms now (ratio {now:.2f}; "
+    log(f"dense PyTorch {torch_ms:.1f} ms, dense {table.runtime} {runtime_dense_ms:.1f} ms now (ratio {now:.2f}; "
         f"{then:.2f} when the table was measured; speedups use {min(now, then):.2f})")
     return replace(table, reference=table.dense_total * min(now, then))
 
@@ -224,6 +225,7 @@ def default_cache_dir() -> Path:
 def _cache_key(dense: LoadedModel, menu: list[Level], runtime: str, setup: TimingSetup) -> str:
     """Same model, menu, machine, library versions and timing setting: same table."""
     identity = {
+        "format": TABLE_FORMAT,
         "model": dense.source,
         "config": {k: v for k, v in sorted(dense.base_config.items()) if isinstance(v, (int, float, str, bool))},
         "menu": [level.to_dict() for level in menu], "setup": setup.to_dict(), "runtime": runtime,

@@ -82,7 +82,7 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
         dense_size_bytes=dense_size, searchers={name: measured(name, levels) for name, levels in finals.items()},
         dense=measured("dense"), dense_int8=measured("dense int8"),
         sensitivity_evaluations=len(prepared.scores) * (len(prepared.menu) - 1),
-        latency_table={"runtime": cost.backend, "largest_error_on_mixed_plans": cost.fit_error()} if cost.unit == "ms" else None,
+        latency_table={"runtime": cost.runtime, "largest_error_on_mixed_plans": cost.fit_error()} if cost.unit == "ms" else None,
         curves={name: r.curve for name, r in results.items()},
         evaluated={name: [[levels, reward, speedup] for levels, reward, speedup in r.evaluated] for name, r in results.items()},
     )

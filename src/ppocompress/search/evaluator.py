@@ -7,6 +7,9 @@
   are refit (least squares, to the dense outputs on other calibration text) when the
   layer is built, so the search ranks plans by the quality they will have after recovery,
   not before (pruning FFN neurons recovers far better than pruning heads or dropping);
+- int8 is priced as the serving runtime computes it (see quantize.SimulatedInt8Linear):
+  static int8 with ranges calibrated on the scored passages for OpenVINO, per-call
+  ranges for ONNX Runtime, torch's own kernels for PyTorch;
 - multi-fidelity: a small calibration subset for every plan, a larger one for the few
   best (the search asks for it).
 Quality is the mean cosine of mean-pooled embeddings to the dense model's; the reward

@@ -66,10 +66,10 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
     target = settings.target()
     setup = settings.timing()
     measured = settings.cost == "measured" and target.kind == "speedup"
-    runtime_known = state.extras.get("runtime", settings.runtime if settings.runtime != "auto" else None)
-    log(estimate(time.monotonic() - start, [s for s in settings.searchers() if s not in state.finished], settings.evals,
+    likely_runtime = state.extras.get("runtime", settings.runtime if settings.runtime != "auto" else preferred_runtime())
+    log(estimate(time.monotonic() - start, [s for s in settings.searchers() if s not in state.finished], settings.evals, len(menu),
                  0 if "sensitivity" in state.extras else len(scores) * (len(menu) - 1),
-                 table_cached=runtime_known is not None and table_cache_path(dense, menu, runtime_known, setup).exists(),
+                 table_cached=table_cache_path(dense, menu, likely_runtime, setup).exists(),
                  dense_timed="dense_ms" in state.extras, measured=measured).line())
     if "runtime" not in state.extras:
         if measured:
@@ -79,8 +79,7 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
             state.extras["dense_ms"] = timings
             state.extras["runtime"] = settings.runtime if settings.runtime != "auto" else fastest_int8(timings)
         else:
-            state.extras["runtime"] = settings.runtime if settings.runtime != "auto" else next(
-                r for r in PREFERENCE if get_runtime(r).missing() is None)
+            state.extras["runtime"] = settings.runtime if settings.runtime != "auto" else preferred_runtime()
         save_state()
     runtime = state.extras["runtime"]
     get_runtime(runtime).require()
@@ -101,6 +100,11 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
         save_state()
     features = np.array([[s.block_influence, float(s.neurons.std() / (s.neurons.mean() + 1e-12))] for s in scores])
     return Prepared(dense, texts, scores, menu, runtime, cost, evaluator, np.array(state.extras["sensitivity"]), features)
+
+
+def preferred_runtime() -> str:
+    """The first runtime of PREFERENCE that can run here (where a timed choice usually lands)."""
+    return next(name for name in PREFERENCE if get_runtime(name).missing() is None)
 
 
 def all_int8(dense: LoadedModel) -> LoadedModel:

@@ -147,8 +147,13 @@ def _scatter_plot(result: CompressResult, path: Path) -> str:
             best = cosine
     if front:
         ax.plot(*zip(*sorted(front)), color="black", linewidth=1.5, label="Pareto front")
-    ax.set_xlabel("predicted speedup (latency table)")
-    ax.set_ylabel("calibration cosine")
+    delivered = [*result.searchers.values()]
+    ax.scatter([m.speedup for m in delivered], [m.cosine_heldout for m in delivered], marker="*", s=120, color="tab:red",
+               edgecolor="black", label="delivered plans, measured (held-out)", zorder=3)
+    ax.scatter([result.dense_int8.speedup], [result.dense_int8.cosine_heldout], marker="X", s=110, color="black",
+               label=f"dense int8 on {result.runtime}, measured (held-out)", zorder=3)
+    ax.set_xlabel("speedup vs dense PyTorch fp32 (dots: predicted by the latency table)")
+    ax.set_ylabel("cosine to dense (dots: calibration text)")
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
