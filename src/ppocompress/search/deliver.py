@@ -27,8 +27,9 @@ from ppocompress.search.prepare import Prepared, all_int8
 from ppocompress.search.results import CompressResult, MeasuredModel
 from ppocompress.search.searchers import SearchResult
 
-# Measured below the target by more than this, a delivery is flagged: the table's error on
-# its mixed plans was within 5% here.
+# Measured below the target by more than this, a delivery is flagged. Delivered plans
+# measured within 1-3% of the latency table here, but dense PyTorch fp32, the reference,
+# moved by up to 9% within an hour.
 TARGET_TOLERANCE = 0.05
 
 
