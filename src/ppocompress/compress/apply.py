@@ -71,8 +71,7 @@ def restructure(model: nn.Module, plan: CompressionPlan, quantize: bool = True) 
 def quantize_planned_layers(model: nn.Module, plan: CompressionPlan) -> None:
     """int8 for the layers the plan marks (on a model whose dropped layers are gone)."""
     adapter = adapter_for(model)
-    kept = [layer_plan for layer_plan in plan.layers if not layer_plan.drop]
-    for layer, layer_plan in zip(adapter.layers(model), kept):
+    for layer, layer_plan in zip(adapter.layers(model), plan.kept_layers()):
         if layer_plan.int8:
             quantize_int8_(conv1d_to_linear_(layer))
 

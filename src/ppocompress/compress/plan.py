@@ -34,6 +34,14 @@ class CompressionPlan:
     def dense(cls, num_layers: int) -> "CompressionPlan":
         return cls([LayerPlan() for _ in range(num_layers)])
 
+    def kept_layers(self) -> list[LayerPlan]:
+        """The plans of the layers that stay, in order: a compressed model's layers."""
+        return [layer for layer in self.layers if not layer.drop]
+
+    def int8_layers(self) -> list[int]:
+        """Indices, among the kept layers, of the layers marked int8."""
+        return [i for i, layer in enumerate(self.kept_layers()) if layer.int8]
+
     def validate(self, table: list[LayerInfo]) -> None:
         """Raise UserError unless this plan fits a model with this layer table."""
         if len(self.layers) != len(table):

@@ -62,6 +62,14 @@ class Runtime:
 
 def int8_layers(model: LoadedModel) -> list[int]:
     """Indices, among the kept layers, of the layers the model's plan marks int8."""
-    if model.plan is None:
-        return []
-    return [i for i, layer in enumerate(layer for layer in model.plan.layers if not layer.drop) if layer.int8]
+    return [] if model.plan is None else model.plan.int8_layers()
+
+
+def graph_feeds(input_ids: np.ndarray, attention_mask: np.ndarray, input_names: set[str]) -> dict[str, np.ndarray]:
+    """An exported graph's inputs: ids and mask as int64, and zero token types when the
+    graph takes them (encoders with segment embeddings)."""
+    input_ids = np.asarray(input_ids, dtype=np.int64)
+    feeds = {"input_ids": input_ids, "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
+    if "token_type_ids" in input_names:
+        feeds["token_type_ids"] = np.zeros_like(input_ids)
+    return feeds

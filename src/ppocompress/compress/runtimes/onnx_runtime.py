@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ppocompress.compress.runtimes.base import Runtime, int8_layers
+from ppocompress.compress.runtimes.base import Runtime, graph_feeds, int8_layers
 from ppocompress.errors import UserError
 
 if TYPE_CHECKING:
@@ -38,22 +38,13 @@ def _check_onnx(path: Path) -> Path:
     return path
 
 
-def onnx_outputs(
-    session_or_path: object,
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray,
-    token_type_ids: np.ndarray | None = None,
-) -> np.ndarray:
-    """Runs the graph's single output; token_type_ids default to zeros if the graph takes them.
+def onnx_outputs(session_or_path: object, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """Runs the graph's single output; token_type_ids are zeros if the graph takes them.
 
     Pass a session from onnx_session to run many batches without reloading the file.
     """
     session = onnx_session(session_or_path) if isinstance(session_or_path, (str, Path)) else session_or_path
-    input_ids = np.asarray(input_ids, dtype=np.int64)
-    feeds = {"input_ids": input_ids, "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
-    if any(i.name == "token_type_ids" for i in session.get_inputs()):
-        feeds["token_type_ids"] = np.zeros_like(input_ids) if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64)
-    return session.run(None, feeds)[0]
+    return session.run(None, graph_feeds(input_ids, attention_mask, {i.name for i in session.get_inputs()}))[0]
 
 
 class OnnxSession:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ppocompress.compress.runtimes.base import Runtime, int8_layers
+from ppocompress.compress.runtimes.base import Runtime, graph_feeds, int8_layers
 from ppocompress.errors import UserError
 
 if TYPE_CHECKING:
@@ -45,11 +45,7 @@ class OpenVinoSession:
         self.input_names = {i.get_any_name() for i in self.compiled.inputs}
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        input_ids = np.asarray(input_ids, dtype=np.int64)
-        feeds = {"input_ids": input_ids, "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
-        return self.request.infer(feeds)[0].copy()
+        return self.request.infer(graph_feeds(input_ids, attention_mask, self.input_names))[0].copy()
 
 
 class OpenVinoRuntime(Runtime):
@@ -106,8 +102,7 @@ def _quantize(graph, model: LoadedModel, layers: list[int], calibration: list[st
     if not calibration:
         raise UserError("static int8 needs calibration text to set its activation ranges")
     logging.getLogger("nncf").setLevel(logging.ERROR)  # it logs every node it skips
-    kept = len([layer for layer in model.plan.layers if not layer.drop])
-    floating = [i for i in range(kept) if i not in set(layers)]
+    floating = [i for i in range(len(model.plan.kept_layers())) if i not in set(layers)]
     prefix = family(model.model_type).graph_layer_prefix
     ignored = nncf.IgnoredScope(patterns=[f".*{re.escape(prefix)}{i}/.*" for i in floating], validate=False)
     texts = calibration[:CALIBRATION_PASSAGES]

@@ -21,14 +21,13 @@ class TorchSession:
 
         from ppocompress.compress.export import load
         from ppocompress.compress.models import load_model
+        from ppocompress.compress.onnx_export import takes_token_type_ids
 
         if threads is not None:
             torch.set_num_threads(threads)
         self.loaded = load(artifact) if (artifact / "compression.json").is_file() else load_model(str(artifact))
         self.model = self.loaded.model.eval()
         self.vocab_size = int(self.model.config.vocab_size)
-        from ppocompress.compress.onnx_export import takes_token_type_ids
-
         self._token_types = takes_token_type_ids(self.model)
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
