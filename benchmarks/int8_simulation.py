@@ -43,7 +43,7 @@ def main() -> None:
         runtime = get_runtime(name)
         evaluator = PlanEvaluator(dense, menu, scores, calibration, recovery="lsq", recovery_texts=calibration[HIGH_FIDELITY:],
                                   runtime=name)
-        reference = evaluator.reference["low"]
+        reference = evaluator.fidelity["low"].reference
         with tempfile.TemporaryDirectory() as work:
             for index, level in enumerate(menu):
                 if level.drop or level.group_keep not in keep or level.neuron_keep not in keep:

@@ -21,7 +21,7 @@ from transformers import (
     RobertaModel,
 )
 
-from ppocompress.compress.models import embedded_model_dir
+from ppocompress.compress.embedded import minilm_dir
 
 VOCAB = 30522  # the embedded MiniLM tokenizer's, reused by every tiny model
 
@@ -48,7 +48,7 @@ def save_tiny_model(family: str, directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = FAMILIES[family]().eval()
     model.save_pretrained(directory, safe_serialization=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir()))
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
     tokenizer.save_pretrained(directory)
     return directory
 

@@ -44,7 +44,7 @@ def test_a_compressed_directory_with_compression_json_is_timed(tmp_path, tiny_ta
     directory, _ = tiny_targets
     plan = CompressionPlan([LayerPlan(int8=True), LayerPlan(keep_groups=[0, 1]), LayerPlan(drop=True)])
     compressed = save(apply_plan(load_model(str(directory)), plan), tmp_path / "compressed")
-    assert len(run_worker(compressed, "torch", SMALL)) == SMALL.repeats
+    assert len(run_worker(compressed, "torch", SMALL)["times_ms"]) == SMALL.repeats
 
 
 def test_bad_latency_targets_raise_user_error(tmp_path, tiny_targets):
@@ -86,7 +86,7 @@ def test_measure_latencies_interleaves_rounds_and_pools_their_timings(monkeypatc
 
     def fake_worker(path, runtime, setup, seed=0):
         calls.append(runtime)
-        return [10.0 * len(calls)] * 2  # 2 timings per round
+        return {"times_ms": [10.0 * len(calls)] * 2}  # 2 timings per round
 
     monkeypatch.setattr(timing, "run_worker", fake_worker)
     setup = TimingSetup(rounds=3, statistic="median")

@@ -21,7 +21,7 @@ from ppocompress.search.cost_table import (
 )
 from ppocompress.search.evaluator import (
     PlanEvaluator,
-    reward_from_cosine,
+    reward_from_fidelity,
     sensitivity_table,
 )
 
@@ -75,7 +75,7 @@ def test_fidelities_use_their_own_subsets(evaluator):
     levels = [level_index(group_keep=0.25, neuron_keep=0.25, int8=False)] * 3
     low, high = evaluator.quality(levels, "low"), evaluator.quality(levels, "high")
     assert low < 1.0 and high < 1.0 and low != high
-    assert evaluator.reference["high"].shape[0] == 48
+    assert len(evaluator.fidelity["high"].texts) == 48
 
 
 def test_sensitivity_is_zero_for_dense_and_positive_for_heavy_levels(evaluator):
@@ -86,8 +86,8 @@ def test_sensitivity_is_zero_for_dense_and_positive_for_heavy_levels(evaluator):
 
 
 def test_reward_grows_with_cosine():
-    assert reward_from_cosine(0.99) > reward_from_cosine(0.9) > reward_from_cosine(0.5)
-    assert reward_from_cosine(1.0) == pytest.approx(13.8155, rel=1e-4)  # capped, not infinite
+    assert reward_from_fidelity(0.99) > reward_from_fidelity(0.9) > reward_from_fidelity(0.5)
+    assert reward_from_fidelity(1.0) == pytest.approx(13.8155, rel=1e-4)  # capped, not infinite
 
 
 def test_flops_table_prices_levels(tiny):
@@ -102,7 +102,7 @@ def test_flops_table_prices_levels(tiny):
 @pytest.mark.slow  # a latency subprocess per timed model
 def test_measured_table_is_fitted_to_a_few_models_and_cached(tiny, tmp_path):
     setup = TimingSetup(batch_size=4, seq_len=16, rounds=1, repeats=2, warmup=1)
-    table = measured_table(tiny, MENU, "onnxruntime", setup, TEXTS, cache_dir=tmp_path, log=lambda _: None)
+    table = measured_table(tiny, MENU, "onnxruntime", setup, TEXTS, cache_folder=tmp_path, log=lambda _: None)
     assert table.unit == "ms" and table.runtime == "onnxruntime" and table.per_level[level_index(drop=True)] == 0.0
     assert all(c >= 0 for c in table.per_level) and table.reference > 0 and table.dense_total > 0
     timed = [row["label"] for row in table.fit]
@@ -110,7 +110,7 @@ def test_measured_table_is_fitted_to_a_few_models_and_cached(tiny, tmp_path):
     mixed = [row for row in table.fit if row["label"].startswith("mixed")]
     assert mixed and all(row["measured_ms"] > 0 and row["predicted_ms"] > 0 for row in mixed)
     assert table.fit_error() == max(abs(row["predicted_ms"] / row["measured_ms"] - 1) for row in mixed)
-    again = measured_table(tiny, MENU, "onnxruntime", setup, TEXTS, cache_dir=tmp_path, log=lambda _: pytest.fail("measured twice"))
+    again = measured_table(tiny, MENU, "onnxruntime", setup, TEXTS, cache_folder=tmp_path, log=lambda _: pytest.fail("measured twice"))
     assert again == table
 
 

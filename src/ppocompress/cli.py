@@ -89,10 +89,11 @@ def evaluate(
     from ppocompress.compress.timing import TimingSetup
 
     names = _runtimes(runtime)
-    setup = TimingSetup(threads=threads)
+    TimingSetup(threads=threads)  # bad values fail before the model loads
     texts = load_splits(text)
     compression_plan = CompressionPlan.from_json_file(plan) if plan is not None else None
     dense = load_model(model, trust_remote_code=trust_remote_code)
+    setup = TimingSetup.for_model(dense.is_causal, threads)
     reports = [run_evaluate(dense, texts, compression_plan, recovery, name, latency=latency, setup=setup) for name in names]
     if json_out:
         typer.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
@@ -145,7 +146,7 @@ def bench(
     texts = subset(load_splits(text), calibration_texts, evaluation_texts)
     dense = load_model(model, trust_remote_code=trust_remote_code)
     if dense.is_causal:
-        raise UserError("bench measures embedding models for now; use evaluate --plan for causal LMs")
+        raise UserError("bench measures embedding models for now; for a causal LM use evaluate (with --plan) or compress")
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
     results = run_bench(dense, texts, names, setup=setup, log=_progress_log())
@@ -162,7 +163,8 @@ def compress_command(
                                                                  "(by the latency table). Default 5.0.")] = None,
     target_size: Annotated[Optional[float], typer.Option(help="Or: size fraction of the dense model the plan must fit in.")] = None,
     searcher: Annotated[str, typer.Option(help="ppo, uniform, random or evolutionary.")] = "ppo",
-    evals: Annotated[int, typer.Option(help="Plan evaluations each searcher may make.")] = 200,
+    evals: Annotated[Optional[int], typer.Option(help="Plan evaluations each searcher may make. Default 200 for an "
+                                                      "encoder, 100 for a causal LM (each costs more).")] = None,
     recovery: Annotated[str, typer.Option("--recover", help="Recovery of the chosen plan: none, lsq or distill.")] = "lsq",
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/compress"),
     seed: Annotated[int, typer.Option(help="Seed of the searchers.")] = 0,
@@ -191,8 +193,10 @@ def compress_command(
     result = run_compress(settings, out, resume=resume, log=_progress_log())
     print_compress(result)
     delivered = result.delivered
+    quality = (f"kl_heldout={delivered.kl_heldout:.4f} perplexity_heldout={delivered.perplexity_heldout:.2f}" if result.causal
+               else f"cosine_heldout={delivered.cosine_heldout:.4f}")
     typer.echo(f"done searcher={result.searcher} runtime={result.runtime} speedup={delivered.speedup:.2f} "
-               f"vs_dense_int8={delivered.speedup_vs_dense_int8:.2f} cosine_heldout={delivered.cosine_heldout:.4f} out={out}")
+               f"vs_dense_int8={delivered.speedup_vs_dense_int8:.2f} {quality} out={out}")
 
 
 @app.command()

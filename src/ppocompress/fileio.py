@@ -38,6 +38,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def cache_dir() -> Path:
+    """Where converted models and latency tables are kept between runs ($PPOCOMPRESS_CACHE
+    overrides ~/.cache/ppocompress)."""
+    return Path(os.environ.get("PPOCOMPRESS_CACHE", Path.home() / ".cache" / "ppocompress"))
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -44,18 +44,22 @@ def short_level(name: str) -> str:
 
 def print_compress(result) -> None:
     """The searchers side by side with the dense alternatives, then one plan line each."""
+    from ppocompress.search.results import quality_columns
+
     console = Console(width=SUMMARY_WIDTH)
     target = f"{result.target_value:g}x speedup" if result.target_kind == "speedup" else f"size {result.target_value:g}"
+    timed = "decode" if result.timing.generates else "batch"
     table = Table(title=f"{result.model} on {result.runtime}, target {target}", title_justify="left",
-                  caption=f"speedups: dense PyTorch fp32 {result.reference_latency.ms:.0f} ms, and the dense int8 model on "
-                          f"{result.runtime} (vs int8); cosine on held-out text", caption_justify="left")
-    for column in ("model", "predicted", "speedup", "vs int8", "cosine", "Lee", "MB"):
+                  caption=f"{timed} speedups: dense PyTorch fp32 {result.reference_latency.ms:.0f} ms, and the dense int8 model on "
+                          f"{result.runtime} (vs int8); quality on held-out text", caption_justify="left")
+    quality = quality_columns(result.causal)
+    for column in ("model", "predicted", "speedup", "vs int8", *(header for header, _, _ in quality), "MB"):
         table.add_column(column, justify="left" if column == "model" else "right")
     rows = [*result.searchers.values(), result.dense_int8, result.dense]
     for row in rows:
         name = row.name + (" *" if row.name == result.searcher else "")
         table.add_row(name, _fmt(row.predicted_speedup, ".2f"), _fmt(row.speedup, ".2f") + "x",
-                      _fmt(row.speedup_vs_dense_int8, ".2f") + "x", _fmt(row.cosine_heldout), _fmt(row.lee_pearson, ".3f"),
+                      _fmt(row.speedup_vs_dense_int8, ".2f") + "x", *(_fmt(getattr(row, field), spec) for _, field, spec in quality),
                       _fmt(row.size_bytes / 1e6, ".1f"))
     console.print(table)
     console.print("* delivered. Plans, a level per layer (h/f: % of attention groups / FFN neurons kept, "

@@ -10,9 +10,10 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ppocompress.compress.architecture import FamilyAdapter, adapter_for, layer_table
+from ppocompress.compress.families import family
 from ppocompress.compress.models import LoadedModel
 from ppocompress.compress.plan import CompressionPlan, LayerPlan
-from ppocompress.compress.quantize import quantize_int8_
+from ppocompress.compress.quantize import torch_int8_
 from ppocompress.errors import UserError
 
 
@@ -23,7 +24,7 @@ def apply_plan(loaded: LoadedModel, plan: CompressionPlan, quantize: bool = True
     """
     if loaded.plan is not None:
         raise UserError("this model is already compressed; apply plans to the dense model")
-    plan.validate(layer_table(loaded.model))
+    plan.validate(layer_table(loaded.model), loaded.is_causal)
     model = copy.deepcopy(loaded.model)
     restructure(model, plan, quantize=quantize)
     return LoadedModel(model, loaded.tokenizer, loaded.model_type, loaded.source, dict(loaded.base_config), plan)
@@ -64,16 +65,32 @@ def restructure(model: nn.Module, plan: CompressionPlan, quantize: bool = True) 
     head_dim = adapter.head_dim(model)
     for layer, layer_plan in zip(adapter.layers(model), plan.layers):
         if not layer_plan.drop:
-            compress_layer(layer, layer_plan, adapter, head_dim, int8=quantize_int8_ if quantize else None)
+            compress_layer(layer, layer_plan, adapter, head_dim, int8=torch_int8_for(model) if quantize else None)
     adapter.drop_layers(model, [i for i, p in enumerate(plan.layers) if p.drop])
+    if quantize and plan.int8_head:
+        quantize_head_(model)
 
 
 def quantize_planned_layers(model: nn.Module, plan: CompressionPlan) -> None:
     """int8 for the layers the plan marks (on a model whose dropped layers are gone)."""
     adapter = adapter_for(model)
+    int8 = torch_int8_for(model)
     for layer, layer_plan in zip(adapter.layers(model), plan.kept_layers()):
         if layer_plan.int8:
-            quantize_int8_(conv1d_to_linear_(layer))
+            int8(conv1d_to_linear_(layer))
+    if plan.int8_head:
+        quantize_head_(model)
+
+
+def quantize_head_(model: nn.Module) -> None:
+    """A causal LM's output head in int8 weights (untied from the input embedding, which stays)."""
+    model.lm_head = torch_int8_for(model)(model.lm_head)
+
+
+def torch_int8_for(model: nn.Module) -> Callable[[nn.Module], nn.Module]:
+    """PyTorch's int8 for the model's kind: weights only for causal LMs, dynamic for encoders."""
+    weights_only = family(getattr(model.config, "model_type", "?")).causal
+    return lambda layer: torch_int8_(layer, weights_only)
 
 
 def magnitude_sparsify_(weight: torch.Tensor, sparsity: float) -> None:

@@ -9,15 +9,19 @@ import torch
 from torch import nn
 
 from ppocompress.compress.architecture import layer_table
-from ppocompress.compress.quantize import is_int8_linear
+from ppocompress.compress.quantize import is_int8_linear, is_packed_int8_linear
 from ppocompress.errors import UserError
 
 _PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
 
 
 def _int8_linears(model: nn.Module) -> list[nn.Module]:
-    """torch dynamic int8 Linear modules: their packed weights are not parameters()."""
+    """int8 Linear modules: their weights are packed or buffers, not parameters()."""
     return [m for m in model.modules() if is_int8_linear(m)]
+
+
+def _bias(module: nn.Module) -> torch.Tensor | None:
+    return module.bias() if callable(module.bias) else module.bias
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -28,20 +32,24 @@ def count_parameters(model: nn.Module) -> int:
     """
     total = sum(p.numel() for p in model.parameters())
     for module in _int8_linears(model):
-        bias = module.bias()
+        bias = _bias(module)
         total += module.weight().numel() + (0 if bias is None else bias.numel())
     return total
 
 
 def model_bytes(model: nn.Module) -> int:
     """Bytes the weights occupy: element size per float weight; per int8 Linear, 1 byte
-    per weight plus a 4-byte scale and a 1-byte zero point per channel (or one pair per
-    tensor) and the float bias. Buffers (position ids, masks) are not weights."""
+    per weight plus its scales (dynamic: a 4-byte scale and a 1-byte zero point per
+    channel, or one pair per tensor; weights only: a 2-byte scale per row) and the float
+    bias. Buffers (position ids, masks) are not weights."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     for module in _int8_linears(model):
-        weight, bias = module.weight(), module.bias()
-        scales = weight.q_per_channel_scales().numel() if weight.qscheme() in _PER_CHANNEL else 1
-        total += weight.numel() + scales * (4 + 1)
+        weight, bias = module.weight(), _bias(module)
+        if is_packed_int8_linear(module):
+            scales = weight.q_per_channel_scales().numel() if weight.qscheme() in _PER_CHANNEL else 1
+            total += weight.numel() + scales * (4 + 1)
+        else:
+            total += weight.numel() + module.weight_scale.numel() * module.weight_scale.element_size()
         if bias is not None:
             total += bias.numel() * bias.element_size()
     return total

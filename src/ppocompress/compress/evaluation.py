@@ -10,16 +10,17 @@ from ppocompress.compress.models import LoadedModel
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.plan import CompressionPlan
 from ppocompress.compress.quality import (
+    CAUSAL_HELD_OUT,
     HELD_OUT_MAX_LENGTH,
+    NextTokenReference,
     embed,
     judge_session,
-    kl_to_reference,
     lee_correlation,
-    perplexity,
 )
-from ppocompress.compress.runtimes import get_runtime
+from ppocompress.compress.runtimes import get_runtime, no_generation
 from ppocompress.compress.text import TextSplits
 from ppocompress.compress.timing import TimingSetup, measure_latencies
+from ppocompress.errors import UserError
 
 
 def evaluate(dense: LoadedModel, texts: TextSplits, plan: CompressionPlan | None = None, recovery: str = "none",
@@ -27,9 +28,12 @@ def evaluate(dense: LoadedModel, texts: TextSplits, plan: CompressionPlan | None
     """Metrics of the dense model, and of the compressed one when a plan is given; the
     candidate (compressed, else dense) is exported for `runtime` and judged as it runs
     there. Quality is measured on texts.evaluation; recovery calibrates on texts.calibration."""
+    if dense.is_causal and no_generation(get_runtime(runtime)):
+        raise UserError(no_generation(get_runtime(runtime)) + "; pass --runtime torch")
     candidate = compress(dense, plan, recovery, texts.calibration, quantize=False) if plan is not None else dense
     report: dict = {"model": dense.source, "model_type": dense.model_type, "recovery": recovery if plan else None,
-                    "runtime": runtime, "evaluation_texts": len(texts.evaluation), "timing": setup.to_dict()}
+                    "runtime": runtime, "timing": setup.to_dict(),
+                    "evaluation_texts": min(len(texts.evaluation), CAUSAL_HELD_OUT) if dense.is_causal else len(texts.evaluation)}
     label = "compressed" if plan is not None else "dense"
     with tempfile.TemporaryDirectory(prefix="ppocompress-eval-") as workdir:
         work = Path(workdir)
@@ -47,6 +51,11 @@ def evaluate(dense: LoadedModel, texts: TextSplits, plan: CompressionPlan | None
             report["dense"]["latency_torch_fp32_ms"] = measured["reference"].ms
             report[label]["latency_ms"] = measured["candidate"].ms
             report[label]["speedup"] = measured["reference"].ms / measured["candidate"].ms
+            if setup.generates:  # latencies are per decoded token; tokens/s is what users compare
+                for name, key in (("reference", "dense"), ("candidate", label)):
+                    decode, prefill = measured[name].tokens_per_s(setup)
+                    suffix = "_torch_fp32" if name == "reference" and plan is not None else ""
+                    report[key][f"decode_tokens_per_s{suffix}"], report[key][f"prefill_tokens_per_s{suffix}"] = decode, prefill
     return report
 
 
@@ -58,11 +67,10 @@ def _lee(model: LoadedModel) -> dict:
 
 def _fidelity(dense: LoadedModel, candidate: LoadedModel, session, texts: list[str]) -> dict:
     """How the candidate, as its runtime runs it, compares with dense PyTorch fp32."""
-    if dense.is_causal:  # measured in PyTorch: runtimes return logits without a cache, fine for quality
-        return {
-            "perplexity_dense": perplexity(dense.model, dense.tokenizer, texts),
-            "perplexity": perplexity(candidate.model, candidate.tokenizer, texts),
-            "kl_to_dense": kl_to_reference(dense.model, candidate.model, candidate.tokenizer, texts),
-        }
+    if dense.is_causal:  # as the torch runtime serves it: causal LMs generate there
+        reference = NextTokenReference(dense.model, dense.tokenizer, texts[:CAUSAL_HELD_OUT])
+        compared = reference.compare(session.model)
+        return {"perplexity_dense": reference.compare(dense.model).perplexity, "perplexity": compared.perplexity,
+                "kl_to_dense": compared.kl, "top1_agreement": compared.top1_agreement}
     reference = embed(dense.model, dense.tokenizer, texts, max_length=HELD_OUT_MAX_LENGTH)
     return judge_session(session, dense.model, dense.tokenizer, texts, reference)

@@ -25,6 +25,7 @@ from ppocompress.compress.plan import CompressionPlan
 from ppocompress.compress.quantize import (
     int8_tensors,
     is_int8_linear,
+    is_packed_int8_linear,
     load_int8_tensors,
 )
 from ppocompress.errors import UserError
@@ -39,7 +40,7 @@ def save(loaded: LoadedModel, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     plan = loaded.plan if loaded.plan is not None else CompressionPlan.dense(loaded.model.config.num_hidden_layers)
-    if any(layer.int8 for layer in plan.layers) and not any(is_int8_linear(m) for m in loaded.model.modules()):
+    if (plan.int8_layers() or plan.int8_head) and not any(is_int8_linear(m) for m in loaded.model.modules()):
         # load() quantizes the int8-marked layers before reading the weights back.
         raise ValueError("the plan marks int8 layers but the model holds none; quantize it first "
                          "(apply_plan(quantize=True), or the torch runtime's export)")
@@ -89,10 +90,10 @@ def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every weight as a plain tensor, tied weights once, in the compact forms above."""
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
-    int8_names = [name for name, m in model.named_modules() if is_int8_linear(m)]
+    int8_names = [name for name, m in model.named_modules() if is_packed_int8_linear(m)]
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        if is_int8_linear(module):
+        if is_packed_int8_linear(module):
             tensors.update({prefix + k: v.contiguous() for k, v in int8_tensors(module).items()})
             continue
         if any(name.startswith(q + ".") for q in int8_names):
@@ -116,7 +117,7 @@ def load_state_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> No
     remaining = dict(tensors)
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        if is_int8_linear(module):
+        if is_packed_int8_linear(module):
             keys = [k for k in remaining if k.startswith(prefix) and "." not in k[len(prefix):]]
             load_int8_tensors(module, {k[len(prefix):]: remaining.pop(k) for k in keys})
             continue

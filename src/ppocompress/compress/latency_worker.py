@@ -21,6 +21,7 @@ from ppocompress.errors import UserError
 # In BERT-style vocabularies the first ids are [PAD], [unused...] and other special
 # tokens; timing ordinary tokens needs ids above them.
 _FIRST_ORDINARY_ID = 1000
+_WARMUP_NEW_TOKENS = 8
 
 
 def random_ids(vocab_size: int, batch_size: int, seq_len: int, seed: int) -> np.ndarray:
@@ -52,17 +53,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, required=True)
     parser.add_argument("--repeats", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--new-tokens", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         session = get_runtime(args.runtime).session(args.target, args.threads)
+        input_ids = random_ids(session.vocab_size, args.batch_size, args.seq_len, args.seed)
+        if args.new_tokens > 0:
+            times = time_generation(session, input_ids, args.new_tokens, args.warmup, args.repeats)
+        else:
+            attention_mask = np.ones_like(input_ids)
+            times = {"times_ms": time_calls(lambda: session(input_ids, attention_mask), args.warmup, args.repeats)}
     except UserError as exc:
         print(exc, file=sys.stderr)
         return 2
-    input_ids = random_ids(session.vocab_size, args.batch_size, args.seq_len, args.seed)
-    attention_mask = np.ones_like(input_ids)
-    times = time_calls(lambda: session(input_ids, attention_mask), args.warmup, args.repeats)
-    print(json.dumps({"runtime": args.runtime, "times_ms": times}))
+    print(json.dumps({"runtime": args.runtime, **times}))
     return 0
+
+
+def time_generation(session, input_ids: np.ndarray, new_tokens: int, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Per repeat, the decode time per token and the prompt's prefill time, in ms; warm-up
+    generations are short (they only fill caches and allocators)."""
+    if not hasattr(session, "generate_timed"):
+        raise UserError("this runtime cannot generate with a KV cache; time causal LMs on the torch runtime")
+    for _ in range(warmup):
+        session.generate_timed(input_ids, min(new_tokens, _WARMUP_NEW_TOKENS))
+    prefill, decode = [], []
+    for _ in range(repeats):
+        prefill_s, decode_s = session.generate_timed(input_ids, new_tokens)
+        prefill.append(prefill_s * 1000.0)
+        decode.append(decode_s * 1000.0 / new_tokens)
+    return {"times_ms": decode, "prefill_ms": prefill}
 
 
 if __name__ == "__main__":

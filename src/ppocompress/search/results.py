@@ -4,6 +4,7 @@ the terminal summary, the report and the benchmarks (one schema, no keys built u
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -24,19 +25,38 @@ class MeasuredModel:
     latency: LatencyResult
     speedup: float  # against dense PyTorch fp32, same rounds
     speedup_vs_dense_int8: float  # against the dense model on the serving runtime with int8
-    cosine_heldout: float  # mean cosine to the dense PyTorch embeddings, on held-out text
-    cosine_heldout_min: float
-    lee_pearson: float
     size_bytes: int  # the served artifact on disk
+    # Held-out quality. Encoders: embeddings against the dense PyTorch model's.
+    cosine_heldout: float | None = None  # mean cosine
+    cosine_heldout_min: float | None = None
+    lee_pearson: float | None = None
+    # Causal LMs: next-token distributions against the dense PyTorch model's.
+    kl_heldout: float | None = None
+    top1_agreement: float | None = None
+    perplexity_heldout: float | None = None
     levels: list[str] | None = None  # menu level per layer; None for the dense models
     plan: dict | None = None
     evaluations: int | None = None  # plan evaluations the searcher spent
     predicted_speedup: float | None = None  # by the latency table
     predicted_latency_ms: float | None = None
 
+    @property
+    def fidelity(self) -> float:
+        """What the search maximised, on held-out text: cosine, or exp(-KL) for causal LMs."""
+        return self.cosine_heldout if self.cosine_heldout is not None else math.exp(-self.kl_heldout)
+
     @classmethod
     def from_dict(cls, data: dict) -> "MeasuredModel":
         return cls(**{**data, "latency": LatencyResult(**data["latency"])})
+
+
+def quality_columns(causal: bool, detailed: bool = False) -> list[tuple[str, str, str]]:
+    """(header, MeasuredModel field, format) of the held-out quality a summary shows;
+    detailed adds the ones only the report has room for."""
+    if causal:
+        return [("KL", "kl_heldout", ".4f"), ("ppl", "perplexity_heldout", ".2f"), ("top-1", "top1_agreement", ".3f")]
+    return [("cosine", "cosine_heldout", ".4f"), *([("min cosine", "cosine_heldout_min", ".4f")] if detailed else []),
+            ("Lee", "lee_pearson", ".3f")]
 
 
 @dataclass
@@ -48,7 +68,7 @@ class CompressResult:
     searcher: str  # whose plan was delivered
     timing: TimingSetup
     reference_latency: LatencyResult  # dense PyTorch fp32, same rounds
-    dense_lee_pearson: float
+    dense_lee_pearson: float | None  # encoders
     dense_size_bytes: int  # dense safetensors
     searchers: dict[str, MeasuredModel]  # every searcher's best plan, delivered and measured
     dense: MeasuredModel  # dense, the runtime's default precision
@@ -58,7 +78,18 @@ class CompressResult:
     curves: dict[str, list] = field(default_factory=dict)  # searcher -> [(evaluations, best reward)]
     evaluated: dict[str, list] = field(default_factory=dict)  # searcher -> [(levels, reward, predicted speedup)]
     warnings: list[str] = field(default_factory=list)
+    dense_perplexity: float | None = None  # causal LMs, on the held-out text
+    generations: dict[str, list[str]] = field(default_factory=dict)  # causal LMs: "prompts", "dense", the delivered
     format: str = RESULT_FORMAT
+
+    @property
+    def causal(self) -> bool:
+        return self.dense.kl_heldout is not None
+
+    @property
+    def fidelity_name(self) -> str:
+        """What MeasuredModel.fidelity and the search's rewards measure."""
+        return "exp(-KL) of next-token distributions" if self.causal else "cosine of embeddings"
 
     @property
     def delivered(self) -> MeasuredModel:

@@ -18,11 +18,12 @@ def get_runtime(name: str) -> Runtime:
     return RUNTIMES[name]
 
 
-def available_runtimes(log=None) -> list[Runtime]:
-    """The runtimes that can run here; each one that cannot is reported in one line."""
+def available_runtimes(log=None, causal: bool = False) -> list[Runtime]:
+    """The runtimes that can run here (a causal LM: with a KV cache); each one that cannot
+    is reported in one line."""
     usable = []
     for runtime in RUNTIMES.values():
-        reason = runtime.missing()
+        reason = runtime.missing() or (no_generation(runtime) if causal else None)
         if reason is None:
             usable.append(runtime)
         elif log is not None:
@@ -30,4 +31,12 @@ def available_runtimes(log=None) -> list[Runtime]:
     return usable
 
 
-__all__ = ["CHOICES", "RUNTIMES", "Runtime", "Session", "available_runtimes", "get_runtime", "int8_layers"]
+def no_generation(runtime: Runtime) -> str | None:
+    """Why `runtime` cannot serve a causal LM, or None."""
+    if runtime.generates:
+        return None
+    servable = ", ".join(name for name, r in RUNTIMES.items() if r.generates)
+    return f"ppocompress does not generate with a KV cache on {runtime.name} yet; causal LMs are served on {servable}"
+
+
+__all__ = ["CHOICES", "RUNTIMES", "Runtime", "Session", "available_runtimes", "get_runtime", "int8_layers", "no_generation"]

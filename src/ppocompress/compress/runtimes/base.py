@@ -30,6 +30,7 @@ class Runtime:
     # How its int8 computes, which is how a search simulates it: "torch" (torch's own
     # dynamic kernels), "dynamic" (input ranges per call) or "static" (calibrated ranges).
     int8_kind: str
+    generates = False  # runs a causal LM with a KV cache (its Session has generate_timed)
 
     def missing(self) -> str | None:
         """Why this runtime cannot run here, in one line; None when it can."""

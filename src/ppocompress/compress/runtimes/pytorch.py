@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,18 +43,34 @@ class TorchSession:
                 return self.model(**inputs, use_cache=False).logits.float().numpy()
             return self.model(**inputs).last_hidden_state.float().numpy()
 
+    def generate_timed(self, input_ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
+        """(prefill s, decode s): the prompt in one pass, then `new_tokens` greedy tokens one
+        at a time through the KV cache, as a generation loop runs them."""
+        import torch
+
+        ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64))
+        with torch.inference_mode():
+            start = time.perf_counter()
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            prefilled = time.perf_counter()
+            for _ in range(new_tokens):
+                out = self.model(input_ids=out.logits[:, -1:].argmax(-1), cache=out.cache, use_cache=True)
+            end = time.perf_counter()
+        return prefilled - start, end - prefilled
+
 
 class TorchRuntime(Runtime):
     name = "torch"
     package = "torch"
     install_hint = "pip install torch==2.13.0"
     int8_kind = "torch"
+    generates = True
 
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
         from ppocompress.compress.apply import quantize_planned_layers
         from ppocompress.compress.export import save
 
-        if model.plan is not None and any(layer.int8 for layer in model.plan.layers):
+        if model.plan is not None and (model.plan.int8_layers() or model.plan.int8_head):
             model = copy.copy(model)
             model.model = copy.deepcopy(model.model)
             quantize_planned_layers(model.model, model.plan)

