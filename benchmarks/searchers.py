@@ -1,14 +1,16 @@
-"""The four searchers on the embedded all-MiniLM-L6-v2 at several speedup targets and seeds.
+"""The four searchers on an embedded model at several speedup targets and seeds.
 
 For each (target, seed), one `ppocompress compress` run on the default runtime: every
 searcher gets the same number of plan evaluations; every searcher's best plan is recovered
 (lsq), exported, judged on held-out text the search never saw, and timed side by side with
 dense PyTorch fp32 and with the dense int8 model on the same runtime (the no-effort
 alternative). Finished runs are kept in --work, so an interrupted benchmark continues.
-Prints per target and searcher the mean and spread of held-out cosine over the seeds, and
-writes benchmarks/results/searchers.{txt,json}.
+Prints per target and searcher the mean and spread of held-out quality over the seeds
+(cosine for an encoder; KL and perplexity for a causal LM, whose speedups are of decoding),
+and writes benchmarks/results/NAME.{txt,json}.
 
     python benchmarks/searchers.py [--targets 4,5,6] [--seeds 0,1,2] [--evals 200] [--work DIR]
+    python benchmarks/searchers.py --model smollm2 --targets 1.5,2,3 --seeds 0 --name decoder
 """
 
 from __future__ import annotations
@@ -26,22 +28,26 @@ from pathlib import Path
 from publish import publish
 
 from ppocompress.reporting import print_compress
-from ppocompress.search.results import CompressResult
+from ppocompress.search.results import CompressResult, quality_columns
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="an embedded model's name or a model folder; default MiniLM")
     parser.add_argument("--targets", default="4,5,6")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--evals", type=int, default=200)
-    parser.add_argument("--work", type=Path, default=Path("runs/bench-searchers"))
+    parser.add_argument("--evals", type=int, default=None, help="per searcher; default compress's for the model's kind")
+    parser.add_argument("--name", default="searchers", help="of the results files and the default work folder")
+    parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
+    work = args.work or Path("runs") / f"bench-{args.name}"
     runs: dict[tuple[float, int], CompressResult] = {}
     for target in args.targets.split(","):
         for seed in args.seeds.split(","):
-            out = args.work / f"speedup-{target}-seed{seed}"
-            command = [sys.executable, "-m", "ppocompress.cli", "compress", "--target-speedup", target, "--evals", str(args.evals),
-                       "--seed", seed, "--out", str(out)]
+            out = work / f"speedup-{target}-seed{seed}"
+            command = [sys.executable, "-m", "ppocompress.cli", "compress", "--target-speedup", target, "--seed", seed, "--out", str(out)]
+            command += ["--model", args.model] if args.model else []
+            command += ["--evals", str(args.evals)] if args.evals else []
             if not (out / "result.json").exists():  # else done in an earlier, interrupted benchmark run
                 if (out / "state.json").exists():
                     command.append("--resume")  # an interrupted run continues where it stopped
@@ -55,7 +61,7 @@ def main() -> int:
             runs[float(target), int(seed)] = CompressResult.from_file(out / "result.json")
             print(f"target {target} seed {seed}: {_minutes(out)}", flush=True)
     text = "".join(_table(result, seed) for (_, seed), result in runs.items()) + "\n" + _summary(runs)
-    publish("searchers", text, {"evals": args.evals, "runs": [
+    publish(args.name, text, {"evals": args.evals, "runs": [
         {"target": t, "seed": s, "result": {k: v for k, v in asdict(r).items() if k not in ("curves", "evaluated")}}
         for (t, s), r in runs.items()]})
     return 0
@@ -76,20 +82,25 @@ def _minutes(out: Path) -> str:
 
 
 def _summary(runs: dict[tuple[float, int], CompressResult]) -> str:
-    """Per target and searcher: held-out cosine, mean and spread over seeds; measured speedups."""
+    """Per target and searcher: held-out quality, mean and spread over seeds; measured speedups."""
     lines = []
     for target in sorted({t for t, _ in runs}):
         results = [r for (t, _), r in runs.items() if t == target]
+        columns = quality_columns(results[0].causal)
         alternative = statistics.mean(r.dense_int8.speedup for r in results)
-        lines.append(f"target {target:g}x, {len(results)} seeds; dense int8 on {results[0].runtime}: {alternative:.2f}x, "
-                     f"cosine {statistics.mean(r.dense_int8.cosine_heldout for r in results):.4f}")
+        quality = ", ".join(f"{header} {statistics.mean(getattr(r.dense_int8, field) for r in results):{spec}}"
+                            for header, field, spec in columns)
+        lines.append(f"target {target:g}x, {len(results)} seeds; dense int8 on {results[0].runtime}: {alternative:.2f}x, {quality}")
         for name in results[0].searchers:
-            cosines = [r.searchers[name].cosine_heldout for r in results]
-            speedups = [r.searchers[name].speedup for r in results]
-            spread = statistics.stdev(cosines) if len(cosines) > 1 else 0.0
-            lines.append(f"  {name:>12}: held-out cosine {statistics.mean(cosines):.4f} +- {spread:.4f} "
-                         f"(min {min(cosines):.4f}); measured {min(speedups):.2f}-{max(speedups):.2f}x, "
-                         f"{statistics.mean(r.searchers[name].speedup_vs_dense_int8 for r in results):.2f}x the dense int8")
+            measured = [r.searchers[name] for r in results]
+            parts = []
+            for header, field, spec in columns[:2]:
+                values = [getattr(m, field) for m in measured]
+                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                parts.append(f"{header} {statistics.mean(values):{spec}} +- {spread:{spec}}")
+            speedups = [m.speedup for m in measured]
+            lines.append(f"  {name:>12}: held-out {', '.join(parts)}; measured {min(speedups):.2f}-{max(speedups):.2f}x, "
+                         f"{statistics.mean(m.speedup_vs_dense_int8 for m in measured):.2f}x the dense int8")
     return "\n".join(lines) + "\n"
 
 

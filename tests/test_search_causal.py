@@ -175,3 +175,37 @@ def test_evaluate_a_causal_plan_reports_tokens_per_second(llama_dir, tmp_path, c
     assert compressed["decode_tokens_per_s"] > 0 and compressed["prefill_tokens_per_s"] > 0
     assert report["dense"]["decode_tokens_per_s_torch_fp32"] > 0
     assert report["timing"]["new_tokens"] == 128 and copy.deepcopy(report["plan"])["int8_head"]
+
+
+@pytest.mark.slow  # the real SmolLM2-135M: converted from the wheel's GGUF once (about 30 s), then cached
+def test_the_real_smollm2_prunes_generates_and_reloads(tmp_path):
+    dense = load_model("smollm2")
+    assert dense.model_type == "llama" and dense.model.config.num_hidden_layers == 30
+    texts = ["The city council met on Tuesday to discuss the new budget for schools and roads.",
+             "Heavy rain caused flooding in several towns along the river over the weekend."]
+    fluent = NextTokenReference(dense.model, dense.tokenizer, texts).compare(dense.model).perplexity
+    assert fluent < 100  # a trained model; the same config with random weights is near 50,000
+    table_groups = [None] * 30
+    table_groups[3] = [0, 2]  # one of 3 KV groups (and its 3 query heads) removed
+    plan = CompressionPlan([LayerPlan(keep_groups=table_groups[i], keep_neurons=list(range(1152)) if i % 2 else None,
+                                      drop=i in (26, 27), int8=True) for i in range(30)], int8_head=True)
+    small = apply_plan(dense, plan)
+    reference = NextTokenReference(dense.model, dense.tokenizer, texts)
+    assert reference.compare(small.model).perplexity < 2 * fluent
+    reloaded = ppocompress.load(save(small, tmp_path / "smollm2-small"))
+    prompt = ["The capital of France is"]
+    generated = greedy_generations(small.model, small.tokenizer, prompt, new_tokens=12)
+    assert generated == greedy_generations(reloaded.model, reloaded.tokenizer, prompt, new_tokens=12)
+    assert "Paris" in greedy_generations(dense.model, dense.tokenizer, prompt, new_tokens=12)[0]
+
+
+def test_sensitivities_are_each_layers_own_loss_beyond_the_shared_int8_head():
+    import numpy as np
+
+    from ppocompress.search.prepare import relative_sensitivity
+
+    raw = np.array([[0.0, 0.0019, 0.08, 0.9], [0.0, 0.0021, 0.05, 0.2]])
+    relative = relative_sensitivity(raw, baseline=0.0018)
+    assert relative[:, 0].tolist() == [0.0, 0.0]
+    assert relative[0, 1] == pytest.approx(0.0001) and relative[1, 2] == pytest.approx(0.0482)
+    assert (relative >= 0).all() and relative_sensitivity(raw, 0.0).tolist() == raw.tolist()

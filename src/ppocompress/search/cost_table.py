@@ -136,12 +136,14 @@ def level_features(level: Level) -> np.ndarray:
 
 
 def timing_plans(menu: list[Level], num_layers: int) -> dict[str, list[int]]:
-    """The whole models the table is fitted to, as lists of menu levels."""
-    index = {(level.group_keep, level.neuron_keep, level.int8): i for i, level in enumerate(menu) if not level.drop}
+    """The whole models the table is fitted to, as lists of menu levels (UNIFORM_TIMED at
+    the menu's nearest fractions: a 3-group menu keeps 2/3 and 1/3 of the groups, not 1/2)."""
+    kept = [i for i, level in enumerate(menu) if not level.drop]
     plans = {"one layer": [0] + [_drop_level(menu)] * (num_layers - 1)}
     for int8 in (False, True):
         for groups, neurons in UNIFORM_TIMED:
-            level = index[(groups, neurons, int8)]
+            level = min((i for i in kept if menu[i].int8 == int8),
+                        key=lambda i: abs(menu[i].group_keep - groups) + abs(menu[i].neuron_keep - neurons))
             plans[f"uniform {menu[level].name}"] = [level] * num_layers
     rng = np.random.default_rng(0)
     for m in range(MIXED_PLANS):

@@ -26,7 +26,7 @@ from ppocompress.compress.sentence_transformers_folder import (
 )
 from ppocompress.compress.timing import measure_latencies
 from ppocompress.fileio import move_into_place
-from ppocompress.search.prepare import Prepared, all_int8
+from ppocompress.search.prepare import CAUSAL_REFIT_PASSAGES, Prepared, all_int8
 from ppocompress.search.results import CompressResult, MeasuredModel
 from ppocompress.search.searchers import SearchResult
 
@@ -45,6 +45,7 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
     dense, texts, cost, runtime = prepared.dense, prepared.texts, prepared.cost, get_runtime(prepared.runtime)
     calibration = texts.calibration
     held_out = HeldOut(dense, texts.evaluation)
+    refit_texts = calibration[:CAUSAL_REFIT_PASSAGES] if dense.is_causal else calibration
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
         torch_dense = get_runtime("torch").export(dense, staging / "torch-dense", [])
@@ -53,7 +54,7 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
         recovered: dict[str, LoadedModel] = {}
         for name, levels in finals.items():
             log(f"{name}: recovery {settings.recovery}, export for {runtime.name}")
-            recovered[name] = compress(dense, prepared.evaluator.plan(levels), settings.recovery, calibration, quantize=False)
+            recovered[name] = compress(dense, prepared.evaluator.plan(levels), settings.recovery, refit_texts, quantize=False)
             artifacts[name] = runtime.export(recovered[name], staging / name, calibration)
         log(f"held-out quality of {len(artifacts)} models on {runtime.name}")
         quality = {name: held_out.judge(runtime.session(artifact)) for name, artifact in artifacts.items()}

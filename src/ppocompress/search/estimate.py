@@ -1,21 +1,34 @@
 """How long a `compress` run will take, printed at its start.
 
-Each phase's duration was measured on all-MiniLM-L6-v2 on this project's reference
-machine (2 cores, OpenVINO serving, 200 evaluations a searcher); a run scales them by how
-long its importance scoring took against MiniLM's there, which puts a larger model's
-forward passes into the estimate. Latency workers and NNCF scale about the same way."""
+Each phase's duration was measured on this project's reference machine (2 cores), for an
+encoder (all-MiniLM-L6-v2) and a decoder (SmolLM2-135M); a run scales the reference of its
+kind by how long its importance scoring took against the reference's, which puts a larger
+model's forward passes into the estimate. Latency workers and NNCF scale about the same way."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-REFERENCE_IMPORTANCE_S = 4.0  # importance scores on 256 passages, MiniLM, reference machine
-DENSE_TIMING_S = 67.0  # dense PyTorch and each runtime's dense and dense int8, exported and timed
-TABLE_S = 129.0  # the latency table, when not cached
-SENSITIVITY_S_PER_EVALUATION = 0.62
-SEARCH_S_PER_EVALUATION = {"ppo": 0.75, "evolutionary": 0.37, "random": 0.32, "uniform": 0.25}
-DELIVERY_FIXED_S = 100.0  # finalists re-scored, dense exports, quality, latency rounds
-DELIVERY_PER_PLAN_S = 38.0  # sequential least squares, export, static int8 calibration
+
+@dataclass(frozen=True)
+class Reference:
+    """Phase durations of one default run on this project's reference machine (2 cores)."""
+
+    importance_s: float  # importance scores on 256 passages
+    dense_timing_s: float  # dense PyTorch and each runtime's dense and dense int8, exported and timed
+    table_s: float  # the latency table, when not cached
+    sensitivity_s_per_evaluation: float
+    search_s_per_evaluation: dict[str, float]
+    delivery_fixed_s: float  # finalists re-scored, dense exports, quality, latency rounds
+    delivery_per_plan_s: float  # least squares, export (and static int8 calibration)
+
+
+# all-MiniLM-L6-v2, OpenVINO serving, 200 evaluations a searcher.
+ENCODER = Reference(4.0, 67.0, 129.0, 0.62, {"ppo": 0.75, "evolutionary": 0.37, "random": 0.32, "uniform": 0.25}, 100.0, 38.0)
+# SmolLM2-135M, PyTorch serving, decode timing, 100 evaluations a searcher (the 2x runs of
+# 2026-11-24). Delivery: 60 s re-scoring finalists; a pruned plan's least squares and export
+# took 363 s when they refit on 1,024 passages (256 since).
+DECODER = Reference(67.0, 115.0, 492.0, 0.75, {"ppo": 2.2, "evolutionary": 3.6, "random": 2.1, "uniform": 1.9}, 60.0, 363.0)
 
 
 @dataclass
@@ -32,15 +45,17 @@ class Estimate:
 
 
 def estimate(importance_s: float, searchers: list[str], evals: int, levels: int, sensitivity_evaluations: int,
-             table_cached: bool, dense_timed: bool, measured: bool) -> Estimate:
+             table_cached: bool, dense_timed: bool, measured: bool, causal: bool = False) -> Estimate:
     """importance_s: what this run's importance scoring took; the rest says what is left to
     do (the uniform searcher scores at most one plan per menu level)."""
-    scale = importance_s / REFERENCE_IMPORTANCE_S
+    reference = DECODER if causal else ENCODER
+    scale = importance_s / reference.importance_s
     phases = {
-        "dense timing": 0.0 if dense_timed or not measured else DENSE_TIMING_S,
-        "latency table": 0.0 if table_cached or not measured else TABLE_S,
-        "sensitivities": SENSITIVITY_S_PER_EVALUATION * sensitivity_evaluations,
-        "search": sum(SEARCH_S_PER_EVALUATION[name] * (min(evals, levels) if name == "uniform" else evals) for name in searchers),
-        "delivery": DELIVERY_FIXED_S + DELIVERY_PER_PLAN_S * len(searchers),
+        "dense timing": 0.0 if dense_timed or not measured else reference.dense_timing_s,
+        "latency table": 0.0 if table_cached or not measured else reference.table_s,
+        "sensitivities": reference.sensitivity_s_per_evaluation * sensitivity_evaluations,
+        "search": sum(reference.search_s_per_evaluation[name] * (min(evals, levels) if name == "uniform" else evals)
+                      for name in searchers),
+        "delivery": reference.delivery_fixed_s + reference.delivery_per_plan_s * len(searchers),
     }
     return Estimate({name: seconds * scale for name, seconds in phases.items()})

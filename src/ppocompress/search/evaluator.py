@@ -48,9 +48,10 @@ from ppocompress.search.levels import Level
 
 LOW_FIDELITY, HIGH_FIDELITY = 64, 256  # calibration passages a plan is scored on
 # A causal LM's score costs a forward pass with the full vocabulary per token (SmolLM2:
-# about 1.5 s for 500 tokens on 2 cores), so it is scored on fewer passages, and its
-# one-off sensitivities (30 layers x 24 levels) on fewer still.
-CAUSAL_PROBE, CAUSAL_LOW_FIDELITY, CAUSAL_HIGH_FIDELITY = 4, 16, 64
+# about 1.5 s for 500 tokens on 2 cores; passages are cut at fidelity.CAUSAL_MAX_LENGTH
+# tokens), so it is scored on fewer passages, and its one-off sensitivities (30 layers x
+# 24 levels) on fewer still.
+CAUSAL_PROBE, CAUSAL_LOW_FIDELITY, CAUSAL_HIGH_FIDELITY = 4, 8, 32
 
 
 def fidelity_passages(causal: bool) -> dict[str, int]:
@@ -203,9 +204,10 @@ def _replace(module_list: nn.ModuleList, layers: list[nn.Module]) -> None:
     module_list.extend(layers)
 
 
-def sensitivity_table(evaluator: PlanEvaluator, fidelity: str = "probe") -> list[list[float]]:
+def sensitivity_table(evaluator: PlanEvaluator, fidelity: str = "probe", on_layer=None) -> list[list[float]]:
     """Quality lost when only one layer is compressed, for every (layer, level): the
-    one-off measurements the agent observes. len(menu) x layers evaluations, done once."""
+    one-off measurements the agent observes. len(menu) x layers evaluations, done once;
+    on_layer(layers done) after each layer."""
     num_layers = len(evaluator.table)
     rows = []
     for layer in range(num_layers):
@@ -215,4 +217,6 @@ def sensitivity_table(evaluator: PlanEvaluator, fidelity: str = "probe") -> list
             levels[layer] = level
             row.append(0.0 if level == 0 else 1.0 - evaluator.quality(levels, fidelity))
         rows.append(row)
+        if on_layer is not None:
+            on_layer(layer + 1)
     return rows

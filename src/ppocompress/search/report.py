@@ -29,12 +29,14 @@ def write_report(run_dir: Path) -> Path:
     plots = {"policy": _policy_plot(result, run_dir / "policy.png"), "curve": _curve_plot(result, run_dir / "search_curve.png"),
              "scatter": _scatter_plot(result, run_dir / "pareto.png")}
     quality = quality_columns(result.causal, detailed=True)
+    prefill = result.timing.generates  # speedup is then of decoding; prefill's beside it
     columns = ("model", "runtime", "evaluations", "predicted speedup", "speedup", "vs dense int8",
-               *(f"{header} held-out" for header, _, _ in quality), "size MB")
+               *(("prefill speedup",) if prefill else ()), *(f"{header} held-out" for header, _, _ in quality), "size MB")
     rows = []
     for row in [*result.searchers.values(), result.dense_int8, result.dense]:
         name = row.name + (" (delivered)" if row.name == result.searcher else "")
         cells = (name, row.runtime, row.evaluations, row.predicted_speedup, f"{row.speedup:.2f}x", f"{row.speedup_vs_dense_int8:.2f}x",
+                 *((f"{result.reference_latency.prefill_ms / row.latency.prefill_ms:.2f}x",) if prefill else ()),
                  *(getattr(row, field) for _, field, _ in quality), f"{row.size_bytes / 1e6:.1f}")
         style = ' class="delivered"' if row.name == result.searcher else ""
         rows.append(f"<tr{style}>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
