@@ -26,8 +26,9 @@ class Reference:
 # all-MiniLM-L6-v2, OpenVINO serving, 200 evaluations a searcher.
 ENCODER = Reference(4.0, 67.0, 129.0, 0.62, {"ppo": 0.75, "evolutionary": 0.37, "random": 0.32, "uniform": 0.25}, 100.0, 38.0)
 # SmolLM2-135M, PyTorch serving, decode timing, 100 evaluations a searcher (the 2x runs of
-# 2026-11-24). Delivery: 60 s re-scoring finalists; a pruned plan's least squares and export
-# took 363 s when they refit on 1,024 passages (256 since).
+# 2026-11-24). Delivery: 60 s re-scoring finalists; PPO's plan's least squares and export
+# took 363 s when they refit on 1,024 passages (256 since; a plan pruning every layer took
+# over 10 minutes then, so this is a floor).
 DECODER = Reference(67.0, 115.0, 492.0, 0.75, {"ppo": 2.2, "evolutionary": 3.6, "random": 2.1, "uniform": 1.9}, 60.0, 363.0)
 
 
