@@ -26,7 +26,7 @@ from ppocompress.compress.sentence_transformers_folder import (
 )
 from ppocompress.compress.timing import measure_latencies
 from ppocompress.fileio import move_into_place
-from ppocompress.search.prepare import CAUSAL_REFIT_PASSAGES, Prepared, all_int8
+from ppocompress.search.prepare import Prepared, all_int8, refit_passages
 from ppocompress.search.results import CompressResult, MeasuredModel
 from ppocompress.search.searchers import SearchResult
 
@@ -45,7 +45,7 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
     dense, texts, cost, runtime = prepared.dense, prepared.texts, prepared.cost, get_runtime(prepared.runtime)
     calibration = texts.calibration
     held_out = HeldOut(dense, texts.evaluation)
-    refit_texts = calibration[:CAUSAL_REFIT_PASSAGES] if dense.is_causal else calibration
+    refit_texts = refit_passages(calibration, dense.is_causal)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
         torch_dense = get_runtime("torch").export(dense, staging / "torch-dense", [])

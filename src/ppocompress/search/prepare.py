@@ -114,9 +114,8 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
     # The search prices least-squares recovery in (distillation starts from it), refit on
     # calibration text apart from the passages plans are scored on.
     scored = fidelity_passages(dense.is_causal)["high"]
-    refit_on = calibration[scored:][:CAUSAL_REFIT_PASSAGES if dense.is_causal else None] or calibration
     evaluator = PlanEvaluator(dense, menu, scores, calibration, recovery="none" if settings.recovery == "none" else "lsq",
-                              recovery_texts=refit_on, runtime=runtime)
+                              recovery_texts=refit_passages(calibration[scored:], dense.is_causal) or calibration, runtime=runtime)
     if "sensitivity" not in state.extras:
         log(f"sensitivity of {len(scores)} layers x {len(menu)} levels (once)")
         with Progress(TextColumn("[bold]  sensitivity"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"),
@@ -141,6 +140,11 @@ def relative_sensitivity(table: np.ndarray, baseline: float) -> np.ndarray:
     relative = np.clip(table - baseline, 0.0, None)
     relative[:, 0] = 0.0
     return relative
+
+
+def refit_passages(texts: list[str], causal: bool) -> list[str]:
+    """The passages least squares refits on: all of `texts`, or CAUSAL_REFIT_PASSAGES for a causal LM."""
+    return texts[:CAUSAL_REFIT_PASSAGES] if causal else texts
 
 
 def preferred_runtime(causal: bool = False) -> str:
