@@ -127,12 +127,16 @@ def test_spearman_matches_known_rankings_and_ties() -> None:
     assert quality.spearman(np.ones(5), x) == 0.0
 
 
+def _compare(reference_model, model, tokenizer, texts, batch_size=8) -> quality.NextTokenComparison:
+    return quality.NextTokenReference(reference_model, tokenizer, texts, batch_size=batch_size).compare(model)
+
+
 def test_perplexity_of_uniform_model_is_vocab_size() -> None:
     tokenizer = _word_tokenizer()
     model = _tiny_gpt2(len(tokenizer))
     with torch.no_grad():
         model.transformer.wte.weight.zero_()  # the LM head is tied to it, so every logit is 0
-    assert quality.perplexity(model, tokenizer, _lower(SENTENCES)) == pytest.approx(len(tokenizer), rel=1e-5)
+    assert _compare(model, model, tokenizer, _lower(SENTENCES)).perplexity == pytest.approx(len(tokenizer), rel=1e-5)
 
 
 def test_perplexity_equals_exp_of_hand_computed_token_weighted_nll() -> None:
@@ -146,13 +150,13 @@ def test_perplexity_equals_exp_of_hand_computed_token_weighted_nll() -> None:
             log_probs = torch.log_softmax(model(ids).logits[0, :-1], dim=-1)
         total -= sum(float(log_probs[i, ids[0, i + 1]]) for i in range(ids.shape[1] - 1))
         count += ids.shape[1] - 1
-    assert quality.perplexity(model, tokenizer, texts, batch_size=3) == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert _compare(model, model, tokenizer, texts, batch_size=3).perplexity == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
 def test_perplexity_sets_missing_pad_token_to_eos() -> None:
     tokenizer = _word_tokenizer()
     assert tokenizer.pad_token is None
-    quality.perplexity(_tiny_gpt2(len(tokenizer)), tokenizer, _lower(SENTENCES[:2]))
+    quality.NextTokenReference(_tiny_gpt2(len(tokenizer)), tokenizer, _lower(SENTENCES[:2]))
     assert tokenizer.pad_token == tokenizer.eos_token
 
 
@@ -160,8 +164,8 @@ def test_kl_of_model_to_itself_is_zero_and_positive_to_perturbed_copy() -> None:
     tokenizer = _word_tokenizer()
     model = _tiny_gpt2(len(tokenizer))
     texts = _lower(SENTENCES)
-    assert quality.kl_to_reference(model, copy.deepcopy(model), tokenizer, texts, batch_size=2) == pytest.approx(0.0, abs=1e-6)
-    assert quality.kl_to_reference(model, _perturbed(model, scale=0.2), tokenizer, texts, batch_size=2) > 1e-3
+    assert _compare(model, copy.deepcopy(model), tokenizer, texts, batch_size=2).kl == pytest.approx(0.0, abs=1e-6)
+    assert _compare(model, _perturbed(model, scale=0.2), tokenizer, texts, batch_size=2).kl > 1e-3
 
 
 def test_kl_ignores_padding() -> None:
@@ -169,10 +173,10 @@ def test_kl_ignores_padding() -> None:
     model = _tiny_gpt2(len(tokenizer))
     other = _perturbed(model, scale=0.2)
     texts = _lower(SENTENCES[:3])
-    per_text = [quality.kl_to_reference(model, other, tokenizer, [t]) for t in texts]
+    per_text = [_compare(model, other, tokenizer, [t]).kl for t in texts]
     lengths = [len(tokenizer(t)["input_ids"]) for t in texts]
     expected = sum(k * n for k, n in zip(per_text, lengths)) / sum(lengths)
-    assert quality.kl_to_reference(model, other, tokenizer, texts, batch_size=3) == pytest.approx(expected, rel=1e-5)
+    assert _compare(model, other, tokenizer, texts, batch_size=3).kl == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.fixture(scope="module")

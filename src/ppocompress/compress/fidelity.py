@@ -23,8 +23,6 @@ CAUSAL_MAX_LENGTH = 64  # tokens of a passage a causal LM is scored on (most sen
 class EmbeddingFidelity:
     """Mean cosine to the dense model's sentence embeddings of `texts`."""
 
-    metric = "cosine"
-
     def __init__(self, dense: LoadedModel, texts: list[str]):
         self.tokenizer = dense.tokenizer
         self.texts = texts
@@ -43,8 +41,6 @@ class NextTokenFidelity:
     """exp(-mean KL(dense || model)) over the real tokens of `texts`; the dense
     log-probabilities are kept in float16 (32 passages of about 30 tokens, 95 MB for
     SmolLM2's 49,152 words)."""
-
-    metric = "KL"
 
     def __init__(self, dense: LoadedModel, texts: list[str]):
         self.texts = texts

@@ -177,49 +177,15 @@ def _ensure_pad_token(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def _causal_batches(model: nn.Module, tokenizer, texts: list[str], max_length: int, batch_size: int):
-    """(logits as float32, attention mask, input ids) per batch, right-padded so that positions need no shifting."""
-    if not texts:
-        raise ValueError("need at least one text")
-    _ensure_pad_token(tokenizer)
-    model.eval()
-    device = _device(model)
-    for batch in _batches([texts[i] for i in by_length(texts)], batch_size):  # sums: order does not matter
-        enc = tokenizer(
-            batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt", padding_side="right"
-        ).to(device)
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
-        yield logits, enc["attention_mask"], enc["input_ids"]
-
-
-def perplexity(model: nn.Module, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 8) -> float:
-    """exp of the mean negative log-likelihood per predicted token, over all texts.
-
-    Every token is weighted the same, so that long texts count in proportion to their
-    length. Padding is not counted, and neither is the first token of each text, which
-    has nothing before it to predict it from.
-    """
-    total_nll = 0.0
-    count = 0
-    with torch.inference_mode():
-        for logits, mask, ids in _causal_batches(model, tokenizer, texts, max_length, batch_size):
-            log_probs = F.log_softmax(logits[:, :-1], dim=-1)
-            nll = -log_probs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-            target_mask = mask[:, 1:].bool()
-            total_nll += float(nll[target_mask].double().sum())
-            count += int(target_mask.sum())
-    if count == 0:
-        raise ValueError("perplexity needs texts of at least two tokens")
-    return math.exp(total_nll / count)
-
-
 @dataclass
 class NextTokenComparison:
     """A causal LM against a reference on the same texts, over the real (non-pad) positions."""
 
     kl: float  # mean KL(reference || model) of the next-token distributions, in nats
     top1_agreement: float  # fraction of positions whose most likely next token is the same
-    perplexity: float  # the model's, on the texts (see perplexity())
+    # The model's: exp of the mean negative log-likelihood per predicted token, every token
+    # weighted alike; padding and each text's first token (nothing predicts it) not counted.
+    perplexity: float
 
 
 class NextTokenReference:
@@ -250,9 +216,11 @@ class NextTokenReference:
     def _log_probs(self, model: nn.Module, batch) -> torch.Tensor:
         """Next-token log-probabilities at the real positions, [tokens, vocabulary], in self.dtype."""
         model.eval()
+        device = _device(model)
         with torch.inference_mode():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return F.log_softmax(logits[batch["attention_mask"].bool()].float(), dim=-1).to(self.dtype)
+            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                           use_cache=False).logits
+        return F.log_softmax(logits[batch["attention_mask"].to(device).bool()].float(), dim=-1).cpu().to(self.dtype)
 
     def compare(self, model: nn.Module) -> NextTokenComparison:
         kl, agree, nll, predicted = 0.0, 0, 0.0, 0
@@ -272,12 +240,6 @@ class NextTokenReference:
         if predicted == 0:
             raise ValueError("perplexity needs texts of at least two tokens")
         return NextTokenComparison(max(kl / self.tokens, 0.0), agree / self.tokens, math.exp(nll / predicted))
-
-
-def kl_to_reference(reference_model: nn.Module, model: nn.Module, tokenizer, texts: list[str], max_length: int = 128,
-                    batch_size: int = 8) -> float:
-    """Mean over non-pad positions of KL(reference || model) between next-token distributions, in nats."""
-    return NextTokenReference(reference_model, tokenizer, texts, max_length, batch_size).compare(model).kl
 
 
 def greedy_generations(model: nn.Module, tokenizer, prompts: list[str], new_tokens: int = 40) -> list[str]:

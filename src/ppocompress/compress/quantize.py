@@ -76,7 +76,7 @@ class WeightInt8Linear(nn.Module):
 
 def quantize_weights_int8_(module: nn.Module) -> nn.Module:
     """Replaces every nn.Linear inside module (or module itself) by a WeightInt8Linear, in place."""
-    return _replace_linears(module, WeightInt8Linear)
+    return _replace_linears(module, lambda linear, _name: WeightInt8Linear(linear))
 
 
 def torch_int8_(module: nn.Module, weights_only: bool) -> nn.Module:
@@ -178,18 +178,17 @@ class SimulatedInt8Linear(nn.Module):
 def simulate_int8_(module: nn.Module, statistics: dict[str, InputStatistics] | None = None) -> nn.Module:
     """Replaces every nn.Linear inside module by a SimulatedInt8Linear, in place: static
     with calibration `statistics` (keyed by the Linear's name inside module), else dynamic."""
-    return _replace_linears(module, lambda linear, name: SimulatedInt8Linear(linear, None if statistics is None else statistics[name]),
-                            with_name=True)
+    return _replace_linears(module, lambda linear, name: SimulatedInt8Linear(linear, None if statistics is None else statistics[name]))
 
 
-def _replace_linears(module: nn.Module, make, with_name: bool = False) -> nn.Module:
-    """Every nn.Linear inside `module` replaced by make(linear[, its name]); a Linear
-    `module` itself is returned replaced."""
+def _replace_linears(module: nn.Module, make) -> nn.Module:
+    """Every nn.Linear inside `module` replaced by make(linear, its name inside module); a
+    Linear `module` itself is returned replaced."""
     if isinstance(module, nn.Linear):
-        return make(module, "") if with_name else make(module)
+        return make(module, "")
     for name, child in list(module.named_modules()):
         if isinstance(child, nn.Linear):
             parent_name, _, attribute = name.rpartition(".")
             parent = module.get_submodule(parent_name) if parent_name else module
-            setattr(parent, attribute, make(child, name) if with_name else make(child))
+            setattr(parent, attribute, make(child, name))
     return module

@@ -57,12 +57,14 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
             recovered[name] = compress(dense, prepared.evaluator.plan(levels), settings.recovery, refit_texts, quantize=False)
             artifacts[name] = runtime.export(recovered[name], staging / name, calibration)
         log(f"held-out quality of {len(artifacts)} models on {runtime.name}")
-        quality = {name: held_out.judge(runtime.session(artifact)) for name, artifact in artifacts.items()}
-        generations = {}
-        if dense.is_causal:
-            generations = {"prompts": list(PROMPTS), "dense": greedy_generations(dense.model, dense.tokenizer, list(PROMPTS), GENERATED_TOKENS),
-                           settings.searcher: greedy_generations(runtime.session(artifacts[settings.searcher]).model, dense.tokenizer,
-                                                                 list(PROMPTS), GENERATED_TOKENS)}
+        quality, generations = {}, {}
+        for name, artifact in artifacts.items():
+            session = runtime.session(artifact)
+            quality[name] = held_out.judge(session)
+            if dense.is_causal and name in ("dense", settings.searcher):  # the text a user would see, side by side
+                generations[name] = greedy_generations(session.model, dense.tokenizer, list(PROMPTS), GENERATED_TOKENS)
+        if generations:
+            generations["prompts"] = list(PROMPTS)
         sizes = {name: runtime.size_bytes(artifact) for name, artifact in artifacts.items()}
         dense_size = get_runtime("torch").size_bytes(torch_dense)
         log(f"latency: {len(artifacts) + 1} models, each in its own process, {prepared.setup.rounds} interleaved rounds")
@@ -92,7 +94,7 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
     result = CompressResult(
         model=dense.source, runtime=runtime.name, target_kind=target.kind, target_value=target.value, searcher=settings.searcher,
         timing=prepared.setup, reference_latency=latency["torch"], dense_lee_pearson=held_out.dense_lee_pearson(),
-        dense_perplexity=held_out.dense_perplexity(), generations=generations,
+        generations=generations,
         dense_size_bytes=dense_size, searchers={name: measured(name, levels) for name, levels in finals.items()},
         dense=measured("dense"), dense_int8=measured("dense int8"),
         sensitivity_evaluations=len(prepared.scores) * (len(prepared.menu) - 1),
@@ -124,9 +126,6 @@ class HeldOut:
             return {"kl_heldout": compared.kl, "top1_agreement": compared.top1_agreement, "perplexity_heldout": compared.perplexity}
         judged = judge_session(session, self.dense.model, self.dense.tokenizer, self.texts, self.reference)
         return {"cosine_heldout": judged["mean_cosine"], "cosine_heldout_min": judged["min_cosine"], "lee_pearson": judged["lee_pearson"]}
-
-    def dense_perplexity(self) -> float | None:
-        return self.reference.compare(self.dense.model).perplexity if self.dense.is_causal else None
 
     def dense_lee_pearson(self) -> float | None:
         return None if self.dense.is_causal else lee_correlation(self.dense.model, self.dense.tokenizer)["pearson"]

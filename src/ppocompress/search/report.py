@@ -76,7 +76,7 @@ def _quality_sentence(result: CompressResult) -> str:
     delivered = result.delivered
     if result.causal:
         return (f"on held-out text, KL {delivered.kl_heldout:.4f} to the dense next-token distributions, top-1 agreement "
-                f"{delivered.top1_agreement:.3f}, perplexity {delivered.perplexity_heldout:.2f} (dense {result.dense_perplexity:.2f}).")
+                f"{delivered.top1_agreement:.3f}, perplexity {delivered.perplexity_heldout:.2f} (dense {result.dense.perplexity_heldout:.2f}).")
     return (f"mean cosine {delivered.cosine_heldout:.4f} to the dense embeddings on held-out text; dense Lee Pearson "
             f"{result.dense_lee_pearson:.4f}.")
 

@@ -78,7 +78,6 @@ class CompressResult:
     curves: dict[str, list] = field(default_factory=dict)  # searcher -> [(evaluations, best reward)]
     evaluated: dict[str, list] = field(default_factory=dict)  # searcher -> [(levels, reward, predicted speedup)]
     warnings: list[str] = field(default_factory=list)
-    dense_perplexity: float | None = None  # causal LMs, on the held-out text
     generations: dict[str, list[str]] = field(default_factory=dict)  # causal LMs: "prompts", "dense", the delivered
     format: str = RESULT_FORMAT
 
