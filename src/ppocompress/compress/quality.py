@@ -195,7 +195,7 @@ class NextTokenReference:
     Unlike perplexity, KL compares a compressed model with the dense one at every token,
     so it also notices changes where both models would be equally wrong. `dtype` is how
     the log-probabilities are kept ([tokens, vocabulary]: with SmolLM2's 49,152 words,
-    190 MB for 1,000 tokens in float16); a compared model's are rounded the same way, so
+    98 MB for 1,000 tokens in float16); a compared model's are rounded the same way, so
     identical models compare at KL 0 exactly.
     """
 
