@@ -116,3 +116,14 @@ def test_shaped_rewards_add_up_to_the_true_reward(seed, num_layers):
         _, reward, done, _, info = env.step(int(rng.choice(np.flatnonzero(info["action_mask"]))))
         total += reward
     assert total == pytest.approx(true_reward(info["levels"]) - env.estimated_reward([]), abs=1e-9)
+
+
+def test_the_estimate_adds_the_loss_every_plan_shares():
+    """A causal LM's plans all carry an int8 head: its loss is part of every estimate, so
+    plans whose layers lose less than the shaping floor are still told apart."""
+    env = make_env(Target("speedup", 1.0))
+    env.sensitivity[:] = 1e-4
+    env.sensitivity[:, 0] = 0.0
+    env.shared_loss = 2e-3
+    assert env.estimated_reward([0] * 6) == pytest.approx(-np.log(2e-3))
+    assert env.estimated_reward([1] + [0] * 5) == pytest.approx(-np.log(2.1e-3))

@@ -57,9 +57,11 @@ class CompressionEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, cost: CostTable, menu: list[Level], target: Target, score_plan, layer_features: np.ndarray,
-                 sensitivity: np.ndarray, shaped: bool = False):
+                 sensitivity: np.ndarray, shaped: bool = False, shared_loss: float = 0.0):
         """score_plan(levels) -> reward; layer_features: (layers, 2) block influence and
-        importance spread; sensitivity: (layers, len(menu)) one-off quality drops."""
+        importance spread; sensitivity: (layers, len(menu)) one-off quality drops;
+        shared_loss: the quality drop every plan carries (a causal LM's int8 output head),
+        which the estimate adds to the layers' own."""
         super().__init__()
         self.cost, self.menu, self.target = cost, menu, target
         self.score_plan = score_plan
@@ -75,7 +77,7 @@ class CompressionEnv(gym.Env):
                             f"{cost.reference_total / lowest:.2f}x by the cost table; ask for less")
         self.layer_features = np.asarray(layer_features, dtype=np.float32)
         self.sensitivity = np.asarray(sensitivity, dtype=np.float32)
-        self.shaped = shaped
+        self.shaped, self.shared_loss = shaped, shared_loss
         n_obs = 8 + 2 * len(menu)
         self.observation_space = spaces.Box(-10.0, 10.0, shape=(n_obs,), dtype=np.float32)
         self.action_space = spaces.Discrete(len(menu))
@@ -126,7 +128,7 @@ class CompressionEnv(gym.Env):
 
     def estimated_reward(self, levels: list[int]) -> float:
         """The reward if quality drops added up and the later layers stayed dense."""
-        loss = sum(float(self.sensitivity[layer, level]) for layer, level in enumerate(levels))
+        loss = self.shared_loss + sum(float(self.sensitivity[layer, level]) for layer, level in enumerate(levels))
         return -math.log(max(loss, SHAPING_FLOOR))
 
     # --- helpers ------------------------------------------------------------------

@@ -122,7 +122,8 @@ def search(prepared: Prepared, settings: CompressSettings, state: SearchState, s
     target = settings.target()
 
     def make_env(score) -> CompressionEnv:
-        return CompressionEnv(prepared.cost, prepared.menu, target, score, prepared.features, prepared.sensitivity)
+        return CompressionEnv(prepared.cost, prepared.menu, target, score, prepared.features, prepared.sensitivity,
+                               shared_loss=prepared.shared_loss)
 
     def score(levels: list[int]) -> float:
         key = SearchState.key(levels)

@@ -69,6 +69,7 @@ class Prepared:
     cost: CostTable
     evaluator: PlanEvaluator
     sensitivity: np.ndarray  # (layers, levels) quality lost when only that layer is compressed (relative_sensitivity)
+    shared_loss: float  # quality lost by the plan every plan starts from (a causal LM's int8 output head)
     features: np.ndarray  # (layers, 2) block influence and importance spread
 
 
@@ -127,8 +128,9 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
     if "sensitivity_baseline" not in state.extras:
         state.extras["sensitivity_baseline"] = 1.0 - evaluator.quality([0] * len(scores), "probe")
         save_state()
-    sensitivity = relative_sensitivity(np.array(state.extras["sensitivity"]), state.extras["sensitivity_baseline"])
-    return Prepared(dense, texts, scores, menu, runtime, setup, cost, evaluator, sensitivity, features)
+    baseline = state.extras["sensitivity_baseline"]
+    sensitivity = relative_sensitivity(np.array(state.extras["sensitivity"]), baseline)
+    return Prepared(dense, texts, scores, menu, runtime, setup, cost, evaluator, sensitivity, max(baseline, 0.0), features)
 
 
 def relative_sensitivity(table: np.ndarray, baseline: float) -> np.ndarray:
