@@ -44,7 +44,7 @@ def main() -> None:
              f"{setup.rounds} interleaved rounds, {setup.statistic}; speedup against dense PyTorch fp32 in the same run",
              f"{'model':28} {'runtime':12} {'speedup':>8} {'cosine':>7} {'min':>7} {'Lee':>6} {'MB':>6}"]
     for r in results:
-        lines.append(f"{r.name:28} {r.runtime:12} {r.speedup:7.2f}x {r.cosine:7.4f} {r.cosine_min:7.4f} {r.lee_pearson:6.3f} "
+        lines.append(f"{r.name:28} {r.runtime:12} {r.speedup:7.2f}x {r.cosine_heldout:7.4f} {r.cosine_heldout_min:7.4f} {r.lee_pearson:6.3f} "
                      f"{r.size_bytes / 1e6:6.1f}")
     publish("runtimes", "\n".join(lines), {"timing": setup.to_dict(), "variants": [r.to_dict() for r in results]})
 

@@ -10,7 +10,7 @@ Prints per target and searcher the mean and spread of held-out quality over the 
 and writes benchmarks/results/NAME.{txt,json}.
 
     python benchmarks/searchers.py [--targets 4,5,6] [--seeds 0,1,2] [--evals 200] [--work DIR]
-    python benchmarks/searchers.py --model smollm2 --targets 1.5,2,3 --seeds 0 --name decoder
+    python benchmarks/decoder.py    (the same for SmolLM2 at 1.5x, 2x and 3x)
 """
 
 from __future__ import annotations
@@ -61,10 +61,17 @@ def main() -> int:
             runs[float(target), int(seed)] = CompressResult.from_file(out / "result.json")
             print(f"target {target} seed {seed}: {_minutes(out)}", flush=True)
     text = "".join(_table(result, seed) for (_, seed), result in runs.items()) + "\n" + _summary(runs)
-    publish(args.name, text, {"evals": args.evals, "runs": [
-        {"target": t, "seed": s, "result": {k: v for k, v in asdict(r).items() if k not in ("curves", "evaluated")}}
-        for (t, s), r in runs.items()]})
+    publish(args.name, text, {"evals": args.evals, "runs": [{"target": t, "seed": s, "result": _compact(r)} for (t, s), r in runs.items()]})
     return 0
+
+
+def _compact(result: CompressResult) -> dict:
+    """The result without what is long and kept in the run folder: search histories, and
+    the plans' kept unit indices (each searcher's levels say the plan)."""
+    data = {k: v for k, v in asdict(result).items() if k not in ("curves", "evaluated")}
+    for measured in data["searchers"].values():
+        measured.pop("plan")
+    return data
 
 
 def _table(result: CompressResult, seed: int) -> str:
@@ -99,8 +106,10 @@ def _summary(runs: dict[tuple[float, int], CompressResult]) -> str:
                 spread = statistics.stdev(values) if len(values) > 1 else 0.0
                 parts.append(f"{header} {statistics.mean(values):{spec}} +- {spread:{spec}}")
             speedups = [m.speedup for m in measured]
-            lines.append(f"  {name:>12}: held-out {', '.join(parts)}; measured {min(speedups):.2f}-{max(speedups):.2f}x, "
-                         f"{statistics.mean(m.speedup_vs_dense_int8 for m in measured):.2f}x the dense int8")
+            prefill = [r.prefill_speedup(r.searchers[name]) for r in results]
+            lines.append(f"  {name:>12}: held-out {', '.join(parts)}; measured {min(speedups):.2f}-{max(speedups):.2f}x"
+                         + (f" decode, {min(prefill):.2f}-{max(prefill):.2f}x prefill" if results[0].causal else "")
+                         + f", {statistics.mean(m.speedup_vs_dense_int8 for m in measured):.2f}x the dense int8")
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ from compress_models import save_tiny_model
 import ppocompress
 from ppocompress.cli import main
 from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
+from ppocompress.compress.bench import Variant, run_bench
 from ppocompress.compress.embedded import smollm2_gguf
 from ppocompress.compress.export import save
 from ppocompress.compress.fidelity import NextTokenFidelity
@@ -23,6 +24,7 @@ from ppocompress.compress.quality import (
 )
 from ppocompress.compress.quantize import WeightInt8Linear
 from ppocompress.compress.runtimes import get_runtime
+from ppocompress.compress.text import splits_from_texts
 from ppocompress.compress.timing import TimingSetup, run_worker
 from ppocompress.errors import UserError
 from ppocompress.search.evaluator import PlanEvaluator
@@ -142,6 +144,27 @@ def test_compress_refuses_a_runtime_that_cannot_generate(llama_dir, tmp_path, ca
     code = main(["compress", "--model", str(llama_dir), "--runtime", "onnxruntime", "--text", str(text), "--out",
                  str(tmp_path / "run"), "--evals", "4", "--no-baselines"])
     assert code == 2 and "causal LMs are served on torch" in capsys.readouterr().err
+
+
+def test_bench_refuses_a_runtime_that_cannot_generate(llama_dir, tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(TEXTS))
+    code = main(["bench", "--model", str(llama_dir), "--runtime", "onnxruntime", "--text", str(text)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pass --runtime torch" in err[0]
+
+
+@pytest.mark.slow  # decode timing in worker processes for 4 models
+def test_bench_times_a_causal_lms_variants_decoding(llama):
+    variants = [Variant("dense"), Variant("int8", int8=True), Variant("KV groups -1/3", group_keep=2 / 3),
+                Variant("drop 1 layer int8", drop=1, int8=True)]
+    setup = TimingSetup(batch_size=1, seq_len=16, new_tokens=8, repeats=2, warmup=1, rounds=1, threads=1)
+    results = run_bench(llama, splits_from_texts(TEXTS), ["torch"], variants, setup=setup, log=lambda _: None)
+    by_name = {r.name: r for r in results}
+    assert by_name["dense"].kl_heldout == pytest.approx(0.0, abs=1e-6) and by_name["dense"].cosine_heldout is None
+    assert all(r.speedup > 0 and r.prefill_speedup > 0 and r.perplexity_heldout > 0 for r in results)
+    assert by_name["KV groups -1/3"].params < by_name["dense"].params
+    assert by_name["int8"].size_bytes < by_name["dense"].size_bytes  # the int8 head too
 
 
 @pytest.mark.slow  # decode timing in worker processes for 7 models x 3 rounds

@@ -94,6 +94,8 @@ def evaluate(
     compression_plan = CompressionPlan.from_json_file(plan) if plan is not None else None
     dense = load_model(model, trust_remote_code=trust_remote_code)
     setup = TimingSetup.for_model(dense.is_causal, threads)
+    if dense.is_causal:
+        names = _generating(names, runtime)
     reports = [run_evaluate(dense, texts, compression_plan, recovery, name, latency=latency, setup=setup) for name in names]
     if json_out:
         typer.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
@@ -116,6 +118,18 @@ def _runtimes(choice: str) -> list[str]:
     return [choice]
 
 
+def _generating(names: list[str], choice: str) -> list[str]:
+    """The runtimes of `names` that can serve a causal LM; --runtime NAME that cannot is an error."""
+    from ppocompress.compress.runtimes import get_runtime, no_generation
+
+    if choice != "auto" and no_generation(get_runtime(choice)):
+        raise UserError(no_generation(get_runtime(choice)) + "; pass --runtime torch or auto")
+    usable = [name for name in names if not no_generation(get_runtime(name))]
+    for name in sorted(set(names) - set(usable)):
+        typer.echo(f"skipping runtime {name}: {no_generation(get_runtime(name))}", err=True)
+    return usable
+
+
 @app.command()
 def bench(
     model: ModelOption = None,
@@ -124,8 +138,8 @@ def bench(
                                               "(every available one).")] = "auto",
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")] = None,
     threads: Annotated[int, typer.Option(help="Threads for latency measurement (the same for every variant).")] = 2,
-    batch_size: Annotated[int, typer.Option(help="Batch size for latency.")] = 32,
-    seq_len: Annotated[int, typer.Option(help="Sequence length for latency.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Batch size for latency (encoders; a causal LM is timed decoding).")] = 32,
+    seq_len: Annotated[int, typer.Option(help="Sequence length for latency (encoders).")] = 64,
     rounds: Annotated[int, typer.Option(help="Interleaved latency rounds per variant.")] = 3,
     calibration_texts: Annotated[int, typer.Option(help="Calibration passages (importance, recovery), evenly spread.")] = 1024,
     evaluation_texts: Annotated[int, typer.Option(help="Held-out passages for quality, evenly spread.")] = 512,
@@ -133,6 +147,7 @@ def bench(
 ) -> None:
     """Measure uniform variants (int8, heads/FFN removed, layers dropped, combinations) on each runtime against dense PyTorch fp32."""
     import json
+    from dataclasses import replace
 
     from ppocompress.compress import load_model
     from ppocompress.compress.bench import run_bench
@@ -146,11 +161,12 @@ def bench(
     texts = subset(load_splits(text), calibration_texts, evaluation_texts)
     dense = load_model(model, trust_remote_code=trust_remote_code)
     if dense.is_causal:
-        raise UserError("bench measures embedding models for now; for a causal LM use evaluate (with --plan) or compress")
+        names = _generating(names, runtime)
+        setup = replace(TimingSetup.for_model(True, threads), rounds=rounds)  # decoding, whatever --batch-size says
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
     results = run_bench(dense, texts, names, setup=setup, log=_progress_log())
-    print_bench(results, dense.source)
+    print_bench(results, dense.source, dense.is_causal)
     if json_file is not None:
         atomic_write_text(json_file, json.dumps({"model": dense.source, "timing": setup.to_dict(),
                                                  "variants": [r.to_dict() for r in results]}, indent=1))

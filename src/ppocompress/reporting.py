@@ -10,13 +10,18 @@ def _fmt(value, spec: str = ".4f") -> str:
     return "-" if value is None or value != value else format(value, spec)
 
 
-def print_bench(results, model_name: str) -> None:
+def print_bench(results, model_name: str, causal: bool = False) -> None:
+    from ppocompress.search.results import quality_columns
+
+    quality = quality_columns(causal)
+    speed = ("decode speedup", "prefill speedup") if causal else ("speedup",)
     table = Table(title=f"Variants of {model_name} (speedup vs dense PyTorch fp32, measured side by side)")
-    for column in ("variant", "runtime", "cosine", "Lee Pearson", "size MB", "latency ms", "speedup"):
+    for column in ("variant", "runtime", *(header for header, _, _ in quality), "size MB", "latency ms", *speed):
         table.add_column(column, justify="left" if column in ("variant", "runtime") else "right")
     for r in results:
-        table.add_row(r.name, r.runtime, _fmt(r.cosine), _fmt(r.lee_pearson), _fmt(r.size_bytes / 1e6, ".1f"),
-                      _fmt(r.latency_ms, ".1f"), _fmt(r.speedup, ".2f") + "x")
+        speedups = (r.speedup, r.prefill_speedup) if causal else (r.speedup,)
+        table.add_row(r.name, r.runtime, *(_fmt(getattr(r, field), spec) for _, field, spec in quality),
+                      _fmt(r.size_bytes / 1e6, ".1f"), _fmt(r.latency_ms, ".1f"), *(_fmt(x, ".2f") + "x" for x in speedups))
     Console().print(table)
 
 

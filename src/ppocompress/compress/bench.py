@@ -5,13 +5,15 @@ neurons and layers by activation-aware importance on calibration text; pruned va
 recovered by least squares. Each variant is exported for every runtime asked for (int8 as
 that runtime computes it), its quality measured on the held-out split as the runtime runs
 it, and every model timed in its own process, interleaved with dense PyTorch fp32 in the
-same rounds, so the speedups are ratios of side-by-side measurements.
+same rounds, so the speedups are ratios of side-by-side measurements. A causal LM is
+judged on next-token distributions and timed decoding (see TimingSetup.for_model), on the
+runtimes that generate with a KV cache.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ppocompress.compress.architecture import layer_table
@@ -24,7 +26,7 @@ from ppocompress.compress.importance import (
 from ppocompress.compress.models import LoadedModel
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.plan import CompressionPlan
-from ppocompress.compress.quality import HELD_OUT_MAX_LENGTH, embed, judge_session
+from ppocompress.compress.quality import HeldOut, HeldOutQuality
 from ppocompress.compress.runtimes import get_runtime
 from ppocompress.compress.text import TextSplits
 from ppocompress.compress.timing import TimingSetup, measure_latencies
@@ -45,8 +47,9 @@ class Variant:
         table = layer_table(dense.model)
         n = len(table)
         dropped = set(layers_to_drop(scores, self.drop)) if self.drop else set()
-        return plan_from_scores(table, scores, [self.group_keep] * n, [self.neuron_keep] * n, int8=[self.int8] * n,
+        plan = plan_from_scores(table, scores, [self.group_keep] * n, [self.neuron_keep] * n, int8=[self.int8] * n,
                                 drop=[j in dropped for j in range(n)])
+        return replace(plan, int8_head=self.int8 and dense.is_causal)  # a decoder's int8 covers its output head
 
 
 VARIANTS = [
@@ -65,28 +68,46 @@ VARIANTS = [
 ]
 
 
+# Decoders: int8 weights (with the output head), whole KV groups of few (SmolLM2 has 3), layers.
+CAUSAL_VARIANTS = [
+    Variant("dense"),
+    Variant("int8", int8=True),
+    Variant("KV groups -1/3", group_keep=2 / 3),
+    Variant("ffn -25%", neuron_keep=0.75),
+    Variant("ffn -50%", neuron_keep=0.5),
+    Variant("drop 2 layers", drop=2),
+    Variant("ffn -25% int8", neuron_keep=0.75, int8=True),
+    Variant("drop 2 layers int8", drop=2, int8=True),
+    Variant("drop 4 layers int8", drop=4, int8=True),
+]
+
+
+def default_variants(causal: bool) -> list[Variant]:
+    return CAUSAL_VARIANTS if causal else VARIANTS
+
+
 @dataclass
-class VariantResult:
+class VariantResult(HeldOutQuality):
     name: str
     runtime: str
     params: int
     size_bytes: int
-    cosine: float  # mean cosine to dense PyTorch fp32 on held-out text, as the runtime runs it
-    cosine_min: float
-    lee_pearson: float
     latency_ms: float = float("nan")
     latency_median_ms: float = float("nan")
-    speedup: float = float("nan")  # against dense PyTorch fp32, same rounds
+    speedup: float = float("nan")  # against dense PyTorch fp32, same rounds; of decoding for a causal LM
+    prefill_speedup: float | None = None  # causal LMs
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def run_bench(dense: LoadedModel, texts: TextSplits, runtimes: list[str], variants: list[Variant] = VARIANTS,
+def run_bench(dense: LoadedModel, texts: TextSplits, runtimes: list[str], variants: list[Variant] | None = None,
               recovery: str = "lsq", setup: TimingSetup = TimingSetup(), log=print) -> list[VariantResult]:
+    """variants: default_variants for the model's kind when None."""
+    variants = default_variants(dense.is_causal) if variants is None else variants
     log(f"importance scores on {len(texts.calibration)} calibration passages")
     scores = importance_scores(dense, texts.calibration)
-    reference = embed(dense.model, dense.tokenizer, texts.evaluation, max_length=HELD_OUT_MAX_LENGTH)
+    held_out = HeldOut(dense, texts.evaluation)
     results: list[VariantResult] = []
     with tempfile.TemporaryDirectory(prefix="ppocompress-bench-") as workdir:
         work = Path(workdir)
@@ -99,17 +120,18 @@ def run_bench(dense: LoadedModel, texts: TextSplits, runtimes: list[str], varian
                 runtime = get_runtime(name)
                 log(f"[{i + 1}/{len(variants)}] {variant.name} on {name}")
                 artifact = runtime.export(fp32, work / f"variant{i}-{name}", texts.calibration)
-                quality = judge_session(runtime.session(artifact), dense.model, dense.tokenizer, texts.evaluation, reference)
-                results.append(VariantResult(variant.name, name, count_parameters(fp32.model), runtime.size_bytes(artifact),
-                                             quality["mean_cosine"], quality["min_cosine"], quality["lee_pearson"]))
+                quality = held_out.judge(runtime.session(artifact))
+                results.append(VariantResult(name=variant.name, runtime=name, params=count_parameters(fp32.model),
+                                             size_bytes=runtime.size_bytes(artifact), **vars(quality)))
                 targets.append((f"{variant.name} on {name}", artifact, name))
-        log(f"latency: {len(targets)} models x {setup.rounds} interleaved rounds, batch {setup.batch_size} x {setup.seq_len}, "
-            f"{setup.threads} threads")
+        shape = (f"{setup.new_tokens} tokens decoded after a {setup.seq_len}-token prompt" if setup.generates
+                 else f"batch {setup.batch_size} x {setup.seq_len}")
+        log(f"latency: {len(targets)} models x {setup.rounds} interleaved rounds, {shape}, {setup.threads} threads")
         latencies = measure_latencies(targets, setup)
-    reference_ms = latencies[targets[0][0]].ms
+    reference = latencies[targets[0][0]]
     for result in results:
         measured = latencies[f"{result.name} on {result.runtime}"]
-        result.latency_ms, result.latency_median_ms, result.speedup = measured.ms, measured.median_ms, reference_ms / measured.ms
+        result.latency_ms, result.latency_median_ms, result.speedup = measured.ms, measured.median_ms, reference.ms / measured.ms
+        if setup.generates:
+            result.prefill_speedup = reference.prefill_ms / measured.prefill_ms
     return results
-
-

@@ -254,3 +254,50 @@ def greedy_generations(model: nn.Module, tokenizer, prompts: list[str], new_toke
                                        pad_token_id=tokenizer.pad_token_id)
             outputs.append(tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True))
     return outputs
+
+
+@dataclass(kw_only=True)
+class HeldOutQuality:
+    """How a model as its runtime serves it compares with dense PyTorch fp32 on held-out
+    text: the encoder fields or the causal-LM fields are set."""
+
+    # Encoders: sentence embeddings.
+    cosine_heldout: float | None = None  # mean cosine
+    cosine_heldout_min: float | None = None
+    lee_pearson: float | None = None
+    # Causal LMs: next-token distributions.
+    kl_heldout: float | None = None
+    top1_agreement: float | None = None
+    perplexity_heldout: float | None = None
+
+    @property
+    def fidelity(self) -> float:
+        """What the search maximises, on held-out text: cosine, or exp(-KL) for causal LMs."""
+        return self.cosine_heldout if self.cosine_heldout is not None else math.exp(-self.kl_heldout)
+
+
+class HeldOut:
+    """Held-out quality of a model as its runtime serves it, against dense PyTorch fp32:
+    embeddings (cosine, Lee correlation) for encoders, next-token distributions (KL, top-1
+    agreement, perplexity) for causal LMs; the dense outputs computed once."""
+
+    def __init__(self, dense, texts: list[str]):
+        """dense: a LoadedModel."""
+        self.dense, self.texts = dense, texts
+        if dense.is_causal:
+            self.texts = texts[:CAUSAL_HELD_OUT]
+            self.reference = NextTokenReference(dense.model, dense.tokenizer, self.texts)
+        else:
+            self.reference = embed(dense.model, dense.tokenizer, texts, max_length=HELD_OUT_MAX_LENGTH)
+
+    def judge(self, session) -> HeldOutQuality:
+        """The quality of a runtime session's model."""
+        if self.dense.is_causal:
+            compared = self.reference.compare(session.model)
+            return HeldOutQuality(kl_heldout=compared.kl, top1_agreement=compared.top1_agreement, perplexity_heldout=compared.perplexity)
+        judged = judge_session(session, self.dense.model, self.dense.tokenizer, self.texts, self.reference)
+        return HeldOutQuality(cosine_heldout=judged["mean_cosine"], cosine_heldout_min=judged["min_cosine"],
+                              lee_pearson=judged["lee_pearson"])
+
+    def dense_lee_pearson(self) -> float | None:
+        return None if self.dense.is_causal else lee_correlation(self.dense.model, self.dense.tokenizer)["pearson"]

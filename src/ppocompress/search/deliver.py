@@ -11,15 +11,7 @@ from pathlib import Path
 
 from ppocompress.compress.models import LoadedModel
 from ppocompress.compress.pipeline import compress
-from ppocompress.compress.quality import (
-    CAUSAL_HELD_OUT,
-    HELD_OUT_MAX_LENGTH,
-    NextTokenReference,
-    embed,
-    greedy_generations,
-    judge_session,
-    lee_correlation,
-)
+from ppocompress.compress.quality import HeldOut, greedy_generations
 from ppocompress.compress.runtimes import get_runtime
 from ppocompress.compress.sentence_transformers_folder import (
     write_sentence_transformers_files,
@@ -81,7 +73,7 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
     def measured(name: str, levels: list[int] | None = None) -> MeasuredModel:
         model = MeasuredModel(name=name, runtime=runtime.name, latency=latency[name], speedup=latency["torch"].ms / latency[name].ms,
                               speedup_vs_dense_int8=latency["dense int8"].ms / latency[name].ms, size_bytes=sizes[name],
-                              **quality[name])
+                              **vars(quality[name]))
         if levels is not None:
             model.levels = [prepared.menu[i].name for i in levels]
             model.plan = prepared.evaluator.plan(levels).to_dict()
@@ -104,31 +96,6 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
     )
     result.warnings = target_warnings(result)
     return result
-
-
-class HeldOut:
-    """Held-out quality of a model as its runtime serves it, against dense PyTorch fp32:
-    embeddings (cosine, Lee correlation) for encoders, next-token distributions (KL, top-1
-    agreement, perplexity) for causal LMs; the dense outputs computed once."""
-
-    def __init__(self, dense: LoadedModel, texts: list[str]):
-        self.dense, self.texts = dense, texts
-        if dense.is_causal:
-            self.texts = texts[:CAUSAL_HELD_OUT]
-            self.reference = NextTokenReference(dense.model, dense.tokenizer, self.texts)
-        else:
-            self.reference = embed(dense.model, dense.tokenizer, texts, max_length=HELD_OUT_MAX_LENGTH)
-
-    def judge(self, session) -> dict[str, float]:
-        """MeasuredModel's quality fields for a runtime session."""
-        if self.dense.is_causal:
-            compared = self.reference.compare(session.model)
-            return {"kl_heldout": compared.kl, "top1_agreement": compared.top1_agreement, "perplexity_heldout": compared.perplexity}
-        judged = judge_session(session, self.dense.model, self.dense.tokenizer, self.texts, self.reference)
-        return {"cosine_heldout": judged["mean_cosine"], "cosine_heldout_min": judged["min_cosine"], "lee_pearson": judged["lee_pearson"]}
-
-    def dense_lee_pearson(self) -> float | None:
-        return None if self.dense.is_causal else lee_correlation(self.dense.model, self.dense.tokenizer)["pearson"]
 
 
 def target_warnings(result: CompressResult) -> list[str]:

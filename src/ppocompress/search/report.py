@@ -36,7 +36,7 @@ def write_report(run_dir: Path) -> Path:
     for row in [*result.searchers.values(), result.dense_int8, result.dense]:
         name = row.name + (" (delivered)" if row.name == result.searcher else "")
         cells = (name, row.runtime, row.evaluations, row.predicted_speedup, f"{row.speedup:.2f}x", f"{row.speedup_vs_dense_int8:.2f}x",
-                 *((f"{result.reference_latency.prefill_ms / row.latency.prefill_ms:.2f}x",) if prefill else ()),
+                 *((f"{result.prefill_speedup(row):.2f}x",) if prefill else ()),
                  *(getattr(row, field) for _, field, _ in quality), f"{row.size_bytes / 1e6:.1f}")
         style = ' class="delivered"' if row.name == result.searcher else ""
         rows.append(f"<tr{style}>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")

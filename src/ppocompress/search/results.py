@@ -4,10 +4,10 @@ the terminal summary, the report and the benchmarks (one schema, no keys built u
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from ppocompress.compress.quality import HeldOutQuality
 from ppocompress.compress.timing import LatencyResult, TimingSetup
 from ppocompress.errors import UserError
 from ppocompress.fileio import read_json_object
@@ -16,7 +16,7 @@ RESULT_FORMAT = "ppocompress.result/2"
 
 
 @dataclass
-class MeasuredModel:
+class MeasuredModel(HeldOutQuality):
     """One model timed and judged in the delivery run: a searcher's plan on the serving
     runtime, or a dense alternative a user could ship with no search at all."""
 
@@ -26,24 +26,11 @@ class MeasuredModel:
     speedup: float  # against dense PyTorch fp32, same rounds
     speedup_vs_dense_int8: float  # against the dense model on the serving runtime with int8
     size_bytes: int  # the served artifact on disk
-    # Held-out quality. Encoders: embeddings against the dense PyTorch model's.
-    cosine_heldout: float | None = None  # mean cosine
-    cosine_heldout_min: float | None = None
-    lee_pearson: float | None = None
-    # Causal LMs: next-token distributions against the dense PyTorch model's.
-    kl_heldout: float | None = None
-    top1_agreement: float | None = None
-    perplexity_heldout: float | None = None
     levels: list[str] | None = None  # menu level per layer; None for the dense models
     plan: dict | None = None
     evaluations: int | None = None  # plan evaluations the searcher spent
     predicted_speedup: float | None = None  # by the latency table
     predicted_latency_ms: float | None = None
-
-    @property
-    def fidelity(self) -> float:
-        """What the search maximised, on held-out text: cosine, or exp(-KL) for causal LMs."""
-        return self.cosine_heldout if self.cosine_heldout is not None else math.exp(-self.kl_heldout)
 
     @classmethod
     def from_dict(cls, data: dict) -> "MeasuredModel":
@@ -93,6 +80,12 @@ class CompressResult:
     @property
     def delivered(self) -> MeasuredModel:
         return self.searchers[self.searcher]
+
+    def prefill_speedup(self, model: MeasuredModel) -> float | None:
+        """A causal LM's prompt processing against dense PyTorch fp32 (speedup is of decoding)."""
+        if not self.timing.generates:
+            return None
+        return self.reference_latency.prefill_ms / model.latency.prefill_ms
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
