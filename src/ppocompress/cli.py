@@ -88,14 +88,13 @@ def evaluate(
     from ppocompress.compress.text import load_splits
     from ppocompress.compress.timing import TimingSetup
 
-    names = _runtimes(runtime)
+    _check_runtime(runtime)
     TimingSetup(threads=threads)  # bad values fail before the model loads
     texts = load_splits(text)
     compression_plan = CompressionPlan.from_json_file(plan) if plan is not None else None
     dense = load_model(model, trust_remote_code=trust_remote_code)
     setup = TimingSetup.for_model(dense.is_causal, threads)
-    if dense.is_causal:
-        names = _generating(names, runtime)
+    names = _runtimes(runtime, dense.is_causal)
     reports = [run_evaluate(dense, texts, compression_plan, recovery, name, latency=latency, setup=setup) for name in names]
     if json_out:
         typer.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
@@ -106,28 +105,31 @@ def evaluate(
         print_evaluation(report)
 
 
-def _runtimes(choice: str) -> list[str]:
-    """--runtime NAME: that one (a UserError if it cannot run here); auto: every one that can."""
-    from ppocompress.compress.runtimes import CHOICES, available_runtimes, get_runtime
+def _check_runtime(choice: str) -> None:
+    """A mistyped --runtime fails before the model loads."""
+    from ppocompress.compress.runtimes import CHOICES
 
     if choice not in CHOICES:
         raise UserError(f"unknown runtime {choice!r}; use one of {', '.join(CHOICES)}")
+
+
+def _runtimes(choice: str, causal: bool) -> list[str]:
+    """--runtime NAME: that one (a UserError if it cannot run here, or cannot serve a causal
+    LM); auto: every one that can."""
+    from ppocompress.compress.runtimes import (
+        available_runtimes,
+        get_runtime,
+        no_generation,
+    )
+
+    _check_runtime(choice)
     if choice == "auto":
-        return [r.name for r in available_runtimes(log=lambda line: typer.echo(line, err=True))]
-    get_runtime(choice).require()
+        return [r.name for r in available_runtimes(log=lambda line: typer.echo(line, err=True), causal=causal)]
+    runtime = get_runtime(choice)
+    runtime.require()
+    if causal and no_generation(runtime):
+        raise UserError(no_generation(runtime) + "; pass --runtime torch or auto")
     return [choice]
-
-
-def _generating(names: list[str], choice: str) -> list[str]:
-    """The runtimes of `names` that can serve a causal LM; --runtime NAME that cannot is an error."""
-    from ppocompress.compress.runtimes import get_runtime, no_generation
-
-    if choice != "auto" and no_generation(get_runtime(choice)):
-        raise UserError(no_generation(get_runtime(choice)) + "; pass --runtime torch or auto")
-    usable = [name for name in names if not no_generation(get_runtime(name))]
-    for name in sorted(set(names) - set(usable)):
-        typer.echo(f"skipping runtime {name}: {no_generation(get_runtime(name))}", err=True)
-    return usable
 
 
 @app.command()
@@ -157,11 +159,11 @@ def bench(
     from ppocompress.reporting import print_bench
 
     setup = TimingSetup(batch_size=batch_size, seq_len=seq_len, threads=threads, rounds=rounds)
-    names = _runtimes(runtime)
+    _check_runtime(runtime)
     texts = subset(load_splits(text), calibration_texts, evaluation_texts)
     dense = load_model(model, trust_remote_code=trust_remote_code)
+    names = _runtimes(runtime, dense.is_causal)
     if dense.is_causal:
-        names = _generating(names, runtime)
         setup = replace(TimingSetup.for_model(True, threads), rounds=rounds)  # decoding, whatever --batch-size says
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
