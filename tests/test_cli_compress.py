@@ -45,6 +45,17 @@ def test_evaluate_reports_quality_and_cost_of_a_plan(tiny_dir, text_file, tmp_pa
     assert "lee_pearson" in dense and report["plan"] == plan.to_dict()
 
 
+def test_evaluate_distils_a_plan_and_reports_how(tiny_dir, text_file, tmp_path, capsys):
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(CompressionPlan([LayerPlan(keep_neurons=list(range(16)))] * 3).to_json())
+    code = main(["evaluate", "--model", str(tiny_dir), "--plan", str(plan_path), "--text", str(text_file),
+                 "--recover", "lsq+distill", "--recover-minutes", "0.05", "--no-latency", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["recovery"] == "lsq+distill" and report["distillation"]["steps"] >= 1
+    assert report["distillation"]["stopped"] in ("budget", "no gain", "schedule")
+
+
 def test_evaluate_table_output(tiny_dir, text_file, capsys):
     assert main(["evaluate", "--model", str(tiny_dir), "--text", str(text_file), "--no-latency"]) == 0
     out = capsys.readouterr().out
@@ -58,6 +69,9 @@ def test_evaluate_table_output(tiny_dir, text_file, capsys):
         (["evaluate", "--plan", "/no/such/plan.json"], "plan file /no/such/plan.json does not exist"),
         (["evaluate", "--text", "/no/such/text.txt"], "does not exist"),
         (["bench", "--text", "/no/such/text.txt"], "does not exist"),
+        (["evaluate", "--recover", "prayer"], "unknown recovery 'prayer'"),
+        (["evaluate", "--recover", "distill", "--recover-minutes", "0"], "--recover-minutes must be a positive number"),
+        (["compress", "--recover", "lsq+distill", "--recover-minutes", "nan"], "--recover-minutes must be a positive number"),
     ],
 )
 def test_bad_inputs_are_one_line_exit_2(args, message, capsys):

@@ -83,31 +83,46 @@ def test_lsq_refit_brings_pruned_outputs_closer_to_dense(tiny):
     assert errors["lsq"] < errors["none"]
 
 
+def _lossless_cut(tmp_path):
+    """A tiny BERT whose FFN neuron 0 of layer 1 contributes nothing, and the plan removing it."""
+    loaded = load_model(str(save_tiny_model("bert", tmp_path / "bert")))
+    with torch.no_grad():
+        loaded.model.encoder.layer[1].output.dense.weight[:, 0] = 0.0
+    table = layer_table(loaded.model)
+    return loaded, CompressionPlan([LayerPlan(), LayerPlan(keep_neurons=list(range(1, table[1].ffn))), LayerPlan()])
+
+
 def test_lsq_is_exact_when_nothing_was_lost(tmp_path):
     """Removing a neuron whose output column is zero loses nothing: an (almost) unregularised
     refit must give back the dense layer."""
     from ppocompress.compress.recovery import refit_projections
 
-    loaded = load_model(str(save_tiny_model("bert", tmp_path / "bert")))
-    with torch.no_grad():
-        loaded.model.encoder.layer[1].output.dense.weight[:, 0] = 0.0
-    table = layer_table(loaded.model)
-    plan = CompressionPlan([LayerPlan(), LayerPlan(keep_neurons=list(range(1, table[1].ffn))), LayerPlan()])
+    loaded, plan = _lossless_cut(tmp_path)
     pruned = apply_plan(loaded, plan, quantize=False)
-    assert refit_projections(loaded, pruned, TEXTS, ridge=1e-9) == 1
+    assert refit_projections(loaded, pruned, TEXTS, ridge=1e-9) == {"1.ffn": 1e-9}
     batch = sample_batch(loaded.tokenizer)
     assert (outputs(pruned.model, batch) - outputs(loaded.model, batch)).abs().max().item() < 1e-3
 
 
-def test_distillation_lowers_its_loss(tmp_path):
-    loaded = load_model(str(save_tiny_model("bert", tmp_path / "bert")))
-    table = layer_table(loaded.model)
-    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(info.ffn // 4))) for info in table])
-    compressed = apply_plan(loaded, plan, quantize=False)
-    from ppocompress.compress.recovery import distill
+def test_lsq_chooses_the_ridge_that_does_best_on_validation_text(tmp_path):
+    """Where nothing was lost the exact refit is best on any text, so validation picks the
+    weakest ridge; without validation text the default is used."""
+    from ppocompress.compress.recovery import DEFAULT_RIDGE, RIDGES, refit_projections
 
-    losses = distill(loaded, compressed, TEXTS, steps=30, learning_rate=1e-3, batch_size=16, progress=False)
-    assert len(losses) == 30 and sum(losses[-5:]) < sum(losses[:5])
+    loaded, plan = _lossless_cut(tmp_path)
+    assert refit_projections(loaded, apply_plan(loaded, plan, quantize=False), TEXTS[::2], TEXTS[1::2]) == {"1.ffn": min(RIDGES)}
+    assert refit_projections(loaded, apply_plan(loaded, plan, quantize=False), TEXTS) == {"1.ffn": DEFAULT_RIDGE}
+
+
+def test_held_out_error_from_statistics_is_the_squared_error_less_a_constant():
+    from ppocompress.compress.recovery import _held_out_error
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 6, generator=generator, dtype=torch.float64), torch.randn(50, 3, generator=generator, dtype=torch.float64)
+    for _ in range(3):
+        w = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+        direct = float((x @ w - y).pow(2).sum() - y.pow(2).sum())
+        assert _held_out_error(w, x.T @ x, x.T @ y) == pytest.approx(direct, rel=1e-9, abs=1e-9)
 
 
 def test_recovery_then_int8_quantizes_after_refit(tmp_path):

@@ -76,31 +76,64 @@ def test_split_sentences_splits_on_end_punctuation_and_drops_short_ones() -> Non
 def test_default_splits_are_non_overlapping_deterministic_with_documented_counts() -> None:
     first, second = text.default_splits(), text.default_splits()
     assert first == second
-    assert (len(first.calibration), len(first.evaluation)) == (2004, 1052)
-    assert not set(first.calibration) & set(first.evaluation)
-    assert len(set(first.calibration)) == len(first.calibration)
-    assert len(set(first.evaluation)) == len(first.evaluation)
+    assert (len(first.calibration), len(first.validation), len(first.evaluation)) == (15585, 205, 5371)
+    lists = (first.calibration, first.validation, first.evaluation)
+    for one in lists:
+        assert len(set(one)) == len(one)
+    assert not set(first.calibration) & set(first.validation)
+    assert not (set(first.calibration) | set(first.validation)) & set(first.evaluation)
 
 
 def test_default_splits_keep_the_lee_benchmark_out() -> None:
     splits = text.default_splits()
     lee_sentences = {s for doc in text.lee_documents() for s in text.split_sentences(doc)}
-    assert not lee_sentences & set(splits.calibration + splits.evaluation)
+    assert not lee_sentences & set(splits.calibration + splits.validation + splits.evaluation)
 
 
-def test_default_splits_put_later_articles_and_reviews_in_evaluation() -> None:
+def test_default_splits_hold_out_a_whole_source_for_validation() -> None:
+    """No fit sees the reviews: choices made on them are made on a domain the fit never saw."""
     splits = text.default_splits()
+    assert {splits.sources[p] for p in splits.validation} == {"reviews"}
+    assert {splits.sources[p] for p in splits.calibration} == {"news", "wikipedia"}
+    assert set(splits.by_source(splits.evaluation)) == {"news", "wikipedia", "reviews"}
     held_out = text.split_sentences(text.lee_background_documents()[250])
     assert held_out and set(held_out) <= set(splits.evaluation)
-    assert text.movie_review_sentences()[0] in splits.calibration
+    assert text.movie_review_sentences()[0] in splits.validation
     assert text.movie_review_sentences()[199] in splits.evaluation
+
+
+def test_wikipedia_articles_are_prose_without_markup() -> None:
+    articles = text.wikipedia_articles()
+    assert len(articles) == 94
+    paragraphs = [p for article in articles for p in article]
+    assert not any(ch in p for p in paragraphs for ch in "|{}[]=<>")
+    assert not any("''" in p for p in paragraphs)
+    assert articles[0][0].startswith("Anarchism is a political philosophy")
+
+
+def test_subset_balances_every_prefix_between_sources() -> None:
+    splits = text.default_splits()
+    chosen = text.subset(splits, 100, 300)
+    sources = [splits.sources[p] for p in chosen.calibration]
+    assert len(sources) == 100 and sources[:10].count("news") == 5 and sources.count("news") == 50
+    held_out = {name: len(texts) for name, texts in splits.by_source(chosen.evaluation).items()}
+    assert held_out == {"news": 100, "wikipedia": 100, "reviews": 100}
+    assert chosen.validation == splits.validation
+
+
+def test_balanced_gives_what_a_small_group_lacks_to_the_others() -> None:
+    groups = [[f"a{i}" for i in range(3)], [f"b{i}" for i in range(100)], [f"c{i}" for i in range(100)]]
+    picked = text.balanced(groups, 21)
+    assert [sum(p.startswith(g) for p in picked) for g in "abc"] == [3, 9, 9]
+    assert text.balanced(groups, 1000) == text.balanced(groups, 203) and len(text.balanced(groups, 1000)) == 203
 
 
 def test_splits_from_texts_interleaves_deterministically() -> None:
     passages = [f"passage number {i}" for i in range(10)]
     splits = text.splits_from_texts(passages, eval_fraction=0.3)
     assert splits.evaluation == ["passage number 1", "passage number 5", "passage number 8"]
-    assert sorted(splits.calibration + splits.evaluation) == sorted(passages)
+    assert len(splits.validation) == 1 and not set(splits.validation) & set(splits.calibration)
+    assert sorted(splits.calibration + splits.validation + splits.evaluation) == sorted(passages)
     assert splits == text.splits_from_texts(passages, eval_fraction=0.3)
 
 
@@ -108,7 +141,7 @@ def test_splits_from_texts_drops_duplicates_so_splits_cannot_overlap() -> None:
     passages = [f"line {i % 12}" for i in range(40)]
     splits = text.splits_from_texts(passages)
     assert not set(splits.calibration) & set(splits.evaluation)
-    assert len(splits.calibration) + len(splits.evaluation) == 12
+    assert len(splits.calibration) + len(splits.validation) + len(splits.evaluation) == 12
 
 
 def test_splits_from_texts_rejects_too_few_passages_and_bad_fractions() -> None:

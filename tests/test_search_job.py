@@ -38,9 +38,11 @@ def test_compress_end_to_end_writes_everything(setup, tmp_path, capsys):
     model_dir, text = setup
     out = tmp_path / "run"
     code = main(["compress", "--model", str(model_dir), "--target-speedup", "1.5", "--evals", "24", "--cost", "flops",
-                 "--text", str(text), "--out", str(out), "--no-baselines"])
+                 "--text", str(text), "--out", str(out), "--no-baselines", "--recover", "lsq+distill", "--recover-minutes", "0.05"])
     assert code == 0
     result = CompressResult.from_file(out / "result.json")
+    assert result.delivered.distillation.steps >= 1 and result.delivered.distillation.stopped
+    assert not (out / ".recovery").exists()  # the distillation's checkpoint, gone once the model is delivered
     assert result.runtime == "openvino"  # auto without timing prefers it when it is installed
     delivered = result.delivered
     assert result.searcher == "ppo" and set(result.searchers) == {"ppo"}
@@ -58,6 +60,7 @@ def test_compress_end_to_end_writes_everything(setup, tmp_path, capsys):
     assert not list(out.glob(".staging-*"))
     *summary, done = capsys.readouterr().out.splitlines()  # the last line is key=value for scripts
     assert any("dense int8" in line for line in summary) and max(len(line) for line in summary) <= 80
+    assert any("distillation:" in line for line in summary)
     assert done.startswith("done searcher=ppo runtime=openvino ")
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.html").exists()

@@ -63,6 +63,11 @@ TextOption = Annotated[
 ]
 
 
+RECOVER_HELP = ("Recovery after pruning: none, lsq (least squares), distill, or lsq+distill (least squares, then "
+                "distillation on all the calibration text).")
+RecoverMinutesOption = Annotated[Optional[float], typer.Option(help="Time budget of a distillation, in minutes, for each "
+                                                                     "model distilled. Default 20.")]
+
 RuntimeOption = Annotated[str, typer.Option(help="Where the model runs: auto (time the candidates, serve on the fastest), "
                                                "openvino, onnxruntime or torch.")]
 
@@ -72,7 +77,8 @@ def evaluate(
     model: ModelOption = None,
     plan: Annotated[Optional[Path], typer.Option(help="A plan JSON (or a result.json holding one) to apply first.")] = None,
     text: TextOption = None,
-    recovery: Annotated[str, typer.Option("--recover", help="Recovery after pruning: none, lsq or distill.")] = "none",
+    recovery: Annotated[str, typer.Option("--recover", help=RECOVER_HELP)] = "none",
+    recover_minutes: RecoverMinutesOption = None,
     runtime: Annotated[str, typer.Option(help="Runtime the model is judged and timed on: torch, onnxruntime, openvino, "
                                               "or auto (each available one).")] = "torch",
     latency: Annotated[bool, typer.Option(help="Measure latency (each model in its own process).")] = True,
@@ -84,18 +90,30 @@ def evaluate(
     import json
 
     from ppocompress.compress import CompressionPlan, load_model
+    from ppocompress.compress.distillation import DistillConfig
     from ppocompress.compress.evaluation import evaluate as run_evaluate
-    from ppocompress.compress.text import load_splits
+    from ppocompress.compress.recovery import METHODS
+    from ppocompress.compress.text import (
+        CALIBRATION_PASSAGES,
+        EVALUATION_PASSAGES,
+        load_splits,
+        subset,
+    )
     from ppocompress.compress.timing import TimingSetup
 
     _check_runtime(runtime)
     TimingSetup(threads=threads)  # bad values fail before the model loads
-    texts = load_splits(text)
+    if recovery not in METHODS:
+        raise UserError(f"unknown recovery {recovery!r}; use one of {', '.join(METHODS)}")
+    distillation = DistillConfig() if recover_minutes is None else DistillConfig(minutes=recover_minutes)
+    splits = load_splits(text)
+    texts = subset(splits, CALIBRATION_PASSAGES, EVALUATION_PASSAGES)
     compression_plan = CompressionPlan.from_json_file(plan) if plan is not None else None
     dense = load_model(model, trust_remote_code=trust_remote_code)
     setup = TimingSetup.for_model(dense.is_causal, threads)
     names = _runtimes(runtime, dense.is_causal)
-    reports = [run_evaluate(dense, texts, compression_plan, recovery, name, latency=latency, setup=setup) for name in names]
+    reports = [run_evaluate(dense, texts, compression_plan, recovery, name, latency=latency, setup=setup,
+                            distillation=distillation, distill_texts=splits.calibration) for name in names]
     if json_out:
         typer.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
         return
@@ -143,8 +161,10 @@ def bench(
     batch_size: Annotated[int, typer.Option(help="Batch size for latency (encoders; a causal LM is timed decoding).")] = 32,
     seq_len: Annotated[int, typer.Option(help="Sequence length for latency (encoders).")] = 64,
     rounds: Annotated[int, typer.Option(help="Interleaved latency rounds per variant.")] = 3,
-    calibration_texts: Annotated[int, typer.Option(help="Calibration passages (importance, recovery), evenly spread.")] = 1024,
-    evaluation_texts: Annotated[int, typer.Option(help="Held-out passages for quality, evenly spread.")] = 512,
+    calibration_texts: Annotated[Optional[int], typer.Option(help="Calibration passages (importance, recovery), balanced "
+                                                                  "between the sources. Default 1024.")] = None,
+    evaluation_texts: Annotated[Optional[int], typer.Option(help="Held-out passages for quality, balanced between the "
+                                                                 "sources. Default 512.")] = None,
     trust_remote_code: TrustOption = False,
 ) -> None:
     """Measure uniform variants (int8, heads/FFN removed, layers dropped, combinations) on each runtime against dense PyTorch fp32."""
@@ -153,14 +173,19 @@ def bench(
 
     from ppocompress.compress import load_model
     from ppocompress.compress.bench import run_bench
-    from ppocompress.compress.text import load_splits, subset
+    from ppocompress.compress.text import (
+        CALIBRATION_PASSAGES,
+        EVALUATION_PASSAGES,
+        load_splits,
+        subset,
+    )
     from ppocompress.compress.timing import TimingSetup
     from ppocompress.fileio import atomic_write_text
     from ppocompress.reporting import print_bench
 
     setup = TimingSetup(batch_size=batch_size, seq_len=seq_len, threads=threads, rounds=rounds)
     _check_runtime(runtime)
-    texts = subset(load_splits(text), calibration_texts, evaluation_texts)
+    texts = subset(load_splits(text), calibration_texts or CALIBRATION_PASSAGES, evaluation_texts or EVALUATION_PASSAGES)
     dense = load_model(model, trust_remote_code=trust_remote_code)
     names = _runtimes(runtime, dense.is_causal)
     if dense.is_causal:
@@ -183,7 +208,8 @@ def compress_command(
     searcher: Annotated[str, typer.Option(help="ppo, uniform, random or evolutionary.")] = "ppo",
     evals: Annotated[Optional[int], typer.Option(help="Plan evaluations each searcher may make. Default 200 for an "
                                                       "encoder, 100 for a causal LM (each costs more).")] = None,
-    recovery: Annotated[str, typer.Option("--recover", help="Recovery of the chosen plan: none, lsq or distill.")] = "lsq",
+    recovery: Annotated[str, typer.Option("--recover", help=RECOVER_HELP)] = "lsq",
+    recover_minutes: RecoverMinutesOption = None,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/compress"),
     seed: Annotated[int, typer.Option(help="Seed of the searchers.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
@@ -205,7 +231,8 @@ def compress_command(
     if target_speedup is None and target_size is None:
         target_speedup = DEFAULT_TARGET_SPEEDUP
     settings = CompressSettings(model=model, target_speedup=target_speedup, target_size=target_size, searcher=searcher,
-                                evals=evals, recovery=recovery, seed=seed, baselines=baselines, threads=threads,
+                                evals=evals, recovery=recovery, recover_minutes=recover_minutes, seed=seed,
+                                baselines=baselines, threads=threads,
                                 text=None if text is None else str(text), cost=cost, runtime=runtime,
                                 trust_remote_code=trust_remote_code)
     result = run_compress(settings, out, resume=resume, log=_progress_log())

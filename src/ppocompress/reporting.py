@@ -37,6 +37,17 @@ def print_evaluation(report: dict) -> None:
         table.add_row(metric, *[_fmt(report[label].get(metric), ",.4f" if not isinstance(report[label].get(metric), int) else ",d")
                                 for label in labels])
     Console().print(table)
+    if "distillation" in report:
+        from ppocompress.compress.distillation import DistillReport
+
+        Console().print(distillation_line(DistillReport.from_dict(report["distillation"])))
+
+
+def distillation_line(report) -> str:
+    """A DistillReport in a line: how long, on what, from which validation fidelity to which, and why it stopped."""
+    return (f"distillation: {report.steps} steps in {report.seconds / 60:.1f} min on {report.passages} passages, validation "
+            f"fidelity {report.validation[0][1]:.4f} -> {report.best_fidelity:.4f} (best at step {report.best_step}; "
+            f"stopped: {report.stopped})")
 
 
 SUMMARY_WIDTH = 80  # the summary must read in an 80-column terminal
@@ -71,5 +82,7 @@ def print_compress(result) -> None:
                   "q: int8, -: dropped):")
     for row in result.searchers.values():
         console.print(f"  {row.name:<13}" + " ".join(short_level(name) for name in row.levels))
+    if result.delivered.distillation is not None:
+        console.print("delivered plan's " + distillation_line(result.delivered.distillation))
     for warning in result.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}")

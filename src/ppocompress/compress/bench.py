@@ -115,7 +115,8 @@ def run_bench(dense: LoadedModel, texts: TextSplits, runtimes: list[str], varian
         for i, variant in enumerate(variants):
             plan = variant.plan_for(dense, scores)
             prunes = any(p.keep_groups is not None or p.keep_neurons is not None or p.drop for p in plan.layers)
-            fp32 = compress(dense, plan, recovery if prunes else "none", texts.calibration, quantize=False)
+            fp32 = compress(dense, plan, recovery if prunes else "none", texts.calibration, quantize=False,
+                            validation=texts.validation)
             for name in runtimes:
                 runtime = get_runtime(name)
                 log(f"[{i + 1}/{len(variants)}] {variant.name} on {name}")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from ppocompress.compress.cost import count_parameters, model_flops
+from ppocompress.compress.distillation import DistillConfig
 from ppocompress.compress.models import LoadedModel
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.plan import CompressionPlan
@@ -24,13 +26,18 @@ from ppocompress.errors import UserError
 
 
 def evaluate(dense: LoadedModel, texts: TextSplits, plan: CompressionPlan | None = None, recovery: str = "none",
-             runtime: str = "torch", latency: bool = True, setup: TimingSetup = TimingSetup()) -> dict:
+             runtime: str = "torch", latency: bool = True, setup: TimingSetup = TimingSetup(),
+             distillation: DistillConfig = DistillConfig(), distill_texts: list[str] | None = None) -> dict:
     """Metrics of the dense model, and of the compressed one when a plan is given; the
     candidate (compressed, else dense) is exported for `runtime` and judged as it runs
-    there. Quality is measured on texts.evaluation; recovery calibrates on texts.calibration."""
+    there. Quality is measured on texts.evaluation; least squares fits texts.calibration,
+    distillation `distill_texts` (default the same), both choosing on texts.validation."""
     if dense.is_causal and no_generation(get_runtime(runtime)):
         raise UserError(no_generation(get_runtime(runtime)) + "; pass --runtime torch")
-    candidate = compress(dense, plan, recovery, texts.calibration, quantize=False) if plan is not None else dense
+    candidate = dense
+    if plan is not None:
+        candidate = compress(dense, plan, recovery, texts.calibration, quantize=False, validation=texts.validation,
+                             distillation=distillation, distill_texts=distill_texts, progress=True)
     report: dict = {"model": dense.source, "model_type": dense.model_type, "recovery": recovery if plan else None,
                     "runtime": runtime, "timing": setup.to_dict(),
                     "evaluation_texts": min(len(texts.evaluation), CAUSAL_HELD_OUT) if dense.is_causal else len(texts.evaluation)}
@@ -42,6 +49,8 @@ def evaluate(dense: LoadedModel, texts: TextSplits, plan: CompressionPlan | None
         report["dense"] = {"params": count_parameters(dense.model), "size_bytes": get_runtime("torch").size_bytes(reference_dir),
                            "flops_per_sequence": model_flops(dense.model, setup.seq_len), **_lee(dense)}
         if plan is not None:
+            if candidate.distillation is not None:
+                report["distillation"] = asdict(candidate.distillation)
             report["compressed"] = {"params": count_parameters(candidate.model), "size_bytes": get_runtime(runtime).size_bytes(artifact),
                                     "flops_per_sequence": model_flops(candidate.model, setup.seq_len)}
             report["plan"] = plan.to_dict()

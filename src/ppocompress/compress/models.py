@@ -30,6 +30,7 @@ class LoadedModel:
     source: str  # what the user named, or the embedded default's name
     base_config: dict[str, Any] = field(default_factory=dict)  # the dense model's config
     plan: Any = None  # the CompressionPlan applied to the dense model, if any
+    distillation: Any = None  # the DistillReport of its recovery, if it was distilled
 
     @property
     def is_causal(self) -> bool:

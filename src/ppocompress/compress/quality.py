@@ -171,7 +171,7 @@ def lee_correlation_of(embeddings: torch.Tensor) -> dict[str, float]:
     return {"pearson": _pearson(model_pairs, human_pairs), "spearman": spearman(model_pairs, human_pairs)}
 
 
-def _ensure_pad_token(tokenizer) -> None:
+def ensure_pad_token(tokenizer) -> None:
     """Causal LM tokenizers (GPT-2, Llama) often have no pad token; batching needs one, and eos is the usual stand-in."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -203,7 +203,7 @@ class NextTokenReference:
                  dtype: torch.dtype = torch.float32):
         if not texts:
             raise ValueError("need at least one text")
-        _ensure_pad_token(tokenizer)
+        ensure_pad_token(tokenizer)
         ordered = [texts[i] for i in by_length(texts)]  # sums: order does not matter
         self.batches = [tokenizer(ordered[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
                                   return_tensors="pt", padding_side="right") for start in range(0, len(ordered), batch_size)]

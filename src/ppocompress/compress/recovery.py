@@ -1,38 +1,45 @@
-"""Recovering quality after pruning.
+"""Least-squares recovery after pruning (distillation, which can follow it, is in
+distillation.py).
 
-- lsq: closed-form least-squares refit of every pruned output projection (attention out,
-  FFN down): given the inputs it sees inside the *compressed* model on calibration text,
-  it is refit to reproduce what the *dense* projection outputs there. One dense pass, then
-  one compressed pass per pruned layer, in order, collect X^T X and X^T Y; a
-  ridge-regularised solve does the rest. refit_to_subset is the cheap variant a search
-  uses: from the dense model's input statistics alone (projection_grams), one solve per
-  projection, for any subset of heads or neurons.
-- distill: a short distillation of the whole compressed model towards the dense model's
-  hidden states (or logits for causal LMs), N optimizer steps.
-Both run on the fp32 pruned model, before int8 quantization.
+refit_projections: closed-form refit of every pruned output projection (attention out,
+FFN down): given the inputs it sees inside the *compressed* model on calibration text,
+it is refit to reproduce what the *dense* projection outputs there. One dense pass, then
+one compressed pass per pruned layer, in order, collect X^T X and X^T Y; a
+ridge-regularised solve does the rest. The ridge strength is chosen per projection on
+validation text (a source the fit never saw) from RIDGES, by the error it leaves there.
+refit_to_subset is the cheap variant a search uses: from the dense model's input
+statistics alone (projection_grams), one solve per projection, for any subset of heads
+or neurons. Both run on the fp32 pruned model, before int8 quantization.
 """
 
 from __future__ import annotations
 
 import torch
-from rich.progress import Progress
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ppocompress.compress.architecture import adapter_for
-from ppocompress.compress.calibration import batches, forward, watch_inputs
+from ppocompress.compress.calibration import watch_inputs
 from ppocompress.compress.importance import output_weight
 from ppocompress.compress.models import LoadedModel
 from ppocompress.errors import UserError
 
-METHODS = ("none", "lsq", "distill")
+METHODS = ("none", "lsq", "distill", "lsq+distill")
+DEFAULT_RIDGE = 1e-3  # relative to the mean squared input; without validation text, and in the search
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the candidates validation text chooses from
 
 
-def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[str], ridge: float = 1e-3,
-                      batch_size: int = 32, max_length: int = 128) -> int:
-    """Least-squares refit of the pruned layers' output projections. Returns how many were refit."""
+def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[str], validation: list[str] | None = None,
+                      ridge: float | None = None, batch_size: int = 32, max_length: int = 128) -> dict[str, float]:
+    """Least-squares refit of the pruned layers' output projections, each with the ridge
+    of RIDGES that leaves the least error on `validation` (DEFAULT_RIDGE without it), or
+    with `ridge` if one is given. Returns the ridge of each refit projection, keyed
+    "<layer>.attn" / "<layer>.ffn"."""
     if not texts:
         raise UserError("least-squares recovery needs calibration text")
+    ridges = (ridge,) if ridge is not None else RIDGES if validation else (DEFAULT_RIDGE,)
+    if len(ridges) == 1:
+        validation = None
     plan = compressed.plan
     kept_layers = [i for i, p in enumerate(plan.layers) if not p.drop]
     dense_adapter, small_adapter = adapter_for(dense.model), adapter_for(compressed.model)
@@ -48,15 +55,16 @@ def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[s
             targets[f"{old_index}.ffn"] = small_adapter.ffn_output(small_layers[new_index])
             sources[f"{old_index}.ffn"] = dense_adapter.ffn_output(dense_layers[old_index])
     if not targets:
-        return 0
+        return {}
+    texts_of = {"fit": texts, "validation": validation or []}
 
     # Pass 1, dense model: what each projection outputs, token by token (kept in order).
-    dense_outputs: dict[str, list[torch.Tensor]] = {name: [] for name in sources}
+    dense_outputs = {part: {name: [] for name in sources} for part in texts_of if texts_of[part]}
+    for part in dense_outputs:
+        def record_dense(name: str, x: torch.Tensor, outputs=dense_outputs[part]) -> None:
+            outputs[name].append(_apply(sources[name], x))
 
-    def record_dense(name: str, x: torch.Tensor) -> None:
-        dense_outputs[name].append(_apply(sources[name], x))
-
-    watch_inputs(dense.model, dense.tokenizer, texts, sources, record_dense, batch_size, max_length)
+        watch_inputs(dense.model, dense.tokenizer, texts_of[part], sources, record_dense, batch_size, max_length)
 
     # Then, layer by layer, the compressed model: accumulate [X 1]^T [X 1] and [X 1]^T Y
     # and solve. Going in order lets each refit see the inputs that the earlier refits
@@ -64,27 +72,54 @@ def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[s
     stages: dict[str, dict[str, nn.Module]] = {}
     for name, module in targets.items():
         stages.setdefault(name.split(".")[0], {})[name] = module
+    chosen: dict[str, float] = {}
     for stage in stages.values():
-        gram: dict[str, torch.Tensor] = {}
-        cross: dict[str, torch.Tensor] = {}
-        cursor = {name: 0 for name in stage}
-
-        def accumulate(name: str, x: torch.Tensor) -> None:
-            y = dense_outputs[name][cursor[name]]
-            cursor[name] += 1
-            xa = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
-            # Products per batch in float32 (fast), sums across batches in float64.
-            gram[name] = gram.get(name, 0) + (xa.T @ xa).double()
-            cross[name] = cross.get(name, 0) + (xa.T @ y).double()
-
-        watch_inputs(compressed.model, compressed.tokenizer, texts, stage, accumulate, batch_size, max_length, stop_early=True)
+        statistics = {part: _statistics(compressed, texts_of[part], stage, dense_outputs[part], batch_size, max_length)
+                      for part in dense_outputs}
         for name, module in stage.items():
-            g, c, width = gram[name], cross[name], gram[name].shape[0] - 1
-            if module.bias is None:  # no bias to absorb a constant: fit without one
-                g, c = g[:-1, :-1], c[:-1]
-            solution = _ridge_solve(g, c, ridge, gram[name].diagonal()[:-1].mean())
+            gram, cross = statistics["fit"][name]
+            width = gram.shape[0] - 1
+            keep = slice(None) if module.bias is not None else slice(0, width)  # no bias to absorb a constant: fit without one
+            scale = gram.diagonal()[:-1].mean()
+
+            def solve(ridge: float) -> torch.Tensor:
+                return _ridge_solve(gram[keep, keep], cross[keep], ridge, scale)
+
+            if len(ridges) > 1:
+                held_gram, held_cross = statistics["validation"][name]
+                held_gram, held_cross = held_gram[keep, keep], held_cross[keep]
+                chosen[name] = min(ridges, key=lambda ridge: _held_out_error(solve(ridge), held_gram, held_cross))
+            else:
+                chosen[name] = ridges[0]
+            solution = solve(chosen[name])
             _set_weight_bias(module, solution[:width].T.float(), solution[-1].float())
-    return len(targets)
+    return chosen
+
+
+def _statistics(compressed: LoadedModel, texts: list[str], stage: dict[str, nn.Module], dense_outputs: dict[str, list[torch.Tensor]],
+                batch_size: int, max_length: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """[X 1]^T [X 1] and [X 1]^T Y of each of the stage's projections, X its inputs in the
+    compressed model and Y the dense projection's outputs, on `texts`."""
+    gram: dict[str, torch.Tensor] = {}
+    cross: dict[str, torch.Tensor] = {}
+    cursor = dict.fromkeys(stage, 0)
+
+    def accumulate(name: str, x: torch.Tensor) -> None:
+        y = dense_outputs[name][cursor[name]]
+        cursor[name] += 1
+        xa = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
+        # Products per batch in float32 (fast), sums across batches in float64.
+        gram[name] = gram.get(name, 0) + (xa.T @ xa).double()
+        cross[name] = cross.get(name, 0) + (xa.T @ y).double()
+
+    watch_inputs(compressed.model, compressed.tokenizer, texts, stage, accumulate, batch_size, max_length, stop_early=True)
+    return {name: (gram[name], cross[name]) for name in stage}
+
+
+def _held_out_error(solution: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor) -> float:
+    """|XW - Y|^2 - |Y|^2 on held-out inputs, from their X^T X and X^T Y: the error up to a
+    constant, which is all a choice between solutions needs."""
+    return float((solution * (gram @ solution)).sum() - 2 * (solution * cross).sum())
 
 
 def projection_grams(dense: LoadedModel, texts: list[str], batch_size: int = 32, max_length: int = 128) -> dict[str, torch.Tensor]:
@@ -110,7 +145,7 @@ def projection_grams(dense: LoadedModel, texts: list[str], batch_size: int = 32,
 
 
 def refit_to_subset(module: nn.Module, dense_module: nn.Module, gram: torch.Tensor, columns: torch.Tensor,
-                    ridge: float = 1e-3) -> None:
+                    ridge: float = DEFAULT_RIDGE) -> None:
     """Refits `module`, the dense projection `dense_module` cut to its input `columns`,
     to reproduce the dense outputs on the inputs `gram` summarises (see projection_grams).
     The inputs are the dense model's, so this is the non-sequential refit: cheaper and a
@@ -123,42 +158,6 @@ def refit_to_subset(module: nn.Module, dense_module: nn.Module, gram: torch.Tens
     scale = gram.diagonal()[columns.long()].mean()
     solution = _ridge_solve(gram[index][:, index], gram[index] @ dense_map, ridge, scale)
     _set_weight_bias(module, solution[: len(columns)].T.float(), solution[-1].float())
-
-
-def distill(dense: LoadedModel, compressed: LoadedModel, texts: list[str], steps: int = 200, learning_rate: float = 5e-5,
-            batch_size: int = 16, max_length: int = 128, progress: bool = True) -> list[float]:
-    """Trains the compressed fp32 model to match the dense model's last hidden states
-    (encoders) or logits distribution (causal LMs). Returns the loss per step."""
-    if not texts:
-        raise UserError("distillation needs calibration text")
-    model = compressed.model
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=0.0)
-    all_batches = list(batches(compressed.tokenizer, texts, batch_size, max_length))
-    losses = []
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("distilling", total=steps)
-        for step in range(steps):
-            batch = all_batches[step % len(all_batches)]
-            mask = batch["attention_mask"].bool()
-            with torch.no_grad():
-                teacher = forward(dense.model, batch)
-            student = forward(model, batch)
-            if compressed.is_causal:
-                loss = nn.functional.kl_div(
-                    torch.log_softmax(student.logits[mask], -1), torch.log_softmax(teacher.logits[mask], -1),
-                    log_target=True, reduction="batchmean",
-                )
-            else:
-                loss = nn.functional.mse_loss(student.last_hidden_state[mask], teacher.last_hidden_state[mask])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            losses.append(loss.item())
-            bar.update(task, advance=1, description=f"distilling loss {loss.item():.4f}")
-    model.eval()
-    return losses
 
 
 def _ridge_solve(gram: torch.Tensor, cross: torch.Tensor, ridge: float, scale: torch.Tensor) -> torch.Tensor:

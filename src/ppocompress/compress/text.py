@@ -1,39 +1,46 @@
-"""English text for calibrating and evaluating compressed models.
+"""English text for calibrating, validating and evaluating compressed models.
 
 The default text comes from files that the `gensim` wheel ships under
-gensim/test/test_data. They are found without importing gensim, because
-`import gensim` takes most of a second (it loads scipy). Only natural English text
-is used: no stemmed, tokenised-keyword or non-English files.
+gensim/test/test_data, found without importing gensim (`import gensim` takes most of a
+second; only the Wikipedia dump's parser is imported, when that source is read). Only
+natural English text is used: no stemmed, tokenised-keyword or non-English files.
 
-Default split (`default_splits`). It is fixed and uses no random numbers. The same
-inputs always give the same lists, and no passage is in both lists:
+Three sources, and three roles (`default_splits`; fixed, no random numbers, no passage
+in two lists):
 
-| source                                    | calibration                 | evaluation (held out)      |
-|-------------------------------------------|-----------------------------|----------------------------|
-| lee_background.cor (300 news articles)    | articles 0-199: 1,714       | articles 200-299: 818      |
-| pang_lee_polarity.cor (100 neg, 100 pos)  | neg 0-49 and pos 0-49: 100  | neg 50-99, pos 50-99: 100  |
-| alldata-id-10.txt (10 IMDB reviews)       | reviews 0-6: 105            | reviews 7-9: 24            |
-| para2para_text1.txt (New York, Wikipedia) | all: 85                     |                            |
-| para2para_text2.txt (Berlin, Wikipedia)   |                             | all: 110                   |
-| total                                     | 2,004 sentences             | 1,052 sentences            |
+| source                                   | calibration (fits)   | validation (choices) | evaluation (held out)   |
+|------------------------------------------|----------------------|----------------------|-------------------------|
+| news: lee_background.cor (300 articles)  | articles 0-199       |                      | articles 200-299        |
+| wikipedia: enwiki-...-shortened.bz2      | articles not 4 mod 5 |                      | articles 4 mod 5        |
+|   (94 articles of 200+ words of prose)   |                      |                      |                         |
+| wikipedia: para2para_text1/2.txt         | New York (text1)     |                      | Berlin (text2)          |
+| reviews: pang_lee_polarity.cor (200)     |                      | neg 0-49, pos 0-49   | neg 50-99, pos 50-99    |
+| reviews: alldata-id-10.txt (10 IMDB)     |                      | reviews 0-6          | reviews 7-9             |
+| sentences (tests/test_compress_text.py)  | 15,585               | 205                  | 5,371                   |
+
+- calibration is what every fit sees: the search's plan scores, importance, least
+  squares, distillation and int8 calibration. Its order interleaves the sources, so
+  every prefix (a search takes the first --calibration-texts) is balanced between them.
+- validation is a whole source that no fit sees (reviews: lowercase, informal), so a
+  choice made on it (the least-squares ridge, when distillation stops) is made on a
+  domain the fit never saw.
+- evaluation is for the final report only, and is reported per source.
 
 Articles and reviews are split into sentences (`split_sentences`); movie-review lines
 are already single sentences. Each list keeps one copy of a repeated sentence
-(lee_background.cor has only 293 distinct articles among its 300 lines). A sentence
-that is also in the calibration list would be left out of the evaluation list, but
-none is, for these files. A search must only ever see the calibration list. The
-evaluation list is for the final report.
-
-lee.cor (50 documents, with human similarity judgements) is in neither list. It is the
+(lee_background.cor has only 293 distinct articles among its 300 lines).
+lee.cor (50 documents, with human similarity judgements) is in no list. It is the
 separate benchmark that `ppocompress.compress.quality.lee_correlation` uses.
 """
 
 from __future__ import annotations
 
+import bz2
+import functools
 import importlib.util
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +48,8 @@ import numpy as np
 from ppocompress.errors import UserError
 
 MIN_SENTENCE_WORDS = 5
+CALIBRATION_PASSAGES = 1024  # what a search, importance and least squares fit on, by default
+EVALUATION_PASSAGES = 512  # held out for the report, by default
 MIN_USER_PASSAGES = 10
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -111,61 +120,129 @@ def wikipedia_paragraphs(number: int) -> list[str]:
     return [_CITATION.sub("", line) for line in _lines(f"para2para_text{number}.txt")]
 
 
-def _sentences(documents: list[str]) -> list[str]:
+WIKIPEDIA_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+WIKIPEDIA_HELD_OUT_EVERY = 5  # every fifth article is held out for evaluation
+MIN_ARTICLE_WORDS = 200  # below this a page is a redirect, a stub or a list
+MIN_PARAGRAPH_WORDS = 12  # shorter lines of a parsed page are headings, captions or list items
+_MARKUP_LEFT = re.compile(r"[|={}<>\[\]]")  # a line the wiki parser did not fully clean
+_BOLD_ITALIC = re.compile(r"'{2,}")
+
+
+@functools.cache
+def wikipedia_articles() -> tuple[tuple[str, ...], ...]:
+    """The prose paragraphs of the Wikipedia articles in gensim's shortened English dump
+    (94 articles, Anarchism to Demographics of Angola), one tuple of paragraphs each.
+    The wiki markup is removed by gensim's own parser for its dumps."""
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    articles = []
+    with bz2.open(gensim_data_dir() / WIKIPEDIA_DUMP) as dump:
+        for _title, page, _page_id in extract_pages(dump):
+            paragraphs = []
+            for line in filter_wiki(page).splitlines():
+                line = " ".join(_BOLD_ITALIC.sub("", line).split())
+                if len(line.split()) >= MIN_PARAGRAPH_WORDS and not _MARKUP_LEFT.search(line) and line[0] not in "*#:;":
+                    paragraphs.append(line)
+            if sum(len(p.split()) for p in paragraphs) >= MIN_ARTICLE_WORDS:
+                articles.append(tuple(paragraphs))
+    return tuple(articles)
+
+
+def _sentences(documents) -> list[str]:
     return [s for doc in documents for s in split_sentences(doc)]
 
 
 @dataclass
 class TextSplits:
-    """Text for a search (calibration) and held-out text for the final report (evaluation)."""
+    """Text for fits (calibration), for choices made on a source no fit sees
+    (validation), and held out for the final report (evaluation). `sources` names the
+    source of every passage, so results can be given per source."""
 
     calibration: list[str]
     evaluation: list[str]
+    validation: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def by_source(self, texts: list[str]) -> dict[str, list[str]]:
+        """`texts` grouped by source, in order of first appearance."""
+        groups: dict[str, list[str]] = {}
+        for passage in texts:
+            groups.setdefault(self.sources.get(passage, USER_SOURCE), []).append(passage)
+        return groups
 
 
-def _disjoint(calibration: list[str], evaluation: list[str]) -> TextSplits:
-    """Removes duplicates within each list, and from evaluation anything already in calibration."""
-    calibration = list(dict.fromkeys(calibration))
-    seen = set(calibration)
-    return TextSplits(calibration, [t for t in dict.fromkeys(evaluation) if t not in seen])
+USER_SOURCE = "your text"
+
+
+def _interleaved(groups: list[list[str]]) -> list[str]:
+    """Round robin over the groups, so that every prefix is balanced between them."""
+    return [passage for row in itertools.zip_longest(*groups) for passage in row if passage is not None]
+
+
+def _build(roles: dict[str, dict[str, list[str]]]) -> TextSplits:
+    """roles: source -> role -> passages. Duplicates are removed within a role, and a
+    passage already in an earlier role (calibration, validation, evaluation) is dropped
+    from a later one, so no passage is in two lists."""
+    seen: set[str] = set()
+    lists: dict[str, list[list[str]]] = {"calibration": [], "validation": [], "evaluation": []}
+    sources: dict[str, str] = {}
+    for role, groups in lists.items():
+        for source, by_role in roles.items():
+            kept = [p for p in dict.fromkeys(by_role.get(role, [])) if p not in seen]
+            seen.update(kept)
+            sources.update(dict.fromkeys(kept, source))
+            groups.append(spread_prefixes(kept))
+    return TextSplits(calibration=_interleaved(lists["calibration"]), evaluation=_interleaved(lists["evaluation"]),
+                      validation=_interleaved(lists["validation"]), sources=sources)
 
 
 def default_splits() -> TextSplits:
-    """The fixed calibration/evaluation split of the module docstring."""
+    """The fixed three-way split of the module docstring."""
     background = lee_background_documents()
     reviews = movie_review_sentences()
     negative, positive = reviews[:100], reviews[100:]
     imdb = imdb_reviews()
-    calibration = (
-        _sentences(background[:200]) + negative[:50] + positive[:50] + _sentences(imdb[:7]) + _sentences(wikipedia_paragraphs(1))
-    )
-    evaluation = (
-        _sentences(background[200:]) + negative[50:] + positive[50:] + _sentences(imdb[7:]) + _sentences(wikipedia_paragraphs(2))
-    )
-    return _disjoint(calibration, evaluation)
+    articles = list(enumerate(wikipedia_articles()))
+    held_out = [p for i, article in articles if i % WIKIPEDIA_HELD_OUT_EVERY == WIKIPEDIA_HELD_OUT_EVERY - 1 for p in article]
+    fit = [p for i, article in articles if i % WIKIPEDIA_HELD_OUT_EVERY != WIKIPEDIA_HELD_OUT_EVERY - 1 for p in article]
+    return _build({
+        "news": {"calibration": _sentences(background[:200]), "evaluation": _sentences(background[200:])},
+        "wikipedia": {"calibration": _sentences(fit + wikipedia_paragraphs(1)),
+                      "evaluation": _sentences(held_out + wikipedia_paragraphs(2))},
+        "reviews": {"validation": negative[:50] + positive[:50] + _sentences(imdb[:7]),
+                    "evaluation": negative[50:] + positive[50:] + _sentences(imdb[7:])},
+    })
 
 
-def splits_from_texts(texts: list[str], eval_fraction: float = 0.3) -> TextSplits:
-    """Splits a user's passages without randomness, spreading the evaluation passages evenly.
+def splits_from_texts(texts: list[str], eval_fraction: float = 0.3, validation_fraction: float = 0.1) -> TextSplits:
+    """Splits a user's passages without randomness, spreading the held-out passages evenly.
 
-    Duplicates are removed first, so that no passage can land in both lists. Then the
+    Duplicates are removed first, so that no passage can land in two lists. Then the
     passage at the centre of each of round(n * eval_fraction) equal stretches goes to
-    evaluation. For n=10 and 0.3 those are passages 1, 5 and 8.
+    evaluation (for n=10 and 0.3: passages 1, 5 and 8), and of the rest, the same way,
+    round(rest * validation_fraction) go to validation. One source has no other domain
+    to validate on: validation is the user's own held-out text.
     """
-    if not 0.0 < eval_fraction < 1.0:
-        raise UserError(f"the evaluation fraction must be between 0 and 1 (exclusive), got {eval_fraction}")
+    for name, fraction in (("evaluation", eval_fraction), ("validation", validation_fraction)):
+        if not 0.0 < fraction < 1.0:
+            raise UserError(f"the {name} fraction must be between 0 and 1 (exclusive), got {fraction}")
     passages = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
-    n = len(passages)
-    if n < MIN_USER_PASSAGES:
+    if len(passages) < MIN_USER_PASSAGES:
         raise UserError(
-            f"only {n} distinct passages of text; give at least {MIN_USER_PASSAGES}, one per line"
+            f"only {len(passages)} distinct passages of text; give at least {MIN_USER_PASSAGES}, one per line"
         )
-    n_eval = min(n - 1, max(1, round(n * eval_fraction)))
-    eval_index = {(2 * j + 1) * n // (2 * n_eval) for j in range(n_eval)}
-    return TextSplits(
-        calibration=[p for i, p in enumerate(passages) if i not in eval_index],
-        evaluation=[p for i, p in enumerate(passages) if i in eval_index],
-    )
+    rest, evaluation = _take_spread(passages, eval_fraction)
+    calibration, validation = _take_spread(rest, validation_fraction)
+    return TextSplits(calibration=spread_prefixes(calibration), evaluation=evaluation, validation=validation,
+                      sources=dict.fromkeys(passages, USER_SOURCE))
+
+
+def _take_spread(passages: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """(the rest, the passages at the centres of round(n * fraction) equal stretches), at least one of each."""
+    n = len(passages)
+    taken = min(n - 1, max(1, round(n * fraction)))
+    index = {(2 * j + 1) * n // (2 * taken) for j in range(taken)}
+    return [p for i, p in enumerate(passages) if i not in index], [p for i, p in enumerate(passages) if i in index]
 
 
 def _decode(data: bytes, path: Path) -> str:
@@ -237,8 +314,8 @@ def hf_dataset_texts(name: str, split: str = "train", column: str = "text", limi
 
 
 def evenly_spaced(texts: list[str], count: int) -> list[str]:
-    """A deterministic subset of `count` passages spread over the whole list (so a
-    subset keeps the mix of sources), or all of them if there are fewer."""
+    """A deterministic subset of `count` passages spread over the whole list, or all of
+    them if there are fewer."""
     if count >= len(texts):
         return list(texts)
     step = len(texts) / count
@@ -248,17 +325,32 @@ def evenly_spaced(texts: list[str], count: int) -> list[str]:
 def spread_prefixes(texts: list[str]) -> list[str]:
     """The same passages reordered so that every prefix is spread over the whole list
     (bit-reversed positions, a van der Corput order): the first k passages, which plan
-    scoring, importance and static int8 calibration take, sample every source in
-    proportion instead of only the first source in the list."""
+    scoring, importance and static int8 calibration take, sample the whole list instead
+    of only its beginning."""
     bits = max(1, (len(texts) - 1).bit_length())
     order = sorted(range(len(texts)), key=lambda i: int(format(i, f"0{bits}b")[::-1], 2))
     return [texts[i] for i in order]
 
 
-def subset(splits: "TextSplits", calibration: int, evaluation: int) -> "TextSplits":
-    """`calibration` passages spread over the sources, in an order whose every prefix is
-    spread too; `evaluation` passages spread over the held-out list."""
-    return TextSplits(spread_prefixes(evenly_spaced(splits.calibration, calibration)), evenly_spaced(splits.evaluation, evaluation))
+def balanced(groups: list[list[str]], count: int) -> list[str]:
+    """`count` passages shared as equally as the groups' sizes allow (a small group gives
+    all it has, the others share the rest), each group's spread over it, interleaved."""
+    shares, left = [0] * len(groups), count
+    by_size = sorted(range(len(groups)), key=lambda g: len(groups[g]))
+    for assigned, group in enumerate(by_size):  # smallest first: what it cannot take goes to the others
+        shares[group] = min(len(groups[group]), left // (len(groups) - assigned))
+        left -= shares[group]
+    return _interleaved([spread_prefixes(evenly_spaced(group, share)) for group, share in zip(groups, shares)])
+
+
+def subset(splits: TextSplits, calibration: int, evaluation: int) -> TextSplits:
+    """`calibration` and `evaluation` passages, each balanced between the sources and
+    spread over each source, in an order whose every prefix is balanced too; validation
+    is kept whole."""
+    def pick(texts: list[str], count: int) -> list[str]:
+        return balanced(list(splits.by_source(texts).values()), count)
+
+    return replace(splits, calibration=pick(splits.calibration, calibration), evaluation=pick(splits.evaluation, evaluation))
 
 
 def load_splits(path: str | Path | None = None) -> TextSplits:

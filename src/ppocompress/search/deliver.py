@@ -16,9 +16,15 @@ from ppocompress.compress.runtimes import get_runtime
 from ppocompress.compress.sentence_transformers_folder import (
     write_sentence_transformers_files,
 )
+from ppocompress.compress.text import load_splits
 from ppocompress.compress.timing import measure_latencies
 from ppocompress.fileio import move_into_place
-from ppocompress.search.prepare import Prepared, all_int8, refit_passages
+from ppocompress.search.prepare import (
+    CAUSAL_VALIDATION_SHARE,
+    Prepared,
+    all_int8,
+    refit_passages,
+)
 from ppocompress.search.results import CompressResult, MeasuredModel
 from ppocompress.search.searchers import SearchResult
 
@@ -30,6 +36,7 @@ TARGET_TOLERANCE = 0.05
 
 PROMPTS = ("The capital of France is", "Once upon a time, in a small village,", "The best way to learn a new language is")
 GENERATED_TOKENS = 40
+RECOVERY_CHECKPOINTS = ".recovery"  # in --out: each distillation's checkpoint, until the model is delivered
 
 
 def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results: dict[str, SearchResult], out: Path,
@@ -38,6 +45,8 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
     calibration = texts.calibration
     held_out = HeldOut(dense, texts.evaluation)
     refit_texts = refit_passages(calibration, dense.is_causal)
+    # Distillation learns from all the calibration text, not only what the search scored on.
+    distill_texts = load_splits(settings.text).calibration if "distill" in settings.recovery else None
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
         torch_dense = get_runtime("torch").export(dense, staging / "torch-dense", [])
@@ -46,7 +55,10 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
         recovered: dict[str, LoadedModel] = {}
         for name, levels in finals.items():
             log(f"{name}: recovery {settings.recovery}, export for {runtime.name}")
-            recovered[name] = compress(dense, prepared.evaluator.plan(levels), settings.recovery, refit_texts, quantize=False)
+            recovered[name] = compress(dense, prepared.evaluator.plan(levels), settings.recovery, refit_texts, quantize=False,
+                                       validation=refit_passages(texts.validation, dense.is_causal, CAUSAL_VALIDATION_SHARE),
+                                       distillation=settings.distillation(),
+                                       distill_texts=distill_texts, checkpoint=out / RECOVERY_CHECKPOINTS / name, progress=True)
             artifacts[name] = runtime.export(recovered[name], staging / name, calibration)
         log(f"held-out quality of {len(artifacts)} models on {runtime.name}")
         quality, generations = {}, {}
@@ -67,6 +79,7 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
         if not dense.is_causal:
             write_sentence_transformers_files(chosen, model_dir, calibration, served=(runtime.name, artifacts[settings.searcher]))
         move_into_place(model_dir, out / "model")
+        shutil.rmtree(out / RECOVERY_CHECKPOINTS, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -78,6 +91,7 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
             model.levels = [prepared.menu[i].name for i in levels]
             model.plan = prepared.evaluator.plan(levels).to_dict()
             model.evaluations = results[name].evaluations
+            model.distillation = recovered[name].distillation
             if cost.unit == "ms":
                 model.predicted_speedup, model.predicted_latency_ms = cost.speedup(levels), cost.total(levels)
         return model

@@ -46,9 +46,11 @@ class Estimate:
 
 
 def estimate(importance_s: float, searchers: list[str], evals: int, levels: int, sensitivity_evaluations: int,
-             table_cached: bool, dense_timed: bool, measured: bool, causal: bool = False) -> Estimate:
+             table_cached: bool, dense_timed: bool, measured: bool, causal: bool = False,
+             distill_minutes: float = 0.0) -> Estimate:
     """importance_s: what this run's importance scoring took; the rest says what is left to
-    do (the uniform searcher scores at most one plan per menu level)."""
+    do (the uniform searcher scores at most one plan per menu level). distill_minutes: each
+    delivered plan's distillation budget, which is time, not work, so it is not scaled."""
     reference = DECODER if causal else ENCODER
     scale = importance_s / reference.importance_s
     phases = {
@@ -59,4 +61,6 @@ def estimate(importance_s: float, searchers: list[str], evals: int, levels: int,
                       for name in searchers),
         "delivery": reference.delivery_fixed_s + reference.delivery_per_plan_s * len(searchers),
     }
-    return Estimate({name: seconds * scale for name, seconds in phases.items()})
+    phases = {name: seconds * scale for name, seconds in phases.items()}
+    phases["distillation"] = 60.0 * distill_minutes * len(searchers)
+    return Estimate(phases)

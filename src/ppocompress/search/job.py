@@ -23,8 +23,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from ppocompress.compress.distillation import DistillConfig
 from ppocompress.compress.recovery import METHODS
 from ppocompress.compress.runtimes import CHOICES as RUNTIME_CHOICES
+from ppocompress.compress.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES
 from ppocompress.compress.timing import TimingSetup
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text
@@ -52,6 +54,7 @@ class CompressSettings:
     searcher: str = "ppo"
     evals: int | None = None  # per searcher; None: DEFAULT_EVALS for the model's kind
     recovery: str = "lsq"
+    recover_minutes: float | None = None  # a distillation's budget; None: DistillConfig's default
     seed: int = 0
     baselines: bool = True
     threads: int = 2
@@ -59,8 +62,8 @@ class CompressSettings:
     cost: str = "measured"  # or "flops"
     runtime: str = "auto"
     trust_remote_code: bool = False
-    calibration_texts: int = 1024
-    evaluation_texts: int = 512
+    calibration_texts: int = CALIBRATION_PASSAGES
+    evaluation_texts: int = EVALUATION_PASSAGES
 
     def target(self) -> Target:
         if (self.target_speedup is None) == (self.target_size is None):
@@ -74,6 +77,10 @@ class CompressSettings:
     def budget(self, causal: bool) -> int:
         """Evaluations each searcher may make."""
         return self.evals if self.evals is not None else DEFAULT_EVALS[causal]
+
+    def distillation(self) -> DistillConfig:
+        """How each delivered plan is distilled (if the recovery distills)."""
+        return DistillConfig(seed=self.seed) if self.recover_minutes is None else DistillConfig(minutes=self.recover_minutes, seed=self.seed)
 
     def timing(self, causal: bool) -> TimingSetup:
         return TimingSetup.for_model(causal, self.threads)
@@ -89,6 +96,7 @@ class CompressSettings:
             raise UserError(f"--cost must be measured or flops, got {self.cost!r}")
         if self.recovery not in METHODS:
             raise UserError(f"unknown recovery {self.recovery!r}; use one of {', '.join(METHODS)}")
+        self.distillation()
         if self.runtime not in RUNTIME_CHOICES:
             raise UserError(f"unknown runtime {self.runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
 

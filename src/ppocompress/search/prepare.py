@@ -54,6 +54,7 @@ IMPORTANCE_PASSAGES = 256
 # A causal LM's least squares run on fewer passages: on SmolLM2, statistics of 960 took 2
 # minutes in the search, and a delivered plan's sequential refit on 1,024 took 6.
 CAUSAL_REFIT_PASSAGES = 256
+CAUSAL_VALIDATION_SHARE = 0.25  # of those, as many again for choosing each refit's ridge
 ANCHOR_ROUNDS = 3  # rounds of the dense timings taken at the start of every run
 PREFERENCE = ("openvino", "onnxruntime", "torch")  # --runtime auto without measuring (--cost flops)
 
@@ -91,7 +92,8 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
     log(estimate(time.monotonic() - start, [s for s in settings.searchers() if s not in state.finished], settings.budget(dense.is_causal), len(menu),
                  0 if "sensitivity" in state.extras else len(scores) * (len(menu) - 1),
                  table_cached=table_cache_path(dense, menu, likely_runtime, table_setup(setup)).exists(),
-                 dense_timed="dense_ms" in state.extras, measured=measured, causal=dense.is_causal).line())
+                 dense_timed="dense_ms" in state.extras, measured=measured, causal=dense.is_causal,
+                 distill_minutes=settings.distillation().minutes if "distill" in settings.recovery else 0.0).line())
     if "runtime" not in state.extras:
         if measured:
             candidates = ([settings.runtime] if settings.runtime != "auto"
@@ -112,10 +114,10 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
         cost = anchor_reference(cost, timings["torch"], timings[runtime], log=log)
     else:
         cost = flops_table(dense, menu)  # parameters scale like FLOPs per layer; int8 is priced by its discount
-    # The search prices least-squares recovery in (distillation starts from it), refit on
+    # The search prices least-squares recovery in when the delivery starts with it, refit on
     # calibration text apart from the passages plans are scored on.
     scored = fidelity_passages(dense.is_causal)["high"]
-    evaluator = PlanEvaluator(dense, menu, scores, calibration, recovery="none" if settings.recovery == "none" else "lsq",
+    evaluator = PlanEvaluator(dense, menu, scores, calibration, recovery="lsq" if "lsq" in settings.recovery else "none",
                               recovery_texts=refit_passages(calibration[scored:], dense.is_causal) or calibration, runtime=runtime)
     if "sensitivity" not in state.extras:
         log(f"sensitivity of {len(scores)} layers x {len(menu)} levels (once)")
@@ -144,9 +146,11 @@ def relative_sensitivity(table: np.ndarray, baseline: float) -> np.ndarray:
     return relative
 
 
-def refit_passages(texts: list[str], causal: bool) -> list[str]:
-    """The passages least squares refits on: all of `texts`, or CAUSAL_REFIT_PASSAGES for a causal LM."""
-    return texts[:CAUSAL_REFIT_PASSAGES] if causal else texts
+def refit_passages(texts: list[str], causal: bool, share: float = 1.0) -> list[str]:
+    """The passages least squares refits on (share=1) or validates its ridge on (a smaller
+    share: each refit stage runs the compressed model over them again): all of `texts`,
+    or a share of CAUSAL_REFIT_PASSAGES for a causal LM."""
+    return texts[:int(CAUSAL_REFIT_PASSAGES * share)] if causal else texts
 
 
 def preferred_runtime(causal: bool = False) -> str:

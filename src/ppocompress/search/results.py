@@ -7,6 +7,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from ppocompress.compress.distillation import DistillReport
 from ppocompress.compress.quality import HeldOutQuality
 from ppocompress.compress.timing import LatencyResult, TimingSetup
 from ppocompress.errors import UserError
@@ -31,10 +32,13 @@ class MeasuredModel(HeldOutQuality):
     evaluations: int | None = None  # plan evaluations the searcher spent
     predicted_speedup: float | None = None  # by the latency table
     predicted_latency_ms: float | None = None
+    distillation: DistillReport | None = None  # how its recovery's distillation went, if it had one
 
     @classmethod
     def from_dict(cls, data: dict) -> "MeasuredModel":
-        return cls(**{**data, "latency": LatencyResult(**data["latency"])})
+        distillation = data.get("distillation")
+        return cls(**{**data, "latency": LatencyResult(**data["latency"]),
+                      "distillation": None if distillation is None else DistillReport.from_dict(distillation)})
 
 
 def quality_columns(causal: bool, detailed: bool = False) -> list[tuple[str, str, str]]:

@@ -1,0 +1,112 @@
+"""Distillation: it gains on validation text, keeps the best weights, resumes exactly, and
+works for encoders and causal LMs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from compress_models import save_tiny_model
+
+from ppocompress.compress import (
+    CompressionPlan,
+    LayerPlan,
+    adapter_for,
+    apply_plan,
+    layer_table,
+    load_model,
+)
+from ppocompress.compress import distillation as distillation_module
+from ppocompress.compress.distillation import DistillConfig, distill
+from ppocompress.compress.pipeline import compress
+from ppocompress.errors import UserError
+
+WORDS = ["cats", "dogs", "markets", "rain", "music", "trains", "history", "science", "rivers", "engines"]
+TEXTS = [f"sentence number {i} talks about {w} and other things in the world" for i, w in enumerate(WORDS * 6)]
+VALIDATION = [f"a different line {i} on {w}, told another way" for i, w in enumerate(WORDS)]
+DISTURBANCE = 2.0  # noise added to the student's weights, in their standard deviations
+CONFIG = DistillConfig(minutes=10, steps=40, learning_rate=3e-3, batch_size=8)  # the fixed schedule ends first
+
+
+def _pruned(kind: str, tmp_path, drop_last: bool = False):
+    """A tiny model and a pruned copy, its layers' weights also disturbed (seeded): a tiny
+    random model's embeddings barely move when it is only pruned, so there would be nothing
+    to recover."""
+    dense = load_model(str(save_tiny_model(kind, tmp_path / kind)))
+    table = layer_table(dense.model)
+    layers = [LayerPlan(keep_neurons=list(range(info.ffn // 4))) for info in table]
+    if drop_last:
+        layers[-1] = LayerPlan(drop=True)
+    student = apply_plan(dense, CompressionPlan(layers, int8_head=False), quantize=False)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in adapter_for(student.model).layers(student.model).parameters():
+            if parameter.dim() == 2:
+                parameter.add_(DISTURBANCE * parameter.std() * torch.randn(parameter.shape, generator=generator))
+    return dense, student
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_distillation_gains_on_validation_and_keeps_the_best_weights(kind, tmp_path):
+    dense, student = _pruned(kind, tmp_path, drop_last=kind == "llama")
+    report = distill(dense, student, TEXTS, VALIDATION, CONFIG, progress=False)
+    start = report.validation[0][1]
+    assert report.steps <= 40 and report.stopped in ("schedule", "no gain")
+    assert 1 - report.best_fidelity < 0.5 * (1 - start)  # at least half of what was lost, won back
+    assert distillation_module._Validation(dense, VALIDATION, CONFIG.max_length)(student.model) == pytest.approx(report.best_fidelity, abs=1e-6)
+    assert all(not p.requires_grad for p in student.model.parameters())
+
+
+def test_an_interrupted_distillation_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(distillation_module, "PATIENCE", CONFIG.steps)  # the whole schedule runs
+    dense, uninterrupted = _pruned("bert", tmp_path)
+    expected = distill(dense, uninterrupted, TEXTS, VALIDATION, CONFIG, progress=False)
+
+    _, student = _pruned("bert", tmp_path / "again")
+    checkpoint = tmp_path / "checkpoint"
+    monkeypatch.setattr(distillation_module, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every step
+    real_loss, calls = distillation_module._loss, []
+
+    def killed_at_step_25(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 25:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(distillation_module, "_loss", killed_at_step_25)
+    with pytest.raises(KeyboardInterrupt):
+        distill(dense, student, TEXTS, VALIDATION, CONFIG, checkpoint=checkpoint, progress=False)
+    monkeypatch.setattr(distillation_module, "_loss", real_loss)
+
+    _, resumed = _pruned("bert", tmp_path / "third")
+    report = distill(dense, resumed, TEXTS, VALIDATION, CONFIG, checkpoint=checkpoint, progress=False)
+    assert report.steps == expected.steps == CONFIG.steps and report.validation == expected.validation
+    for name, tensor in _state(uninterrupted.model).items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    assert len(list(checkpoint.glob("step-*"))) == 1  # one whole checkpoint, the older ones removed
+
+
+def test_a_checkpoint_of_another_plan_is_not_resumed(tmp_path):
+    dense, student = _pruned("bert", tmp_path)
+    checkpoint = tmp_path / "checkpoint"
+    distill(dense, student, TEXTS, VALIDATION, DistillConfig(minutes=10, steps=5, batch_size=8), checkpoint=checkpoint, progress=False)
+    _, other = _pruned("bert", tmp_path / "other", drop_last=True)
+    report = distill(dense, other, TEXTS, VALIDATION, DistillConfig(minutes=10, steps=5, batch_size=8), checkpoint=checkpoint,
+                     progress=False)
+    assert report.steps == 5 and report.validation[0][0] == 0
+
+
+def test_lsq_then_distill_through_compress_and_bad_settings(tmp_path):
+    dense, _ = _pruned("bert", tmp_path)
+    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(info.ffn // 2)), int8=True) for info in layer_table(dense.model)])
+    compressed = compress(dense, plan, "lsq+distill", TEXTS, validation=VALIDATION, distillation=CONFIG)
+    report = compressed.distillation
+    assert 1 <= report.steps <= CONFIG.steps and report.best_fidelity >= report.validation[0][1]
+    with pytest.raises(UserError, match="validation passages"):
+        compress(dense, plan, "distill", TEXTS, validation=[], distillation=CONFIG)
+    for minutes in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="--recover-minutes"):
+            DistillConfig(minutes=minutes)
