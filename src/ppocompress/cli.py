@@ -92,7 +92,7 @@ def evaluate(
     from ppocompress.compress import CompressionPlan, load_model
     from ppocompress.compress.distillation import DistillConfig
     from ppocompress.compress.evaluation import evaluate as run_evaluate
-    from ppocompress.compress.recovery import METHODS
+    from ppocompress.compress.recovery import check_method
     from ppocompress.compress.text import (
         CALIBRATION_PASSAGES,
         EVALUATION_PASSAGES,
@@ -103,8 +103,7 @@ def evaluate(
 
     _check_runtime(runtime)
     TimingSetup(threads=threads)  # bad values fail before the model loads
-    if recovery not in METHODS:
-        raise UserError(f"unknown recovery {recovery!r}; use one of {', '.join(METHODS)}")
+    check_method(recovery)
     distillation = DistillConfig() if recover_minutes is None else DistillConfig(minutes=recover_minutes)
     splits = load_splits(text)
     texts = subset(splits, CALIBRATION_PASSAGES, EVALUATION_PASSAGES)

@@ -8,8 +8,7 @@ from ppocompress.compress.apply import apply_plan, quantize_planned_layers
 from ppocompress.compress.distillation import DistillConfig, distill
 from ppocompress.compress.models import LoadedModel
 from ppocompress.compress.plan import CompressionPlan
-from ppocompress.compress.recovery import METHODS, refit_projections
-from ppocompress.errors import UserError
+from ppocompress.compress.recovery import check_method, refit_projections
 
 
 def compress(dense: LoadedModel, plan: CompressionPlan, recovery: str = "none", calibration: list[str] | None = None,
@@ -21,8 +20,7 @@ def compress(dense: LoadedModel, plan: CompressionPlan, recovery: str = "none", 
     their choices on `validation`. quantize=False stops before int8, e.g. for a runtime's
     export, which quantizes on its own side. A distillation's report is kept on the
     result (.distillation); `checkpoint` is its resumable folder."""
-    if recovery not in METHODS:
-        raise UserError(f"unknown recovery {recovery!r}; use one of {', '.join(METHODS)}")
+    check_method(recovery)
     compressed = apply_plan(dense, plan, quantize=False)
     if recovery in ("lsq", "lsq+distill"):
         refit_projections(dense, compressed, calibration or [], validation)

@@ -29,6 +29,12 @@ DEFAULT_RIDGE = 1e-3  # relative to the mean squared input; without validation t
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the candidates validation text chooses from
 
 
+def check_method(recovery: str) -> None:
+    """A UserError for an unknown recovery method (callers check before any expensive step)."""
+    if recovery not in METHODS:
+        raise UserError(f"unknown recovery {recovery!r}; use one of {', '.join(METHODS)}")
+
+
 def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[str], validation: list[str] | None = None,
                       ridge: float | None = None, batch_size: int = 32, max_length: int = 128) -> dict[str, float]:
     """Least-squares refit of the pruned layers' output projections, each with the ridge

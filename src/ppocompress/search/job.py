@@ -24,7 +24,7 @@ from rich.progress import (
 )
 
 from ppocompress.compress.distillation import DistillConfig
-from ppocompress.compress.recovery import METHODS
+from ppocompress.compress.recovery import check_method
 from ppocompress.compress.runtimes import CHOICES as RUNTIME_CHOICES
 from ppocompress.compress.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES
 from ppocompress.compress.timing import TimingSetup
@@ -94,8 +94,7 @@ class CompressSettings:
             raise UserError(f"--evals must be >= 1, got {self.evals}")
         if self.cost not in ("measured", "flops"):
             raise UserError(f"--cost must be measured or flops, got {self.cost!r}")
-        if self.recovery not in METHODS:
-            raise UserError(f"unknown recovery {self.recovery!r}; use one of {', '.join(METHODS)}")
+        check_method(self.recovery)
         self.distillation()
         if self.runtime not in RUNTIME_CHOICES:
             raise UserError(f"unknown runtime {self.runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
