@@ -8,8 +8,11 @@ cells are kept in --work, so an interrupted benchmark continues (a distillation 
 checkpoint).
 
     python benchmarks/recovery.py [--minutes 20] [--plans uniform-75,uniform-50,ppo-5x,ppo-6x]
+                                  [--recoveries none,lsq,lsq+distill] [--results recovery]
 
-Writes benchmarks/results/recovery.{txt,json}.
+With three plans or more it also prints how well lsq's held-out cosine ranks the plans as
+lsq+distill leaves them (Spearman): whether a search that scores plans after lsq also
+picks the best plan to distill. Writes benchmarks/results/<results>.{txt,json}.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from publish import publish
 
@@ -35,6 +39,7 @@ from ppocompress.compress.quality import (
     embed,
     embed_session,
     lee_correlation_of,
+    spearman,
 )
 from ppocompress.compress.runtimes import get_runtime
 from ppocompress.compress.text import (
@@ -47,12 +52,16 @@ from ppocompress.compress.timing import TimingSetup, measure_latencies
 from ppocompress.search.prepare import all_int8
 
 PLANS_DIR = Path(__file__).parent / "plans"
+# Every plan in plans/ (minilm-NAME.json) is NAME here: the PPO plans at 5x and 6x, and the
+# plans of all four searchers at 6x (seeds 0 and 1) for how well lsq ranks plans for distillation.
 PLANS = {
     "uniform-75": Variant("uniform 75/75", group_keep=0.75, neuron_keep=0.75, int8=True),
     "uniform-50": Variant("uniform 50/50", group_keep=0.5, neuron_keep=0.5, int8=True),
-    "ppo-5x": Variant("ppo 5x", plan=CompressionPlan.from_json_file(PLANS_DIR / "minilm-ppo-5x.json")),
-    "ppo-6x": Variant("ppo 6x", plan=CompressionPlan.from_json_file(PLANS_DIR / "minilm-ppo-6x.json")),
+    **{path.stem.removeprefix("minilm-"): Variant(path.stem.removeprefix("minilm-").replace("-", " "),
+                                                  plan=CompressionPlan.from_json_file(path))
+       for path in sorted(PLANS_DIR.glob("minilm-*.json"))},
 }
+DEFAULT_PLANS = ("uniform-75", "uniform-50", "ppo-5x", "ppo-6x")
 RECOVERIES = ("none", "lsq", "lsq+distill")
 HELD_OUT = 1500  # held-out passages, balanced between the sources (the reviews have 124)
 IMPORTANCE_PASSAGES = 256
@@ -75,12 +84,14 @@ class Cell:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=DistillConfig().minutes, help="distillation budget per plan")
-    parser.add_argument("--plans", default=",".join(PLANS))
+    parser.add_argument("--plans", default=",".join(DEFAULT_PLANS), help=f"of {', '.join(PLANS)}")
+    parser.add_argument("--recoveries", default=",".join(RECOVERIES))
     parser.add_argument("--runtime", default="openvino")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-recovery"))
+    parser.add_argument("--results", default="recovery", help="name of the results files (a run on fewer plans or another budget)")
     args = parser.parse_args()
-    names = args.plans.split(",")
+    names, recoveries = args.plans.split(","), args.recoveries.split(",")
     args.work.mkdir(parents=True, exist_ok=True)
     runtime = get_runtime(args.runtime)
     dense = load_model()
@@ -94,7 +105,7 @@ def main() -> None:
     artifacts: dict[str, Path] = {}
     for name in names:
         plan = PLANS[name].plan_for(dense, scores)
-        for recovery in RECOVERIES:
+        for recovery in recoveries:
             done = args.work / f"{name}-{recovery}.json"
             if done.exists():
                 saved = json.loads(done.read_text())
@@ -132,19 +143,36 @@ def main() -> None:
     speedups = {name: latency["torch"].ms / latency[name].ms for name in ["dense int8"] + names}
 
     sources = list(held_out)
+    width = max(14, *(len(PLANS[name].name) for name in names))
     lines = [f"all-MiniLM-L6-v2 served on {runtime.name} (static int8 in every layer); speedup against dense PyTorch fp32, "
              f"batch {setup.batch_size} x {setup.seq_len}, {setup.threads} threads, {setup.rounds} rounds, same run",
              f"held-out cosine to dense per source ({', '.join(f'{s} {len(held_out[s])}' for s in sources)} passages), "
              f"distillation budget {args.minutes:g} min; validation: the reviews validation split",
-             f"{'plan':14} {'speedup':>7} {'recovery':12} {'cosine':>7} " + " ".join(f"{s[:9]:>9}" for s in sources)
+             f"{'plan':{width}} {'speedup':>7} {'recovery':12} {'cosine':>7} " + " ".join(f"{s[:9]:>9}" for s in sources)
              + f" {'Lee':>6} {'minutes':>7} {'steps':>6} {'stopped':8}"]
     for cell in cells:
-        lines.append(f"{PLANS[cell.plan].name:14} {speedups[cell.plan]:6.2f}x {cell.recovery:12} {cell.cosine:7.4f} "
+        lines.append(f"{PLANS[cell.plan].name:{width}} {speedups[cell.plan]:6.2f}x {cell.recovery:12} {cell.cosine:7.4f} "
                      + " ".join(f"{cell.cosine_by_source[s]:9.4f}" for s in sources)
                      + f" {cell.lee_pearson:6.3f} {cell.minutes:7.1f} {cell.distill_steps or '':>6} {cell.distill_stopped or ''}")
-    lines.append(f"{'dense int8':14} {speedups['dense int8']:6.2f}x")
-    publish("recovery", "\n".join(lines), {"timing": setup.to_dict(), "distill_minutes": args.minutes, "speedups": speedups,
-                                           "held_out": {s: len(p) for s, p in held_out.items()}, "cells": [asdict(c) for c in cells]})
+    lines.append(f"{'dense int8':{width}} {speedups['dense int8']:6.2f}x")
+    ranking = rank_agreement(cells)
+    if ranking is not None:
+        lines.append(f"lsq ranks the {ranking[0]} plans as lsq+distill leaves them with Spearman {ranking[1]:.2f} "
+                     f"(held-out cosine); the best after lsq is {'also' if ranking[2] else 'not'} the best after lsq+distill")
+    publish(args.results, "\n".join(lines), {"timing": setup.to_dict(), "distill_minutes": args.minutes, "speedups": speedups,
+                                           "held_out": {s: len(p) for s, p in held_out.items()}, "cells": [asdict(c) for c in cells],
+                                           "rank_agreement": ranking})
+
+
+def rank_agreement(cells: list[Cell]) -> tuple[int, float, bool] | None:
+    """(plans, Spearman of lsq against lsq+distill held-out cosine, whether both put the same
+    plan first) over the plans measured both ways, if there are three or more."""
+    by_plan = {recovery: {c.plan: c.cosine for c in cells if c.recovery == recovery} for recovery in ("lsq", "lsq+distill")}
+    plans = [p for p in by_plan["lsq"] if p in by_plan["lsq+distill"]]
+    if len(plans) < 3:
+        return None
+    lsq, distilled = (np.array([by_plan[r][p] for p in plans]) for r in ("lsq", "lsq+distill"))
+    return len(plans), spearman(lsq, distilled), bool(lsq.argmax() == distilled.argmax())
 
 
 if __name__ == "__main__":
