@@ -9,7 +9,7 @@ import pytest
 import torch
 from compress_models import sample_batch
 
-from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan
+from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, quantize
 from ppocompress.compress.quantize import InputStatistics, SimulatedInt8Linear
 from ppocompress.compress.runtimes import (
     RUNTIMES,
@@ -97,6 +97,22 @@ def test_a_runtime_that_is_not_installed_is_reported_in_one_line_and_skipped(mon
         RUNTIMES["openvino"].require()
     with pytest.raises(UserError, match="unknown runtime"):
         get_runtime("tensorflow")
+
+
+@pytest.mark.parametrize("reduced, most", [(False, quantize.INT8_WEIGHT_MAX), (True, quantize.REDUCED_WEIGHT_MAX)])
+def test_dynamic_simulation_rounds_weights_to_onnx_runtimes_grid(monkeypatch, reduced, most):
+    """Dynamic (ONNX Runtime) weights lie on a symmetric grid of `most` steps a side, 7-bit
+    where ONNX Runtime reduces the range on this processor; static (OpenVINO) ones keep 8 bits."""
+    monkeypatch.setattr(quantize, "onnx_runtime_reduces_range", lambda: reduced)
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 8).requires_grad_(False)
+    steps = SimulatedInt8Linear(linear).weight / (linear.weight.abs().amax(dim=1, keepdim=True) / most)
+    assert torch.allclose(steps, steps.round(), atol=1e-4) and int(steps.abs().round().max()) == most
+    x = torch.randn(20, 64)
+    static = SimulatedInt8Linear(linear, InputStatistics(x.amin(dim=0), x.amax(dim=0)))
+    smoothed = linear.weight * static.smooth
+    steps = static.weight / (smoothed.abs().amax(dim=1, keepdim=True) / quantize.INT8_WEIGHT_MAX)
+    assert torch.allclose(steps, steps.round(), atol=1e-3) and int(steps.abs().round().max()) == quantize.INT8_WEIGHT_MAX
 
 
 def test_static_simulation_smooths_and_fixes_the_input_range():

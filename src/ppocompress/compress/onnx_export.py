@@ -170,6 +170,8 @@ class _DropPreprocessHint(logging.Filter):
 def _quantize_dynamic(graph: onnx.ModelProto, out: Path, nodes: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from ppocompress.compress.quantize import onnx_runtime_reduces_range
+
     hint_filter = _DropPreprocessHint()
     logging.getLogger().addFilter(hint_filter)
     try:
@@ -180,6 +182,7 @@ def _quantize_dynamic(graph: onnx.ModelProto, out: Path, nodes: list[str]) -> No
             nodes_to_quantize=nodes,
             per_channel=True,
             weight_type=QuantType.QInt8,
+            reduce_range=onnx_runtime_reduces_range(),
         )
     finally:
         logging.getLogger().removeFilter(hint_filter)
