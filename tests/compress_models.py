@@ -24,6 +24,9 @@ from transformers import (
 from ppocompress.compress.embedded import minilm_dir
 
 VOCAB = 30522  # the embedded MiniLM tokenizer's, reused by every tiny model
+# Text for a job on a tiny model: enough lines for calibration, validation and evaluation.
+PASSAGES = [f"passage {i} is about {w} and how it changes over the years" for i, w in
+            enumerate(["rivers", "cities", "music", "trade", "weather", "sport", "law", "food", "roads", "stars"] * 12)]
 
 
 def _decoder_kwargs() -> dict:

@@ -61,7 +61,7 @@ def test_unwritable_out_dir_fails_before_training(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["rl", "CartPole-v1", "--steps", "64", "--out", str(blocker / "run")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "cannot write to output directory" in err
+    assert len(err.splitlines()) == 1 and "cannot write to --out" in err
 
 
 @pytest.mark.parametrize("content, message", [("{not json", "not valid JSON"), ('{"learning_rat": 1}', "unknown PPO config key")])
@@ -82,10 +82,11 @@ def test_failed_run_leaves_no_partial_outputs(tmp_path, monkeypatch, capsys):
         raise RuntimeError("boom in evaluation")
 
     monkeypatch.setattr(job, "evaluate", explode)
+    monkeypatch.setenv("PPOCOMPRESS_CACHE", str(tmp_path / "cache"))  # where the traceback is logged
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError):
-        main(["rl", "CartPole-v1", "--steps", "256", "--out", str(out), "--no-progress"])
-    assert list(out.iterdir()) == []  # no metrics.csv, no model, no staging folder
+    assert main(["rl", "CartPole-v1", "--steps", "256", "--out", str(out), "--no-progress"]) == 1
+    assert "unexpected RuntimeError: boom in evaluation" in capsys.readouterr().err
+    assert list(out.iterdir()) == []  # no metrics.csv, no model, no staging folder, no lock
 
 
 def test_console_script_help_documents_every_option():

@@ -74,14 +74,30 @@ def test_an_episode_cannot_drop_every_layer():
     assert not env.action_masks()[drop] and env.action_masks().any()
 
 
-def test_masked_level_cannot_be_taken():
+def test_a_masked_level_becomes_the_allowed_level_nearest_in_cost():
     env = make_env(Target("speedup", 3.0))
     env.reset()
     while env.action_masks()[0]:  # stay dense until the budget forbids it (3x cannot stay dense)
         env.step(0)
     assert len(env.levels) < env.num_layers
-    with pytest.raises(ValueError, match="masked"):
-        env.step(0)
+    allowed, costs = np.flatnonzero(env.action_masks()), env.cost.per_level
+    env.step(0)
+    taken = env.levels[-1]
+    assert taken in allowed and all(abs(costs[taken] - costs[0]) <= abs(costs[i] - costs[0]) for i in allowed)
+
+
+@pytest.mark.parametrize("value", [4.0, 7.5])  # targets at which the checker's samples reach masked levels
+def test_the_checker_passes_at_tight_targets_and_unmasked_episodes_meet_them(value):
+    env = make_env(Target("speedup", value))
+    env.action_space.seed(0)
+    check_env(env, skip_render_check=True)  # steps with unmasked samples of the action space
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        env.reset()
+        done = False
+        while not done:
+            _, _, done, _, info = env.step(int(rng.integers(len(MENU))))
+        assert env.is_valid_plan(info["levels"])
 
 
 def test_reward_is_the_plan_score_at_the_end_only():
@@ -127,3 +143,20 @@ def test_the_estimate_adds_the_loss_every_plan_shares():
     env.shared_loss = 2e-3
     assert env.estimated_reward([0] * 6) == pytest.approx(-np.log(2e-3))
     assert env.estimated_reward([1] + [0] * 5) == pytest.approx(-np.log(2.1e-3))
+
+
+def test_a_family_env_takes_its_targets_in_turn_and_shows_each_budget():
+    targets = [Target("speedup", 1.5), Target("speedup", 3.0)]
+    env = make_env(targets)
+    shares = [t.budget(env.cost.reference_total) / env.cost.dense_total for t in targets]
+    seen = [env.reset()[0][2] for _ in range(4)]
+    assert seen == pytest.approx(shares * 2)
+    observation, _ = env.reset(options={"target": 1})
+    assert env.target == targets[1] and observation[2] == pytest.approx(shares[1])
+    int8 = [level.name for level in MENU].index("h100-f100-int8")
+    assert env.is_valid_plan([int8] * 6, 0) and not env.is_valid_plan([int8] * 6, 1)  # about 2.2x
+
+
+def test_a_family_env_refuses_a_target_it_cannot_meet():
+    with pytest.raises(UserError, match="cannot be met"):
+        make_env([Target("speedup", 2.0), Target("speedup", 500.0)])

@@ -6,23 +6,20 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from compress_models import save_tiny_model
+from compress_models import PASSAGES, save_tiny_model
 
 import ppocompress
 from ppocompress.cli import main
 from ppocompress.search import job as job_module
 from ppocompress.search.job import CompressSettings, run_compress
-from ppocompress.search.results import CompressResult
-
-LINES = [f"passage {i} is about {w} and how it changes over the years" for i, w in
-         enumerate(["rivers", "cities", "music", "trade", "weather", "sport", "law", "food", "roads", "stars"] * 12)]
+from ppocompress.search.results import CompressResult, FamilyResult
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("job")
     text = root / "text.txt"
-    text.write_text("\n".join(LINES))
+    text.write_text("\n".join(PASSAGES))
     return save_tiny_model("bert", root / "bert"), text
 
 
@@ -70,7 +67,7 @@ def test_resume_after_interruption_gives_the_same_plan(setup, tmp_path, monkeypa
     model_dir, text = setup
     plain = settings(model_dir, text)
 
-    def skip_delivery(prepared, settings, finals, results, out, log):
+    def skip_delivery(prepared, settings, target, finals, results, out, log):
         plan = prepared.evaluator.plan(finals[settings.searcher]).to_dict()
         return SimpleNamespace(plan=plan, to_json=lambda: "{}")
 
@@ -94,7 +91,7 @@ def test_resume_after_interruption_gives_the_same_plan(setup, tmp_path, monkeypa
     assert 0 < len(state["evaluations"]) < 24 and not state["finished"]
     monkeypatch.setattr(job_module.PlanEvaluator, "quality", original)
     resumed = run_compress(plain, tmp_path / "b", resume=True, log=lambda _: None)
-    assert resumed.plan == uninterrupted.plan
+    assert resumed[0].plan == uninterrupted[0].plan
 
 
 def test_resume_refuses_other_settings_and_missing_state(setup, tmp_path, capsys):
@@ -103,3 +100,68 @@ def test_resume_refuses_other_settings_and_missing_state(setup, tmp_path, capsys
     assert "nothing to resume" in capsys.readouterr().err
     assert main(["compress", "--target-speedup", "2", "--target-size", "0.5", "--out", str(tmp_path / "x")]) == 2
     assert "exactly one of" in capsys.readouterr().err
+
+
+def test_a_family_is_one_ppo_run_and_per_target_baselines_on_the_same_budget(setup, tmp_path, monkeypatch):
+    model_dir, text = setup
+    delivered = {}
+
+    def keep_finals(prepared, settings, target, finals, results, out, log):
+        delivered[target.label] = (out, {name: prepared.cost.speedup(levels) for name, levels in finals.items()},
+                                   {name: r.evaluations for name, r in results.items()})
+        return SimpleNamespace(to_json=lambda: "{}")
+
+    monkeypatch.setattr(job_module, "deliver", keep_finals)
+    monkeypatch.setattr("ppocompress.search.report.write_report", lambda out: None)
+    monkeypatch.setattr("ppocompress.search.report.write_family_report", lambda out: None)
+    family = settings(model_dir, text, target_speedup=None, family_speedups=[1.5, 1.2], evals=24, baselines=True)
+    run_compress(family, tmp_path / "family", log=lambda _: None)
+    assert list(delivered) == ["1.2x", "1.5x"]
+    for label, (out, speedups, evaluations) in delivered.items():
+        assert out == tmp_path / "family" / f"target-{label}"
+        assert all(speedup >= float(label[:-1]) - 1e-9 for speedup in speedups.values())
+        assert evaluations["ppo"] <= 24 and all(evaluations[name] <= 12 for name in ("uniform", "random", "evolutionary"))
+    state = json.loads((tmp_path / "family" / "state.json").read_text())
+    assert set(state["finished"]) == {"ppo", *(f"{name} {label}" for name in ("uniform", "random", "evolutionary")
+                                               for label in ("1.2x", "1.5x"))}
+    saved = json.loads((tmp_path / "family" / "family.json").read_text())
+    assert saved["folders"] == ["target-1.2x", "target-1.5x"] and saved["policy"] == "policy"
+    assert saved["evaluations"]["ppo"] <= 24 and saved["evaluations"]["evolutionary"] <= 24
+    assert (tmp_path / "family" / "policy" / "menu.json").exists() and (tmp_path / "family" / "policy" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--targets", "2,x"], "takes numbers"),
+    (["--targets", "2,3", "--target-speedup", "3"], "exactly one of"),
+    (["--targets", "0.5,2"], "must be >= 1"),
+    (["--policy", "no/such/folder"], "is not a folder"),
+    (["--policy", ".", "--searcher", "evolutionary"], "starts the ppo searcher"),
+])
+def test_family_and_policy_options_fail_in_one_line(arguments, message, tmp_path, capsys):
+    assert main(["compress", *arguments, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # two deliveries: exports, latency subprocesses
+def test_a_family_run_delivers_a_model_per_target_and_its_policy_starts_a_new_run(setup, tmp_path, capsys):
+    model_dir, text = setup
+    out = tmp_path / "family"
+    common = ["--model", str(model_dir), "--cost", "flops", "--text", str(text), "--runtime", "onnxruntime"]
+    assert main(["compress", *common, "--targets", "1.5,1.2", "--evals", "16", "--out", str(out)]) == 0
+    family = FamilyResult.from_dir(out)
+    assert [m.target_value for m in family.members] == [1.2, 1.5] and family.folders == ["target-1.2x", "target-1.5x"]
+    for folder, member in zip(family.folders, family.members):
+        assert set(member.searchers) == {"ppo", "uniform", "random", "evolutionary"}
+        assert (out / folder / "model").is_dir() and (out / folder / "report.html").exists()
+    assert family.evaluations["ppo"] <= 16 and family.evaluations["evolutionary"] <= 16
+    for name in ("report.html", "family_pareto.png", "family_plans.png"):
+        assert (out / name).exists()
+    *summary, _, done = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in summary) <= 80 and "target=1.5" in done
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.html").exists()
+    zero_shot = tmp_path / "zero-shot"
+    assert main(["compress", *common, "--target-speedup", "1.4", "--policy", str(out / "policy"), "--evals", "1",
+                 "--no-baselines", "--out", str(zero_shot)]) == 0
+    assert CompressResult.from_file(zero_shot / "result.json").delivered.evaluations == 1

@@ -9,7 +9,8 @@ from test_search_env import MENU, synthetic_table
 from ppocompress.errors import UserError
 from ppocompress.search import searchers
 from ppocompress.search.env import CompressionEnv, Target
-from ppocompress.search.searchers import SEARCHERS, run_searcher
+from ppocompress.search.policy import load_policy, save_policy
+from ppocompress.search.searchers import SEARCHERS, SearchResult, run_searcher
 
 NUM_LAYERS = 6
 # A separable synthetic quality: each (layer, level) loses a fixed amount; later layers are
@@ -22,7 +23,7 @@ def score(levels: list[int]) -> float:
     return -float(sum(LOSS[i, level] for i, level in enumerate(levels)))
 
 
-def factory(target: Target):
+def factory(target: Target | list[Target]):
     """Envs whose one-off sensitivities are the synthetic losses, as the job measures them."""
     return lambda scorer: CompressionEnv(synthetic_table(NUM_LAYERS), MENU, target, scorer,
                                          np.zeros((NUM_LAYERS, 2)), LOSS / LOSS.sum())
@@ -86,3 +87,53 @@ def test_evolutionary_starts_from_the_best_uniform_plan():
 def test_unknown_searcher_is_a_user_error():
     with pytest.raises(UserError, match="unknown searcher"):
         run_searcher("annealing", factory(Target("speedup", 2.0)), score, evaluations=10, seed=0)
+
+
+def test_meeting_sees_only_the_plans_that_meet_a_target():
+    result = SearchResult("x", [1], 3.0, 3, [(1, 1.0), (2, 3.0), (3, 3.0)],
+                          [([0], 1.0, 1.0), ([1], 3.0, 2.0), ([2], 2.0, 3.0)])
+    seen = result.meeting(lambda levels: levels != [1])
+    assert seen.best_levels == [2] and seen.best_reward == 2.0 and seen.evaluations == 3
+    assert seen.curve == [(1, 1.0), (2, 1.0), (3, 2.0)]
+    assert [e[0] for e in seen.evaluated] == [[0], [2]]
+    with pytest.raises(UserError, match="no plan meeting"):
+        result.meeting(lambda levels: False)
+
+
+def test_one_ppo_run_serves_every_target_of_a_family(short_rehearsal):
+    targets = [Target("speedup", value) for value in (1.5, 2.0, 3.0)]
+    result = run_searcher("ppo", factory(targets), score, evaluations=60, seed=0)
+    env = factory(targets)(score)
+    bests = []
+    for index in range(len(targets)):
+        seen = result.meeting(lambda levels, index=index: env.is_valid_plan(levels, index))
+        assert env.is_valid_plan(seen.best_levels, index) and seen.best_reward == pytest.approx(score(seen.best_levels))
+        bests.append(seen.best_reward)
+    assert bests == sorted(bests, reverse=True)  # a plan meeting 3x meets 2x: looser targets do at least as well
+    assert result.evaluations <= 60 and result.policy is not None
+
+
+def test_a_saved_policy_starts_a_run_with_its_own_plan_on_a_new_target_and_a_deeper_model(short_rehearsal, tmp_path):
+    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), score, evaluations=60, seed=0)
+    save_policy(trained.policy, tmp_path / "policy", MENU)
+    new_target = Target("speedup", 2.5)
+    expected = searchers._greedy_plan(load_policy(tmp_path / "policy", MENU), factory(new_target)(score))
+    zero_shot = run_searcher("ppo", factory(new_target), score, evaluations=1, seed=0,
+                             policy=load_policy(tmp_path / "policy", MENU))
+    assert zero_shot.best_levels == expected and zero_shot.evaluations == 1
+    deeper = lambda scorer: CompressionEnv(synthetic_table(12), MENU, new_target, scorer, np.zeros((12, 2)),  # noqa: E731
+                                           np.random.default_rng(3).random((12, len(MENU))))
+    plan = run_searcher("ppo", deeper, lambda levels: -float(np.mean(levels)), evaluations=1, seed=0,
+                        policy=load_policy(tmp_path / "policy", MENU)).best_levels
+    assert len(plan) == 12 and deeper(None).is_valid_plan(plan)
+
+
+def test_a_policy_acts_only_on_its_own_menu(short_rehearsal, tmp_path):
+    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), score, evaluations=20, seed=0)
+    save_policy(trained.policy, tmp_path / "policy", MENU)
+    with pytest.raises(UserError, match="menu"):
+        load_policy(tmp_path / "policy", MENU[:-1])
+    with pytest.raises(UserError, match="no search policy"):
+        load_policy(tmp_path, MENU)
+    with pytest.raises(UserError, match="starts the ppo searcher"):
+        run_searcher("random", factory(Target("speedup", 2.0)), score, evaluations=5, seed=0, policy=trained.policy)

@@ -18,8 +18,21 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"ppocompress {version('ppocompress')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error "
+                                                         "(by default it goes to a log file).")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
     """Find how to compress a transformer layer by layer with PPO, and train PPO on Gymnasium envs."""
 
 
@@ -204,9 +217,15 @@ def compress_command(
     target_speedup: Annotated[Optional[float], typer.Option(help="Speedup against dense PyTorch fp32 the plan must reach "
                                                                  "(by the latency table). Default 5.0.")] = None,
     target_size: Annotated[Optional[float], typer.Option(help="Or: size fraction of the dense model the plan must fit in.")] = None,
+    targets: Annotated[Optional[str], typer.Option(help="Or: a family of speedups, e.g. 2,3,4,5,6: one PPO search for all, "
+                                                        "a model each in OUT/target-<N>x/.")] = None,
+    target_sizes: Annotated[Optional[str], typer.Option(help="Or: a family of size fractions, e.g. 0.3,0.5.")] = None,
     searcher: Annotated[str, typer.Option(help="ppo, uniform, random or evolutionary.")] = "ppo",
-    evals: Annotated[Optional[int], typer.Option(help="Plan evaluations each searcher may make. Default 200 for an "
-                                                      "encoder, 100 for a causal LM (each costs more).")] = None,
+    evals: Annotated[Optional[int], typer.Option(help="Plan evaluations each searcher may make (for a family, in all). "
+                                                      "Default 200 for an encoder, 100 for a causal LM (each costs more); "
+                                                      "twice that for a family.")] = None,
+    policy: Annotated[Optional[Path], typer.Option(help="Start PPO from the policy a run saved (its OUT/policy): its plans "
+                                                        "for the targets are scored first.")] = None,
     recovery: Annotated[str, typer.Option("--recover", help=RECOVER_HELP)] = "lsq",
     recover_minutes: RecoverMinutesOption = None,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/compress"),
@@ -220,27 +239,44 @@ def compress_command(
     trust_remote_code: TrustOption = False,
 ) -> None:
     """Search a per-layer compression plan with PPO, then deliver the compressed model, measured."""
-    from ppocompress.reporting import print_compress
+    from ppocompress.reporting import print_compress, print_family
     from ppocompress.search.job import (
         DEFAULT_TARGET_SPEEDUP,
         CompressSettings,
         run_compress,
     )
+    from ppocompress.search.results import FamilyResult
 
-    if target_speedup is None and target_size is None:
+    if all(t is None for t in (target_speedup, target_size, targets, target_sizes)):
         target_speedup = DEFAULT_TARGET_SPEEDUP
-    settings = CompressSettings(model=model, target_speedup=target_speedup, target_size=target_size, searcher=searcher,
+    settings = CompressSettings(model=model, target_speedup=target_speedup, target_size=target_size,
+                                family_speedups=_numbers(targets, "--targets"), family_sizes=_numbers(target_sizes, "--target-sizes"),
+                                policy=None if policy is None else str(policy), searcher=searcher,
                                 evals=evals, recovery=recovery, recover_minutes=recover_minutes, seed=seed,
                                 baselines=baselines, threads=threads,
                                 text=None if text is None else str(text), cost=cost, runtime=runtime,
                                 trust_remote_code=trust_remote_code)
-    result = run_compress(settings, out, resume=resume, log=_progress_log())
-    print_compress(result)
-    delivered = result.delivered
-    quality = (f"kl_heldout={delivered.kl_heldout:.4f} perplexity_heldout={delivered.perplexity_heldout:.2f}" if result.causal
-               else f"cosine_heldout={delivered.cosine_heldout:.4f}")
-    typer.echo(f"done searcher={result.searcher} runtime={result.runtime} speedup={delivered.speedup:.2f} "
-               f"vs_dense_int8={delivered.speedup_vs_dense_int8:.2f} {quality} out={out}")
+    results = run_compress(settings, out, resume=resume, log=_progress_log())
+    if settings.family:
+        print_family(FamilyResult.from_dir(out))
+    else:
+        print_compress(results[0])
+    for result in results:
+        delivered = result.delivered
+        quality = (f"kl_heldout={delivered.kl_heldout:.4f} perplexity_heldout={delivered.perplexity_heldout:.2f}" if result.causal
+                   else f"cosine_heldout={delivered.cosine_heldout:.4f}")
+        typer.echo(f"done searcher={result.searcher} runtime={result.runtime} speedup={delivered.speedup:.2f} "
+                   f"vs_dense_int8={delivered.speedup_vs_dense_int8:.2f} {quality} target={result.target_value:g} out={out}")
+
+
+def _numbers(text: str | None, option: str) -> list[float] | None:
+    """"2,3,4.5" -> [2.0, 3.0, 4.5]."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{option} takes numbers separated by commas, e.g. 2,3,4; got {text!r}") from None
 
 
 @app.command()
@@ -265,9 +301,12 @@ def _progress_log():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors become one line on stderr and exit code 2; any other
+    error one line and exit code 1, its traceback in a log file (on the terminal with
+    --debug)."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=args, standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -278,7 +317,33 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         typer.echo("error: interrupted", err=True)
         return 130
+    except Exception as exc:  # a bug or a broken environment, not the user's input
+        if "--debug" in args:
+            raise
+        typer.echo(f"error: unexpected {type(exc).__name__}: {_first_line(exc)}; the traceback is in {_log_traceback()} "
+                   "(ppocompress --debug shows it here); please report it", err=True)
+        return 1
     return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "(no message)"
+
+
+def _log_traceback() -> Path:
+    """Writes the exception being handled to a new log file and returns its path."""
+    import os
+    import time
+    import traceback
+
+    from ppocompress.fileio import cache_dir
+
+    folder = cache_dir() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text(f"ppocompress {' '.join(sys.argv[1:])}\n{traceback.format_exc()}")
+    return path
 
 
 def run() -> None:

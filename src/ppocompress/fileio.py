@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -49,13 +51,25 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+STAGING = ".staging-"  # in the name of a folder whose work is moved into place when done
+SET_ASIDE = ".old-"  # in the name of what move_into_place renamed aside
+
+
+def staging_dir(parent: Path, name: str = "") -> Path:
+    """A new hidden folder in `parent` for work that is moved into place when it is done
+    (remove_leftovers knows it by its name)."""
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}{STAGING}" if name else STAGING))
+
+
 def move_into_place(source: Path, destination: Path) -> None:
     """Renames a finished file or directory onto `destination`, replacing what was there;
-    the old one is renamed aside first, so at no moment is `destination` half-written."""
+    the old one is renamed aside first, so at no moment is `destination` half-written
+    (a kill between the two renames leaves the old one aside, and remove_leftovers puts
+    it back)."""
     if not destination.exists():
         os.replace(source, destination)
         return
-    old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+    old = destination.with_name(f".{destination.name}{SET_ASIDE}{os.getpid()}")
     os.replace(destination, old)
     os.replace(source, destination)
     if old.is_dir():
@@ -76,3 +90,85 @@ def read_json_object(path: str | Path, what: str, hint: str) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{what} {path} must hold a JSON object; {hint}")
     return data
+
+
+WRITE_PROBE = ".write-test-"
+
+
+def writable_dir(path: Path, option: str = "--out") -> None:
+    """Creates the output folder `path`, or fails now, before any work is spent on a run
+    whose results could not be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path} is a file, not a folder; choose another {option}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=WRITE_PROBE)
+        probe.close()
+    except OSError as exc:
+        raise UserError(f"cannot write to {option} {path} ({exc.strerror}); choose another {option}") from None
+
+
+_SET_ASIDE_NAME = re.compile(rf"^\.(.+){re.escape(SET_ASIDE)}\d+$")
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Clears what runs killed in `folder` (or below) left: staging folders, temporary
+    files of atomic writes, write probes; an old file or folder renamed aside is put back
+    if its replacement never arrived, else removed. Call it holding the folder's run_lock.
+    Returns what it removed or restored."""
+    handled = []
+    for path in sorted(Path(folder).rglob(".*"), key=lambda p: len(p.parts), reverse=True):
+        name = path.name
+        if STAGING in name and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif (name.endswith(".tmp") or name.startswith(WRITE_PROBE)) and path.is_file():
+            path.unlink(missing_ok=True)
+        elif (match := _SET_ASIDE_NAME.match(name)) is not None:
+            original = path.with_name(match.group(1))
+            if original.exists():
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            else:
+                os.replace(path, original)
+        else:
+            continue
+        handled.append(path)
+    return handled
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path, option: str = "--out") -> Iterator[None]:
+    """Holds folder/.lock for one run: a second run into the same folder fails at once.
+    An flock is released by the kernel when its process ends, however it ends (kill -9
+    included), so a lock file left by a dead run is taken over, never in the way; the
+    file tells a refused run who holds it, and goes when the run ends."""
+    path = Path(folder) / LOCK_FILE
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            handle.close()
+            raise UserError(f"another ppocompress run (process {owner}) is writing to {folder}; "
+                            f"wait for it to finish, or choose another {option}") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()  # the run that held it removed it while this one opened it: take the new file
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked, so no run can be holding this file
+        handle.close()

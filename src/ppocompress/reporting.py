@@ -86,3 +86,33 @@ def print_compress(result) -> None:
         console.print("delivered plan's " + distillation_line(result.delivered.distillation))
     for warning in result.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}")
+
+
+def print_family(family) -> None:
+    """A family run: per target, the delivered model's measured speed and every searcher's
+    held-out quality side by side, then the delivered plans (which layers go first)."""
+    from ppocompress.search.results import quality_columns
+
+    console = Console(width=SUMMARY_WIDTH)
+    first = family.members[0]
+    header, field, spec = quality_columns(first.causal)[0]
+    searchers = list(first.searchers)
+    table = Table(title=f"{first.model} on {first.runtime}: {len(family.members)} targets, {first.searcher} delivered",
+                  title_justify="left", caption=f"speedup of the delivered model vs dense PyTorch fp32 and vs the dense int8 model; "
+                                                f"held-out {header} of each searcher's plan", caption_justify="left")
+    for column in ("target", "speedup", "vs int8", *(name[:10] for name in searchers), "int8"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for member in family.members:
+        table.add_row(member.target_label, _fmt(member.delivered.speedup, ".2f") + "x",
+                      _fmt(member.delivered.speedup_vs_dense_int8, ".2f") + "x",
+                      *(_fmt(getattr(member.searchers[name], field), spec) for name in searchers),
+                      _fmt(getattr(member.dense_int8, field), spec))
+    console.print(table)
+    console.print(f"{first.searcher}'s plans, a level per layer (h/f: % of attention groups / FFN neurons kept, q: int8, -: dropped):")
+    for member in family.members:
+        console.print(f"  {member.target_label:<9}" + " ".join(short_level(name) for name in member.delivered.levels))
+    console.print("evaluations: " + ", ".join(f"{name} {count}" for name, count in family.evaluations.items())
+                  + (f"; policy saved in {family.policy}/" if family.policy else ""))
+    for member in family.members:
+        for warning in member.warnings:
+            console.print(f"[bold yellow]warning:[/] {member.target_label}: {warning}")

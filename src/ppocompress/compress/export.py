@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from ppocompress.compress.quantize import (
     load_int8_tensors,
 )
 from ppocompress.errors import UserError
-from ppocompress.fileio import move_into_place, read_json_object
+from ppocompress.fileio import move_into_place, read_json_object, staging_dir
 
 FORMAT = "ppocompress.compress/1"
 SPARSE_SUFFIXES = (".sparse_mask", ".sparse_values")
@@ -44,7 +43,7 @@ def save(loaded: LoadedModel, directory: str | Path) -> Path:
         # load() quantizes the int8-marked layers before reading the weights back.
         raise ValueError("the plan marks int8 layers but the model holds none; quantize it first "
                          "(apply_plan(quantize=True), or the torch runtime's export)")
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.staging-"))
+    staging = staging_dir(directory.parent, directory.name)
     try:
         save_file(state_tensors(loaded.model), str(staging / "model.safetensors"), metadata={"format": FORMAT})
         meta = {

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ppocompress.compress.embedded import ENCODER_DEFAULT, embedded_dir
@@ -69,17 +70,36 @@ def load_model(name: str | None = None, trust_remote_code: bool = False) -> Load
         supported = ", ".join(sorted(FAMILIES))
         raise UserError(f"model {display!r} is a {model_type!r} model; supported architectures: {supported}")
     auto_class = AutoModelForCausalLM if family(model_type).causal else AutoModel
+    if Path(source).is_dir():
+        _check_safetensors(Path(source))
     try:
-        model = auto_class.from_pretrained(
-            source, config=config, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32
+        model, loading = auto_class.from_pretrained(
+            source, config=config, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32,
+            output_loading_info=True,
         )
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError, EnvironmentError, SafetensorError) as exc:
         raise UserError(f"cannot load model {display!r}: {_first_line(exc)} (only safetensors weights are accepted)") from None
+    missing = sorted(loading["missing_keys"])
+    if missing:  # transformers would fill them with random values and only warn
+        raise UserError(f"model {display!r} lacks {len(missing)} of the weights its architecture needs (such as "
+                        f"{missing[0]!r}); it would run with random ones, so save the whole model again")
     if tokenizer.pad_token is None:  # GPT-2 and Llama ship without one; batching needs it
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return LoadedModel(model, tokenizer, model_type, display, base_config=model.config.to_dict())
+
+
+def _check_safetensors(folder: Path) -> None:
+    """Every safetensors file of a local model folder opens (a truncated or garbled one
+    fails here in one line, not as a traceback from inside transformers)."""
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"{file} is not a readable safetensors file ({_first_line(exc)}); "
+                            "save the model again with save_pretrained") from None
 
 
 def _first_line(exc: BaseException) -> str:

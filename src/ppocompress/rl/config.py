@@ -79,8 +79,8 @@ class PPOConfig:
             raise UserError(f"PPOConfig.vectorization must be 'sync' or 'async', got {self.vectorization!r}")
         if self.activation not in ("tanh", "relu"):
             raise UserError(f"PPOConfig.activation must be 'tanh' or 'relu', got {self.activation!r}")
-        if not self.hidden_sizes:
-            raise UserError("PPOConfig.hidden_sizes needs at least one layer")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise UserError(f"PPOConfig.hidden_sizes needs at least one layer, each of width >= 1, got {list(self.hidden_sizes)}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -93,11 +93,30 @@ class PPOConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown PPO config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
-        try:
-            return cls(**data)
-        except TypeError as exc:  # e.g. a string where a number belongs
-            raise UserError(f"bad PPO config value: {exc}") from None
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                _check_type(f.name, f.type, data[f.name])
+        return cls(**data)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "PPOConfig":
         return cls.from_dict(read_json_object(path, "config file", "pass a JSON object of PPOConfig fields, or leave --config out"))
+
+
+_KINDS = {  # a field's annotation -> (does a JSON value fit it, what to tell the user)
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "tuple[int, ...]": (lambda v: isinstance(v, list) and all(isinstance(h, int) and not isinstance(h, bool) for h in v),
+                        "a list of whole numbers, e.g. [64, 64]"),
+}
+
+
+def _check_type(name: str, annotation: str, value: Any) -> None:
+    """A config file's value against the field's type, so that a wrong one is named as the
+    user wrote it instead of failing later inside the training loop."""
+    optional = annotation.endswith(" | None")
+    fits, wanted = _KINDS[annotation.removesuffix(" | None")]
+    if not (fits(value) or (optional and value is None)):
+        raise UserError(f"PPO config {name} must be {wanted}{' or null' if optional else ''}, got {value!r}")

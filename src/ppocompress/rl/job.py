@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ppocompress.errors import UserError
+from ppocompress.fileio import remove_leftovers, run_lock, staging_dir, writable_dir
 from ppocompress.rl.config import PPOConfig
 from ppocompress.rl.envs import check_env_id
 from ppocompress.rl.evaluation import evaluate
@@ -35,16 +35,6 @@ class TrainingSummary:
         )
 
 
-def prepare_output_dir(out_dir: Path) -> None:
-    """Create out_dir, or fail now, before any training time is spent."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-")
-        probe.close()
-    except OSError as exc:
-        raise UserError(f"cannot write to output directory {out_dir} ({exc.strerror}); choose another --out") from None
-
-
 def train_and_export(
     env_id: str,
     steps: int,
@@ -60,9 +50,18 @@ def train_and_export(
         raise UserError(f"--steps must be >= 0, got {steps}")
     if eval_episodes < 1:
         raise UserError(f"--eval-episodes must be >= 1, got {eval_episodes}")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
     check_env_id(env_id)
-    prepare_output_dir(out_dir)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
+    writable_dir(out_dir)
+    with run_lock(out_dir):
+        remove_leftovers(out_dir)  # of a run killed before it could clean up
+        return _train(env_id, steps, seed, out_dir, config, eval_episodes, progress_bar)
+
+
+def _train(env_id: str, steps: int, seed: int, out_dir: Path, config: PPOConfig, eval_episodes: int,
+           progress_bar: bool) -> TrainingSummary:
+    staging = staging_dir(out_dir)
     try:
         started = time.perf_counter()
         agent = PPO(env_id, config, seed=seed)

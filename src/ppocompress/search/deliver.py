@@ -6,7 +6,6 @@ no search at all). The chosen searcher's model is moved into the output folder."
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from ppocompress.compress.models import LoadedModel
@@ -18,7 +17,8 @@ from ppocompress.compress.sentence_transformers_folder import (
 )
 from ppocompress.compress.text import load_splits
 from ppocompress.compress.timing import measure_latencies
-from ppocompress.fileio import move_into_place
+from ppocompress.fileio import move_into_place, staging_dir
+from ppocompress.search.env import Target
 from ppocompress.search.prepare import (
     CAUSAL_VALIDATION_SHARE,
     Prepared,
@@ -39,15 +39,16 @@ GENERATED_TOKENS = 40
 RECOVERY_CHECKPOINTS = ".recovery"  # in --out: each distillation's checkpoint, until the model is delivered
 
 
-def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results: dict[str, SearchResult], out: Path,
-            log) -> CompressResult:
+def deliver(prepared: Prepared, settings, target: Target, finals: dict[str, list[int]], results: dict[str, SearchResult],
+            out: Path, log) -> CompressResult:
+    """finals: each searcher's plan for `target`; out: the folder its model goes to."""
     dense, texts, cost, runtime = prepared.dense, prepared.texts, prepared.cost, get_runtime(prepared.runtime)
     calibration = texts.calibration
     held_out = HeldOut(dense, texts.evaluation)
     refit_texts = refit_passages(calibration, dense.is_causal)
     # Distillation learns from all the calibration text, not only what the search scored on.
     distill_texts = load_splits(settings.text).calibration if "distill" in settings.recovery else None
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
+    staging = staging_dir(out)
     try:
         torch_dense = get_runtime("torch").export(dense, staging / "torch-dense", [])
         artifacts = {"dense": runtime.export(dense, staging / "dense", calibration),
@@ -96,7 +97,6 @@ def deliver(prepared: Prepared, settings, finals: dict[str, list[int]], results:
                 model.predicted_speedup, model.predicted_latency_ms = cost.speedup(levels), cost.total(levels)
         return model
 
-    target = settings.target()
     result = CompressResult(
         model=dense.source, runtime=runtime.name, target_kind=target.kind, target_value=target.value, searcher=settings.searcher,
         timing=prepared.setup, reference_latency=latency["torch"], dense_lee_pearson=held_out.dense_lee_pearson(),

@@ -3,14 +3,20 @@
 At step i the agent picks layer i's level from the menu. The budget (a target speedup,
 or a target size fraction) is always met: a level is masked out when, even with every
 later layer at its cheapest level, the total would exceed the budget (AMC's clamping,
-done as masking so the agent learns only from choices that were really made). The
-reward comes at the end: the plan's quality, -log(1 - cosine to the dense model).
+done as masking so the agent learns only from choices that were really made). An agent
+that ignores the mask (an RL library without action masking) gets a masked level
+replaced by the allowed level nearest to it in cost, so its episodes meet the budget too.
+The reward comes at the end: the plan's quality, -log(1 - cosine to the dense model).
 
 With shaped=True each step also pays the change in a cheap estimate of that reward (the
 one-off quality drops of the layers chosen so far, added up), and the last step pays the
 true reward minus the estimate: potential-based shaping, so an episode's return is the
 true reward up to a constant and the best plan is unchanged, but each choice is credited
 at once instead of through one number at the end of the episode.
+
+Given several targets (a family), episodes take them in turn (or the one reset's
+options name) and the observation carries the target's budget, so one policy learns
+them all: a plan's reward does not depend on the target, only which plans are allowed.
 """
 
 from __future__ import annotations
@@ -34,7 +40,14 @@ class Target:
     kind: str  # "speedup" (total cost <= dense / value) or "size" (total <= dense * value)
     value: float
 
+    @property
+    def label(self) -> str:
+        """"4x" or "size 0.5"."""
+        return f"{self.value:g}x" if self.kind == "speedup" else f"size {self.value:g}"
+
     def budget(self, dense_total: float) -> float:
+        if not math.isfinite(self.value):
+            raise UserError(f"--target-{self.kind} must be a finite number, got {self.value}")
         if self.kind == "speedup":
             if self.value < 1.0:
                 raise UserError(f"--target-speedup must be >= 1, got {self.value}")
@@ -46,53 +59,79 @@ class Target:
         raise UserError(f"unknown target kind {self.kind!r}")
 
 
+def check_reachable(cost: CostTable, menu: list[Level], targets: list[Target]) -> None:
+    """Fails in one line for a target no plan meets. A plan must keep a layer, so the most
+    compressed plan is one layer at its cheapest kept level and every other one at the
+    cheapest level overall."""
+    cheapest_kept = min(c for c, level in zip(cost.per_level, menu) if not level.drop)
+    lowest = cost.base + cheapest_kept + (cost.num_layers - 1) * min(cost.per_level)
+    for target in targets:
+        if lowest > target.budget(cost.reference_total) + 1e-9:
+            raise UserError(f"target {target.kind} {target.value:g} cannot be met: the most compressed plan reaches "
+                            f"{cost.reference_total / lowest:.2f}x by the cost table; ask for less")
+
+
 class CompressionEnv(gym.Env):
     """Observation per step (all in [0, 1] or small reals):
-    [layer position, layer's share of dense cost, budget used, budget left, cost of the
-     cheapest completion, previous level (normalised), block influence, importance
-     spread, sensitivity at each level (quality drop when only this layer is compressed),
-     the later layers' mean sensitivity at each level].
+    [layer position, layer's share of dense cost, the target's budget as a share of the
+     dense cost, budget used, budget left, cost of the cheapest completion, previous level
+     (normalised), block influence, importance spread, sensitivity at each level (quality
+     drop when only this layer is compressed), the later layers' mean sensitivity at each
+     level]. Every entry is relative (positions as fractions, costs as shares), so a
+     policy trained on one model can act on another with the same menu.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, cost: CostTable, menu: list[Level], target: Target, score_plan, layer_features: np.ndarray,
+    def __init__(self, cost: CostTable, menu: list[Level], target: Target | list[Target], score_plan, layer_features: np.ndarray,
                  sensitivity: np.ndarray, shaped: bool = False, shared_loss: float = 0.0):
-        """score_plan(levels) -> reward; layer_features: (layers, 2) block influence and
-        importance spread; sensitivity: (layers, len(menu)) one-off quality drops;
-        shared_loss: the quality drop every plan carries (a causal LM's int8 output head),
-        which the estimate adds to the layers' own."""
+        """target: one, or the family's (taken in turn by episode); score_plan(levels) ->
+        reward; layer_features: (layers, 2) block influence and importance spread;
+        sensitivity: (layers, len(menu)) one-off quality drops; shared_loss: the quality
+        drop every plan carries (a causal LM's int8 output head), which the estimate adds
+        to the layers' own."""
         super().__init__()
-        self.cost, self.menu, self.target = cost, menu, target
+        self.cost, self.menu = cost, menu
+        self.targets = [target] if isinstance(target, Target) else list(target)
         self.score_plan = score_plan
         self.num_layers = cost.num_layers
-        self.budget = target.budget(cost.reference_total)
+        self.budgets = [t.budget(cost.reference_total) for t in self.targets]
         self.cheapest = min(cost.per_level)
-        # A plan must keep at least one layer, so the cheapest plan is one kept layer at its
-        # cheapest level with every other layer at the cheapest level overall.
         self.cheapest_kept = min(c for c, level in zip(cost.per_level, menu) if not level.drop)
-        lowest = cost.base + self.cheapest_kept + (self.num_layers - 1) * self.cheapest
-        if lowest > self.budget + 1e-9:
-            raise UserError(f"target {target.kind} {target.value} cannot be met: the most compressed plan reaches "
-                            f"{cost.reference_total / lowest:.2f}x by the cost table; ask for less")
+        check_reachable(cost, menu, self.targets)
         self.layer_features = np.asarray(layer_features, dtype=np.float32)
         self.sensitivity = np.asarray(sensitivity, dtype=np.float32)
         self.shaped, self.shared_loss = shaped, shared_loss
-        n_obs = 8 + 2 * len(menu)
+        n_obs = 9 + 2 * len(menu)
         self.observation_space = spaces.Box(-10.0, 10.0, shape=(n_obs,), dtype=np.float32)
         self.action_space = spaces.Discrete(len(menu))
         self.levels: list[int] = []
+        self.target_index = 0
+        self._episodes = 0
+
+    @property
+    def target(self) -> Target:
+        """The current episode's target."""
+        return self.targets[self.target_index]
+
+    @property
+    def budget(self) -> float:
+        return self.budgets[self.target_index]
 
     # --- Gymnasium API ------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """options={"target": i} walks the family's i-th target; otherwise the next in turn."""
         super().reset(seed=seed)
+        if options is not None and "target" in options:
+            self.target_index = int(options["target"])
+        else:
+            self.target_index = self._episodes % len(self.targets)
+            self._episodes += 1
         self.levels = []
         return self._observation(), {"action_mask": self.action_masks()}
 
     def step(self, action):
-        action = int(action)
-        if not self.action_masks()[action]:
-            raise ValueError(f"level {action} is masked at layer {len(self.levels)}: it would break the budget")
+        action = self.nearest_allowed(int(action))
         before = self.estimated_reward(self.levels) if self.shaped else 0.0
         self.levels.append(action)
         done = len(self.levels) == self.num_layers
@@ -106,6 +145,15 @@ class CompressionEnv(gym.Env):
             info["cost"] = self.cost.total(self.levels)
         observation = self._observation() if not done else np.zeros(self.observation_space.shape, dtype=np.float32)
         return observation, reward, done, False, info
+
+    def nearest_allowed(self, action: int) -> int:
+        """`action` if the mask allows it, else the allowed level nearest to it in cost
+        (clamping): every level of the action space is a legal step, as Gymnasium agents assume."""
+        mask = self.action_masks()
+        if mask[action]:
+            return action
+        per_level = self.cost.per_level
+        return int(min(np.flatnonzero(mask), key=lambda i: abs(per_level[i] - per_level[action])))
 
     def action_masks(self) -> np.ndarray:
         """Levels after which the budget stays reachable by the cheapest completion that
@@ -122,9 +170,10 @@ class CompressionEnv(gym.Env):
             mask[index] = spent + cost + floor <= self.budget + 1e-9
         return mask
 
-    def is_valid_plan(self, levels: list[int]) -> bool:
-        """Meets the budget and keeps at least one layer."""
-        return self.cost.total(levels) <= self.budget + 1e-9 and any(not self.menu[i].drop for i in levels)
+    def is_valid_plan(self, levels: list[int], target: int | None = None) -> bool:
+        """Meets the budget (of the current target, or the family's `target`-th) and keeps at least one layer."""
+        budget = self.budget if target is None else self.budgets[target]
+        return self.cost.total(levels) <= budget + 1e-9 and any(not self.menu[i].drop for i in levels)
 
     def estimated_reward(self, levels: list[int]) -> float:
         """The reward if quality drops added up and the later layers stayed dense."""
@@ -140,6 +189,7 @@ class CompressionEnv(gym.Env):
         head = [
             i / self.num_layers,
             self.cost.per_level[0] / dense,
+            self.budget / dense,
             spent / self.budget,
             (self.budget - spent) / dense,
             (self.num_layers - i) * self.cheapest / dense,

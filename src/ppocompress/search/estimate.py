@@ -47,20 +47,21 @@ class Estimate:
 
 def estimate(importance_s: float, searchers: list[str], evals: int, levels: int, sensitivity_evaluations: int,
              table_cached: bool, dense_timed: bool, measured: bool, causal: bool = False,
-             distill_minutes: float = 0.0) -> Estimate:
+             distill_minutes: float = 0.0, targets: int = 1) -> Estimate:
     """importance_s: what this run's importance scoring took; the rest says what is left to
-    do (the uniform searcher scores at most one plan per menu level). distill_minutes: each
-    delivered plan's distillation budget, which is time, not work, so it is not scaled."""
+    do: evals per searcher in all (the uniform searcher scores at most one plan per menu
+    level and target), a delivery per target. distill_minutes: each delivered plan's
+    distillation budget, which is time, not work, so it is not scaled."""
     reference = DECODER if causal else ENCODER
     scale = importance_s / reference.importance_s
     phases = {
         "dense timing": 0.0 if dense_timed or not measured else reference.dense_timing_s,
         "latency table": 0.0 if table_cached or not measured else reference.table_s,
         "sensitivities": reference.sensitivity_s_per_evaluation * sensitivity_evaluations,
-        "search": sum(reference.search_s_per_evaluation[name] * (min(evals, levels) if name == "uniform" else evals)
+        "search": sum(reference.search_s_per_evaluation[name] * (targets * min(evals // targets, levels) if name == "uniform" else evals)
                       for name in searchers),
-        "delivery": reference.delivery_fixed_s + reference.delivery_per_plan_s * len(searchers),
+        "delivery": targets * (reference.delivery_fixed_s + reference.delivery_per_plan_s * len(searchers)),
     }
     phases = {name: seconds * scale for name, seconds in phases.items()}
-    phases["distillation"] = 60.0 * distill_minutes * len(searchers)
+    phases["distillation"] = 60.0 * distill_minutes * len(searchers) * targets
     return Estimate(phases)

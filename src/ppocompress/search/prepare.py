@@ -41,6 +41,7 @@ from ppocompress.search.cost_table import (
     table_cache_path,
     table_setup,
 )
+from ppocompress.search.env import check_reachable
 from ppocompress.search.estimate import estimate
 from ppocompress.search.evaluator import (
     PlanEvaluator,
@@ -79,13 +80,16 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
     dense = load_model(settings.model, trust_remote_code=settings.trust_remote_code)
     texts = subset(load_splits(settings.text), settings.calibration_texts, settings.evaluation_texts)
     calibration = texts.calibration
+    menu = default_menu(groups=layer_table(dense.model)[0].kv_heads)
+    targets = settings.targets()
+    setup = settings.timing(dense.is_causal)
+    measured = settings.cost == "measured" and targets[0].kind == "speedup"
+    if not measured:  # parameters scale like FLOPs per layer; int8 is priced by its discount
+        cost = flops_table(dense, menu)
+        check_reachable(cost, menu, targets)  # a measured table is checked once it is timed
     log(f"model {dense.source}: importance scores on {min(IMPORTANCE_PASSAGES, len(calibration))} calibration passages")
     start = time.monotonic()
     scores = importance_scores(dense, calibration[:IMPORTANCE_PASSAGES])
-    menu = default_menu(groups=layer_table(dense.model)[0].kv_heads)
-    target = settings.target()
-    setup = settings.timing(dense.is_causal)
-    measured = settings.cost == "measured" and target.kind == "speedup"
     if settings.runtime != "auto" and dense.is_causal and no_generation(get_runtime(settings.runtime)):
         raise UserError(no_generation(get_runtime(settings.runtime)) + "; pass --runtime torch")
     likely_runtime = state.extras.get("runtime", settings.runtime if settings.runtime != "auto" else preferred_runtime(dense.is_causal))
@@ -93,7 +97,8 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
                  0 if "sensitivity" in state.extras else len(scores) * (len(menu) - 1),
                  table_cached=table_cache_path(dense, menu, likely_runtime, table_setup(setup)).exists(),
                  dense_timed="dense_ms" in state.extras, measured=measured, causal=dense.is_causal,
-                 distill_minutes=settings.distillation().minutes if "distill" in settings.recovery else 0.0).line())
+                 distill_minutes=settings.distillation().minutes if "distill" in settings.recovery else 0.0,
+                 targets=len(targets)).line())
     if "runtime" not in state.extras:
         if measured:
             candidates = ([settings.runtime] if settings.runtime != "auto"
@@ -112,8 +117,7 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
         cost = measured_table(dense, menu, runtime, table_setup(setup), calibration, log=log)
         timings = state.extras["dense_ms"]
         cost = anchor_reference(cost, timings["torch"], timings[runtime], log=log)
-    else:
-        cost = flops_table(dense, menu)  # parameters scale like FLOPs per layer; int8 is priced by its discount
+        check_reachable(cost, menu, targets)  # before the sensitivities
     # The search prices least-squares recovery in when the delivery starts with it, refit on
     # calibration text apart from the passages plans are scored on.
     scored = fidelity_passages(dense.is_causal)["high"]

@@ -14,7 +14,11 @@ import numpy as np  # noqa: E402
 
 from ppocompress.errors import UserError  # noqa: E402
 from ppocompress.fileio import atomic_path, atomic_write_text  # noqa: E402
-from ppocompress.search.results import CompressResult, quality_columns  # noqa: E402
+from ppocompress.search.results import (  # noqa: E402
+    CompressResult,
+    FamilyResult,
+    quality_columns,
+)
 
 
 def _fidelity(reward: float) -> float:
@@ -22,9 +26,15 @@ def _fidelity(reward: float) -> float:
 
 
 def write_report(run_dir: Path) -> Path:
+    """report.html of a run, or of a family run (then each member's too)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a folder; pass the --out folder of ppocompress compress")
+    if (run_dir / "family.json").exists():
+        family = FamilyResult.from_dir(run_dir)
+        for folder in family.folders:
+            write_report(run_dir / folder)
+        return write_family_report(run_dir)
     result = CompressResult.from_file(run_dir / "result.json")
     plots = {"policy": _policy_plot(result, run_dir / "policy.png"), "curve": _curve_plot(result, run_dir / "search_curve.png"),
              "scatter": _scatter_plot(result, run_dir / "pareto.png")}
@@ -70,6 +80,78 @@ evaluations, shared by all searchers and outside their budgets.</p>
 </body></html>"""
     atomic_write_text(run_dir / "report.html", page)
     return run_dir / "report.html"
+
+
+def write_family_report(run_dir: Path) -> Path:
+    """report.html of a family: every member's measured point and each searcher's, the
+    plans across targets, and links to the members' own reports."""
+    family = FamilyResult.from_dir(run_dir)
+    first = family.members[0]
+    header, field, _ = quality_columns(first.causal)[0]
+    plots = {"pareto": _family_pareto_plot(family, run_dir / "family_pareto.png"),
+             "plans": _family_plans_plot(family, run_dir / "family_plans.png")}
+    searchers = list(first.searchers)
+    columns = ("target", "member", "speedup", "vs dense int8", *(f"{name} {header}" for name in searchers),
+               f"dense int8 {header}", "size MB")
+    rows = []
+    for folder, member in zip(family.folders, family.members):
+        delivered = member.delivered
+        cells = (member.target_label, f'<a href="{html.escape(folder)}/report.html">{html.escape(folder)}</a>',
+                 f"{delivered.speedup:.2f}x", f"{delivered.speedup_vs_dense_int8:.2f}x",
+                 *(html.escape(_fmt(getattr(member.searchers[name], field))) for name in searchers),
+                 html.escape(_fmt(getattr(member.dense_int8, field))), f"{delivered.size_bytes / 1e6:.1f}")
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    evaluations = ", ".join(f"{html.escape(name)} {count}" for name, count in family.evaluations.items())
+    warnings = "".join(f"<li>{html.escape(m.target_label)}: {html.escape(w)}</li>" for m in family.members for w in m.warnings)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ppocompress family report</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:4px 10px;text-align:right}}
+table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}img{{max-width:100%}}.warnings{{color:#a04000}}</style>
+</head><body>
+<h1>ppocompress: a family of {len(family.members)} models of {html.escape(first.model)} on {html.escape(first.runtime)}</h1>
+<p>One {html.escape(first.searcher)} search for every target; the other searchers ran per target on the same total
+budget. Evaluations over the family: {evaluations}. Each member was delivered, judged on held-out text and timed side by
+side with dense PyTorch fp32 and the dense int8 model in its own folder.{
+    f' The search policy is saved in {html.escape(family.policy)}/ (start a new run from it with --policy).' if family.policy else ''}</p>
+{f'<ul class="warnings">{warnings}</ul>' if warnings else ''}
+<table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in columns)}</tr>{''.join(rows)}</table>
+<h2>Measured speed and held-out quality</h2><img src="{plots['pareto']}">
+<h2>Plans across targets</h2><img src="{plots['plans']}">
+</body></html>"""
+    atomic_write_text(run_dir / "report.html", page)
+    return run_dir / "report.html"
+
+
+def _family_pareto_plot(family: FamilyResult, path: Path) -> str:
+    first = family.members[0]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in first.searchers:
+        points = sorted((m.searchers[name].speedup, m.searchers[name].fidelity) for m in family.members)
+        ax.plot(*zip(*points), marker="*" if name == first.searcher else "o", markersize=11 if name == first.searcher else 5,
+                label=name + (" (delivered)" if name == first.searcher else ""))
+    int8 = [(m.dense_int8.speedup, m.dense_int8.fidelity) for m in family.members]
+    ax.scatter(*zip(*int8), marker="X", s=90, color="black", label=f"dense int8 on {first.runtime} (each member's run)", zorder=3)
+    ax.set_xlabel("speedup vs dense PyTorch fp32, measured")
+    ax.set_ylabel(f"{first.fidelity_name.split(' of ')[0]} to dense on held-out text")
+    ax.ticklabel_format(axis="y", useOffset=False)  # qualities near 1 read as themselves
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _family_plans_plot(family: FamilyResult, path: Path) -> str:
+    """The delivered searcher's level per layer, a row per target: which layers go first."""
+    levels = [m.delivered.levels for m in family.members]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 + 1.1 * len(levels[0])), 1.2 + 0.6 * len(levels)))
+    kept = np.array([[_level_weight(name) for name in row] for row in levels])
+    ax.imshow(kept, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for r, row in enumerate(levels):
+        for c, name in enumerate(row):
+            ax.text(c, r, name, ha="center", va="center", fontsize=7, color="black" if kept[r, c] > 0.5 else "white")
+    ax.set_yticks(range(len(levels)), [m.target_label for m in family.members])
+    ax.set_xticks(range(len(levels[0])), [f"layer {i}" for i in range(len(levels[0]))])
+    ax.set_title(f"{family.members[0].searcher}'s level per layer for each target\n(brighter = more kept; int8 counts as 0.6)",
+                 fontsize=10)
+    return _save(fig, path)
 
 
 def _quality_sentence(result: CompressResult) -> str:

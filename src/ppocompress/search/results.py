@@ -12,6 +12,7 @@ from ppocompress.compress.quality import HeldOutQuality
 from ppocompress.compress.timing import LatencyResult, TimingSetup
 from ppocompress.errors import UserError
 from ppocompress.fileio import read_json_object
+from ppocompress.search.env import Target
 
 RESULT_FORMAT = "ppocompress.result/2"
 
@@ -82,6 +83,11 @@ class CompressResult:
         return "exp(-KL) of next-token distributions" if self.causal else "cosine of embeddings"
 
     @property
+    def target_label(self) -> str:
+        """"4x" or "size 0.5"."""
+        return Target(self.target_kind, self.target_value).label
+
+    @property
     def delivered(self) -> MeasuredModel:
         return self.searchers[self.searcher]
 
@@ -107,5 +113,36 @@ class CompressResult:
             return cls(**{**data, "timing": TimingSetup(**data["timing"]), "reference_latency": LatencyResult(**data["reference_latency"]),
                           "searchers": {k: MeasuredModel.from_dict(v) for k, v in data["searchers"].items()},
                           "dense": MeasuredModel.from_dict(data["dense"]), "dense_int8": MeasuredModel.from_dict(data["dense_int8"])})
-        except (TypeError, KeyError) as exc:
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise UserError(f"{path} does not match the result schema ({exc}); run ppocompress compress again") from None
+
+
+FAMILY_FORMAT = "ppocompress.family/1"
+
+
+@dataclass
+class FamilyResult:
+    """A family run (`compress --targets ...`): one member per target, each delivered and
+    measured in its own folder with its own result.json; family.json names them."""
+
+    members: list[CompressResult]  # ascending targets
+    folders: list[str]  # each member's folder in --out
+    evaluations: dict[str, int]  # searcher -> plan evaluations over the whole family
+    policy: str | None  # folder of PPO's saved policy in --out, if PPO ran
+    format: str = FAMILY_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps({"format": self.format, "folders": self.folders, "evaluations": self.evaluations, "policy": self.policy},
+                          indent=1)
+
+    @classmethod
+    def from_dir(cls, out: Path) -> "FamilyResult":
+        data = read_json_object(out / "family.json", "family result", "pass the --out folder of ppocompress compress --targets")
+        if data.get("format") != FAMILY_FORMAT:
+            raise UserError(f"{out / 'family.json'} is not a family result this version reads (format {data.get('format')!r}); "
+                            "run ppocompress compress again")
+        missing = [name for name in ("folders", "evaluations", "policy") if name not in data]
+        if missing:
+            raise UserError(f"{out / 'family.json'} lacks the field {missing[0]!r}; run ppocompress compress again")
+        members = [CompressResult.from_file(out / folder / "result.json") for folder in data["folders"]]
+        return cls(members, data["folders"], data["evaluations"], data["policy"])

@@ -8,6 +8,10 @@
   and keeping only mutants that meet the target (EvoPress's level switches).
 Every plan any searcher scores goes through one Recorder, which counts evaluations
 (repeats are free), keeps the best plan and the history for the report.
+
+A family (several targets) is searched by PPO in one run: one policy, the target in its
+observation, one evaluation budget; each target's best is the best plan scored that
+meets it (a plan meeting 6x also meets 4x). The other searchers run per target.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class SearchResult:
     evaluations: int
     curve: list[tuple[int, float]]  # (evaluations so far, best reward so far)
     evaluated: list[tuple[list[int], float, float]] = field(default_factory=list)  # levels, reward, predicted speedup
+    policy: object | None = field(default=None, repr=False, compare=False)  # ppo: the agent whose plans won (not saved here)
 
     def to_dict(self) -> dict:
         return {"searcher": self.searcher, "best_levels": self.best_levels, "best_reward": self.best_reward,
@@ -48,6 +53,21 @@ class SearchResult:
     def from_dict(cls, data: dict) -> "SearchResult":
         return cls(data["searcher"], data["best_levels"], data["best_reward"], data["evaluations"],
                    [tuple(point) for point in data["curve"]], [tuple(e) for e in data["evaluated"]])
+
+    def meeting(self, valid: Callable[[list[int]], bool]) -> "SearchResult":
+        """The same run seen by one target of a family: only the plans that meet it count
+        (best, curve, finalists); evaluations stay the run's."""
+        evaluated = [e for e in self.evaluated if valid(e[0])]
+        if not evaluated:
+            raise UserError(f"searcher {self.searcher} scored no plan meeting one of the targets; give it a larger --evals")
+        best = max(evaluated, key=lambda e: e[1])
+        curve, best_reward = [], float("-inf")
+        for count, (levels, reward, _) in enumerate(self.evaluated, start=1):
+            if valid(levels) and reward > best_reward:
+                best_reward = reward
+            if best_reward > float("-inf"):
+                curve.append((count, best_reward))
+        return SearchResult(self.searcher, list(best[0]), best[1], self.evaluations, curve, evaluated, self.policy)
 
 
 class Recorder:
@@ -89,10 +109,13 @@ EnvFactory = Callable[[Callable[[list[int]], float]], CompressionEnv]
 
 
 def run_searcher(name: str, make_env: EnvFactory, score: Callable[[list[int]], float], evaluations: int, seed: int,
-                 on_evaluation: Callable[[Recorder], None] | None = None) -> SearchResult:
-    """make_env(score) builds a CompressionEnv that scores plans with `score`."""
+                 on_evaluation: Callable[[Recorder], None] | None = None, policy=None) -> SearchResult:
+    """make_env(score) builds a CompressionEnv that scores plans with `score`. policy: a
+    saved PPO agent (ppo only) to start from instead of a new one."""
     if name not in SEARCHERS:
         raise UserError(f"unknown searcher {name!r}; use one of {', '.join(SEARCHERS)}")
+    if policy is not None and name != "ppo":
+        raise UserError(f"a saved policy starts the ppo searcher, not {name}")
     probe = make_env(score)
     recorder = Recorder(score, evaluations, probe.cost.speedup)
 
@@ -103,11 +126,29 @@ def run_searcher(name: str, make_env: EnvFactory, score: Callable[[list[int]], f
         return reward
 
     env = make_env(scored)
+    agents: list[tuple[object, int]] = []  # ppo: each agent and the evaluations made before it started
     try:
-        {"ppo": _ppo, "uniform": _uniform, "random": _random, "evolutionary": _evolutionary}[name](env, recorder, seed)
+        if name == "ppo":
+            _ppo(env, recorder, seed, agents, policy)
+        else:
+            {"uniform": _uniform, "random": _random, "evolutionary": _evolutionary}[name](env, recorder, seed)
     except BudgetSpent:
         pass
-    return recorder.result(name)
+    result = recorder.result(name)
+    if agents:
+        result.policy = _winning_agent(agents, result, env)
+    return result
+
+
+def _winning_agent(agents: list[tuple[object, int]], result: SearchResult, env: CompressionEnv):
+    """The agent that found the best plan for the most targets (the later one on a tie)."""
+    wins = [0] * len(agents)
+    for target in range(len(env.targets)):
+        valid = [(reward, index) for index, (levels, reward, _) in enumerate(result.evaluated) if env.is_valid_plan(levels, target)]
+        if valid:
+            found = max(valid, key=lambda e: e[0])[1]  # the first evaluation of the best reward
+            wins[max(i for i, (_, start) in enumerate(agents) if start <= found)] += 1
+    return agents[max(range(len(agents)), key=lambda i: (wins[i], i))][0]
 
 
 def _uniform(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
@@ -173,14 +214,17 @@ EPISODES_PER_UPDATE = 32
 MINIBATCHES = 3
 
 
-def _ppo(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
+def _ppo(env: CompressionEnv, recorder: Recorder, seed: int, agents: list, policy=None) -> None:
     """PPO agents, one after another until the evaluations are spent. Each rehearses on
     the env's free reward estimate (the layers' one-off quality drops added up: no
     evaluation spent), then learns from real evaluations with the estimate as
     potential-based shaping. Plans scored before cost nothing, so a converging agent
     trains on for free; once it proposes no new plan for PATIENCE updates, a new agent
     (next seed) starts with the evaluations left. Restarts matter: on MiniLM single
-    agents converged within ~50 evaluations, to plans that differed by seed.
+    agents converged within ~50 evaluations, to plans that differed by seed. Each agent
+    is appended to `agents` with the evaluations made before it. A saved `policy` is the
+    first agent: its greedy plan for each target is scored first (the zero-shot plans),
+    then it learns on without rehearsing.
 
     Settings, chosen on MiniLM at a 4x target by how close rehearsal came to the exact
     optimum of the estimate (a knapsack solved by dynamic programming): 32 episodes an
@@ -188,26 +232,42 @@ def _ppo(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
     nothing), normalised observations (the sensitivities are small numbers), and
     MINIBATCHES an update (MiniLM: 64 steps each; on SmolLM2's 30 layers at 2x, 320-step
     minibatches rehearsed to 5.52 of the optimum's 5.66 in 56 s, 64-step ones to 5.46 in 107 s)."""
-    from ppocompress.rl import PPO, PPOConfig
+    from ppocompress.rl import PPO
 
-    steps = env.num_layers * EPISODES_PER_UPDATE
-    config = PPOConfig(
-        n_envs=1, n_steps=steps, batch_size=steps // MINIBATCHES, n_epochs=10, gamma=1.0, gae_lambda=1.0,
-        learning_rate=1e-3, anneal_lr=False, ent_coef=0.01, hidden_sizes=(64, 64), target_kl=0.05,
-        normalize_observations=True,
-    )
+    config = ppo_config(env.num_layers)
     score, env.shaped = env.score_plan, True
     fruitless = 0
     for restart in itertools.count():
         if recorder.exhausted or fruitless == 3:
             return
         before = len(recorder.cache)
-        agent = PPO(env, config, seed=seed + 1000 * restart)
-        env.score_plan = env.estimated_reward
-        _rehearse(agent, env)
-        env.score_plan = score
+        if restart == 0 and policy is not None:
+            agent = policy
+            agent.config = config  # the rollout fits this model's depth; the network is the saved one
+            agent.set_env(env)
+            agents.append((agent, before))
+            for target in range(len(env.targets)):
+                _greedy_plan(agent, env, target)  # its last step scores it: the zero-shot plans
+        else:
+            agent = PPO(env, config, seed=seed + 1000 * restart)
+            agents.append((agent, before))
+            env.score_plan = env.estimated_reward
+            _rehearse(agent, env)
+            env.score_plan = score
         agent.learn(env.num_layers * recorder.budget * 4, callback=_until_converged(recorder))
         fruitless = fruitless + 1 if len(recorder.cache) == before else 0
+
+
+def ppo_config(num_layers: int):
+    """The PPO settings of the search (see _ppo), for a model of num_layers layers."""
+    from ppocompress.rl import PPOConfig
+
+    steps = num_layers * EPISODES_PER_UPDATE
+    return PPOConfig(
+        n_envs=1, n_steps=steps, batch_size=steps // MINIBATCHES, n_epochs=10, gamma=1.0, gae_lambda=1.0,
+        learning_rate=1e-3, anneal_lr=False, ent_coef=0.01, hidden_sizes=(64, 64), target_kl=0.05,
+        normalize_observations=True,
+    )
 
 
 def _rehearse(agent, env: CompressionEnv) -> None:
@@ -225,15 +285,16 @@ def _rehearse(agent, env: CompressionEnv) -> None:
     while updates < most:
         agent.learn(look * agent.config.n_steps)
         updates += look
-        reward = probe.estimated_reward(_greedy_plan(agent, probe))
+        reward = float(np.mean([probe.estimated_reward(_greedy_plan(agent, probe, t)) for t in range(len(env.targets))]))
         if updates >= least and reward - previous < REHEARSAL_MIN_GAIN:
             return
         previous = reward
 
 
-def _greedy_plan(agent, env: CompressionEnv) -> list[int]:
-    """The agent's most likely plan, walked on an env that scores with the estimate."""
-    observation, info = env.reset()
+def _greedy_plan(agent, env: CompressionEnv, target: int = 0) -> list[int]:
+    """The agent's most likely plan for the family's `target`-th target, scored by the
+    env's score_plan on its last step (the estimate, during rehearsal)."""
+    observation, info = env.reset(options={"target": target})
     done = False
     while not done:
         action = agent.predict(observation, deterministic=True, action_mask=info["action_mask"])

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text, read_json_object
 
 STATE_FORMAT = "ppocompress.search-state/1"
@@ -37,4 +38,10 @@ class SearchState:
     @classmethod
     def load(cls, path: Path) -> "SearchState":
         data = read_json_object(path, "search state", "start without --resume")
-        return cls(data["settings"], data["evaluations"], data["finished"], data.get("extras", {}))
+        if data.get("format") != STATE_FORMAT:
+            raise UserError(f"{path} is not a search state this version reads (format {data.get('format')!r}); "
+                            "start without --resume")
+        for name in ("settings", "evaluations", "finished", "extras"):
+            if not isinstance(data.get(name), dict):
+                raise UserError(f"{path} lacks the field {name!r} (or it is not an object); start without --resume")
+        return cls(data["settings"], data["evaluations"], data["finished"], data["extras"])

@@ -1,0 +1,152 @@
+"""One PPO policy for a family of targets against dedicated single-target runs, on
+all-MiniLM-L6-v2.
+
+Per seed: one family run (PPO over every target at once, with the evaluations of two
+single-target runs in all) against a dedicated PPO run and a dedicated evolutionary run
+per target (each with a single-target run's evaluations); then the family policy's
+zero-shot plan for a target it never saw (one evaluation) against a dedicated PPO run
+there. Each plan is the one compress delivers (its finalists re-scored on more
+calibration text), judged on held-out text as the search prices plans: least squares,
+the serving runtime's int8 (simulated), mean cosine to the dense embeddings. All runs
+share one preparation (latency table, sensitivities); each keeps its state in --work, so
+an interrupted benchmark continues.
+
+    python benchmarks/family.py [--targets 2,3,4,5,6] [--unseen 4.5|none] [--seeds 0,1,2] [--evals 200] [--dedicated 5,6]
+
+Writes benchmarks/results/family.{txt,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from publish import publish
+
+from ppocompress.search.evaluator import PlanEvaluator, fidelity_passages
+from ppocompress.search.job import (
+    FAMILY_RUNS,
+    CompressSettings,
+    best_at_high_fidelity,
+    search,
+)
+from ppocompress.search.prepare import Prepared, prepare
+from ppocompress.search.state import SearchState
+
+
+@dataclass
+class Plan:
+    run: str  # "family", "ppo", "evolutionary", "zero-shot"
+    target: float
+    seed: int
+    levels: list[str]
+    predicted_speedup: float
+    cosine: float  # held-out
+    evaluations: int  # spent by the run that found it (a family's: all its targets')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="2,3,4,5,6", help="the family's")
+    parser.add_argument("--dedicated", default=None, help="the targets of the dedicated runs this process makes "
+                                                          "(default: all; a subset splits the work between processes)")
+    parser.add_argument("--unseen", default="4.5", help="a target the family never saw, or none (a run that splits the work)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--evals", type=int, default=200, help="of a single-target run; the family gets FAMILY_RUNS times as many")
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-family"))
+    args = parser.parse_args()
+    targets = [float(t) for t in args.targets.split(",")]
+    unseen = None if args.unseen == "none" else float(args.unseen)
+    dedicated = targets if args.dedicated is None else [float(t) for t in args.dedicated.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    args.work.mkdir(parents=True, exist_ok=True)
+    family_settings = CompressSettings(target_speedup=None, family_speedups=targets, searcher="ppo", baselines=False,
+                                       evals=FAMILY_RUNS * args.evals)
+    shared_path = args.work / "prepared.json"
+    shared = SearchState.load(shared_path) if shared_path.exists() else SearchState(asdict(family_settings))
+    prepared = prepare(family_settings, shared, lambda: shared.save(shared_path), print)
+    held_out = held_out_evaluator(prepared)
+
+    def run(name: str, settings: CompressSettings) -> dict:
+        folder = args.work / name
+        folder.mkdir(exist_ok=True)
+        path = folder / "state.json"
+        state = SearchState.load(path) if path.exists() else SearchState(asdict(settings), extras=dict(shared.extras))
+        print(f"{name}", flush=True)
+        return search(prepared, settings, state, path, folder / "policy")
+
+    def plans_of(run_name: str, results: dict, seed: int) -> list[Plan]:
+        found = []
+        for label, by_searcher in results.items():
+            result = next(iter(by_searcher.values()))
+            levels = best_at_high_fidelity(prepared.evaluator, result)
+            found.append(Plan(run_name, float(label.removesuffix("x")), seed, [prepared.menu[i].name for i in levels],
+                              prepared.cost.speedup(levels), held_out.quality(levels), result.evaluations))
+        return found
+
+    plans: list[Plan] = []
+    for seed in seeds:
+        family = replace(family_settings, seed=seed)
+        plans += plans_of("family", run(f"family-seed{seed}", family), seed)
+        for target in [*dedicated, *([unseen] if unseen is not None else [])]:
+            single = CompressSettings(target_speedup=target, searcher="ppo", baselines=False, evals=args.evals, seed=seed)
+            plans += plans_of("ppo", run(f"ppo-{target:g}x-seed{seed}", single), seed)
+            if target != unseen:
+                plans += plans_of("evolutionary", run(f"evolutionary-{target:g}x-seed{seed}", replace(single, searcher="evolutionary")), seed)
+        if unseen is not None:
+            zero_shot = CompressSettings(target_speedup=unseen, searcher="ppo", baselines=False, evals=1, seed=seed,
+                                         policy=str(args.work / f"family-seed{seed}" / "policy"))
+            plans += plans_of("zero-shot", run(f"zero-shot-{unseen:g}x-seed{seed}", zero_shot), seed)
+    text = table(plans, targets, unseen, seeds, args.evals)
+    publish("family", text, {"targets": targets, "unseen": unseen, "seeds": seeds, "evals": args.evals,
+                             "family_evals": FAMILY_RUNS * args.evals, "runtime": prepared.runtime,
+                             "held_out_passages": len(prepared.texts.evaluation), "plans": [asdict(p) for p in plans]})
+
+
+def held_out_evaluator(prepared: Prepared) -> PlanEvaluator:
+    """Scores plans on the held-out passages as the search scores them on calibration text:
+    layers refit on the same calibration passages, int8 simulated for the serving runtime."""
+    evaluation = prepared.texts.evaluation
+    refit = prepared.texts.calibration[fidelity_passages(prepared.dense.is_causal)["high"]:]
+    return PlanEvaluator(prepared.dense, prepared.menu, prepared.scores, evaluation, low_fidelity=len(evaluation),
+                         high_fidelity=len(evaluation), recovery="lsq", recovery_texts=refit, runtime=prepared.runtime)
+
+
+def table(plans: list[Plan], targets: list[float], unseen: float | None, seeds: list[int], evals: int) -> str:
+    def cosines(run: str, target: float) -> list[float]:
+        return [p.cosine for p in plans if p.run == run and p.target == target]
+
+    def cell(values: list[float]) -> str:
+        if not values:
+            return f"{'-':>15}"
+        spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):7.4f} ± {spread:.3f}"
+
+    spent = statistics.mean(p.evaluations for p in plans if p.run == "family" and p.target == targets[0])
+    lines = [f"all-MiniLM-L6-v2: held-out mean cosine (lsq, simulated int8), mean ± spread over seeds {', '.join(map(str, seeds))}",
+             f"family: one PPO run over {', '.join(f'{t:g}x' for t in targets)} with {FAMILY_RUNS * evals} evaluations in all "
+             f"(spent {spent:.0f} on average); ppo and evolutionary: a run per target, {evals} evaluations each",
+             f"{'target':>7} {'family':>15} {'ppo (own run)':>15} {'evolutionary':>15} {'family - ppo':>12} {'within 0.005':>12}"]
+    for target in targets:
+        family, ppo = cosines("family", target), cosines("ppo", target)
+        gap = statistics.mean(family) - statistics.mean(ppo) if family and ppo else float("nan")
+        lines.append(f"{target:6g}x {cell(family)} {cell(ppo)} {cell(cosines('evolutionary', target))} {gap:12.4f} "
+                     f"{'yes' if gap >= -0.005 else 'no':>12}")
+    if unseen is not None:
+        zero, own = cosines("zero-shot", unseen), cosines("ppo", unseen)
+        speeds = [p.predicted_speedup for p in plans if p.run == "zero-shot"]
+        gap = statistics.mean(zero) - statistics.mean(own) if zero and own else float("nan")
+        lines.append(f"unseen {unseen:g}x: zero-shot plan of the family's policy (1 evaluation) {cell(zero)}, predicted "
+                     f"{min(speeds, default=float('nan')):.2f}x-{max(speeds, default=float('nan')):.2f}x; dedicated ppo ({evals} "
+                     f"evaluations) {cell(own)}; difference {gap:.4f} ({'within' if gap >= -0.01 else 'not within'} 0.01)")
+    lines.append("plans of seed " + str(seeds[0]) + ":")
+    for p in plans:
+        if p.seed == seeds[0]:
+            lines.append(f"  {p.run:12} {p.target:4g}x {p.cosine:.4f} predicted {p.predicted_speedup:.2f}x  {' '.join(p.levels)}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

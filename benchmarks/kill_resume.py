@@ -1,0 +1,170 @@
+"""kill -9 anywhere: `compress` killed with SIGKILL at random moments, resumed each time,
+ends as an uninterrupted run ends.
+
+A tiny BERT (built here, as the tests build theirs) is compressed with `--cost flops` and
+the evolutionary searcher, once without interruption. (PPO's rehearsal, thousands of
+free episodes per agent, made each run of this size take 8 minutes on a busy machine;
+tests/test_search_job.py resumes an interrupted PPO search to the same plan.) Then chains: each starts from a copy of
+that finished output (a previous run's model that must never be lost), starts the same
+command afresh, kills it at a random moment of the uninterrupted run's duration (so
+loading, sensitivities, search and delivery are all hit), checks that the previous
+model and result are still whole, resumes with --resume, kills again, ... until a run
+finishes. The finished output must equal the uninterrupted one: every searcher's plan,
+evaluations, held-out quality, and the same files, with no staging or temporary files
+left. Moments come from a seeded generator, so a rerun kills at the same moments.
+
+    python benchmarks/kill_resume.py [--kills 20] [--per-chain 4] [--seed 0]
+
+Writes benchmarks/results/kill_resume.{txt,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from publish import publish
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+from compress_models import save_tiny_model  # noqa: E402  the tests' tiny model builder
+
+from ppocompress.compress.text import load_splits  # noqa: E402
+from ppocompress.search.results import CompressResult  # noqa: E402
+
+# Leftovers a finished run must not have (hidden names only; the model's own files are compared).
+LEFTOVER_MARKS = (".staging-", ".tmp", ".old-", ".write-test-", ".lock", ".recovery")
+PASSAGES = 160  # of the default text: enough for calibration, validation and evaluation splits
+
+
+@dataclass
+class Kill:
+    chain: int
+    after_s: float  # when the kill came, after the start of that attempt
+    phase: str  # the last log line before it
+    previous_intact: bool  # the previous finished model and result still loaded
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--per-chain", type=int, default=4, help="kills before a chain lets its run finish")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("runs/bench-kill-resume"))
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    model = save_tiny_model("bert", args.work / "tiny-bert")
+    text = args.work / "text.txt"
+    text.write_text("\n".join(load_splits(None).calibration[:PASSAGES]))
+    command = [sys.executable, "-m", "ppocompress.cli", "compress", "--model", str(model), "--text", str(text),
+               "--cost", "flops", "--runtime", "onnxruntime", "--target-speedup", "1.5", "--evals", "24",
+               "--searcher", "evolutionary", "--no-baselines"]
+
+    reference = args.work / "uninterrupted"
+    start = time.monotonic()
+    subprocess.run([*command, "--out", str(reference)], check=True, capture_output=True)
+    duration = time.monotonic() - start
+    print(f"uninterrupted run: {duration:.0f} s", flush=True)
+
+    rng = random.Random(args.seed)
+    kills: list[Kill] = []
+    failures: list[str] = []
+    chain = 0
+    while len(kills) < args.kills:
+        out = args.work / f"chain-{chain}"
+        shutil.copytree(reference, out)
+        resume = False
+        for _ in range(min(args.per_chain, args.kills - len(kills))):
+            kill = run_and_kill(command, out, resume, rng.uniform(0.0, duration), chain)
+            if kill is None:  # it finished before the moment came
+                break
+            kills.append(kill)
+            if not kill.previous_intact:
+                failures.append(f"chain {chain}: the previous model or result was not whole after a kill at {kill.after_s:.1f} s")
+            resume = True
+            print(f"chain {chain}: killed after {kill.after_s:5.1f} s in '{kill.phase}'", flush=True)
+        done = subprocess.run([*command, "--out", str(out), *(["--resume"] if resume else [])], capture_output=True, text=True)
+        if done.returncode != 0:
+            failures.append(f"chain {chain}: the resumed run failed: {done.stderr.strip().splitlines()[-1:]}")
+        else:
+            failures += [f"chain {chain}: {d}" for d in differences(reference, out)]
+        chain += 1
+
+    phases = sorted({k.phase for k in kills})
+    lines = [f"kill -9 soak: {len(kills)} SIGKILLs over {chain} chains of `compress` on a tiny BERT (--cost flops, "
+             f"evolutionary, 24 evaluations, ONNX Runtime); the uninterrupted run took {duration:.0f} s",
+             "kill moments (seconds after the attempt started) and the last step the run had logged (the search logs "
+             "no step of its own: a kill in it shows the sensitivity step):"]
+    lines += [f"  chain {k.chain}: {k.after_s:5.1f} s  {k.phase}" for k in kills]
+    lines.append(f"steps hit: {len(phases)} distinct ({'; '.join(phases)})")
+    lines.append("result: every chain ended with the uninterrupted run's plans, evaluations, held-out quality and files, "
+                 "no leftovers, the previous model whole after every kill" if not failures else
+                 "FAILED:\n" + "\n".join(f"  {f}" for f in failures))
+    publish("kill_resume", "\n".join(lines), {"kills": [asdict(k) for k in kills], "chains": chain, "uninterrupted_s": duration,
+                                              "failures": failures})
+    return 1 if failures else 0
+
+
+def run_and_kill(command: list[str], out: Path, resume: bool, after_s: float, chain: int) -> Kill | None:
+    """Starts the command, SIGKILLs it and its children after `after_s` seconds; None if it
+    finished first."""
+    log = out.parent / f"{out.name}.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([*command, "--out", str(out), *(["--resume"] if resume else [])],
+                                   stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        try:
+            process.wait(timeout=after_s)
+            return None
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # its latency workers too, as when the machine goes
+            process.wait()
+    lines = [line.strip() for line in log.read_text().splitlines() if line.strip().startswith("[")]
+    phase = lines[-1].split("] ", 1)[1][:60] if lines else "starting (before the first log line)"
+    return Kill(chain, after_s, phase, previous_intact(out))
+
+
+def previous_intact(out: Path) -> bool:
+    """The finished output the chain started from is still whole: the model's files and
+    a result.json that parses."""
+    try:
+        CompressResult.from_file(out / "result.json")
+    except Exception:
+        return False
+    return (out / "model" / "model.safetensors").is_file() and (out / "model" / "compression.json").is_file()
+
+
+def differences(reference: Path, out: Path) -> list[str]:
+    """What differs between an uninterrupted run's output and a resumed one's (timings
+    aside, which no two runs share)."""
+    found = []
+    files = {str(p.relative_to(out)) for p in out.rglob("*")}
+    expected = {str(p.relative_to(reference)) for p in reference.rglob("*")}
+    if files != expected:
+        found.append(f"files differ: extra {sorted(files - expected)[:5]}, missing {sorted(expected - files)[:5]}")
+    left = sorted(f for f in files if any(mark in Path(f).name for mark in LEFTOVER_MARKS))
+    if left:
+        found.append(f"leftovers: {left[:5]}")
+    want, got = CompressResult.from_file(reference / "result.json"), CompressResult.from_file(out / "result.json")
+    for name, measured in want.searchers.items():
+        other = got.searchers.get(name)
+        if other is None or (other.levels, other.evaluations) != (measured.levels, measured.evaluations):
+            found.append(f"{name}'s plan or evaluations differ")
+        elif abs(other.cosine_heldout - measured.cosine_heldout) > 1e-6:
+            found.append(f"{name}'s held-out cosine differs: {other.cosine_heldout} against {measured.cosine_heldout}")
+    if json.loads((out / "model" / "compression.json").read_text())["plan"] != \
+            json.loads((reference / "model" / "compression.json").read_text())["plan"]:
+        found.append("the delivered model's plan differs")
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""The compression task as a Gymnasium environment any RL library can train on.
+
+`ppocompress` registers it as "ppocompress/Compress-v0" with this module's make_env as
+the entry point, so `gymnasium.make("ppocompress/Compress-v0", model=..., target_speedup=...)`
+builds it. The arguments and their defaults are those of `ppocompress compress`, and the
+env is prepared and scored by the job's own code (prepare(), compression_env(),
+plan_scorer()): a user trains on the same task the search solves. Nothing is written to
+disk beyond the latency table prepare() caches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from ppocompress.search.env import CompressionEnv
+from ppocompress.search.job import (
+    DEFAULT_TARGET_SPEEDUP,
+    CompressSettings,
+    compression_env,
+    plan_scorer,
+)
+from ppocompress.search.prepare import prepare
+from ppocompress.search.state import SearchState
+
+
+def make_env(model: str | None = None, target_speedup: float | None = None, target_size: float | None = None,
+             family_speedups: list[float] | None = None, family_sizes: list[float] | None = None,
+             cost: str = "measured", runtime: str = "auto", text: str | Path | None = None, recovery: str = "lsq",
+             threads: int = 2, trust_remote_code: bool = False, log: Callable[[str], None] = print) -> CompressionEnv:
+    """A CompressionEnv for `model` (default: the embedded all-MiniLM-L6-v2) and one target
+    (default: a 5x speedup, as `ppocompress compress`), or a family's targets taken in
+    turn by episode. cost="measured" times the dense model and a latency table on the
+    serving runtime first (minutes; the table is cached), "flops" prices by parameters.
+    recovery: plans are scored after least-squares recovery when it includes "lsq", as the
+    search scores them. Each distinct plan is evaluated once, then its reward is reused.
+    A bad argument raises UserError before anything is loaded."""
+    if target_speedup is None and target_size is None and family_speedups is None and family_sizes is None:
+        target_speedup = DEFAULT_TARGET_SPEEDUP
+    settings = CompressSettings(model=model, target_speedup=target_speedup, target_size=target_size,
+                                family_speedups=family_speedups, family_sizes=family_sizes, cost=cost, runtime=runtime,
+                                text=None if text is None else str(text), recovery=recovery, threads=threads,
+                                trust_remote_code=trust_remote_code)
+    settings.validate()
+    state = SearchState(asdict(settings))  # in memory: it holds the one-off measurements and the evaluations
+    prepared = prepare(settings, state, save_state=lambda: None, log=log)
+    return compression_env(prepared, settings.targets(), plan_scorer(prepared, state.evaluations, on_new=lambda: None))
