@@ -1,7 +1,7 @@
 """Suite-wide settings (property tests draw the same examples on every machine) and fixtures."""
 
 import pytest
-from compress_models import save_tiny_model
+from compress_models import PASSAGES, save_tiny_model
 from hypothesis import settings
 
 from ppocompress.compress.models import load_model
@@ -23,3 +23,12 @@ def tiny_model(tmp_path_factory):
         return cache[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def job_inputs(tmp_path_factory):
+    """(a tiny saved BERT's folder, a text file): what a compress job on a tiny model reads."""
+    root = tmp_path_factory.mktemp("job")
+    text = root / "text.txt"
+    text.write_text("\n".join(PASSAGES))
+    return save_tiny_model("bert", root / "bert"), text

@@ -13,7 +13,6 @@ import warnings
 import gymnasium
 import numpy as np
 import pytest
-from compress_models import PASSAGES, save_tiny_model
 from gymnasium.utils.env_checker import check_env
 
 import ppocompress  # noqa: F401  (registers ppocompress/Compress-v0)
@@ -26,12 +25,9 @@ from ppocompress.search.job import DEFAULT_TARGET_SPEEDUP, CompressSettings
 ENV_ID = "ppocompress/Compress-v0"
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gym")
-    text = root / "text.txt"
-    text.write_text("\n".join(PASSAGES))
-    return save_tiny_model("bert", root / "bert"), text
+@pytest.fixture(scope="session")
+def files(job_inputs):
+    return job_inputs
 
 
 def arguments(files, **overrides) -> dict:

@@ -6,7 +6,6 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from compress_models import PASSAGES, save_tiny_model
 
 import ppocompress
 from ppocompress.cli import main
@@ -15,12 +14,9 @@ from ppocompress.search.job import CompressSettings, run_compress
 from ppocompress.search.results import CompressResult, FamilyResult
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("job")
-    text = root / "text.txt"
-    text.write_text("\n".join(PASSAGES))
-    return save_tiny_model("bert", root / "bert"), text
+@pytest.fixture(scope="session")
+def setup(job_inputs):
+    return job_inputs
 
 
 def settings(model_dir, text, **overrides) -> CompressSettings:
