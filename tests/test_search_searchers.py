@@ -137,3 +137,23 @@ def test_a_policy_acts_only_on_its_own_menu(short_rehearsal, tmp_path):
         load_policy(tmp_path, MENU)
     with pytest.raises(UserError, match="starts the ppo searcher"):
         run_searcher("random", factory(Target("speedup", 2.0)), score, evaluations=5, seed=0, policy=trained.policy)
+
+
+def test_uniform_drops_the_least_sensitive_layers_when_no_level_kept_everywhere_meets_the_target():
+    target = Target("speedup", 6.0)  # the cheapest level kept in all six layers reaches 5.26x
+    env = factory(target)(score)
+    drop = len(MENU) - 1
+    assert not any(env.is_valid_plan([level] * NUM_LAYERS) for level in range(drop))
+    plans = searchers.uniform_plans(env)
+    assert plans and all(env.is_valid_plan(levels) for levels in plans)
+    for levels in plans:
+        kept = {level for level in levels if level != drop}
+        assert len(kept) == 1
+        dropped = [layer for layer, level in enumerate(levels) if level == drop]
+        assert dropped == sorted(np.argsort(LOSS[:, drop], kind="stable")[:len(dropped)].tolist())
+        fewer = [kept.pop() if layer == dropped[-1] else level for layer, level in enumerate(levels)]
+        assert not env.is_valid_plan(fewer)  # one drop fewer misses the target
+    result = run_searcher("uniform", factory(target), score, evaluations=300, seed=0)
+    assert result.best_levels in plans
+    evolutionary = run_searcher("evolutionary", factory(target), score, evaluations=300, seed=0)
+    assert result.best_levels in [levels for levels, _, _ in evolutionary.evaluated]

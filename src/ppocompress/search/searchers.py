@@ -2,7 +2,9 @@
 
 - ppo: our PPO (with invalid-action masking) on CompressionEnv: it rehearses on the env's
   free reward estimate built from the one-off sensitivities, then learns from evaluations;
-- uniform: the same level in every layer, the best one that meets the target;
+- uniform: the same level in every layer, the best one that meets the target (when no
+  level kept everywhere meets it, the layers least sensitive to dropping are dropped,
+  as few as the target needs);
 - random: the best of random plans that meet the target (random valid level each step);
 - evolutionary: (1 + lambda) from the best uniform plan, mutating a few layers' levels
   and keeping only mutants that meet the target (EvoPress's level switches).
@@ -151,11 +153,29 @@ def _winning_agent(agents: list[tuple[object, int]], result: SearchResult, env: 
     return agents[max(range(len(agents)), key=lambda i: (wins[i], i))][0]
 
 
-def _uniform(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
-    for level in range(len(env.menu)):
+def uniform_plans(env: CompressionEnv) -> list[list[int]]:
+    """Each kept level in every layer, with the fewest layers dropped that meets the budget
+    (those whose one-off drop loses least); a level no number of drops brings within the
+    budget gives no plan."""
+    drop = next((i for i, level in enumerate(env.menu) if level.drop), None)
+    order = [] if drop is None else sorted(range(env.num_layers), key=lambda layer: env.sensitivity[layer, drop])
+    plans = []
+    for level, choice in enumerate(env.menu):
+        if choice.drop:
+            continue
         levels = [level] * env.num_layers
-        if env.is_valid_plan(levels):
-            env.score_plan(levels)
+        for layer in [None, *order[:-1]]:  # a plan keeps at least one layer
+            if layer is not None:
+                levels[layer] = drop
+            if env.is_valid_plan(levels):
+                plans.append(list(levels))
+                break
+    return plans
+
+
+def _uniform(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
+    for levels in uniform_plans(env):
+        env.score_plan(levels)
 
 
 def _random_plan(env: CompressionEnv, rng: np.random.Generator) -> list[int]:
@@ -179,8 +199,7 @@ def _random(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
 
 def _evolutionary(env: CompressionEnv, recorder: Recorder, seed: int, offspring: int = 8, max_mutations: int = 3) -> None:
     rng = np.random.default_rng(seed)
-    uniform = [[level] * env.num_layers for level in range(len(env.menu))]
-    starts = [levels for levels in uniform if env.is_valid_plan(levels)] or [_random_plan(env, rng)]
+    starts = uniform_plans(env) or [_random_plan(env, rng)]
     parent = max(starts, key=env.score_plan)  # the best uniform plan is the first parent, as in EvoPress
     parent_reward = env.score_plan(parent)
     stale = 0
