@@ -41,6 +41,9 @@ def inputs(tmp_path_factory):
     for name, config in {"float_int": {"n_steps": 64.5}, "str_sizes": {"hidden_sizes": "64"}, "str_steps": {"n_steps": "x"},
                          "str_gamma": {"gamma": "x"}, "zero_width": {"hidden_sizes": [0]}}.items():
         (root / f"{name}.json").write_text(json.dumps(config))
+    for name, space in {"range_grid": {"learning_rate": {"low": 1e-5, "high": 1e-3}}, "bad_field": {"lr": [1e-3]},
+                        "bad_range": {"clip_range": {"low": 0.3, "high": 0.1}}, "zero_steps": {"n_steps": [0, 32]}}.items():
+        (root / f"space_{name}.json").write_text(json.dumps(space))
     (root / "no_searcher").mkdir()
     (root / "no_searcher" / "result.json").write_text(json.dumps({"format": RESULT_FORMAT, "model": "x"}))
     (root / "no_settings").mkdir()
@@ -65,6 +68,15 @@ CASES = [  # (arguments; {root}, {out} filled in), exit code, words the one line
     ("rl CartPole-v1 --config {root}/zero_width.json --out {out}", 2, "each of width >= 1"),
     ("rl CartPole-v1 --seed -1 --out {out}", 2, "--seed must be >= 0"),
     ("rl NoSuchEnv-v0 --out {out}", 2, "NoSuchEnv-v0"),
+    ("rl CartPole-v1 --trials 4 --out {out}", 2, "belong to a sweep"),
+    ("rl CartPole-v1 --sweep bayes --out {out}", 2, "unknown sweep 'bayes'"),
+    ("rl CartPole-v1 --sweep random --out {out}", 2, "a random sweep needs --trials >= 1"),
+    ("rl CartPole-v1 --sweep grid --trials 16 --out {out}", 2, "the grid has 324 combinations, not --trials 16"),
+    ("rl CartPole-v1 --sweep grid --space {root}/space_range_grid.json --out {out}", 2, "a grid cannot enumerate"),
+    ("rl CartPole-v1 --sweep random --trials 2 --space {root}/space_bad_field.json --out {out}", 2, "'lr' is not a PPOConfig field"),
+    ("rl CartPole-v1 --sweep random --trials 2 --space {root}/space_bad_range.json --out {out}", 2, "needs numbers low < high"),
+    ("rl CartPole-v1 --sweep grid --space {root}/space_zero_steps.json --out {out}", 2, "n_steps must be >= 1"),
+    ("rl CartPole-v1 --sweep random --trials 2 --space {root}/no_such.json --out {out}", 2, "does not exist"),
     ("compress --target-speedup 0 --out {out}", 2, "--target-speedup must be >= 1"),
     ("compress --target-speedup -1 --out {out}", 2, "--target-speedup must be >= 1"),
     ("compress --target-speedup nan --out {out}", 2, "must be a finite number"),

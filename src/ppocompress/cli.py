@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ppocompress.errors import UserError
+from ppocompress.errors import Interrupted, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -53,16 +56,35 @@ def rl(
     ] = None,
     eval_episodes: Annotated[int, typer.Option(help="Episodes of deterministic evaluation after training.")] = 20,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    sweep: Annotated[Optional[str], typer.Option(help="Search hyper-parameters instead of one run: grid or random, "
+                                                      "each trial a whole run on Ray Tune; writes sweep.csv and best_config.json "
+                                                      "(default out: runs/<ENV_ID>-sweep-seed<SEED>).")] = None,
+    trials: Annotated[Optional[int], typer.Option(help="Trials of a random sweep (a grid's are its combinations).")] = None,
+    space: Annotated[Optional[Path], typer.Option(help="JSON file of PPOConfig fields to sweep, each a list of values or "
+                                                       "{low, high, log}; replaces those fields of the default space.")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Ray cluster for a sweep: auto or host:port "
+                                                             "(default: a local one for the run).")] = None,
 ) -> None:
-    """Train PPO on a Gymnasium environment, evaluate it, and save the agent and its learning curve."""
+    """Train PPO on a Gymnasium environment, evaluate it, and save the agent and its learning curve;
+    or, with --sweep, search its hyper-parameters."""
     from ppocompress.rl.config import PPOConfig
-    from ppocompress.rl.job import train_and_export
+    from ppocompress.rl.job import sweep_and_export, train_and_export
     from ppocompress.rl.presets import config_for
 
     ppo_config = PPOConfig.from_json_file(config) if config is not None else config_for(env_id)
-    out_dir = out if out is not None else Path("runs") / f"{env_id.replace('/', '_')}-seed{seed}"
-    summary = train_and_export(env_id, steps, seed, out_dir, ppo_config, eval_episodes, progress_bar=progress)
-    typer.echo(summary.line())
+    name = env_id.replace("/", "_")
+    if sweep is None:
+        if trials is not None or space is not None or ray is not None:
+            raise UserError("--trials, --space and --ray belong to a sweep; add --sweep grid or --sweep random")
+        out_dir = out if out is not None else Path("runs") / f"{name}-seed{seed}"
+        summary = train_and_export(env_id, steps, seed, out_dir, ppo_config, eval_episodes, progress_bar=progress)
+        typer.echo(summary.line())
+        return
+    out_dir = out if out is not None else Path("runs") / f"{name}-sweep-seed{seed}"
+    result = sweep_and_export(env_id, sweep, trials, space, steps, seed, out_dir, ppo_config, eval_episodes, ray,
+                              progress_bar=progress)
+    typer.echo(result.table())
+    typer.echo(f"wrote {out_dir / 'sweep.csv'} and {out_dir / 'best_config.json'} (use it with --config)")
 
 
 ModelOption = Annotated[
@@ -240,11 +262,7 @@ def compress_command(
 ) -> None:
     """Search a per-layer compression plan with PPO, then deliver the compressed model, measured."""
     from ppocompress.reporting import print_compress, print_family
-    from ppocompress.search.job import (
-        DEFAULT_TARGET_SPEEDUP,
-        CompressSettings,
-        run_compress,
-    )
+    from ppocompress.search.job import DEFAULT_TARGET_SPEEDUP, STATE_FILE, CompressSettings, run_compress
     from ppocompress.search.results import FamilyResult
 
     if all(t is None for t in (target_speedup, target_size, targets, target_sizes)):
@@ -256,7 +274,12 @@ def compress_command(
                                 baselines=baselines, threads=threads,
                                 text=None if text is None else str(text), cost=cost, runtime=runtime,
                                 trust_remote_code=trust_remote_code)
-    results = run_compress(settings, out, resume=resume, log=_progress_log())
+    try:
+        results = run_compress(settings, out, resume=resume, log=_progress_log())
+    except Interrupted as stop:
+        if (out / STATE_FILE).exists():
+            stop.resume = " ".join(["ppocompress", *sys.argv[1:], *([] if resume else ["--resume"])])
+        raise
     if settings.family:
         print_family(FamilyResult.from_dir(out))
     else:
@@ -306,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     --debug)."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        app(args=args, standalone_mode=False)
+        with _stopped_by_signals():
+            app(args=args, standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
@@ -314,9 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         if exc.format_message():  # empty when the help text was shown for a bare command
             typer.echo(f"error: {exc.format_message()} (see --help)", err=True)
         return 2 if exc.exit_code == 1 else exc.exit_code
-    except typer.Abort:
-        typer.echo("error: interrupted", err=True)
-        return 130
+    except Interrupted as stop:
+        hint = f"; continue it with: {stop.resume}" if stop.resume else ""
+        typer.echo(f"error: interrupted by {signal.Signals(stop.signal_number).name}{hint}", err=True)
+        return 128 + stop.signal_number
     except Exception as exc:  # a bug or a broken environment, not the user's input
         if "--debug" in args:
             raise
@@ -324,6 +349,26 @@ def main(argv: list[str] | None = None) -> int:
                    "(ppocompress --debug shows it here); please report it", err=True)
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def _stopped_by_signals():
+    """Ctrl-C and SIGTERM raise Interrupted for the command's duration: the stack unwinds
+    (staging folders and locks are cleaned up on the way) to main, which names the signal.
+    Not KeyboardInterrupt, which typer turns into a bare exit code."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(number: int, frame) -> None:
+        raise Interrupted(number)
+
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ppocompress.errors import UserError
@@ -172,3 +172,20 @@ def run_lock(folder: Path, option: str = "--out") -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)  # while still locked, so no run can be holding this file
         handle.close()
+
+
+@contextlib.contextmanager
+def output_dir(folder: Path, option: str = "--out", keep: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """A run's output folder for the block: made writable (writable_dir) and held
+    (run_lock); if the block fails, a folder it created goes too, unless keep() says it
+    holds work worth resuming."""
+    folder = Path(folder)
+    created = not folder.exists()
+    writable_dir(folder, option)
+    try:
+        with run_lock(folder, option):
+            yield
+    except BaseException:
+        if created and not keep():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise

@@ -1,20 +1,36 @@
-"""`ppocompress rl`: train on a Gymnasium env, evaluate, and write the run's files."""
+"""`ppocompress rl`: train on a Gymnasium env, evaluate, and write the run's files; or
+sweep its hyper-parameters and write the ranked trials and the best config."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
 from ppocompress.errors import UserError
-from ppocompress.fileio import remove_leftovers, run_lock, staging_dir, writable_dir
+from ppocompress.fileio import (
+    atomic_write_text,
+    output_dir,
+    remove_leftovers,
+    staging_dir,
+)
 from ppocompress.rl.config import PPOConfig
 from ppocompress.rl.envs import check_env_id
 from ppocompress.rl.evaluation import evaluate
 from ppocompress.rl.plots import plot_learning_curve
 from ppocompress.rl.ppo import PPO
+from ppocompress.rl.sweep import SweepResult, Trial, draw_trials, load_space, run_sweep
 
 OUTPUT_FILES = ("metrics.csv", "model.safetensors", "training_state.safetensors", "config.json", "curve.png")
 
@@ -35,6 +51,16 @@ class TrainingSummary:
         )
 
 
+def _check_run(steps: int, seed: int, eval_episodes: int, env_id: str, out_dir: Path) -> None:
+    if steps < 0:
+        raise UserError(f"--steps must be >= 0, got {steps}")
+    if eval_episodes < 1:
+        raise UserError(f"--eval-episodes must be >= 1, got {eval_episodes}")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    check_env_id(env_id)
+
+
 def train_and_export(
     env_id: str,
     steps: int,
@@ -46,15 +72,8 @@ def train_and_export(
 ) -> TrainingSummary:
     """Everything is written to a hidden staging folder inside out_dir and moved into
     place only when the run has succeeded, so a failed run leaves no partial outputs."""
-    if steps < 0:
-        raise UserError(f"--steps must be >= 0, got {steps}")
-    if eval_episodes < 1:
-        raise UserError(f"--eval-episodes must be >= 1, got {eval_episodes}")
-    if seed < 0:
-        raise UserError(f"--seed must be >= 0, got {seed}")
-    check_env_id(env_id)
-    writable_dir(out_dir)
-    with run_lock(out_dir):
+    _check_run(steps, seed, eval_episodes, env_id, out_dir)
+    with output_dir(out_dir):
         remove_leftovers(out_dir)  # of a run killed before it could clean up
         return _train(env_id, steps, seed, out_dir, config, eval_episodes, progress_bar)
 
@@ -76,3 +95,33 @@ def _train(env_id: str, steps: int, seed: int, out_dir: Path, config: PPOConfig,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return TrainingSummary(env_id, agent.num_timesteps, seconds, mean_return, std_return, out_dir)
+
+
+SWEEP_FILES = ("sweep.csv", "best_config.json")
+
+
+def sweep_and_export(env_id: str, kind: str, trials: int | None, space: Path | None, steps: int, seed: int, out_dir: Path,
+                     base: PPOConfig, eval_episodes: int = 20, address: str | None = None,
+                     progress_bar: bool = True) -> SweepResult:
+    """Every trial is drawn and checked before Ray starts; sweep.csv (all trials, ranked)
+    and best_config.json (a whole PPOConfig, for --config) appear only when all are done."""
+    _check_run(steps, seed, eval_episodes, env_id, out_dir)
+    drawn = draw_trials(kind, load_space(kind, space), base, trials, seed)
+    with output_dir(out_dir):
+        remove_leftovers(out_dir)
+        columns = (TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
+                   TimeElapsedColumn())
+        with Progress(*columns, disable=not progress_bar) as bar:
+            task = bar.add_task("trials", total=len(drawn), best="")
+            done: list[Trial] = []
+
+            def show(trial: Trial) -> None:
+                done.append(trial)
+                best = max(t.mean_return for t in done)
+                bar.update(task, completed=len(done), best=f"best return {best:.1f}")
+
+            result = run_sweep(env_id, kind, drawn, base, steps, seed, eval_episodes, address, show)
+        best = result.best_config()
+        atomic_write_text(out_dir / "sweep.csv", result.csv())
+        atomic_write_text(out_dir / "best_config.json", json.dumps(best.to_dict(), indent=2) + "\n")
+    return result

@@ -17,7 +17,6 @@ family's report in out.
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,12 +36,7 @@ from ppocompress.compress.runtimes import CHOICES as RUNTIME_CHOICES
 from ppocompress.compress.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES
 from ppocompress.compress.timing import TimingSetup
 from ppocompress.errors import UserError
-from ppocompress.fileio import (
-    atomic_write_text,
-    remove_leftovers,
-    run_lock,
-    writable_dir,
-)
+from ppocompress.fileio import atomic_write_text, output_dir, remove_leftovers
 from ppocompress.search.deliver import deliver
 from ppocompress.search.env import CompressionEnv, Target
 from ppocompress.search.evaluator import PlanEvaluator, reward_from_fidelity
@@ -149,15 +143,8 @@ def run_compress(settings: CompressSettings, out: Path, resume: bool = False, lo
     at a time holds `out`; a run that fails before it measured anything leaves no folder
     it created behind."""
     settings.validate()
-    created = not out.exists()
-    writable_dir(out)
-    try:
-        with run_lock(out):
-            return _run(settings, out, resume, log)
-    except BaseException:
-        if created and not _worth_resuming(out / STATE_FILE):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    with output_dir(out, keep=lambda: _worth_resuming(out / STATE_FILE)):
+        return _run(settings, out, resume, log)
 
 
 def _worth_resuming(state_path: Path) -> bool:

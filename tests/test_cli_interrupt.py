@@ -1,0 +1,68 @@
+"""A stopped command says so: exit code 128 + the signal (130 for Ctrl-C, 143 for SIGTERM),
+one line, the command that resumes it when there is something to resume, and no staging
+folder, lock or empty output folder left behind."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ppocompress.search.job import STATE_FILE, _worth_resuming
+
+WAIT_SECONDS = 120
+
+
+def _as_in_a_terminal() -> None:
+    """A command started in the background of a script ignores SIGINT; in a terminal it does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ppocompress.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal)
+
+
+def _wait_for(condition, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the run never reached the point to interrupt"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_training_run_exits_128_plus_the_signal_and_leaves_nothing(tmp_path, number):
+    out = tmp_path / "run"
+    process = _start("rl", "CartPole-v1", "--steps", "10000000", "--no-progress", "--out", str(out))
+    _wait_for(lambda: out.exists() and any(".staging-" in p.name for p in out.iterdir()), process)
+    time.sleep(1.0)  # into the training loop
+    process.send_signal(number)
+    _, err = process.communicate(timeout=WAIT_SECONDS)
+    assert process.returncode == 128 + number
+    assert err.strip().splitlines() == [f"error: interrupted by {signal.Signals(number).name}"]
+    assert not out.exists()  # the run made the folder and finished nothing in it
+
+
+@pytest.mark.slow
+def test_a_stopped_compress_run_names_the_command_that_resumes_it(job_inputs, tmp_path):
+    model, text = job_inputs
+    out = tmp_path / "out"
+    args = ["compress", "--model", str(model), "--text", str(text), "--cost", "flops", "--evals", "6", "--no-baselines",
+            "--recover", "none", "--out", str(out)]
+    process = _start(*args)
+    _wait_for(lambda: _worth_resuming(out / STATE_FILE), process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=WAIT_SECONDS)
+    assert process.returncode == 143
+    last = err.strip().splitlines()[-1]
+    assert last == f"error: interrupted by SIGTERM; continue it with: ppocompress {' '.join(args)} --resume"
+    assert not [p for p in Path(out).rglob("*") if ".staging-" in p.name or p.name == ".lock"]
+    resumed = subprocess.run([sys.executable, "-m", "ppocompress.cli", *args, "--resume"], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "result.json").exists()
