@@ -86,11 +86,15 @@ def test_failed_run_leaves_no_partial_outputs(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert main(["rl", "CartPole-v1", "--steps", "256", "--out", str(out), "--no-progress"]) == 1
     assert "unexpected RuntimeError: boom in evaluation" in capsys.readouterr().err
-    assert list(out.iterdir()) == []  # no metrics.csv, no model, no staging folder, no lock
+    assert not out.exists()  # the run made the folder: no metrics.csv, model, staging folder or lock, no folder
+    out.mkdir()
+    assert main(["rl", "CartPole-v1", "--steps", "256", "--out", str(out), "--no-progress"]) == 1
+    assert list(out.iterdir()) == []  # a folder that was there stays, with nothing of the failed run
 
 
 def test_console_script_help_documents_every_option():
     result = subprocess.run([sys.executable, "-m", "ppocompress.cli", "rl", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for option in ("--steps", "--seed", "--out", "--config", "--eval-episodes", "--progress"):
+    for option in ("--steps", "--seed", "--out", "--config", "--eval-episodes", "--progress", "--sweep", "--trials",
+                   "--space", "--ray"):
         assert option in result.stdout
