@@ -77,6 +77,8 @@ CASES = [  # (arguments; {root}, {out} filled in), exit code, words the one line
     ("rl CartPole-v1 --sweep random --trials 2 --space {root}/space_bad_range.json --out {out}", 2, "needs numbers low < high"),
     ("rl CartPole-v1 --sweep grid --space {root}/space_zero_steps.json --out {out}", 2, "n_steps must be >= 1"),
     ("rl CartPole-v1 --sweep random --trials 2 --space {root}/no_such.json --out {out}", 2, "does not exist"),
+    ("rl CartPole-v1 --sweep random --trials 1 --ray 127.0.0.1:1 --out {out}", 2, "cannot reach a Ray cluster at '127.0.0.1:1'"),
+    ("rl CartPole-v1 --sweep random --trials 1 --ray somewhere --out {out}", 2, "is not host:port or auto"),
     ("compress --target-speedup 0 --out {out}", 2, "--target-speedup must be >= 1"),
     ("compress --target-speedup -1 --out {out}", 2, "--target-speedup must be >= 1"),
     ("compress --target-speedup nan --out {out}", 2, "must be a finite number"),

@@ -7,7 +7,9 @@ token authentication is on (RAY_AUTH_MODE=token; a local cluster makes its token
 RAY_AUTH_TOKEN); a local cluster's object store is LOCAL_OBJECT_STORE_BYTES instead of
 about 30% of memory (what crosses it here is configs and small results); and workers run
 at normal priority (RAY_worker_niceness=0): Ray's default of 15 made a CartPole trial 17x
-slower (111 s against 6.5 s) while another job kept both cores busy.
+slower (111 s against 6.5 s) while another job kept both cores busy. A local cluster's
+control server may take GCS_START_SECONDS to come up instead of Ray's 30: its first start
+here, on a cold disk with both cores busy, took longer than 30.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 
 from ppocompress.errors import UserError
 
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+GCS_START_SECONDS = 120
+CONNECT_SECONDS = 5  # for the head's port to answer: ray.init spent 13 minutes on one that never would
 INSTALL_HINT = "pip install 'ppocompress[ray]'"
 
 
@@ -42,15 +47,32 @@ def connect(address: str | None, num_cpus: int | None = None) -> Iterator[int]:
     ray = import_ray()
     local = address in (None, "local")
     settings = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    if not local and address != "auto":
+        _check_listening(address)
     try:
         if local:
+            os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(GCS_START_SECONDS))  # read by ray.init
             ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES, **settings)
         else:
             ray.init(address=address, **settings)
     except (ConnectionError, ValueError, RuntimeError) as error:
-        raise UserError(f"cannot reach a Ray cluster at {address!r} ({str(error).splitlines()[0]}); start one with "
-                        "`ray start --head`, or leave the address out to run on a local one") from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if local:
+            raise RuntimeError(f"a local Ray cluster did not start ({reason})") from error
+        raise UserError(f"cannot reach a Ray cluster at {address!r} ({reason}); start one with "
+                        "`ray start --head`, or leave --ray out to run on a local one") from None
     try:
         yield int(ray.cluster_resources().get("CPU", 1))
     finally:
         ray.shutdown()
+
+
+def _check_listening(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--ray {address!r} is not host:port or auto; give the head node's address, e.g. 10.0.0.5:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as error:
+        raise UserError(f"cannot reach a Ray cluster at {address!r} ({error.strerror or error}); start one with "
+                        "`ray start --head`, or leave --ray out to run on a local one") from None
