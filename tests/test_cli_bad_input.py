@@ -46,6 +46,9 @@ def inputs(tmp_path_factory):
         (root / f"space_{name}.json").write_text(json.dumps(space))
     (root / "no_searcher").mkdir()
     (root / "no_searcher" / "result.json").write_text(json.dumps({"format": RESULT_FORMAT, "model": "x"}))
+    (root / "interrupted").mkdir()
+    (root / "interrupted" / "state.json").write_text(json.dumps({"format": STATE_FORMAT, "settings": {}, "evaluations": {"0": 1.0},
+                                                                 "finished": {}, "extras": {}}))
     (root / "no_settings").mkdir()
     (root / "no_settings" / "state.json").write_text(json.dumps({"format": STATE_FORMAT, "evaluations": {}}))
     return root
@@ -61,6 +64,8 @@ CASES = [  # (arguments; {root}, {out} filled in), exit code, words the one line
     ("report {root}/no_searcher", 2, "lacks the field 'runtime'"),
     ("compress --resume --out {root}/no_settings", 2, "lacks the field 'settings'"),
     ("compress --resume --out {out}", 2, "nothing to resume"),
+    ("compress --model {root}/model --text {root}/text.txt --cost flops --out {root}/interrupted", 2,
+     "holds an interrupted run's measurements; add --resume"),
     ("rl CartPole-v1 --config {root}/float_int.json --out {out}", 2, "n_steps must be a whole number, got 64.5"),
     ("rl CartPole-v1 --config {root}/str_sizes.json --out {out}", 2, "hidden_sizes must be a list of whole numbers"),
     ("rl CartPole-v1 --config {root}/str_steps.json --out {out}", 2, "n_steps must be a whole number, got 'x'"),

@@ -166,6 +166,10 @@ def _run(settings: CompressSettings, out: Path, resume: bool, log) -> list[Compr
         if differing:
             raise UserError(f"--resume needs the same settings as the interrupted run; these differ: {', '.join(differing)}")
     else:
+        finished = out / ("family.json" if settings.family else "result.json")
+        if _worth_resuming(state_path) and not finished.exists():
+            raise UserError(f"{out} holds an interrupted run's measurements; add --resume to continue it, "
+                            f"or choose another --out (or delete {state_path}) to start afresh")
         state = SearchState(asdict(settings))
     for path in remove_leftovers(out):
         log(f"removed {path.relative_to(out)}, left by an interrupted run")
