@@ -98,3 +98,10 @@ def test_console_script_help_documents_every_option():
     for option in ("--steps", "--seed", "--out", "--config", "--eval-episodes", "--progress", "--sweep", "--trials",
                    "--space", "--ray"):
         assert option in result.stdout
+
+
+def test_progress_goes_to_stderr_and_stdout_holds_only_the_result(tmp_path, capsys):
+    assert main(["rl", "CartPole-v1", "--steps", "256", "--eval-episodes", "1", "--out", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("done env=CartPole-v1") and captured.out.count("\n") == 1
+    assert "PPO" in captured.err  # the progress bar's last frame

@@ -14,7 +14,16 @@ from ppocompress.cli import main
 from ppocompress.errors import UserError
 from ppocompress.rl.config import PPOConfig
 from ppocompress.rl.presets import config_for
-from ppocompress.rl.sweep import DEFAULT_SPACE, Setting, SweepResult, Trial, draw_trials, grid_size, load_space, train_trial
+from ppocompress.rl.sweep import (
+    DEFAULT_SPACE,
+    Setting,
+    SweepResult,
+    Trial,
+    draw_trials,
+    grid_size,
+    load_space,
+    train_trial,
+)
 
 BASE = config_for("CartPole-v1")
 

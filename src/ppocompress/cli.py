@@ -262,7 +262,12 @@ def compress_command(
 ) -> None:
     """Search a per-layer compression plan with PPO, then deliver the compressed model, measured."""
     from ppocompress.reporting import print_compress, print_family
-    from ppocompress.search.job import DEFAULT_TARGET_SPEEDUP, STATE_FILE, CompressSettings, run_compress
+    from ppocompress.search.job import (
+        DEFAULT_TARGET_SPEEDUP,
+        STATE_FILE,
+        CompressSettings,
+        run_compress,
+    )
     from ppocompress.search.results import FamilyResult
 
     if all(t is None for t in (target_speedup, target_size, targets, target_sizes)):

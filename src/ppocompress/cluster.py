@@ -47,8 +47,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> Iterator[int]:
     ray = import_ray()
     local = address in (None, "local")
     settings = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    if not local and address != "auto":
-        _check_listening(address)
+    check_address(address)
     try:
         if local:
             os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(GCS_START_SECONDS))  # read by ray.init
@@ -67,7 +66,11 @@ def connect(address: str | None, num_cpus: int | None = None) -> Iterator[int]:
         ray.shutdown()
 
 
-def _check_listening(address: str) -> None:
+def check_address(address: str | None) -> None:
+    """Ray is installed and the address, if one is given, answers: checked before a run starts."""
+    import_ray()
+    if address in (None, "local", "auto"):
+        return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"--ray {address!r} is not host:port or auto; give the head node's address, e.g. 10.0.0.5:6379")

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -53,6 +52,7 @@ from ppocompress.compress.quality import (
 )
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text
+from ppocompress.terminal import stderr_progress
 
 # On this 2-core machine, MiniLM's 6x plan (lsq: 0.854 held-out cosine) gained 0.07 in the
 # first 3 minutes and was still gaining after 7.
@@ -255,7 +255,7 @@ def _train(model: nn.Module, base: nn.Module, watched: list[nn.Module], paramete
                TimeElapsedColumn(), TimeRemainingColumn()]
     start, last_save, timed_from = time.monotonic() - report.seconds, time.monotonic(), 0.0
     model.eval()  # no dropout: the student is matched to a deterministic teacher
-    with Progress(*columns, transient=True, disable=not progress) as bar:
+    with stderr_progress(*columns, transient=True, disable=not progress) as bar:
         task = bar.add_task("distilling", total=report.planned_steps or None, completed=report.steps,
                             status=f"validation {report.best_fidelity:.4f}")
         while not report.stopped:

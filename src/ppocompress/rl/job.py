@@ -13,11 +13,11 @@ from pathlib import Path
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
 )
 
+from ppocompress.cluster import check_address
 from ppocompress.errors import UserError
 from ppocompress.fileio import (
     atomic_write_text,
@@ -31,6 +31,7 @@ from ppocompress.rl.evaluation import evaluate
 from ppocompress.rl.plots import plot_learning_curve
 from ppocompress.rl.ppo import PPO
 from ppocompress.rl.sweep import SweepResult, Trial, draw_trials, load_space, run_sweep
+from ppocompress.terminal import stderr_progress
 
 OUTPUT_FILES = ("metrics.csv", "model.safetensors", "training_state.safetensors", "config.json", "curve.png")
 
@@ -107,11 +108,12 @@ def sweep_and_export(env_id: str, kind: str, trials: int | None, space: Path | N
     and best_config.json (a whole PPOConfig, for --config) appear only when all are done."""
     _check_run(steps, seed, eval_episodes, env_id, out_dir)
     drawn = draw_trials(kind, load_space(kind, space), base, trials, seed)
+    check_address(address)
     with output_dir(out_dir):
         remove_leftovers(out_dir)
         columns = (TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
                    TimeElapsedColumn())
-        with Progress(*columns, disable=not progress_bar) as bar:
+        with stderr_progress(*columns, disable=not progress_bar) as bar:
             task = bar.add_task("trials", total=len(drawn), best="")
             done: list[Trial] = []
 

@@ -9,11 +9,12 @@ from typing import IO
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from ppocompress.terminal import stderr_progress
 
 METRIC_COLUMNS = (
     "update",
@@ -48,7 +49,7 @@ class TrainingLogger:
             self._writer.writeheader()
         self._progress = None
         if progress_bar:
-            self._progress = Progress(
+            self._progress = stderr_progress(
                 TextColumn("[bold]PPO"),
                 BarColumn(),
                 MofNCompleteColumn(),

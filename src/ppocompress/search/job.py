@@ -24,7 +24,6 @@ from pathlib import Path
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -45,6 +44,7 @@ from ppocompress.search.prepare import Prepared, prepare
 from ppocompress.search.results import CompressResult, FamilyResult
 from ppocompress.search.searchers import SEARCHERS, SearchResult, run_searcher
 from ppocompress.search.state import SearchState
+from ppocompress.terminal import stderr_progress
 
 SAVE_EVERY = 5  # evaluations between state saves
 DEFAULT_TARGET_SPEEDUP = 5.0  # above what dense int8 on the best runtime gives here (3.8x)
@@ -258,7 +258,7 @@ def search(prepared: Prepared, settings: CompressSettings, state: SearchState, s
         key = f"{name} {label}" if label else name
         if key in state.finished:
             return SearchResult.from_dict(state.finished[key])
-        with Progress(TextColumn(f"[bold]{key:>12}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
+        with stderr_progress(TextColumn(f"[bold]{key:>12}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
                       TimeElapsedColumn()) as bar:
             task = bar.add_task(key, total=budget, best="")
 

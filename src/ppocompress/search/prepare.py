@@ -14,7 +14,6 @@ import numpy as np
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -50,6 +49,7 @@ from ppocompress.search.evaluator import (
 )
 from ppocompress.search.levels import Level, default_menu
 from ppocompress.search.state import SearchState
+from ppocompress.terminal import stderr_progress
 
 IMPORTANCE_PASSAGES = 256
 # A causal LM's least squares run on fewer passages: on SmolLM2, statistics of 960 took 2
@@ -125,7 +125,7 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
                               recovery_texts=refit_passages(calibration[scored:], dense.is_causal) or calibration, runtime=runtime)
     if "sensitivity" not in state.extras:
         log(f"sensitivity of {len(scores)} layers x {len(menu)} levels (once)")
-        with Progress(TextColumn("[bold]  sensitivity"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"),
+        with stderr_progress(TextColumn("[bold]  sensitivity"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"),
                       TimeElapsedColumn()) as bar:
             task = bar.add_task("sensitivity", total=len(scores))
             state.extras["sensitivity"] = sensitivity_table(evaluator, on_layer=lambda done: bar.update(task, completed=done))
