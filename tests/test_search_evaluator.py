@@ -85,6 +85,15 @@ def test_sensitivity_is_zero_for_dense_and_positive_for_heavy_levels(evaluator):
     assert all(row[0] == 0.0 and row[heavy] > 0.0 for row in table)
 
 
+def test_an_interrupted_sensitivity_table_goes_on_from_its_saved_layers(evaluator):
+    full = sensitivity_table(evaluator)
+    saved = []
+    rows = [list(full[0])]
+    resumed = sensitivity_table(evaluator, rows=rows, on_layer=lambda done: saved.append(len(done)))
+    assert resumed is rows and resumed == full
+    assert saved == [2, 3]  # only the layers left are measured, each reported as it is done
+
+
 def test_reward_grows_with_cosine():
     assert reward_from_fidelity(0.99) > reward_from_fidelity(0.9) > reward_from_fidelity(0.5)
     assert reward_from_fidelity(1.0) == pytest.approx(13.8155, rel=1e-4)  # capped, not infinite

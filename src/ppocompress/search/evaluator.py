@@ -204,13 +204,15 @@ def _replace(module_list: nn.ModuleList, layers: list[nn.Module]) -> None:
     module_list.extend(layers)
 
 
-def sensitivity_table(evaluator: PlanEvaluator, fidelity: str = "probe", on_layer=None) -> list[list[float]]:
+def sensitivity_table(evaluator: PlanEvaluator, fidelity: str = "probe", rows: list[list[float]] | None = None,
+                      on_layer=None) -> list[list[float]]:
     """Quality lost when only one layer is compressed, for every (layer, level): the
-    one-off measurements the agent observes. len(menu) x layers evaluations, done once;
-    on_layer(layers done) after each layer."""
+    one-off measurements the agent observes. len(menu) x layers evaluations, done once.
+    `rows`: the layers already measured (an interrupted table), extended in place;
+    on_layer(rows) after each layer, so that a caller can save them."""
     num_layers = len(evaluator.table)
-    rows = []
-    for layer in range(num_layers):
+    rows = [] if rows is None else rows
+    for layer in range(len(rows), num_layers):
         row = []
         for level in range(len(evaluator.menu)):
             levels = [0] * num_layers
@@ -218,5 +220,5 @@ def sensitivity_table(evaluator: PlanEvaluator, fidelity: str = "probe", on_laye
             row.append(0.0 if level == 0 else 1.0 - evaluator.quality(levels, fidelity))
         rows.append(row)
         if on_layer is not None:
-            on_layer(layer + 1)
+            on_layer(rows)
     return rows

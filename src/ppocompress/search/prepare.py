@@ -51,6 +51,8 @@ from ppocompress.search.levels import Level, default_menu
 from ppocompress.search.state import SearchState
 from ppocompress.terminal import stderr_progress
 
+PARTIAL_SENSITIVITY = "sensitivity_rows"  # state.extras: the layers of the sensitivity table measured so far
+
 IMPORTANCE_PASSAGES = 256
 # A causal LM's least squares run on fewer passages: on SmolLM2, statistics of 960 took 2
 # minutes in the search, and a delivered plan's sequential refit on 1,024 took 6.
@@ -127,8 +129,15 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
         log(f"sensitivity of {len(scores)} layers x {len(menu)} levels (once)")
         with stderr_progress(TextColumn("[bold]  sensitivity"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"),
                       TimeElapsedColumn()) as bar:
-            task = bar.add_task("sensitivity", total=len(scores))
-            state.extras["sensitivity"] = sensitivity_table(evaluator, on_layer=lambda done: bar.update(task, completed=done))
+            rows = state.extras.setdefault(PARTIAL_SENSITIVITY, [])  # layers measured before an interruption
+            task = bar.add_task("sensitivity", total=len(scores), completed=len(rows))
+
+            def measured_layer(done: list) -> None:
+                bar.update(task, completed=len(done))
+                save_state()
+
+            state.extras["sensitivity"] = sensitivity_table(evaluator, rows=rows, on_layer=measured_layer)
+        del state.extras[PARTIAL_SENSITIVITY]
         save_state()
     features = np.array([[s.block_influence, float(s.neurons.std() / (s.neurons.mean() + 1e-12))] for s in scores])
     if "sensitivity_baseline" not in state.extras:
