@@ -4,6 +4,7 @@ and the top-level guard for errors that are not the user's."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import signal
@@ -114,6 +115,15 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing(inputs, tmp_path, capsys
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], captured.err
     assert not out.exists()
     assert sorted(p.relative_to(inputs) for p in inputs.rglob("*")) == before  # nothing written beside the inputs
+
+
+@pytest.mark.skipif(importlib.util.find_spec("Box2D") is not None, reason="Box2D is installed here")
+def test_an_env_whose_optional_dependency_is_missing_fails_in_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["rl", "LunarLander-v3", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'LunarLander-v3' needs a package that is not installed: Box2D" in err
+    assert not out.exists()
 
 
 def _hold_lock(folder) -> subprocess.Popen:

@@ -12,11 +12,15 @@ from ppocompress.errors import UserError
 
 
 def check_env_id(env_id: str) -> None:
-    """Fail early, in one line, on an id Gymnasium does not know."""
+    """Fail early, in one line, on an id Gymnasium does not know or cannot build here."""
     try:
         gym.spec(env_id)
     except gym.error.Error as exc:
         raise UserError(f"unknown environment id {env_id!r} ({exc}); list ids with gymnasium.pprint_registry()") from None
+    try:
+        gym.make(env_id).close()  # an env whose optional dependency is missing fails here, not mid-run
+    except gym.error.DependencyNotInstalled as exc:
+        raise UserError(f"environment {env_id!r} needs a package that is not installed: {str(exc).strip()}") from None
 
 
 def make_vector_env(env: str | gym.Env | VectorEnv, n_envs: int, vectorization: str) -> VectorEnv:
