@@ -32,6 +32,7 @@ from ppocompress.search.searchers import SearchResult
 # measured within 1-3% of the latency table here, but dense PyTorch fp32, the reference,
 # moved by up to 9% within an hour.
 TARGET_TOLERANCE = 0.05
+UNQUIET_SPREAD = 0.25  # (p90 - p10) / p10 of a model's timings above which the machine was busy
 
 
 PROMPTS = ("The capital of France is", "Once upon a time, in a small village,", "The best way to learn a new language is")
@@ -114,13 +115,20 @@ def deliver(prepared: Prepared, settings, target: Target, finals: dict[str, list
 
 def target_warnings(result: CompressResult) -> list[str]:
     """What the summary must not let pass silently: a delivered model measured short of its
-    speedup target, or slower than the dense int8 model a user could ship without us."""
+    speedup target, timings taken on a busy machine, or a delivery slower than the dense
+    int8 model a user could ship without us."""
     warnings = []
     delivered = result.delivered
     if result.target_kind == "speedup" and delivered.speedup < result.target_value * (1 - TARGET_TOLERANCE):
         predicted = "" if delivered.predicted_speedup is None else f" (the latency table predicted {delivered.predicted_speedup:.2f}x)"
         warnings.append(f"measured {delivered.speedup:.2f}x against dense PyTorch fp32, short of the {result.target_value:g}x "
                         f"target by {100 * (1 - delivered.speedup / result.target_value):.0f}%{predicted}")
+    busy = [(name, latency) for name, latency in (("dense PyTorch fp32", result.reference_latency), ("the delivered model", delivered.latency))
+            if latency.spread > UNQUIET_SPREAD]
+    if busy:
+        spreads = ", ".join(f"{name} {latency.p10_ms:.0f} to {latency.p90_ms:.0f} ms" for name, latency in busy)
+        warnings.append(f"timings spread widely ({spreads}, p10 to p90): the machine was busy, so the speedups may be off; "
+                        "time again with `ppocompress bench` when it is quiet")
     if delivered.speedup_vs_dense_int8 < 1.0:
         warnings.append(f"the delivered model is slower than the dense int8 model on {result.runtime} "
                         f"({delivered.speedup_vs_dense_int8:.2f}x); ship that instead or ask for a higher target")
