@@ -12,13 +12,19 @@ from ppocompress.errors import UserError
 
 
 def check_env_id(env_id: str) -> None:
-    """Fail early, in one line, on an id Gymnasium does not know or cannot build here."""
+    """Fail early, in one line, on an id Gymnasium does not know."""
     try:
         gym.spec(env_id)
     except gym.error.Error as exc:
         raise UserError(f"unknown environment id {env_id!r} ({exc}); list ids with gymnasium.pprint_registry()") from None
+
+
+def check_env_builds(env_id: str) -> None:
+    """check_env_id, then one env built and closed: an env whose optional dependency is
+    missing fails here, before a run starts, not mid-run. Once per command, not per env made."""
+    check_env_id(env_id)
     try:
-        gym.make(env_id).close()  # an env whose optional dependency is missing fails here, not mid-run
+        gym.make(env_id).close()
     except gym.error.DependencyNotInstalled as exc:
         raise UserError(f"environment {env_id!r} needs a package that is not installed: {str(exc).strip()}") from None
 

@@ -26,8 +26,8 @@ from ppocompress.fileio import (
     staging_dir,
 )
 from ppocompress.rl.config import PPOConfig
-from ppocompress.rl.envs import check_env_id
-from ppocompress.rl.evaluation import evaluate
+from ppocompress.rl.envs import check_env_builds
+from ppocompress.rl.evaluation import EVALUATION_SEED_OFFSET, evaluate
 from ppocompress.rl.plots import plot_learning_curve
 from ppocompress.rl.ppo import PPO
 from ppocompress.rl.sweep import SweepResult, Trial, draw_trials, load_space, run_sweep
@@ -52,14 +52,14 @@ class TrainingSummary:
         )
 
 
-def _check_run(steps: int, seed: int, eval_episodes: int, env_id: str, out_dir: Path) -> None:
+def _check_run(steps: int, seed: int, eval_episodes: int, env_id: str) -> None:
     if steps < 0:
         raise UserError(f"--steps must be >= 0, got {steps}")
     if eval_episodes < 1:
         raise UserError(f"--eval-episodes must be >= 1, got {eval_episodes}")
     if seed < 0:
         raise UserError(f"--seed must be >= 0, got {seed}")
-    check_env_id(env_id)
+    check_env_builds(env_id)
 
 
 def train_and_export(
@@ -73,7 +73,7 @@ def train_and_export(
 ) -> TrainingSummary:
     """Everything is written to a hidden staging folder inside out_dir and moved into
     place only when the run has succeeded, so a failed run leaves no partial outputs."""
-    _check_run(steps, seed, eval_episodes, env_id, out_dir)
+    _check_run(steps, seed, eval_episodes, env_id)
     with output_dir(out_dir):
         remove_leftovers(out_dir)  # of a run killed before it could clean up
         return _train(env_id, steps, seed, out_dir, config, eval_episodes, progress_bar)
@@ -87,7 +87,7 @@ def _train(env_id: str, steps: int, seed: int, out_dir: Path, config: PPOConfig,
         agent = PPO(env_id, config, seed=seed)
         agent.learn(steps, progress_bar=progress_bar, log_csv=staging / "metrics.csv")
         seconds = time.perf_counter() - started
-        mean_return, std_return = evaluate(agent, env_id, episodes=eval_episodes, seed=seed + 1_000_000)
+        mean_return, std_return = evaluate(agent, env_id, episodes=eval_episodes, seed=seed + EVALUATION_SEED_OFFSET)
         agent.save(staging)
         episodes = agent._collector.episodes if agent._collector is not None else []
         plot_learning_curve(episodes, staging / "curve.png", f"PPO on {env_id} (seed {seed})")
@@ -98,15 +98,12 @@ def _train(env_id: str, steps: int, seed: int, out_dir: Path, config: PPOConfig,
     return TrainingSummary(env_id, agent.num_timesteps, seconds, mean_return, std_return, out_dir)
 
 
-SWEEP_FILES = ("sweep.csv", "best_config.json")
-
-
 def sweep_and_export(env_id: str, kind: str, trials: int | None, space: Path | None, steps: int, seed: int, out_dir: Path,
                      base: PPOConfig, eval_episodes: int = 20, address: str | None = None,
                      progress_bar: bool = True) -> SweepResult:
     """Every trial is drawn and checked before Ray starts; sweep.csv (all trials, ranked)
     and best_config.json (a whole PPOConfig, for --config) appear only when all are done."""
-    _check_run(steps, seed, eval_episodes, env_id, out_dir)
+    _check_run(steps, seed, eval_episodes, env_id)
     drawn = draw_trials(kind, load_space(kind, space), base, trials, seed)
     check_address(address)
     with output_dir(out_dir):

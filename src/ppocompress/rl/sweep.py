@@ -198,7 +198,7 @@ def train_trial(env_id: str, config: PPOConfig, steps: int, seed: int, eval_epis
     """One trial: (mean return, its spread, training seconds), on one thread."""
     import torch
 
-    from ppocompress.rl.evaluation import evaluate
+    from ppocompress.rl.evaluation import EVALUATION_SEED_OFFSET, evaluate
     from ppocompress.rl.ppo import PPO
 
     torch.set_num_threads(1)
@@ -206,7 +206,7 @@ def train_trial(env_id: str, config: PPOConfig, steps: int, seed: int, eval_epis
     agent = PPO(env_id, config, seed=seed)
     agent.learn(steps, progress_bar=False)
     seconds = time.perf_counter() - started
-    mean_return, std_return = evaluate(agent, env_id, episodes=eval_episodes, seed=seed + 1_000_000)
+    mean_return, std_return = evaluate(agent, env_id, episodes=eval_episodes, seed=seed + EVALUATION_SEED_OFFSET)
     return mean_return, std_return, seconds
 
 
