@@ -8,10 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 
+from ppocompress.cli import _stopped_by_signals
+from ppocompress.errors import Interrupted
 from ppocompress.search.job import STATE_FILE, _worth_resuming
 
 WAIT_SECONDS = 120
@@ -33,6 +36,22 @@ def _wait_for(condition, process: subprocess.Popen) -> None:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the run never reached the point to interrupt"
         time.sleep(0.2)
+
+
+class _Object:
+    pass
+
+
+def test_a_signal_that_lands_where_python_ignores_exceptions_still_stops_the_command():
+    """CI sent SIGTERM while an import ran a weakref callback: Python printed "Exception
+    ignored" and the run went on."""
+    with pytest.raises(Interrupted) as stopped, _stopped_by_signals():
+        target = _Object()
+        ref = weakref.ref(target, lambda _: signal.raise_signal(signal.SIGTERM))
+        del target  # the callback runs, the handler raises inside it, Python ignores that
+        for _ in range(100):
+            time.sleep(0.01)
+    assert stopped.value.signal_number == signal.SIGTERM and ref() is None
 
 
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])

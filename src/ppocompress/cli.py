@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -12,6 +13,8 @@ from typing import Annotated, Optional
 import typer
 
 from ppocompress.errors import Interrupted, UserError
+
+REDELIVERY_DELAY_S = 0.05  # long enough for the code that ignored a stop to return
 
 app = typer.Typer(
     add_completion=False,
@@ -360,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
 def _stopped_by_signals():
     """Ctrl-C and SIGTERM raise Interrupted for the command's duration: the stack unwinds
     (staging folders and locks are cleaned up on the way) to main, which names the signal.
-    Not KeyboardInterrupt, which typer turns into a bare exit code."""
+    Not KeyboardInterrupt, which typer turns into a bare exit code. A signal that lands in
+    code whose exceptions Python ignores (a weakref callback during an import, a __del__)
+    would be lost, so it is delivered again from there."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -368,10 +373,19 @@ def _stopped_by_signals():
     def stop(number: int, frame) -> None:
         raise Interrupted(number)
 
+    def deliver_again(unraisable) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            # From another thread, a moment later: a signal raised here would be handled, and ignored, here.
+            threading.Timer(REDELIVERY_DELAY_S, os.kill, (os.getpid(), unraisable.exc_value.signal_number)).start()
+        else:
+            previous_hook(unraisable)
+
     previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, deliver_again
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for number, handler in previous.items():
             signal.signal(number, handler)
 
@@ -383,7 +397,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _log_traceback() -> Path:
     """Writes the exception being handled to a new log file and returns its path."""
-    import os
     import time
     import traceback
 
