@@ -2,16 +2,18 @@
 ends as an uninterrupted run ends.
 
 A tiny BERT (built here, as the tests build theirs) is compressed with `--cost flops` and
-the evolutionary searcher, once without interruption. (PPO's rehearsal, thousands of
-free episodes per agent, made each run of this size take 8 minutes on a busy machine;
-tests/test_search_job.py resumes an interrupted PPO search to the same plan.) Then chains: each starts from a copy of
-that finished output (a previous run's model that must never be lost), starts the same
-command afresh, kills it at a random moment of the uninterrupted run's duration (so
-loading, sensitivities, search and delivery are all hit), checks that the previous
-model and result are still whole, resumes with --resume, kills again, ... until a run
-finishes. The finished output must equal the uninterrupted one: every searcher's plan,
-evaluations, held-out quality, and the same files, with no staging or temporary files
-left. Moments come from a seeded generator, so a rerun kills at the same moments.
+the evolutionary searcher, once without interruption, noting when each phase began
+(loading, importance, sensitivity, search, delivery, from the run's log). (PPO's
+rehearsal, thousands of free episodes per agent, made each run of this size take 8
+minutes on a busy machine; tests/test_search_job.py resumes an interrupted PPO search to
+the same plan.) Then chains: each starts from a copy of that finished output (a previous
+run's model that must never be lost), starts the same command afresh, and kills it in a
+phase (the phases in turn, kill after kill): once the phase's log line appears, at a
+random moment within that phase's length in the uninterrupted run. It checks that the
+previous model and result are still whole, resumes with --resume, kills again, ... until a
+run finishes. The finished output must equal the uninterrupted one: every searcher's
+plan, evaluations, held-out quality, and the same files, with no staging or temporary
+files left. Moments come from a seeded generator, so a rerun kills at the same moments.
 
     python benchmarks/kill_resume.py [--kills 20] [--per-chain 4] [--seed 0]
 
@@ -43,11 +45,16 @@ from ppocompress.search.results import CompressResult  # noqa: E402
 # Leftovers a finished run must not have (hidden names only; the model's own files are compared).
 LEFTOVER_MARKS = (".staging-", ".tmp", ".old-", ".write-test-", ".lock", ".recovery")
 PASSAGES = 160  # of the default text: enough for calibration, validation and evaluation splits
+# Each phase and the start of the log line that opens it ("" for loading: the process's start).
+PHASES = {"loading": "", "importance": "model ", "sensitivity": "sensitivity of ", "search": "search: ",
+          "delivery": "1.5x: re-scoring"}
+POLL_S = 0.05
 
 
 @dataclass
 class Kill:
     chain: int
+    aimed_at: str  # the phase the kill was meant for
     after_s: float  # when the kill came, after the start of that attempt
     phase: str  # the last log line before it
     previous_intact: bool  # the previous finished model and result still loaded
@@ -70,10 +77,11 @@ def main() -> int:
                "--searcher", "evolutionary", "--no-baselines"]
 
     reference = args.work / "uninterrupted"
-    start = time.monotonic()
-    subprocess.run([*command, "--out", str(reference)], check=True, capture_output=True)
-    duration = time.monotonic() - start
-    print(f"uninterrupted run: {duration:.0f} s", flush=True)
+    began = run_logged([*command, "--out", str(reference)], reference.parent / "uninterrupted.log")
+    duration = began.pop("end")
+    ends = [*list(began.values())[1:], duration]
+    lengths = {phase: end - start for (phase, start), end in zip(began.items(), ends)}
+    print(f"uninterrupted run: {duration:.0f} s; phases " + ", ".join(f"{p} {s:.1f} s" for p, s in lengths.items()), flush=True)
 
     rng = random.Random(args.seed)
     kills: list[Kill] = []
@@ -84,14 +92,15 @@ def main() -> int:
         shutil.copytree(reference, out)
         resume = False
         for _ in range(min(args.per_chain, args.kills - len(kills))):
-            kill = run_and_kill(command, out, resume, rng.uniform(0.0, duration), chain)
+            phase = list(PHASES)[len(kills) % len(PHASES)]
+            kill = run_and_kill(command, out, resume, phase, rng.uniform(0.0, lengths[phase]), chain)
             if kill is None:  # it finished before the moment came
                 break
             kills.append(kill)
             if not kill.previous_intact:
                 failures.append(f"chain {chain}: the previous model or result was not whole after a kill at {kill.after_s:.1f} s")
             resume = True
-            print(f"chain {chain}: killed after {kill.after_s:5.1f} s in '{kill.phase}'", flush=True)
+            print(f"chain {chain}: aimed at {phase}, killed after {kill.after_s:5.1f} s in '{kill.phase}'", flush=True)
         done = subprocess.run([*command, "--out", str(out), *(["--resume"] if resume else [])], capture_output=True, text=True)
         if done.returncode != 0:
             failures.append(f"chain {chain}: the resumed run failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -102,34 +111,63 @@ def main() -> int:
     phases = sorted({k.phase for k in kills})
     lines = [f"kill -9 soak: {len(kills)} SIGKILLs over {chain} chains of `compress` on a tiny BERT (--cost flops, "
              f"evolutionary, 24 evaluations, ONNX Runtime); the uninterrupted run took {duration:.0f} s",
-             "kill moments (seconds after the attempt started) and the last step the run had logged (the search logs "
-             "no step of its own: a kill in it shows the sensitivity step):"]
-    lines += [f"  chain {k.chain}: {k.after_s:5.1f} s  {k.phase}" for k in kills]
+             "phases of the uninterrupted run: " + ", ".join(f"{p} {s:.1f} s" for p, s in lengths.items()),
+             "each kill: the phase it was aimed at, when it came (seconds after the attempt started) and the last step "
+             "the run had logged:"]
+    lines += [f"  chain {k.chain}: {k.aimed_at:>11} {k.after_s:5.1f} s  {k.phase}" for k in kills]
     lines.append(f"steps hit: {len(phases)} distinct ({'; '.join(phases)})")
     lines.append("result: every chain ended with the uninterrupted run's plans, evaluations, held-out quality and files, "
                  "no leftovers, the previous model whole after every kill" if not failures else
                  "FAILED:\n" + "\n".join(f"  {f}" for f in failures))
-    publish("kill_resume", "\n".join(lines), {"kills": [asdict(k) for k in kills], "chains": chain, "uninterrupted_s": duration,
+    publish("kill_resume", "\n".join(lines), {"kills": [asdict(k) for k in kills], "chains": chain, "uninterrupted_s": duration, "phases_s": lengths,
                                               "failures": failures})
     return 1 if failures else 0
 
 
-def run_and_kill(command: list[str], out: Path, resume: bool, after_s: float, chain: int) -> Kill | None:
-    """Starts the command, SIGKILLs it and its children after `after_s` seconds; None if it
-    finished first."""
+def run_logged(command: list[str], log: Path) -> dict[str, float]:
+    """Runs the command to the end; when each phase began and "end", in seconds from its start."""
+    began: dict[str, float] = {}
+    with open(log, "w") as stderr:
+        start = time.monotonic()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        while process.poll() is None:
+            for phase in PHASES:
+                if phase not in began and phase_began(log, phase):
+                    began[phase] = time.monotonic() - start
+            time.sleep(POLL_S)
+    if process.returncode != 0 or list(began) != list(PHASES):
+        raise SystemExit(f"the uninterrupted run failed or logged phases {list(began)}; see {log}")
+    return {**began, "end": time.monotonic() - start}
+
+
+def phase_began(log: Path, phase: str) -> bool:
+    marker = PHASES[phase]
+    return any(line.split("] ", 1)[-1].startswith(marker) for line in log.read_text().splitlines() if line.startswith("["))\
+        if marker else True
+
+
+def run_and_kill(command: list[str], out: Path, resume: bool, phase: str, into_s: float, chain: int) -> Kill | None:
+    """Starts the command and, `into_s` seconds after `phase` began, SIGKILLs it and its
+    children; None if it finished first."""
     log = out.parent / f"{out.name}.log"
     with open(log, "w") as stderr:
+        start = time.monotonic()
         process = subprocess.Popen([*command, "--out", str(out), *(["--resume"] if resume else [])],
                                    stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        while not phase_began(log, phase):
+            if process.poll() is not None:
+                return None
+            time.sleep(POLL_S)
         try:
-            process.wait(timeout=after_s)
+            process.wait(timeout=into_s)
             return None
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)  # its latency workers too, as when the machine goes
             process.wait()
+        after_s = time.monotonic() - start
     lines = [line.strip() for line in log.read_text().splitlines() if line.strip().startswith("[")]
-    phase = lines[-1].split("] ", 1)[1][:60] if lines else "starting (before the first log line)"
-    return Kill(chain, after_s, phase, previous_intact(out))
+    last = lines[-1].split("] ", 1)[1][:60] if lines else "starting (before the first log line)"
+    return Kill(chain, phase, after_s, last, previous_intact(out))
 
 
 def previous_intact(out: Path) -> bool:

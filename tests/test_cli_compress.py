@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from compress_models import save_tiny_model
@@ -10,6 +11,11 @@ from compress_models import save_tiny_model
 from ppocompress.cli import main
 from ppocompress.compress import CompressionPlan, LayerPlan, load_model
 from ppocompress.compress.bench import Variant, run_bench
+from ppocompress.compress.pipeline import compress
+from ppocompress.compress.runtimes import get_runtime
+from ppocompress.compress.sentence_transformers_folder import (
+    write_sentence_transformers_files,
+)
 from ppocompress.compress.text import splits_from_texts
 from ppocompress.compress.timing import TimingSetup
 
@@ -107,3 +113,54 @@ def test_run_bench_measures_each_variant_side_by_side(tiny_dir):
     for runtime in ("torch", "onnxruntime"):
         assert by_name["int8", runtime].size_bytes < by_name["dense", runtime].size_bytes
         assert by_name["int8", runtime].cosine_heldout > 0.5
+
+
+@pytest.fixture(scope="module")
+def delivered_dir(tiny_dir, tmp_path_factory):
+    """A folder as compress delivers it: the pruned model saved for PyTorch, with its
+    ONNX and OpenVINO models beside."""
+    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(24)), int8=True), LayerPlan(drop=True), LayerPlan(keep_groups=[0, 1])])
+    pruned = compress(load_model(str(tiny_dir)), plan, "none", LINES, quantize=False)
+    folder = get_runtime("torch").export(pruned, tmp_path_factory.mktemp("delivered"), [])
+    write_sentence_transformers_files(pruned, folder, LINES)
+    return folder, plan
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino"])
+def test_evaluate_judges_a_delivered_folder_by_the_files_it_serves(delivered_dir, tiny_dir, text_file, runtime, capsys):
+    folder, plan = delivered_dir
+    assert main(["evaluate", "--model", str(folder), "--dense", str(tiny_dir), "--text", str(text_file), "--runtime", runtime,
+                 "--no-latency", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["delivered"] == str(folder) and report["plan"] == plan.to_dict() and report["recovery"] is None
+    assert report["compressed"]["flops_per_sequence"] < report["dense"]["flops_per_sequence"]
+    assert 0.5 < report["compressed"]["mean_cosine"] <= 1.0 + 1e-6
+    served = {"torch": folder / "model.safetensors", "onnxruntime": folder / "onnx" / "model.onnx",
+              "openvino": folder / "openvino" / "openvino_model.bin"}[runtime]
+    assert report["compressed"]["size_bytes"] >= served.stat().st_size
+
+
+def test_a_delivered_folder_names_its_dense_model_and_refuses_a_second_compression(delivered_dir, tiny_dir, text_file,
+                                                                                   tmp_path, capsys):
+    folder, plan = delivered_dir
+    assert main(["evaluate", "--model", str(folder), "--text", str(text_file), "--no-latency", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == str(tiny_dir)  # the source compression.json names
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(plan.to_json())
+    for extra, words in ((["--plan", str(plan_path)], "already compressed"), (["--recover", "lsq"], "already compressed")):
+        assert main(["evaluate", "--model", str(folder), "--text", str(text_file), *extra]) == 2
+        assert words in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tiny_dir), "--dense", str(tiny_dir), "--text", str(text_file)]) == 2
+    assert "--dense is for a delivered" in capsys.readouterr().err
+    without = tmp_path / "without-onnx"
+    shutil.copytree(folder, without, ignore=shutil.ignore_patterns("onnx"))
+    assert main(["evaluate", "--model", str(without), "--text", str(text_file), "--runtime", "onnxruntime"]) == 2
+    assert "holds no model for onnxruntime" in capsys.readouterr().err
+
+
+def test_a_delivered_folder_is_not_compressed_again(delivered_dir, text_file, tmp_path, capsys):
+    folder, _ = delivered_dir
+    assert main(["compress", "--model", str(folder), "--text", str(text_file), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is a model ppocompress compressed" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

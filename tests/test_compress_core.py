@@ -20,6 +20,7 @@ from ppocompress.compress import (
     load_model,
     save,
 )
+from ppocompress.compress.models import resolve_source
 from ppocompress.compress.quantize import WeightInt8Linear, is_int8_linear
 from ppocompress.errors import UserError
 
@@ -172,6 +173,17 @@ def test_plans_that_do_not_fit_are_rejected(tmp_path, layers, message):
     with pytest.raises(UserError, match=None) as info:
         apply_plan(tiny, CompressionPlan(list(layers)))
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_mistyped_relative_path_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    """Offline, a hub lookup takes 20 s to fail; a value that cannot be an id fails at once."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for mistyped in ("runs/ou", "my model", "models\\minilm"):
+        with pytest.raises(UserError, match="does not exist"):
+            resolve_source(mistyped)
+    assert resolve_source("sentence-transformers/all-MiniLM-L6-v2") == ("sentence-transformers/all-MiniLM-L6-v2",) * 2
+    assert resolve_source("gpt2") == ("gpt2", "gpt2")
 
 
 def test_bad_model_sources_are_user_errors(tmp_path):

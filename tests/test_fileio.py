@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 import pytest
 
@@ -73,3 +74,14 @@ def test_writable_dir_refuses_a_file(tmp_path):
         writable_dir(tmp_path / "f")
     writable_dir(tmp_path / "new" / "deeper")
     assert (tmp_path / "new" / "deeper").is_dir() and not list((tmp_path / "new" / "deeper").iterdir())
+
+
+def test_finished_files_and_folders_get_the_usual_modes_not_the_owner_only_ones_of_temporary_files(tmp_path):
+    """A delivered model/ was drwx------: tempfile's mode for a staging folder, kept by the rename."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder = staging_dir(tmp_path, "model")
+    atomic_write_text(folder / "weights", "w")
+    move_into_place(folder, tmp_path / "model")
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "model" / "weights").stat().st_mode) == 0o666 & ~umask

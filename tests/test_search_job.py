@@ -50,6 +50,10 @@ def test_compress_end_to_end_writes_everything(setup, tmp_path, capsys):
         assert (out / "model" / name).stat().st_size > 0
     for name in ("report.html", "policy.png", "search_curve.png", "pareto.png"):
         assert (out / name).exists()
+    assert set(result.run_seconds) == {"preparation", "search", "delivery"} and min(result.run_seconds.values()) > 0
+    page = (out / "report.html").read_text()
+    assert "The run took" in page and all(f"<td style=\"text-align:left\">{name}</td>" in page
+                                          for name in ("state.json", "model/onnx/model.onnx", "model/model.safetensors"))
     assert not list(out.glob(".staging-*"))
     *summary, done = capsys.readouterr().out.splitlines()  # the last line is key=value for scripts
     assert any("dense int8" in line for line in summary) and max(len(line) for line in summary) <= 80
@@ -124,6 +128,17 @@ def test_a_family_is_one_ppo_run_and_per_target_baselines_on_the_same_budget(set
     assert saved["folders"] == ["target-1.2x", "target-1.5x"] and saved["policy"] == "policy"
     assert saved["evaluations"]["ppo"] <= 24 and saved["evaluations"]["evolutionary"] <= 24
     assert (tmp_path / "family" / "policy" / "menu.json").exists() and (tmp_path / "family" / "policy" / "model.safetensors").exists()
+
+    # A new target from the policy: the family's scored plans come along at no cost.
+    scored = json.loads((tmp_path / "family" / "policy" / "plans.json").read_text())["rewards"]
+    logged: list[str] = []
+    results = {}
+    monkeypatch.setattr(job_module, "deliver", lambda prepared, settings, target, finals, found, out, log: (
+        results.update(found), SimpleNamespace(to_json=lambda: "{}"))[1])
+    run_compress(settings(model_dir, text, target_speedup=1.4, evals=1, policy=str(tmp_path / "family" / "policy")),
+                 tmp_path / "new-target", log=logged.append)
+    assert f"reusing the {len(scored)} plans the policy's run scored" in logged
+    assert results["ppo"].evaluations == 1 and len(results["ppo"].evaluated) > 1
 
 
 @pytest.mark.parametrize("arguments, message", [

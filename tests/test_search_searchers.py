@@ -9,8 +9,9 @@ from test_search_env import MENU, synthetic_table
 from ppocompress.errors import UserError
 from ppocompress.search import searchers
 from ppocompress.search.env import CompressionEnv, Target
-from ppocompress.search.policy import load_policy, save_policy
+from ppocompress.search.policy import load_policy, save_policy, scored_plans
 from ppocompress.search.searchers import SEARCHERS, SearchResult, run_searcher
+from ppocompress.search.state import SearchState
 
 NUM_LAYERS = 6
 # A separable synthetic quality: each (layer, level) loses a fixed amount; later layers are
@@ -115,7 +116,7 @@ def test_one_ppo_run_serves_every_target_of_a_family(short_rehearsal):
 
 def test_a_saved_policy_starts_a_run_with_its_own_plan_on_a_new_target_and_a_deeper_model(short_rehearsal, tmp_path):
     trained = run_searcher("ppo", factory(Target("speedup", 2.0)), score, evaluations=60, seed=0)
-    save_policy(trained.policy, tmp_path / "policy", MENU)
+    save_policy(trained.policy, tmp_path / "policy", MENU, {}, "scorer")
     new_target = Target("speedup", 2.5)
     expected = searchers._greedy_plan(load_policy(tmp_path / "policy", MENU), factory(new_target)(score))
     zero_shot = run_searcher("ppo", factory(new_target), score, evaluations=1, seed=0,
@@ -130,7 +131,7 @@ def test_a_saved_policy_starts_a_run_with_its_own_plan_on_a_new_target_and_a_dee
 
 def test_a_policy_acts_only_on_its_own_menu(short_rehearsal, tmp_path):
     trained = run_searcher("ppo", factory(Target("speedup", 2.0)), score, evaluations=20, seed=0)
-    save_policy(trained.policy, tmp_path / "policy", MENU)
+    save_policy(trained.policy, tmp_path / "policy", MENU, {}, "scorer")
     with pytest.raises(UserError, match="menu"):
         load_policy(tmp_path / "policy", MENU[:-1])
     with pytest.raises(UserError, match="no search policy"):
@@ -157,3 +158,23 @@ def test_uniform_drops_the_least_sensitive_layers_when_no_level_kept_everywhere_
     assert result.best_levels in plans
     evolutionary = run_searcher("evolutionary", factory(target), score, evaluations=300, seed=0)
     assert result.best_levels in [levels for levels, _, _ in evolutionary.evaluated]
+
+
+def test_a_policy_carries_its_scored_plans_only_to_a_run_that_scores_them_the_same_way(short_rehearsal, tmp_path):
+    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), score, evaluations=20, seed=0)
+    rewards = {SearchState.key(levels): reward for levels, reward, _ in trained.evaluated}
+    save_policy(trained.policy, tmp_path / "policy", MENU, rewards, "scorer-a")
+    assert scored_plans(tmp_path / "policy", "scorer-a") == rewards
+    assert scored_plans(tmp_path / "policy", "scorer-b") is None  # another model, text or runtime
+    assert scored_plans(tmp_path, "scorer-a") is None  # no plans saved
+
+
+def test_plans_known_before_a_run_count_for_the_targets_they_meet_and_cost_nothing():
+    run = SearchResult("ppo", [1, 1], 0.5, evaluations=2, curve=[(1, 0.2), (2, 0.5)],
+                       evaluated=[([0, 0], 0.2, 1.0), ([1, 1], 0.5, 2.0)])
+    known = [([2, 2], 0.9, 3.0), ([3, 3], 0.95, 1.5), ([1, 1], 0.5, 2.0)]
+    fast = run.meeting(lambda levels: levels[0] >= 1, known)
+    assert fast.best_levels == [3, 3] and fast.best_reward == 0.95 and fast.evaluations == 2
+    assert [e[0] for e in fast.evaluated] == [[2, 2], [3, 3], [1, 1]]  # a plan the run scored again is counted once
+    assert fast.curve == [(1, 0.95), (2, 0.95)]
+    assert run.meeting(lambda levels: levels[0] <= 1, known).best_levels == [1, 1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ppocompress.compress.timing import LatencyResult
+from ppocompress.compress.timing import LatencyResult, speedups_over_rounds, summarise
 from ppocompress.search.deliver import target_warnings
 
 
@@ -12,8 +12,10 @@ def _latency(p10: float, p90: float) -> LatencyResult:
     return LatencyResult("onnxruntime", p10, p10, (p10 + p90) / 2, p90, 30)
 
 
-def _result(speedup: float, vs_int8: float, reference: LatencyResult, delivered: LatencyResult):
-    model = SimpleNamespace(speedup=speedup, speedup_vs_dense_int8=vs_int8, predicted_speedup=5.06, latency=delivered)
+def _result(speedup: float, vs_int8: float, reference: LatencyResult, delivered: LatencyResult, rounds=None):
+    rounds = rounds or [speedup]
+    model = SimpleNamespace(speedup=speedup, speedup_vs_dense_int8=vs_int8, predicted_speedup=5.06, latency=delivered,
+                            speedup_range=lambda: (min(rounds), max(rounds)))
     return SimpleNamespace(delivered=model, target_kind="speedup", target_value=5.0, runtime="onnxruntime",
                            reference_latency=reference)
 
@@ -33,3 +35,16 @@ def test_a_short_target_and_a_delivery_slower_than_int8_are_both_named():
     assert len(warnings) == 2
     assert warnings[0].startswith("measured 3.00x against dense PyTorch fp32, short of the 5x target by 40%")
     assert "slower than the dense int8 model on onnxruntime (0.90x)" in warnings[1]
+
+
+def test_a_speedup_that_moves_from_round_to_round_is_a_busy_machine_too():
+    """Each target's own timings can be steady while the load changes between rounds."""
+    warnings = target_warnings(_result(5.1, 1.9, _latency(345, 360), _latency(68, 70), rounds=[5.1, 3.9, 5.3]))
+    assert len(warnings) == 1 and "the delivered speedup 3.90x to 5.30x from round to round" in warnings[0]
+
+
+def test_a_round_by_round_speedup_pairs_the_rounds_of_the_reference_and_the_model():
+    reference = summarise([[100.0, 101.0], [200.0, 202.0], [100.0, 100.0]], "torch", "median")
+    model = summarise([[20.0, 20.0], [50.0, 50.0], [25.0, 25.0]], "onnxruntime", "median")
+    assert reference.round_ms == [100.5, 201.0, 100.0]
+    assert speedups_over_rounds(reference, model) == [100.5 / 20.0, 201.0 / 50.0, 100.0 / 25.0]

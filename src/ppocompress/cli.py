@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ppocompress.errors import Interrupted, UserError
+from ppocompress.errors import Interrupted, UserError, first_line
 
 REDELIVERY_DELAY_S = 0.05  # long enough for the code that ignored a stop to return
 
@@ -123,13 +123,16 @@ def evaluate(
     threads: Annotated[int, typer.Option(help="Threads for latency measurement.")] = 2,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     trust_remote_code: TrustOption = False,
+    dense_model: Annotated[Optional[str], typer.Option("--dense", help="For a delivered --model folder: the dense model it "
+                                                       "was compressed from. Default: the one its compression.json names.")] = None,
 ) -> None:
-    """Quality (embedding fidelity, Lee correlation; perplexity and KL for causal LMs) and cost (parameters, size, FLOPs, latency) of a model or a plan."""
+    """Quality (embedding fidelity, Lee correlation; perplexity and KL for causal LMs) and cost (parameters, size, FLOPs, latency) of a model, a plan, or a delivered model folder."""
     import json
 
     from ppocompress.compress import CompressionPlan, load_model
     from ppocompress.compress.distillation import DistillConfig
     from ppocompress.compress.evaluation import evaluate as run_evaluate
+    from ppocompress.compress.export import is_saved_model, saved_source
     from ppocompress.compress.recovery import check_method
     from ppocompress.compress.text import (
         CALIBRATION_PASSAGES,
@@ -146,11 +149,19 @@ def evaluate(
     splits = load_splits(text)
     texts = subset(splits, CALIBRATION_PASSAGES, EVALUATION_PASSAGES)
     compression_plan = CompressionPlan.from_json_file(plan) if plan is not None else None
-    dense = load_model(model, trust_remote_code=trust_remote_code)
+    delivered = Path(model) if model is not None and is_saved_model(Path(model)) else None
+    if delivered is not None:
+        if plan is not None or recovery != "none":
+            raise UserError(f"{model} is already compressed (and recovered); drop --plan and --recover, "
+                            "or pass the dense model as --model")
+        dense_model = dense_model or saved_source(delivered)
+    elif dense_model is not None:
+        raise UserError("--dense is for a delivered --model folder (one with compression.json); drop it")
+    dense = load_model(dense_model if delivered is not None else model, trust_remote_code=trust_remote_code)
     setup = TimingSetup.for_model(dense.is_causal, threads)
     names = _runtimes(runtime, dense.is_causal)
     reports = [run_evaluate(dense, texts, compression_plan, recovery, name, latency=latency, setup=setup,
-                            distillation=distillation, distill_texts=splits.calibration) for name in names]
+                            distillation=distillation, distill_texts=splits.calibration, delivered=delivered) for name in names]
     if json_out:
         typer.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
         return
@@ -353,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug or a broken environment, not the user's input
         if "--debug" in args:
             raise
-        typer.echo(f"error: unexpected {type(exc).__name__}: {_first_line(exc)}; the traceback is in {_log_traceback()} "
+        typer.echo(f"error: unexpected {type(exc).__name__}: {first_line(exc)}; the traceback is in {_log_traceback()} "
                    "(ppocompress --debug shows it here); please report it", err=True)
         return 1
     return 0
@@ -388,11 +399,6 @@ def _stopped_by_signals():
         sys.unraisablehook = previous_hook
         for number, handler in previous.items():
             signal.signal(number, handler)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else "(no message)"
 
 
 def _log_traceback() -> Path:

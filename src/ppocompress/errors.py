@@ -1,4 +1,7 @@
-"""What stops a command that is not a bug: the user's input is wrong, or the user stopped it."""
+"""What stops a command that is not a bug: the user's input is wrong, or the user stopped it;
+and how any error is told in one line."""
+
+MESSAGE_CHARS = 200  # of an exception's message quoted in an error line
 
 
 class UserError(Exception):
@@ -16,3 +19,10 @@ class Interrupted(BaseException):
     def __init__(self, signal_number: int, resume: str | None = None):
         super().__init__(signal_number)
         self.signal_number, self.resume = signal_number, resume
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message fit for a one-line error: its first line (cut to MESSAGE_CHARS),
+    or its type's name when it has none."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:MESSAGE_CHARS] if lines else type(exc).__name__

@@ -21,8 +21,9 @@ def _current_umask() -> int:
     return mask
 
 
-# mkstemp creates files readable by the owner only; finished files get the usual mode.
+# mkstemp and mkdtemp create files and folders for the owner only; finished ones get the usual modes.
 _FILE_MODE = 0o666 & ~_current_umask()
+_DIR_MODE = 0o777 & ~_current_umask()
 
 
 @contextlib.contextmanager
@@ -58,7 +59,9 @@ SET_ASIDE = ".old-"  # in the name of what move_into_place renamed aside
 def staging_dir(parent: Path, name: str = "") -> Path:
     """A new hidden folder in `parent` for work that is moved into place when it is done
     (remove_leftovers knows it by its name)."""
-    return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}{STAGING}" if name else STAGING))
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}{STAGING}" if name else STAGING))
+    folder.chmod(_DIR_MODE)
+    return folder
 
 
 def move_into_place(source: Path, destination: Path) -> None:

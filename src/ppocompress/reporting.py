@@ -78,12 +78,15 @@ def print_compress(result) -> None:
                       _fmt(row.speedup_vs_dense_int8, ".2f") + "x", *(_fmt(getattr(row, field), spec) for _, field, spec in quality),
                       _fmt(row.size_bytes / 1e6, ".1f"))
     console.print(table)
-    console.print("* delivered. Plans, a level per layer (h/f: % of attention groups / FFN neurons kept, "
-                  "q: int8, -: dropped):")
+    low, high = result.delivered.speedup_range()
+    console.print(f"* delivered: {low:.2f}x to {high:.2f}x from round to round ({result.timing.rounds} interleaved "
+                  "rounds). Plans, a level per layer (h/f: % of attention groups / FFN neurons kept, q: int8, -: dropped):")
     for row in result.searchers.values():
         console.print(f"  {row.name:<13}" + " ".join(short_level(name) for name in row.levels))
     if result.delivered.distillation is not None:
         console.print("delivered plan's " + distillation_line(result.delivered.distillation))
+    if result.run_seconds:
+        console.print(f"run time {result.run_time()}")
     for warning in result.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ppocompress.compress.cost import count_parameters, model_flops
 from ppocompress.compress.distillation import DistillConfig
+from ppocompress.compress.export import load
 from ppocompress.compress.models import LoadedModel
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.plan import CompressionPlan
@@ -20,6 +21,7 @@ from ppocompress.compress.quality import (
     lee_correlation,
 )
 from ppocompress.compress.runtimes import get_runtime, no_generation
+from ppocompress.compress.sentence_transformers_folder import served_artifact
 from ppocompress.compress.text import TextSplits
 from ppocompress.compress.timing import TimingSetup, measure_latencies
 from ppocompress.errors import UserError
@@ -27,25 +29,32 @@ from ppocompress.errors import UserError
 
 def evaluate(dense: LoadedModel, texts: TextSplits, plan: CompressionPlan | None = None, recovery: str = "none",
              runtime: str = "torch", latency: bool = True, setup: TimingSetup = TimingSetup(),
-             distillation: DistillConfig = DistillConfig(), distill_texts: list[str] | None = None) -> dict:
-    """Metrics of the dense model, and of the compressed one when a plan is given; the
-    candidate (compressed, else dense) is exported for `runtime` and judged as it runs
-    there. Quality is measured on texts.evaluation; least squares fits texts.calibration,
-    distillation `distill_texts` (default the same), both choosing on texts.validation."""
+             distillation: DistillConfig = DistillConfig(), distill_texts: list[str] | None = None,
+             delivered: Path | None = None) -> dict:
+    """Metrics of the dense model, and of the compressed one when a plan is given (or a
+    delivered folder, judged from the files it serves `runtime` from); the candidate
+    (compressed, else dense) is exported for `runtime` and judged as it runs there. Quality
+    is measured on texts.evaluation; least squares fits texts.calibration, distillation
+    `distill_texts` (default the same), both choosing on texts.validation."""
     if dense.is_causal and no_generation(get_runtime(runtime)):
         raise UserError(no_generation(get_runtime(runtime)) + "; pass --runtime torch")
     candidate = dense
-    if plan is not None:
+    if delivered is not None:
+        candidate = load(delivered)
+        plan = candidate.plan
+    elif plan is not None:
         candidate = compress(dense, plan, recovery, texts.calibration, quantize=False, validation=texts.validation,
                              distillation=distillation, distill_texts=distill_texts, progress=True)
-    report: dict = {"model": dense.source, "model_type": dense.model_type, "recovery": recovery if plan else None,
+    report: dict = {"model": dense.source, **({"delivered": str(delivered)} if delivered is not None else {}),
+                    "model_type": dense.model_type, "recovery": recovery if plan and delivered is None else None,
                     "runtime": runtime, "timing": setup.to_dict(),
                     "evaluation_texts": min(len(texts.evaluation), CAUSAL_HELD_OUT) if dense.is_causal else len(texts.evaluation)}
     label = "compressed" if plan is not None else "dense"
     with tempfile.TemporaryDirectory(prefix="ppocompress-eval-") as workdir:
         work = Path(workdir)
         reference_dir = get_runtime("torch").export(dense, work / "reference", [])
-        artifact = get_runtime(runtime).export(candidate, work / "candidate", texts.calibration)
+        artifact = (served(delivered, runtime) if delivered is not None
+                    else get_runtime(runtime).export(candidate, work / "candidate", texts.calibration))
         report["dense"] = {"params": count_parameters(dense.model), "size_bytes": get_runtime("torch").size_bytes(reference_dir),
                            "flops_per_sequence": model_flops(dense.model, setup.seq_len), **_lee(dense)}
         if plan is not None:
@@ -66,6 +75,15 @@ def evaluate(dense: LoadedModel, texts: TextSplits, plan: CompressionPlan | None
                     suffix = "_torch_fp32" if name == "reference" and plan is not None else ""
                     report[key][f"decode_tokens_per_s{suffix}"], report[key][f"prefill_tokens_per_s{suffix}"] = decode, prefill
     return report
+
+
+def served(delivered: Path, runtime: str) -> Path:
+    """The model a delivered folder serves `runtime` from, or a UserError naming what is missing."""
+    path = served_artifact(delivered, runtime)
+    if not path.exists():
+        raise UserError(f"{delivered} holds no model for {runtime} ({path} is missing); "
+                        "evaluate it on the runtime it was delivered for, or with --runtime torch")
+    return get_runtime(runtime).check_artifact(path)
 
 
 def _lee(model: LoadedModel) -> dict:

@@ -31,6 +31,7 @@ from ppocompress.errors import UserError
 from ppocompress.fileio import move_into_place, read_json_object, staging_dir
 
 FORMAT = "ppocompress.compress/1"
+DESCRIPTION = "compression.json"  # beside the weights: the plan, the dense config, the source
 SPARSE_SUFFIXES = (".sparse_mask", ".sparse_values")
 
 
@@ -53,12 +54,22 @@ def save(loaded: LoadedModel, directory: str | Path) -> Path:
             "base_config": loaded.base_config,
             "plan": plan.to_dict(),
         }
-        (staging / "compression.json").write_text(json.dumps(meta, indent=1, default=str))
+        (staging / DESCRIPTION).write_text(json.dumps(meta, indent=1, default=str))
         loaded.tokenizer.save_pretrained(str(staging))
         _replace_directory(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def is_saved_model(directory: Path) -> bool:
+    """A folder written by save() (a delivered model), not a Hugging Face one."""
+    return (Path(directory) / DESCRIPTION).is_file()
+
+
+def saved_source(directory: Path) -> str:
+    """The --model a saved model was compressed from, as that run was given it."""
+    return _description(Path(directory))["source"]
 
 
 def load(directory: str | Path) -> LoadedModel:
@@ -67,11 +78,7 @@ def load(directory: str | Path) -> LoadedModel:
     from transformers.initialization import no_init_weights
 
     directory = Path(directory)
-    meta_path = directory / "compression.json"
-    meta = read_json_object(meta_path, "model description", f"{directory} is not a saved compressed model (no compression.json); "
-                            "pass a directory written by ppocompress")
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{meta_path} has format {meta.get('format')!r}; this version reads {FORMAT}")
+    meta = _description(directory)
     base_config = dict(meta["base_config"])
     config = AutoConfig.for_model(**base_config)
     auto_class = AutoModelForCausalLM if family(meta["model_type"]).causal else AutoModel
@@ -86,6 +93,15 @@ def load(directory: str | Path) -> LoadedModel:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model, tokenizer, meta["model_type"], meta["source"], base_config, plan)
+
+
+def _description(directory: Path) -> dict:
+    path = directory / DESCRIPTION
+    meta = read_json_object(path, "model description", f"{directory} is not a saved compressed model (no {DESCRIPTION}); "
+                            "pass a directory written by ppocompress")
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} has format {meta.get('format')!r}; this version reads {FORMAT}")
+    return meta
 
 
 def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -147,6 +163,6 @@ def _is_sparse(tensor: torch.Tensor) -> bool:
 
 
 def _replace_directory(staging: Path, directory: Path) -> None:
-    if directory.exists() and not (directory / "compression.json").exists() and any(directory.iterdir()):
+    if directory.exists() and not (directory / DESCRIPTION).exists() and any(directory.iterdir()):
         raise UserError(f"{directory} exists and is not a saved model; choose an empty or new directory")
     move_into_place(staging, directory)

@@ -30,6 +30,14 @@ class LayerImportance:
     neurons: torch.Tensor  # one score per FFN neuron
     block_influence: float  # how much the layer changes the hidden state
 
+    def to_dict(self) -> dict:
+        return {"groups": self.groups.tolist(), "neurons": self.neurons.tolist(), "block_influence": self.block_influence}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LayerImportance":
+        return cls(torch.tensor(data["groups"], dtype=torch.float64), torch.tensor(data["neurons"], dtype=torch.float64),
+                   data["block_influence"])
+
 
 def output_weight(module: nn.Module) -> torch.Tensor:
     """An output projection's weight as [out, in], whatever the module type."""

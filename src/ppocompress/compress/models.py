@@ -6,6 +6,7 @@ the caller passes trust_remote_code=True.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ from torch import nn
 
 from ppocompress.compress.embedded import ENCODER_DEFAULT, embedded_dir
 from ppocompress.compress.families import FAMILIES, family
-from ppocompress.errors import UserError
+from ppocompress.errors import UserError, first_line
 
 EMBEDDED_DEFAULT = ENCODER_DEFAULT
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # the characters the Hugging Face hub allows in an id
 
 
 @dataclass
@@ -48,10 +50,24 @@ def resolve_source(name: str | None) -> tuple[str, str]:
     if path.exists():
         if not (path / "config.json").is_file():
             raise UserError(f"{path} has no config.json; pass a model directory saved with save_pretrained")
+        from ppocompress.compress.export import is_saved_model, saved_source
+
+        if is_saved_model(path):
+            raise UserError(f"{path} is a model ppocompress compressed; judge it with ppocompress evaluate --model {path}, "
+                            f"or compress the dense model it came from ({saved_source(path)})")
         return str(path), name
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not an "org/name" id
+    if _looks_like_a_path(name):  # not worth a lookup on the hub, which takes 20 s to fail offline
         raise UserError(f"model path {name} does not exist; pass an existing directory or a Hugging Face id")
     return name, name
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A --model value that cannot be a Hugging Face id ("name" or "org/name"): it starts
+    like a path, has more than one slash or a character ids never have, or its first part is
+    a local folder ("runs/ou" for "runs/out")."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or not HUB_ID.fullmatch(name):
+        return True
+    return "/" in name and Path(name.split("/")[0]).is_dir()
 
 
 def load_model(name: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
@@ -64,7 +80,7 @@ def load_model(name: str | None = None, trust_remote_code: bool = False) -> Load
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load model {display!r}: {_first_line(exc)}; check the id/path, or that it is cached when offline") from None
+        raise UserError(f"cannot load model {display!r}: {first_line(exc)}; check the id/path, or that it is cached when offline") from None
     model_type = getattr(config, "model_type", "?")
     if model_type not in FAMILIES:
         supported = ", ".join(sorted(FAMILIES))
@@ -79,7 +95,7 @@ def load_model(name: str | None = None, trust_remote_code: bool = False) -> Load
         )
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, EnvironmentError, SafetensorError) as exc:
-        raise UserError(f"cannot load model {display!r}: {_first_line(exc)} (only safetensors weights are accepted)") from None
+        raise UserError(f"cannot load model {display!r}: {first_line(exc)} (only safetensors weights are accepted)") from None
     missing = sorted(loading["missing_keys"])
     if missing:  # transformers would fill them with random values and only warn
         raise UserError(f"model {display!r} lacks {len(missing)} of the weights its architecture needs (such as "
@@ -98,10 +114,5 @@ def _check_safetensors(folder: Path) -> None:
             with safe_open(str(file), framework="pt"):
                 pass
         except (SafetensorError, OSError) as exc:
-            raise UserError(f"{file} is not a readable safetensors file ({_first_line(exc)}); "
+            raise UserError(f"{file} is not a readable safetensors file ({first_line(exc)}); "
                             "save the model again with save_pretrained") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

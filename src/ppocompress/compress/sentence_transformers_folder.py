@@ -57,6 +57,16 @@ def write_sentence_transformers_files(model: LoadedModel, directory: Path, calib
             get_runtime(runtime).export(model, target, calibration)
 
 
+def served_artifact(directory: Path, runtime: str) -> Path:
+    """What a delivered folder serves `runtime` from: the folder itself for PyTorch (the
+    exact pruned model), its onnx/ or openvino/ model otherwise."""
+    from ppocompress.compress.runtimes import get_runtime
+
+    if runtime not in FOLDERS:
+        return Path(directory)
+    return Path(directory) / FOLDERS[runtime] / get_runtime(runtime).artifact_name
+
+
 def _write(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppocompress.errors import UserError
+from ppocompress.errors import UserError, first_line
 
 MIN_SENTENCE_WORDS = 5
 CALIBRATION_PASSAGES = 1024  # what a search, importance and least squares fit on, by default
@@ -277,11 +277,6 @@ def read_text_file(path: str | Path) -> list[str]:
     return passages
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
-
-
 def hf_dataset_texts(name: str, split: str = "train", column: str = "text", limit: int = 2000) -> list[str]:
     """Up to `limit` non-empty strings from one column of a Hugging Face dataset.
 
@@ -305,7 +300,7 @@ def hf_dataset_texts(name: str, split: str = "train", column: str = "text", limi
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to reach or read the dataset is reported the same way
         raise UserError(
-            f"could not reach dataset {name} (split {split}): {_first_line(exc)}; the Hugging Face hub may be offline, "
+            f"could not reach dataset {name} (split {split}): {type(exc).__name__}: {first_line(exc)}; the Hugging Face hub may be offline, "
             "so pass --text FILE (one passage per line) instead"
         ) from None
     if not texts:

@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +84,7 @@ class LatencyResult:
     p90_ms: float
     timings: int
     prefill_ms: float | None = None  # generation only: the setup's statistic of the prompt's pass
+    round_ms: list[float] = field(default_factory=list)  # the setup's statistic in each interleaved round
 
     @property
     def spread(self) -> float:
@@ -106,10 +107,19 @@ def _statistic(times: list[float], statistic: str) -> float:
     return float(np.percentile(times, 10)) if statistic == "p10" else float(np.median(times))
 
 
-def summarise(times: list[float], runtime: str, statistic: str, prefill: list[float] | None = None) -> LatencyResult:
+def summarise(rounds: list[list[float]], runtime: str, statistic: str, prefill: list[float] | None = None) -> LatencyResult:
+    """A target's LatencyResult from its times, a list per interleaved round."""
+    times = [t for round_times in rounds for t in round_times]
     p10, median, p90 = (float(v) for v in np.percentile(times, [10, 50, 90]))
     return LatencyResult(runtime, p10 if statistic == "p10" else median, p10, median, p90, len(times),
-                         prefill_ms=_statistic(prefill, statistic) if prefill else None)
+                         prefill_ms=_statistic(prefill, statistic) if prefill else None,
+                         round_ms=[_statistic(round_times, statistic) for round_times in rounds])
+
+
+def speedups_over_rounds(reference: LatencyResult, model: LatencyResult) -> list[float]:
+    """The model's speedup over the reference in each round: timings taken back to back,
+    under the same load, so their spread says how far load moved the headline number."""
+    return [r / m for r, m in zip(reference.round_ms, model.round_ms)]
 
 
 def run_worker(path: Path, runtime: str, setup: TimingSetup, seed: int = 0) -> dict[str, list[float]]:
@@ -150,12 +160,12 @@ def measure_latencies(targets: list[tuple[str, str | Path, str]], setup: TimingS
     if len(set(labels)) != len(labels):
         raise UserError(f"latency labels must be unique, got {labels}")
     checked = [(label, get_runtime(runtime).check_artifact(Path(target)), runtime) for label, target, runtime in targets]
-    times: dict[str, list[float]] = {label: [] for label in labels}
+    times: dict[str, list[list[float]]] = {label: [] for label in labels}
     prefill: dict[str, list[float]] = {label: [] for label in labels}
     for round_index in range(setup.rounds):
         for label, path, runtime in checked:
             measured = run_worker(path, runtime, setup, seed)
-            times[label] += measured["times_ms"]
+            times[label].append(measured["times_ms"])
             prefill[label] += measured.get("prefill_ms", [])
         if on_round is not None:
             on_round(round_index + 1)

@@ -16,7 +16,7 @@ from ppocompress.compress.sentence_transformers_folder import (
     write_sentence_transformers_files,
 )
 from ppocompress.compress.text import load_splits
-from ppocompress.compress.timing import measure_latencies
+from ppocompress.compress.timing import measure_latencies, speedups_over_rounds
 from ppocompress.fileio import move_into_place, staging_dir
 from ppocompress.search.env import Target
 from ppocompress.search.prepare import (
@@ -88,7 +88,7 @@ def deliver(prepared: Prepared, settings, target: Target, finals: dict[str, list
     def measured(name: str, levels: list[int] | None = None) -> MeasuredModel:
         model = MeasuredModel(name=name, runtime=runtime.name, latency=latency[name], speedup=latency["torch"].ms / latency[name].ms,
                               speedup_vs_dense_int8=latency["dense int8"].ms / latency[name].ms, size_bytes=sizes[name],
-                              **vars(quality[name]))
+                              speedup_over_rounds=speedups_over_rounds(latency["torch"], latency[name]), **vars(quality[name]))
         if levels is not None:
             model.levels = [prepared.menu[i].name for i in levels]
             model.plan = prepared.evaluator.plan(levels).to_dict()
@@ -123,11 +123,13 @@ def target_warnings(result: CompressResult) -> list[str]:
         predicted = "" if delivered.predicted_speedup is None else f" (the latency table predicted {delivered.predicted_speedup:.2f}x)"
         warnings.append(f"measured {delivered.speedup:.2f}x against dense PyTorch fp32, short of the {result.target_value:g}x "
                         f"target by {100 * (1 - delivered.speedup / result.target_value):.0f}%{predicted}")
-    busy = [(name, latency) for name, latency in (("dense PyTorch fp32", result.reference_latency), ("the delivered model", delivered.latency))
-            if latency.spread > UNQUIET_SPREAD]
+    busy = [f"{name} {latency.p10_ms:.0f} to {latency.p90_ms:.0f} ms p10 to p90" for name, latency in
+            (("dense PyTorch fp32", result.reference_latency), ("the delivered model", delivered.latency)) if latency.spread > UNQUIET_SPREAD]
+    low, high = delivered.speedup_range()
+    if high > low * (1 + UNQUIET_SPREAD):
+        busy.append(f"the delivered speedup {low:.2f}x to {high:.2f}x from round to round")
     if busy:
-        spreads = ", ".join(f"{name} {latency.p10_ms:.0f} to {latency.p90_ms:.0f} ms" for name, latency in busy)
-        warnings.append(f"timings spread widely ({spreads}, p10 to p90): the machine was busy, so the speedups may be off; "
+        warnings.append(f"timings spread widely ({', '.join(busy)}): the machine was busy, so the speedups may be off; "
                         "time again with `ppocompress bench` when it is quiet")
     if delivered.speedup_vs_dense_int8 < 1.0:
         warnings.append(f"the delivered model is slower than the dense int8 model on {result.runtime} "

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import math
 
 import torch
@@ -98,6 +100,12 @@ class PlanEvaluator:
         self._head = self._int8_head() if self.int8_head else None
         self._layers: dict[tuple[int, int], nn.Module] = {}
         self.evaluations = 0
+        # Two evaluators with the same identity give every plan the same reward.
+        self.identity = hashlib.sha256(json.dumps({
+            "model": dense.source, "config": {k: v for k, v in sorted(dense.base_config.items()) if isinstance(v, (int, float, str, bool))},
+            "menu": [level.name for level in menu], "texts": self.texts, "recovery": recovery,
+            "recovery_texts": (recovery_texts or calibration) if recovery == "lsq" else None, "int8": self.int8_kind,
+        }, sort_keys=True).encode()).hexdigest()[:16]
 
     def kept(self, index: int, level_index: int) -> tuple[list[int] | None, list[int] | None]:
         """The attention groups and FFN neurons layer `index` keeps at a level (None: all),

@@ -16,7 +16,9 @@ family's report in out.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +41,7 @@ from ppocompress.fileio import atomic_write_text, output_dir, remove_leftovers
 from ppocompress.search.deliver import deliver
 from ppocompress.search.env import CompressionEnv, Target
 from ppocompress.search.evaluator import PlanEvaluator, reward_from_fidelity
-from ppocompress.search.policy import load_policy, save_policy
+from ppocompress.search.policy import load_policy, save_policy, scored_plans
 from ppocompress.search.prepare import Prepared, prepare
 from ppocompress.search.results import CompressResult, FamilyResult
 from ppocompress.search.searchers import SEARCHERS, SearchResult, run_searcher
@@ -55,6 +57,7 @@ FAMILY_RUNS = 2  # a family's default evaluations, per searcher: those of this m
 STATE_FILE = "state.json"  # in --out: what --resume continues from
 FINALISTS = 3  # best plans of a searcher re-scored on more calibration text
 POLICY_DIR = "policy"  # in --out: PPO's policy, for --policy
+RUN_SECONDS = "run_seconds"  # state.extras: wall time of the phases finished so far
 
 
 @dataclass
@@ -174,8 +177,11 @@ def _run(settings: CompressSettings, out: Path, resume: bool, log) -> list[Compr
     for path in remove_leftovers(out):
         log(f"removed {path.relative_to(out)}, left by an interrupted run")
     state.save(state_path)  # from the start: a run killed at any moment can be resumed
-    prepared = prepare(settings, state, lambda: state.save(state_path), log)
-    results = search(prepared, settings, state, state_path, out / POLICY_DIR)
+    with _timed(state, "preparation"):
+        prepared = prepare(settings, state, lambda: state.save(state_path), log)
+    with _timed(state, "search"):
+        results = search(prepared, settings, state, state_path, out / POLICY_DIR, log)
+    state.save(state_path)
     from ppocompress.search.report import write_family_report, write_report
 
     delivered = []
@@ -187,7 +193,9 @@ def _run(settings: CompressSettings, out: Path, resume: bool, log) -> list[Compr
         log(f"{target.label}: re-scoring the best plans on more calibration text")
         finals = {name: best_at_high_fidelity(prepared.evaluator, result) for name, result in results[target.label].items()}
         folder.mkdir(exist_ok=True)
+        start = time.monotonic()
         result = deliver(prepared, settings, target, finals, results[target.label], folder, log)
+        result.run_seconds = {**_run_seconds(state), "delivery": time.monotonic() - start}
         atomic_write_text(folder / "result.json", result.to_json())
         write_report(folder)
         delivered.append(result)
@@ -197,6 +205,19 @@ def _run(settings: CompressSettings, out: Path, resume: bool, log) -> list[Compr
         atomic_write_text(out / "family.json", family.to_json())
         write_family_report(out)
     return delivered
+
+
+@contextlib.contextmanager
+def _timed(state: SearchState, phase: str):
+    """Adds the phase's wall time to the state's (saved with the state's next save)."""
+    start = time.monotonic()
+    yield
+    seconds = state.extras.setdefault(RUN_SECONDS, {})
+    seconds[phase] = seconds.get(phase, 0.0) + time.monotonic() - start
+
+
+def _run_seconds(state: SearchState) -> dict[str, float]:
+    return dict(state.extras.get(RUN_SECONDS, {}))
 
 
 def member_folder(target: Target) -> str:
@@ -236,7 +257,7 @@ def plan_scorer(prepared: Prepared, evaluations: dict[str, float], on_new: Calla
 
 
 def search(prepared: Prepared, settings: CompressSettings, state: SearchState, state_path: Path,
-           policy_dir: Path) -> dict[str, dict[str, SearchResult]]:
+           policy_dir: Path, log=print) -> dict[str, dict[str, SearchResult]]:
     """Every searcher on the same evaluation budget, as {target label: {searcher: result}}.
     PPO runs once over all the targets and its policy is saved in policy_dir; the others
     run per target on an equal share of the budget. Evaluations are cached in the state,
@@ -258,6 +279,7 @@ def search(prepared: Prepared, settings: CompressSettings, state: SearchState, s
         key = f"{name} {label}" if label else name
         if key in state.finished:
             return SearchResult.from_dict(state.finished[key])
+        log(f"search: {key}, {budget} evaluations")
         with stderr_progress(TextColumn(f"[bold]{key:>12}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[best]}"),
                       TimeElapsedColumn()) as bar:
             task = bar.add_task(key, total=budget, best="")
@@ -269,11 +291,12 @@ def search(prepared: Prepared, settings: CompressSettings, state: SearchState, s
             policy = load_policy(Path(settings.policy), prepared.menu) if name == "ppo" and settings.policy else None
             result = run_searcher(name, make_env(selected), score, budget, settings.seed, on_evaluation=show, policy=policy)
         if result.policy is not None:
-            save_policy(result.policy, policy_dir, prepared.menu)
+            save_policy(result.policy, policy_dir, prepared.menu, state.evaluations, prepared.evaluator.identity)
         state.finished[key] = result.to_dict()
         state.save(state_path)
         return result
 
+    known = _reused_plans(prepared, settings, state, log) if settings.policy else []
     budget = settings.budget(prepared.dense.is_causal)
     family = make_env(targets)(score)  # says which plans meet which target
     results: dict[str, dict[str, SearchResult]] = {t.label: {} for t in targets}
@@ -281,11 +304,26 @@ def search(prepared: Prepared, settings: CompressSettings, state: SearchState, s
         if name == "ppo" or len(targets) == 1:
             whole = run(name, "", targets, budget)
             for index, target in enumerate(targets):
-                results[target.label][name] = whole.meeting(lambda levels, index=index: family.is_valid_plan(levels, index))
+                results[target.label][name] = whole.meeting(lambda levels, index=index: family.is_valid_plan(levels, index),
+                                                            known if name == "ppo" else [])
         else:
             for target in targets:
                 results[target.label][name] = run(name, target.label, target, max(1, budget // len(targets)))
     return results
+
+
+def _reused_plans(prepared: Prepared, settings: CompressSettings, state: SearchState, log) -> list[tuple[list[int], float, float]]:
+    """The plans the --policy run scored, as (levels, reward, predicted speedup), when they
+    were scored as this run scores them: they join this run's cache at no cost, and PPO's
+    result for each target counts those that meet it."""
+    rewards = scored_plans(Path(settings.policy), prepared.evaluator.identity)
+    if rewards is None:
+        log("the policy's scored plans are of another model, text, recovery or runtime: not reused")
+        return []
+    for key, reward in rewards.items():
+        state.evaluations.setdefault(key, reward)
+    log(f"reusing the {len(rewards)} plans the policy's run scored")
+    return [(SearchState.levels(key), reward, prepared.cost.speedup(SearchState.levels(key))) for key, reward in rewards.items()]
 
 
 def best_at_high_fidelity(evaluator: PlanEvaluator, result: SearchResult) -> list[int]:

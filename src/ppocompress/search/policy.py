@@ -1,6 +1,8 @@
-"""The search's PPO policy on disk: the agent (safetensors and JSON, as rl saves it) and
-the menu of levels its actions index. A later run starts from it (`compress --policy
-DIR`): another target on the same model, or another model whose menu is the same."""
+"""The search's PPO policy on disk: the agent (safetensors and JSON, as rl saves it), the
+menu of levels its actions index, and the plans its run scored. A later run starts from it
+(`compress --policy DIR`): another target on the same model, where the scored plans are
+reused at no cost when they were scored the same way, or another model whose menu is the
+same."""
 
 from __future__ import annotations
 
@@ -12,11 +14,26 @@ from ppocompress.fileio import atomic_write_text, read_json_object
 from ppocompress.search.levels import Level
 
 MENU_FILE = "menu.json"
+PLANS_FILE = "plans.json"  # {"scored_with": PlanEvaluator.identity, "rewards": {SearchState.key: reward}}
 
 
-def save_policy(agent, directory: Path, menu: list[Level]) -> None:
+def save_policy(agent, directory: Path, menu: list[Level], rewards: dict[str, float], scored_with: str) -> None:
     agent.save(directory)
     atomic_write_text(directory / MENU_FILE, json.dumps({"levels": [level.name for level in menu]}))
+    atomic_write_text(directory / PLANS_FILE, json.dumps({"scored_with": scored_with, "rewards": rewards}))
+
+
+def scored_plans(directory: Path, scored_with: str) -> dict[str, float] | None:
+    """The rewards of the plans the policy's run scored, if they were scored as this run
+    scores them (same model, menu, calibration text, recovery and int8); else None."""
+    path = Path(directory) / PLANS_FILE
+    if not path.is_file():
+        return None
+    saved = read_json_object(path, "search policy plans", "pass the policy folder of a compress run's --out")
+    rewards = saved.get("rewards")
+    if saved.get("scored_with") != scored_with or not isinstance(rewards, dict):
+        return None
+    return {str(key): float(reward) for key, reward in rewards.items()}
 
 
 def load_policy(directory: Path, menu: list[Level]):

@@ -51,6 +51,7 @@ from ppocompress.search.levels import Level, default_menu
 from ppocompress.search.state import SearchState
 from ppocompress.terminal import stderr_progress
 
+IMPORTANCE = "importance"  # state.extras: the importance scores and the seconds they took
 PARTIAL_SENSITIVITY = "sensitivity_rows"  # state.extras: the layers of the sensitivity table measured so far
 
 IMPORTANCE_PASSAGES = 256
@@ -89,13 +90,19 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
     if not measured:  # parameters scale like FLOPs per layer; int8 is priced by its discount
         cost = flops_table(dense, menu)
         check_reachable(cost, menu, targets)  # a measured table is checked once it is timed
-    log(f"model {dense.source}: importance scores on {min(IMPORTANCE_PASSAGES, len(calibration))} calibration passages")
-    start = time.monotonic()
-    scores = importance_scores(dense, calibration[:IMPORTANCE_PASSAGES])
+    if IMPORTANCE not in state.extras:
+        log(f"model {dense.source}: importance scores on {min(IMPORTANCE_PASSAGES, len(calibration))} calibration passages")
+        start = time.monotonic()
+        layers = importance_scores(dense, calibration[:IMPORTANCE_PASSAGES])
+        state.extras[IMPORTANCE] = {"seconds": time.monotonic() - start, "layers": [layer.to_dict() for layer in layers]}
+        save_state()
+    else:
+        log(f"model {dense.source}: importance scores of the interrupted run")
+    scores = [LayerImportance.from_dict(layer) for layer in state.extras[IMPORTANCE]["layers"]]
     if settings.runtime != "auto" and dense.is_causal and no_generation(get_runtime(settings.runtime)):
         raise UserError(no_generation(get_runtime(settings.runtime)) + "; pass --runtime torch")
     likely_runtime = state.extras.get("runtime", settings.runtime if settings.runtime != "auto" else preferred_runtime(dense.is_causal))
-    log(estimate(time.monotonic() - start, [s for s in settings.searchers() if s not in state.finished], settings.budget(dense.is_causal), len(menu),
+    log(estimate(state.extras[IMPORTANCE]["seconds"], [s for s in settings.searchers() if s not in state.finished], settings.budget(dense.is_causal), len(menu),
                  0 if "sensitivity" in state.extras else len(scores) * (len(menu) - 1),
                  table_cached=table_cache_path(dense, menu, likely_runtime, table_setup(setup)).exists(),
                  dense_timed="dense_ms" in state.extras, measured=measured, causal=dense.is_causal,

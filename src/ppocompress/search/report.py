@@ -40,12 +40,13 @@ def write_report(run_dir: Path) -> Path:
              "scatter": _scatter_plot(result, run_dir / "pareto.png")}
     quality = quality_columns(result.causal, detailed=True)
     prefill = result.timing.generates  # speedup is then of decoding; prefill's beside it
-    columns = ("model", "runtime", "evaluations", "predicted speedup", "speedup", "vs dense int8",
+    columns = ("model", "runtime", "evaluations", "predicted speedup", "speedup", "over rounds", "vs dense int8",
                *(("prefill speedup",) if prefill else ()), *(f"{header} held-out" for header, _, _ in quality), "size MB")
     rows = []
     for row in [*result.searchers.values(), result.dense_int8, result.dense]:
         name = row.name + (" (delivered)" if row.name == result.searcher else "")
-        cells = (name, row.runtime, row.evaluations, row.predicted_speedup, f"{row.speedup:.2f}x", f"{row.speedup_vs_dense_int8:.2f}x",
+        cells = (name, row.runtime, row.evaluations, row.predicted_speedup, f"{row.speedup:.2f}x",
+                 "{:.2f}-{:.2f}x".format(*row.speedup_range()), f"{row.speedup_vs_dense_int8:.2f}x",
                  *((f"{result.prefill_speedup(row):.2f}x",) if prefill else ()),
                  *(getattr(row, field) for _, field, _ in quality), f"{row.size_bytes / 1e6:.1f}")
         style = ' class="delivered"' if row.name == result.searcher else ""
@@ -68,13 +69,15 @@ dense PyTorch fp32 and {result.delivered.speedup_vs_dense_int8:.2f}x faster than
 <p>Every model timed in its own process, {timing.rounds} interleaved rounds, {html.escape(_timing_note(result))},
 {timing.threads} threads, {timing.statistic} of the timings; dense PyTorch fp32 {result.reference_latency.ms:.1f} ms. Predicted
 speedups come from the latency table{html.escape(_table_note(result))}. Sensitivities took {result.sensitivity_evaluations}
-evaluations, shared by all searchers and outside their budgets.</p>
+evaluations, shared by all searchers and outside their budgets.{html.escape(_run_time(result))}</p>
 {_generations(result)}
 <table><tr>{''.join(f'<th>{c}</th>' for c in columns)}</tr>{''.join(rows)}</table>
 <h2>Plans per layer</h2>
 <table><tr><th>searcher</th>{''.join(f'<th>layer {i}</th>' for i in range(layers))}</tr>{plan_rows}</table>
 <h2>Using the delivered model</h2>
 <pre>{html.escape(_usage(result, run_dir / 'model'))}</pre>
+<h2>Files in {html.escape(str(run_dir))}</h2>
+{_files(run_dir)}
 <h2>Per-layer policy</h2><img src="{plots['policy']}"><h2>Search curve</h2><img src="{plots['curve']}">
 <h2>Quality against predicted speedup, all evaluated plans</h2><img src="{plots['scatter']}">
 </body></html>"""
@@ -190,6 +193,36 @@ def _usage(result: CompressResult, model_dir: Path) -> str:
                 "print(model.tokenizer.decode(model.model.generate(ids, max_new_tokens=40)[0]))")
     return (load + "\n\nfrom sentence_transformers import SentenceTransformer  # the served files\n"
             f'model = SentenceTransformer("{model_dir}", backend="openvino")  # or backend="onnx"')
+
+
+def _run_time(result: CompressResult) -> str:
+    return f" The run took {result.run_time()} on this machine." if result.run_seconds else ""
+
+
+# What each file of a run's folder is for, by its path in the folder.
+FILE_ROLES = {
+    "result.json": "every number in this report (ppocompress report rebuilds it)",
+    "state.json": "the search's saved state, which --resume continues from",
+    "report.html": "this page",
+    "model/model.safetensors": "the pruned weights, for ppocompress.load (PyTorch)",
+    "model/compression.json": "the plan, the dense model's config and where it came from",
+    "model/onnx/model.onnx": "the model for ONNX Runtime (sentence-transformers backend=\"onnx\")",
+    "model/openvino/openvino_model.xml": "the model for OpenVINO (sentence-transformers backend=\"openvino\"), beside its .bin",
+    "policy/model.safetensors": "the PPO search policy's weights; --policy policy starts a new search from it",
+    "policy.png": "the plans per layer, as a picture",
+    "search_curve.png": "each searcher's best calibration quality against evaluations",
+    "pareto.png": "every evaluated plan's quality against predicted speedup",
+}
+
+
+def _files(run_dir: Path) -> str:
+    """The folder's files with their sizes, what the known ones are for."""
+    rows = []
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts)):
+        name = path.relative_to(run_dir).as_posix()
+        rows.append(f"<tr><td style=\"text-align:left\">{html.escape(name)}</td><td>{path.stat().st_size / 1e6:.2f}</td>"
+                    f"<td style=\"text-align:left\">{html.escape(FILE_ROLES.get(name, ''))}</td></tr>")
+    return f"<table><tr><th>file</th><th>MB</th><th>what for</th></tr>{''.join(rows)}</table>"
 
 
 def _table_note(result: CompressResult) -> str:

@@ -34,6 +34,13 @@ class MeasuredModel(HeldOutQuality):
     predicted_speedup: float | None = None  # by the latency table
     predicted_latency_ms: float | None = None
     distillation: DistillReport | None = None  # how its recovery's distillation went, if it had one
+    speedup_over_rounds: list[float] = field(default_factory=list)  # against dense PyTorch fp32, round by round
+
+    def speedup_range(self) -> tuple[float, float]:
+        """The lowest and highest speedup over the interleaved rounds (the headline's when
+        rounds were not recorded)."""
+        rounds = self.speedup_over_rounds or [self.speedup]
+        return min(rounds), max(rounds)
 
     @classmethod
     def from_dict(cls, data: dict) -> "MeasuredModel":
@@ -71,6 +78,9 @@ class CompressResult:
     evaluated: dict[str, list] = field(default_factory=dict)  # searcher -> [(levels, reward, predicted speedup)]
     warnings: list[str] = field(default_factory=list)
     generations: dict[str, list[str]] = field(default_factory=dict)  # causal LMs: "prompts", "dense", the delivered
+    # Wall time of "preparation", "search" and this model's "delivery", summed over resumed
+    # attempts (a killed attempt's unfinished phase is not counted).
+    run_seconds: dict[str, float] = field(default_factory=dict)
     format: str = RESULT_FORMAT
 
     @property
@@ -96,6 +106,13 @@ class CompressResult:
         if not self.timing.generates:
             return None
         return self.reference_latency.prefill_ms / model.latency.prefill_ms
+
+    def run_time(self) -> str:
+        """"26.3 min (preparation 9.1, search 12.0, delivery 5.2)", or "" before any was recorded."""
+        if not self.run_seconds:
+            return ""
+        phases = ", ".join(f"{phase} {seconds / 60:.1f}" for phase, seconds in self.run_seconds.items())
+        return f"{sum(self.run_seconds.values()) / 60:.1f} min ({phases})"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

@@ -56,14 +56,16 @@ class SearchResult:
         return cls(data["searcher"], data["best_levels"], data["best_reward"], data["evaluations"],
                    [tuple(point) for point in data["curve"]], [tuple(e) for e in data["evaluated"]])
 
-    def meeting(self, valid: Callable[[list[int]], bool]) -> "SearchResult":
+    def meeting(self, valid: Callable[[list[int]], bool], known: list[tuple[list[int], float, float]] = ()) -> "SearchResult":
         """The same run seen by one target of a family: only the plans that meet it count
-        (best, curve, finalists); evaluations stay the run's."""
-        evaluated = [e for e in self.evaluated if valid(e[0])]
+        (best, curve, finalists); evaluations stay the run's. `known`: plans scored before
+        the run, at no cost to it, that count too."""
+        own = {tuple(e[0]) for e in self.evaluated}
+        evaluated = [e for e in known if valid(e[0]) and tuple(e[0]) not in own] + [e for e in self.evaluated if valid(e[0])]
         if not evaluated:
             raise UserError(f"searcher {self.searcher} scored no plan meeting one of the targets; give it a larger --evals")
         best = max(evaluated, key=lambda e: e[1])
-        curve, best_reward = [], float("-inf")
+        curve, best_reward = [], max((e[1] for e in known if valid(e[0])), default=float("-inf"))
         for count, (levels, reward, _) in enumerate(self.evaluated, start=1):
             if valid(levels) and reward > best_reward:
                 best_reward = reward

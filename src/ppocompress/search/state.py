@@ -31,6 +31,10 @@ class SearchState:
     def key(levels: list[int]) -> str:
         return ",".join(str(level) for level in levels)
 
+    @staticmethod
+    def levels(key: str) -> list[int]:
+        return [int(level) for level in key.split(",")]
+
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps({"format": STATE_FORMAT, "settings": self.settings, "evaluations": self.evaluations,
                                             "finished": self.finished, "extras": self.extras}))

@@ -31,6 +31,7 @@ class Runtime:
     # dynamic kernels), "dynamic" (input ranges per call) or "static" (calibrated ranges).
     int8_kind: str
     generates = False  # runs a causal LM with a KV cache (its Session has generate_timed)
+    artifact_name: str  # what export writes in its directory, and session loads
 
     def missing(self) -> str | None:
         """Why this runtime cannot run here, in one line; None when it can."""

@@ -64,6 +64,7 @@ class OnnxRuntime(Runtime):
     package = "onnxruntime"
     install_hint = "pip install onnxruntime"
     int8_kind = "dynamic"
+    artifact_name = "model.onnx"
 
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
         from ppocompress.compress.onnx_export import export_onnx, quantize_onnx_int8
@@ -72,9 +73,9 @@ class OnnxRuntime(Runtime):
         directory.mkdir(parents=True, exist_ok=True)
         layers = int8_layers(model)
         if not layers:
-            return export_onnx(model.model, model.tokenizer, directory / "model.onnx")
+            return export_onnx(model.model, model.tokenizer, directory / self.artifact_name)
         fp32 = export_onnx(model.model, model.tokenizer, directory / "fp32.onnx")
-        quantized = quantize_onnx_int8(fp32, directory / "model.onnx", layers, model.model_type)
+        quantized = quantize_onnx_int8(fp32, directory / self.artifact_name, layers, model.model_type)
         fp32.unlink()
         return quantized
 

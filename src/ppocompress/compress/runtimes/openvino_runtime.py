@@ -22,7 +22,6 @@ from ppocompress.errors import UserError
 if TYPE_CHECKING:
     from ppocompress.compress.models import LoadedModel
 
-XML_NAME = "openvino_model.xml"  # what sentence-transformers and optimum-intel look for
 CALIBRATION_PASSAGES = 300  # NNCF's default subset size; more changed nothing measurable
 CALIBRATION_MAX_LENGTH = 128
 _VOCAB_KEY = ["ppocompress", "vocab_size"]
@@ -53,6 +52,7 @@ class OpenVinoRuntime(Runtime):
     package = "openvino"
     install_hint = "pip install openvino nncf"
     int8_kind = "static"
+    artifact_name = "openvino_model.xml"  # what sentence-transformers and optimum-intel look for
 
     def missing(self) -> str | None:
         reason = super().missing()
@@ -77,7 +77,7 @@ class OpenVinoRuntime(Runtime):
         if layers:
             graph = _quantize(graph, model, layers, calibration)
         graph.set_rt_info(str(model.model.config.vocab_size), _VOCAB_KEY)
-        path = directory / XML_NAME
+        path = directory / self.artifact_name
         ov.save_model(graph, str(path))
         return path
 

@@ -65,6 +65,7 @@ class TorchRuntime(Runtime):
     install_hint = "pip install torch==2.13.0"
     int8_kind = "torch"
     generates = True
+    artifact_name = "model"
 
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
         from ppocompress.compress.apply import quantize_planned_layers
@@ -74,7 +75,7 @@ class TorchRuntime(Runtime):
             model = copy.copy(model)
             model.model = copy.deepcopy(model.model)
             quantize_planned_layers(model.model, model.plan)
-        return save(model, Path(directory) / "model")
+        return save(model, Path(directory) / self.artifact_name)
 
     def check_artifact(self, path: Path) -> Path:
         if not path.is_dir():
