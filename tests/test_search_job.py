@@ -9,6 +9,7 @@ import pytest
 
 import ppocompress
 from ppocompress.cli import main
+from ppocompress.errors import UserError
 from ppocompress.search import job as job_module
 from ppocompress.search.job import CompressSettings, run_compress
 from ppocompress.search.results import CompressResult, FamilyResult
@@ -176,3 +177,14 @@ def test_a_family_run_delivers_a_model_per_target_and_its_policy_starts_a_new_ru
     assert main(["compress", *common, "--target-speedup", "1.4", "--policy", str(out / "policy"), "--evals", "1",
                  "--no-baselines", "--out", str(zero_shot)]) == 0
     assert CompressResult.from_file(zero_shot / "result.json").delivered.evaluations == 1
+
+
+def test_a_policy_for_another_menu_is_refused_before_the_first_long_step(setup, tmp_path):
+    model_dir, text = setup
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "menu.json").write_text(json.dumps({"levels": ["h100-f100", "drop"]}))
+    logged: list[str] = []
+    with pytest.raises(UserError, match="a policy acts only on the menu it was trained on"):
+        run_compress(settings(model_dir, text, policy=str(policy)), tmp_path / "out", log=logged.append)
+    assert not any("importance" in line for line in logged) and not (tmp_path / "out").exists()
