@@ -39,6 +39,11 @@ class LoadedModel:
     def is_causal(self) -> bool:
         return family(self.model_type).causal
 
+    def config_scalars(self) -> dict[str, Any]:
+        """The dense config's plain values, in key order: what identifies the architecture
+        in a cache key or fingerprint (nested and object values left out)."""
+        return {k: v for k, v in sorted(self.base_config.items()) if isinstance(v, (int, float, str, bool))}
+
 
 def resolve_source(name: str | None) -> tuple[str, str]:
     """(what to pass to from_pretrained, a display name) for a user's --model value:

@@ -234,7 +234,7 @@ def _cache_key(dense: LoadedModel, menu: list[Level], runtime: str, setup: Timin
     identity = {
         "format": TABLE_FORMAT,
         "model": dense.source,
-        "config": {k: v for k, v in sorted(dense.base_config.items()) if isinstance(v, (int, float, str, bool))},
+        "config": dense.config_scalars(),
         "menu": [level.to_dict() for level in menu], "setup": setup.to_dict(), "runtime": runtime,
         "versions": {name: _version(name) for name in ("torch", runtime)}, "plans": sorted(timing_plans(menu, len(layer_table(dense.model)))),
         "machine": platform.machine(), "processor": platform.processor(), "cpu": _cpu_model(),

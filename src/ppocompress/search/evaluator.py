@@ -102,7 +102,7 @@ class PlanEvaluator:
         self.evaluations = 0
         # Two evaluators with the same identity give every plan the same reward.
         self.identity = hashlib.sha256(json.dumps({
-            "model": dense.source, "config": {k: v for k, v in sorted(dense.base_config.items()) if isinstance(v, (int, float, str, bool))},
+            "model": dense.source, "config": dense.config_scalars(),
             "menu": [level.name for level in menu], "texts": self.texts, "recovery": recovery,
             "recovery_texts": (recovery_texts or calibration) if recovery == "lsq" else None, "int8": self.int8_kind,
         }, sort_keys=True).encode()).hexdigest()[:16]

@@ -195,7 +195,7 @@ def _run(settings: CompressSettings, out: Path, resume: bool, log) -> list[Compr
         folder.mkdir(exist_ok=True)
         start = time.monotonic()
         result = deliver(prepared, settings, target, finals, results[target.label], folder, log)
-        result.run_seconds = {**_run_seconds(state), "delivery": time.monotonic() - start}
+        result.run_seconds = {**state.extras.get(RUN_SECONDS, {}), "delivery": time.monotonic() - start}
         atomic_write_text(folder / "result.json", result.to_json())
         write_report(folder)
         delivered.append(result)
@@ -214,10 +214,6 @@ def _timed(state: SearchState, phase: str):
     yield
     seconds = state.extras.setdefault(RUN_SECONDS, {})
     seconds[phase] = seconds.get(phase, 0.0) + time.monotonic() - start
-
-
-def _run_seconds(state: SearchState) -> dict[str, float]:
-    return dict(state.extras.get(RUN_SECONDS, {}))
 
 
 def member_folder(target: Target) -> str:
@@ -323,7 +319,8 @@ def _reused_plans(prepared: Prepared, settings: CompressSettings, state: SearchS
     for key, reward in rewards.items():
         state.evaluations.setdefault(key, reward)
     log(f"reusing the {len(rewards)} plans the policy's run scored")
-    return [(SearchState.levels(key), reward, prepared.cost.speedup(SearchState.levels(key))) for key, reward in rewards.items()]
+    plans = [(SearchState.levels(key), reward) for key, reward in rewards.items()]
+    return [(levels, reward, prepared.cost.speedup(levels)) for levels, reward in plans]
 
 
 def best_at_high_fidelity(evaluator: PlanEvaluator, result: SearchResult) -> list[int]:

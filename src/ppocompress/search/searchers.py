@@ -61,11 +61,12 @@ class SearchResult:
         (best, curve, finalists); evaluations stay the run's. `known`: plans scored before
         the run, at no cost to it, that count too."""
         own = {tuple(e[0]) for e in self.evaluated}
-        evaluated = [e for e in known if valid(e[0]) and tuple(e[0]) not in own] + [e for e in self.evaluated if valid(e[0])]
+        carried = [e for e in known if valid(e[0])]
+        evaluated = [e for e in carried if tuple(e[0]) not in own] + [e for e in self.evaluated if valid(e[0])]
         if not evaluated:
             raise UserError(f"searcher {self.searcher} scored no plan meeting one of the targets; give it a larger --evals")
         best = max(evaluated, key=lambda e: e[1])
-        curve, best_reward = [], max((e[1] for e in known if valid(e[0])), default=float("-inf"))
+        curve, best_reward = [], max((e[1] for e in carried), default=float("-inf"))
         for count, (levels, reward, _) in enumerate(self.evaluated, start=1):
             if valid(levels) and reward > best_reward:
                 best_reward = reward
