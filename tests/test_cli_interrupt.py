@@ -54,6 +54,28 @@ def test_a_signal_that_lands_where_python_ignores_exceptions_still_stops_the_com
     assert stopped.value.signal_number == signal.SIGTERM and ref() is None
 
 
+def test_a_signal_that_an_extension_wraps_in_its_own_error_still_stops_the_command():
+    """CI sent SIGTERM while openvino's compiled module initialized: it came out as
+    ImportError("initialization failed"), caused by the stop, and the run exited 1."""
+    def initialize_extension() -> None:
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except BaseException as exc:
+            raise ImportError("initialization failed") from exc
+
+    with pytest.raises(Interrupted) as stopped, _stopped_by_signals():
+        initialize_extension()
+    assert stopped.value.signal_number == signal.SIGTERM
+
+
+def test_an_error_with_no_stop_in_its_chain_is_left_as_it_is():
+    with pytest.raises(ImportError), _stopped_by_signals():
+        try:
+            raise ValueError("inner")
+        except ValueError as exc:
+            raise ImportError("outer") from exc
+
+
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
 def test_a_stopped_training_run_exits_128_plus_the_signal_and_leaves_nothing(tmp_path, number):
     out = tmp_path / "run"

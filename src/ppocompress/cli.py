@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ppocompress.errors import Interrupted, UserError, first_line
+from ppocompress.errors import Interrupted, UserError, first_line, stops_unwrapped
 
 REDELIVERY_DELAY_S = 0.05  # long enough for the code that ignored a stop to return
 
@@ -294,7 +294,8 @@ def compress_command(
                                 text=None if text is None else str(text), cost=cost, runtime=runtime,
                                 trust_remote_code=trust_remote_code)
     try:
-        results = run_compress(settings, out, resume=resume, log=_progress_log())
+        with stops_unwrapped():
+            results = run_compress(settings, out, resume=resume, log=_progress_log())
     except Interrupted as stop:
         if (out / STATE_FILE).exists():
             stop.resume = " ".join(["ppocompress", *sys.argv[1:], *([] if resume else ["--resume"])])
@@ -376,7 +377,8 @@ def _stopped_by_signals():
     (staging folders and locks are cleaned up on the way) to main, which names the signal.
     Not KeyboardInterrupt, which typer turns into a bare exit code. A signal that lands in
     code whose exceptions Python ignores (a weakref callback during an import, a __del__)
-    would be lost, so it is delivered again from there."""
+    would be lost, so it is delivered again from there; one that an extension wraps in its
+    own error is unwrapped."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -394,7 +396,8 @@ def _stopped_by_signals():
     previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
     previous_hook, sys.unraisablehook = sys.unraisablehook, deliver_again
     try:
-        yield
+        with stops_unwrapped():
+            yield
     finally:
         sys.unraisablehook = previous_hook
         for number, handler in previous.items():

@@ -1,6 +1,8 @@
 """What stops a command that is not a bug: the user's input is wrong, or the user stopped it;
 and how any error is told in one line."""
 
+import contextlib
+
 MESSAGE_CHARS = 200  # of an exception's message quoted in an error line
 
 
@@ -19,6 +21,22 @@ class Interrupted(BaseException):
     def __init__(self, signal_number: int, resume: str | None = None):
         super().__init__(signal_number)
         self.signal_number, self.resume = signal_number, resume
+
+
+@contextlib.contextmanager
+def stops_unwrapped():
+    """Re-raises a stop that an extension module wrapped in its own error as the stop itself:
+    a signal that lands while openvino's compiled module initializes comes out as
+    `ImportError: initialization failed`, caused by the Interrupted."""
+    try:
+        yield
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, Interrupted):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from exc
 
 
 def first_line(exc: BaseException) -> str:
