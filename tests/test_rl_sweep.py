@@ -9,6 +9,7 @@ import json
 import math
 
 import pytest
+from ray_cluster import two_node_cluster
 
 from ppocompress.cli import main
 from ppocompress.errors import UserError
@@ -157,36 +158,18 @@ def test_a_table_of_many_settings_still_fits_80_columns():
 def test_a_sweep_on_a_two_node_cluster_gives_the_local_results(tmp_path):
     """A head and a second node started with `ray start` in their own processes, as on two
     machines; the sweep joins them with --ray and its trials return what they do here."""
-    import os
-    import secrets
-    import shutil
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_worker_niceness": "0"}
-    ray = shutil.which("ray", path=os.path.dirname(sys.executable))
-    common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
-    try:
-        subprocess.run([ray, "start", "--head", f"--port={port}", "--include-dashboard=false", *common], env=env, check=True,
-                       capture_output=True, timeout=180)
-        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", *common], env=env, check=True, capture_output=True,
-                       timeout=180)
+    with two_node_cluster() as (address, env):
         space = tmp_path / "space.json"
         space.write_text(json.dumps({"n_steps": [16, 32], "n_epochs": [2], "learning_rate": [1e-3], "clip_range": [0.2],
                                      "ent_coef": [0.0], "gae_lambda": [0.9]}))
         out = tmp_path / "sweep"
         run = subprocess.run([sys.executable, "-m", "ppocompress.cli", "rl", "CartPole-v1", "--sweep", "grid", "--space", str(space),
-                              "--steps", "512", "--eval-episodes", "2", "--no-progress", "--ray", f"127.0.0.1:{port}",
+                              "--steps", "512", "--eval-episodes", "2", "--no-progress", "--ray", address,
                               "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr
-        status = subprocess.run([ray, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True, text=True, timeout=60)
-        assert "2.0 CPU" in status.stdout  # both nodes were there
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
     rows = {int(row["n_steps"]): row for row in csv.DictReader((out / "sweep.csv").read_text().splitlines())}
     for n_steps, row in rows.items():
         config = PPOConfig.from_dict({**BASE.to_dict(), "n_steps": n_steps, "n_epochs": 2, "learning_rate": 1e-3,

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from ppocompress.errors import UserError
 from ppocompress.search import CompressionEnv, CostTable, Target, default_menu
+from ppocompress.search.env import one_by_one
 
 MENU = default_menu()
 
@@ -29,7 +30,7 @@ def synthetic_table(num_layers: int = 6) -> CostTable:
 def make_env(target: Target, num_layers: int = 6, score=None) -> CompressionEnv:
     return CompressionEnv(
         synthetic_table(num_layers), MENU, target,
-        score_plan=score or (lambda levels: -float(np.mean(levels))),
+        score_plans=one_by_one(score or (lambda levels: -float(np.mean(levels)))),
         layer_features=np.random.default_rng(0).random((num_layers, 2)),
         sensitivity=np.random.default_rng(1).random((num_layers, len(MENU))),
     )
@@ -66,7 +67,7 @@ def test_no_episode_ends_over_budget(kind, value, num_layers, seed):
 def test_an_episode_cannot_drop_every_layer():
     table = synthetic_table(3)
     table.base = 0.0  # with no fixed cost, dropping everything would be "free"
-    env = CompressionEnv(table, MENU, Target("speedup", 20.0), lambda levels: 0.0, np.zeros((3, 2)), np.zeros((3, len(MENU))))
+    env = CompressionEnv(table, MENU, Target("speedup", 20.0), one_by_one(lambda levels: 0.0), np.zeros((3, 2)), np.zeros((3, len(MENU))))
     env.reset()
     drop = len(MENU) - 1
     env.step(drop)

@@ -79,17 +79,17 @@ def test_fidelities_use_their_own_subsets(evaluator):
 
 
 def test_sensitivity_is_zero_for_dense_and_positive_for_heavy_levels(evaluator):
-    table = sensitivity_table(evaluator)
+    table = sensitivity_table(evaluator.qualities, len(evaluator.table), len(evaluator.menu))
     heavy = level_index(group_keep=0.25, neuron_keep=0.25, int8=True)
     assert len(table) == 3 and all(len(row) == len(MENU) for row in table)
     assert all(row[0] == 0.0 and row[heavy] > 0.0 for row in table)
 
 
 def test_an_interrupted_sensitivity_table_goes_on_from_its_saved_layers(evaluator):
-    full = sensitivity_table(evaluator)
+    full = sensitivity_table(evaluator.qualities, len(evaluator.table), len(evaluator.menu))
     saved = []
     rows = [list(full[0])]
-    resumed = sensitivity_table(evaluator, rows=rows, on_layer=lambda done: saved.append(len(done)))
+    resumed = sensitivity_table(evaluator.qualities, len(evaluator.table), len(evaluator.menu), rows=rows, on_layer=lambda done: saved.append(len(done)))
     assert resumed is rows and resumed == full
     assert saved == [2, 3]  # only the layers left are measured, each reported as it is done
 

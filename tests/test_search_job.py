@@ -11,6 +11,7 @@ import ppocompress
 from ppocompress.cli import main
 from ppocompress.errors import UserError
 from ppocompress.search import job as job_module
+from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.job import CompressSettings, run_compress
 from ppocompress.search.results import CompressResult, FamilyResult
 
@@ -77,7 +78,7 @@ def test_resume_after_interruption_gives_the_same_plan(setup, tmp_path, monkeypa
     uninterrupted = run_compress(plain, tmp_path / "a", log=lambda _: None)
 
     calls = {"n": 0}
-    original = job_module.PlanEvaluator.quality
+    original = PlanEvaluator.quality
 
     def dies_midway(self, levels, fidelity="low"):
         calls["n"] += 1
@@ -85,12 +86,12 @@ def test_resume_after_interruption_gives_the_same_plan(setup, tmp_path, monkeypa
             raise KeyboardInterrupt
         return original(self, levels, fidelity)
 
-    monkeypatch.setattr(job_module.PlanEvaluator, "quality", dies_midway)
+    monkeypatch.setattr(PlanEvaluator, "quality", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         run_compress(plain, tmp_path / "b", log=lambda _: None)
     state = json.loads((tmp_path / "b" / "state.json").read_text())
     assert 0 < len(state["evaluations"]) < 24 and not state["finished"]
-    monkeypatch.setattr(job_module.PlanEvaluator, "quality", original)
+    monkeypatch.setattr(PlanEvaluator, "quality", original)
     resumed = run_compress(plain, tmp_path / "b", resume=True, log=lambda _: None)
     assert resumed[0].plan == uninterrupted[0].plan
 

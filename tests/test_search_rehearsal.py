@@ -7,7 +7,7 @@ import pytest
 from test_search_env import MENU, synthetic_table
 
 from ppocompress.search import searchers
-from ppocompress.search.env import CompressionEnv, Target
+from ppocompress.search.env import CompressionEnv, Target, one_by_one
 
 NUM_LAYERS = 6
 COMPRESSED = 1  # the level the stand-in agent compresses layers to
@@ -39,7 +39,7 @@ def env() -> CompressionEnv:
     sensitivity[:, 0] = 0.0
     made = CompressionEnv(synthetic_table(NUM_LAYERS), MENU, Target("speedup", 1.0), None, np.zeros((NUM_LAYERS, 2)),
                           sensitivity, shaped=True)
-    made.score_plan = made.estimated_reward
+    made.score_plans = one_by_one(made.estimated_reward)
     return made
 
 

@@ -8,7 +8,7 @@ from test_search_env import MENU, synthetic_table
 
 from ppocompress.errors import UserError
 from ppocompress.search import searchers
-from ppocompress.search.env import CompressionEnv, Target
+from ppocompress.search.env import CompressionEnv, Target, one_by_one
 from ppocompress.search.policy import load_policy, save_policy, scored_plans
 from ppocompress.search.searchers import SEARCHERS, SearchResult, run_searcher
 from ppocompress.search.state import SearchState
@@ -38,8 +38,8 @@ def short_rehearsal(monkeypatch):
 @pytest.mark.parametrize("name", SEARCHERS)
 def test_each_searcher_stays_within_budget_and_evaluations(name, short_rehearsal):
     target = Target("speedup", 2.0)
-    result = run_searcher(name, factory(target), score, evaluations=60, seed=0)
-    env = factory(target)(score)
+    result = run_searcher(name, factory(target), one_by_one(score), evaluations=60, seed=0)
+    env = factory(target)(one_by_one(score))
     assert result.evaluations <= 60
     assert env.cost.total(result.best_levels) <= env.budget * (1 + 1e-9)
     assert result.best_reward == pytest.approx(score(result.best_levels))
@@ -49,15 +49,15 @@ def test_each_searcher_stays_within_budget_and_evaluations(name, short_rehearsal
 
 def test_search_is_reproducible_with_a_seed(short_rehearsal):
     target = Target("speedup", 2.0)
-    a = run_searcher("ppo", factory(target), score, evaluations=40, seed=3)
-    b = run_searcher("ppo", factory(target), score, evaluations=40, seed=3)
+    a = run_searcher("ppo", factory(target), one_by_one(score), evaluations=40, seed=3)
+    b = run_searcher("ppo", factory(target), one_by_one(score), evaluations=40, seed=3)
     assert a.best_levels == b.best_levels and a.curve == b.curve
 
 
 def test_ppo_beats_uniform_on_a_non_uniform_problem(short_rehearsal):
     target = Target("speedup", 2.0)
-    ppo = run_searcher("ppo", factory(target), score, evaluations=300, seed=0)
-    uniform = run_searcher("uniform", factory(target), score, evaluations=300, seed=0)
+    ppo = run_searcher("ppo", factory(target), one_by_one(score), evaluations=300, seed=0)
+    uniform = run_searcher("uniform", factory(target), one_by_one(score), evaluations=300, seed=0)
     assert ppo.best_reward > uniform.best_reward
 
 
@@ -68,26 +68,26 @@ def test_ppo_rehearsal_spends_no_evaluations(short_rehearsal):
         calls.append(levels)
         return score(levels)
 
-    result = run_searcher("ppo", factory(Target("speedup", 2.0)), counted, evaluations=5, seed=0)
+    result = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(counted), evaluations=5, seed=0)
     assert len(calls) == result.evaluations == 5
 
 
 def test_ppo_spends_its_whole_budget_by_restarting_converged_agents(short_rehearsal):
-    result = run_searcher("ppo", factory(Target("speedup", 2.0)), score, evaluations=80, seed=0)
+    result = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(score), evaluations=80, seed=0)
     assert result.evaluations == 80
 
 
 def test_evolutionary_starts_from_the_best_uniform_plan():
     target = Target("speedup", 2.0)
-    uniform = run_searcher("uniform", factory(target), score, evaluations=300, seed=0)
-    evolutionary = run_searcher("evolutionary", factory(target), score, evaluations=300, seed=0)
+    uniform = run_searcher("uniform", factory(target), one_by_one(score), evaluations=300, seed=0)
+    evolutionary = run_searcher("evolutionary", factory(target), one_by_one(score), evaluations=300, seed=0)
     assert uniform.best_levels in [levels for levels, _, _ in evolutionary.evaluated]
     assert evolutionary.best_reward >= uniform.best_reward
 
 
 def test_unknown_searcher_is_a_user_error():
     with pytest.raises(UserError, match="unknown searcher"):
-        run_searcher("annealing", factory(Target("speedup", 2.0)), score, evaluations=10, seed=0)
+        run_searcher("annealing", factory(Target("speedup", 2.0)), one_by_one(score), evaluations=10, seed=0)
 
 
 def test_meeting_sees_only_the_plans_that_meet_a_target():
@@ -103,8 +103,8 @@ def test_meeting_sees_only_the_plans_that_meet_a_target():
 
 def test_one_ppo_run_serves_every_target_of_a_family(short_rehearsal):
     targets = [Target("speedup", value) for value in (1.5, 2.0, 3.0)]
-    result = run_searcher("ppo", factory(targets), score, evaluations=60, seed=0)
-    env = factory(targets)(score)
+    result = run_searcher("ppo", factory(targets), one_by_one(score), evaluations=60, seed=0)
+    env = factory(targets)(one_by_one(score))
     bests = []
     for index in range(len(targets)):
         seen = result.meeting(lambda levels, index=index: env.is_valid_plan(levels, index))
@@ -115,34 +115,34 @@ def test_one_ppo_run_serves_every_target_of_a_family(short_rehearsal):
 
 
 def test_a_saved_policy_starts_a_run_with_its_own_plan_on_a_new_target_and_a_deeper_model(short_rehearsal, tmp_path):
-    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), score, evaluations=60, seed=0)
+    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(score), evaluations=60, seed=0)
     save_policy(trained.policy, tmp_path / "policy", MENU, {}, "scorer")
     new_target = Target("speedup", 2.5)
-    expected = searchers._greedy_plan(load_policy(tmp_path / "policy", MENU), factory(new_target)(score))
-    zero_shot = run_searcher("ppo", factory(new_target), score, evaluations=1, seed=0,
+    expected = searchers._greedy_plan(load_policy(tmp_path / "policy", MENU), factory(new_target)(one_by_one(score)))
+    zero_shot = run_searcher("ppo", factory(new_target), one_by_one(score), evaluations=1, seed=0,
                              policy=load_policy(tmp_path / "policy", MENU))
     assert zero_shot.best_levels == expected and zero_shot.evaluations == 1
     deeper = lambda scorer: CompressionEnv(synthetic_table(12), MENU, new_target, scorer, np.zeros((12, 2)),  # noqa: E731
                                            np.random.default_rng(3).random((12, len(MENU))))
-    plan = run_searcher("ppo", deeper, lambda levels: -float(np.mean(levels)), evaluations=1, seed=0,
+    plan = run_searcher("ppo", deeper, one_by_one(lambda levels: -float(np.mean(levels))), evaluations=1, seed=0,
                         policy=load_policy(tmp_path / "policy", MENU)).best_levels
     assert len(plan) == 12 and deeper(None).is_valid_plan(plan)
 
 
 def test_a_policy_acts_only_on_its_own_menu(short_rehearsal, tmp_path):
-    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), score, evaluations=20, seed=0)
+    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(score), evaluations=20, seed=0)
     save_policy(trained.policy, tmp_path / "policy", MENU, {}, "scorer")
     with pytest.raises(UserError, match="menu"):
         load_policy(tmp_path / "policy", MENU[:-1])
     with pytest.raises(UserError, match="no search policy"):
         load_policy(tmp_path, MENU)
     with pytest.raises(UserError, match="starts the ppo searcher"):
-        run_searcher("random", factory(Target("speedup", 2.0)), score, evaluations=5, seed=0, policy=trained.policy)
+        run_searcher("random", factory(Target("speedup", 2.0)), one_by_one(score), evaluations=5, seed=0, policy=trained.policy)
 
 
 def test_uniform_drops_the_least_sensitive_layers_when_no_level_kept_everywhere_meets_the_target():
     target = Target("speedup", 6.0)  # the cheapest level kept in all six layers reaches 5.26x
-    env = factory(target)(score)
+    env = factory(target)(one_by_one(score))
     drop = len(MENU) - 1
     assert not any(env.is_valid_plan([level] * NUM_LAYERS) for level in range(drop))
     plans = searchers.uniform_plans(env)
@@ -154,14 +154,14 @@ def test_uniform_drops_the_least_sensitive_layers_when_no_level_kept_everywhere_
         assert dropped == sorted(np.argsort(LOSS[:, drop], kind="stable")[:len(dropped)].tolist())
         fewer = [kept.pop() if layer == dropped[-1] else level for layer, level in enumerate(levels)]
         assert not env.is_valid_plan(fewer)  # one drop fewer misses the target
-    result = run_searcher("uniform", factory(target), score, evaluations=300, seed=0)
+    result = run_searcher("uniform", factory(target), one_by_one(score), evaluations=300, seed=0)
     assert result.best_levels in plans
-    evolutionary = run_searcher("evolutionary", factory(target), score, evaluations=300, seed=0)
+    evolutionary = run_searcher("evolutionary", factory(target), one_by_one(score), evaluations=300, seed=0)
     assert result.best_levels in [levels for levels, _, _ in evolutionary.evaluated]
 
 
 def test_a_policy_carries_its_scored_plans_only_to_a_run_that_scores_them_the_same_way(short_rehearsal, tmp_path):
-    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), score, evaluations=20, seed=0)
+    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(score), evaluations=20, seed=0)
     rewards = {SearchState.key(levels): reward for levels, reward, _ in trained.evaluated}
     save_policy(trained.policy, tmp_path / "policy", MENU, rewards, "scorer-a")
     assert scored_plans(tmp_path / "policy", "scorer-a") == rewards

@@ -273,6 +273,9 @@ def compress_command(
     text: TextOption = None,
     threads: Annotated[int, typer.Option(help="Threads for latency measurement.")] = 2,
     trust_remote_code: TrustOption = False,
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Score plans in parallel on Ray: local (a cluster of this "
+                                                             "machine's CPUs), auto or host:port (a running cluster). "
+                                                             "Same seed, same plans as without it.")] = None,
 ) -> None:
     """Search a per-layer compression plan with PPO, then deliver the compressed model, measured."""
     from ppocompress.reporting import print_compress, print_family
@@ -295,7 +298,7 @@ def compress_command(
                                 trust_remote_code=trust_remote_code)
     try:
         with stops_unwrapped():
-            results = run_compress(settings, out, resume=resume, log=_progress_log())
+            results = run_compress(settings, out, resume=resume, log=_progress_log(), ray=ray)
     except Interrupted as stop:
         if (out / STATE_FILE).exists():
             stop.resume = " ".join(["ppocompress", *sys.argv[1:], *([] if resume else ["--resume"])])

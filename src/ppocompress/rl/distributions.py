@@ -22,7 +22,8 @@ class MultiCategorical:
         if mask is not None:
             logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
         self.nvec = nvec
-        self.log_probs = [torch.log_softmax(part, dim=-1) for part in torch.split(logits, nvec, dim=-1)]
+        parts = torch.split(logits, nvec, dim=-1) if len(nvec) > 1 else [logits]  # Discrete: no split
+        self.log_probs = [torch.log_softmax(part, dim=-1) for part in parts]
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         # A masked action has probability exactly 0, so multinomial never draws it.
@@ -34,10 +35,8 @@ class MultiCategorical:
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
         """actions: (batch, k) integer tensor."""
-        total = 0.0
-        for i, logp in enumerate(self.log_probs):
-            total = total + logp.gather(-1, actions[:, i : i + 1].long()).squeeze(-1)
-        return total
+        picked = [logp.gather(-1, actions[:, i : i + 1].long()).squeeze(-1) for i, logp in enumerate(self.log_probs)]
+        return sum(picked[1:], picked[0])
 
     def entropy(self) -> torch.Tensor:
         # Masked entries have probability exactly 0, so they add exactly 0 here.

@@ -9,7 +9,7 @@ def clipped_surrogate_loss(ratio: torch.Tensor, advantages: torch.Tensor, clip_r
     """-min(r A, clip(r, 1-eps, 1+eps) A), averaged: the policy gains nothing by moving the
     ratio outside [1-eps, 1+eps] in the direction the advantage favours."""
     clipped = ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-    return torch.max(-advantages * ratio, -advantages * clipped).mean()
+    return -torch.min(advantages * ratio, advantages * clipped).mean()
 
 
 def value_loss(
@@ -36,3 +36,13 @@ def normalize(advantages: torch.Tensor) -> torch.Tensor:
     if advantages.numel() < 2:
         return advantages
     return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scales the gradients so that their joint L2 norm is at most max_norm and returns the
+    norm before scaling: torch.nn.utils.clip_grad_norm_'s arithmetic without its per-call
+    grouping and checks, which cost more than a small network's few gradients."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp_(max=1.0))
+    return norm

@@ -4,6 +4,7 @@ to bottom in `_update`; everything else is collection, bookkeeping and persisten
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -24,12 +25,13 @@ from ppocompress.rl.envs import make_vector_env
 from ppocompress.rl.logger import TrainingLogger
 from ppocompress.rl.losses import (
     approx_kl,
+    clip_grad_norm,
     clipped_surrogate_loss,
     normalize,
     value_loss,
 )
 from ppocompress.rl.normalization import RewardScaler
-from ppocompress.rl.policy import ActorCritic
+from ppocompress.rl.policy import ActorCritic, one_thread
 from ppocompress.rl.rollout import Batch, RolloutCollector
 from ppocompress.rl.spaces import (
     check_spaces,
@@ -41,6 +43,7 @@ from ppocompress.rl.spaces import (
 
 SAVE_FORMAT = "ppocompress.rl.PPO/1"
 Callback = Callable[["PPO", dict[str, float]], bool | None]
+METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")  # per-minibatch means
 
 
 class PPO:
@@ -109,7 +112,8 @@ class PPO:
 
                 started = time.perf_counter()
                 batch = self._collector.collect(cfg.n_steps, cfg.gamma, cfg.gae_lambda)
-                metrics = self._update(batch, clip_range)
+                with one_thread():
+                    metrics = self._update(batch, clip_range)
                 self.num_timesteps += steps_per_update
 
                 metrics.update(
@@ -131,12 +135,15 @@ class PPO:
 
     def _update(self, batch: Batch, clip_range: float) -> dict[str, float]:
         cfg = self.config
-        sums: dict[str, float] = {}
-        n_minibatches = 0
+        params = list(self.policy.parameters())
+        per_minibatch: list[torch.Tensor] = []  # METRICS of every minibatch, read once at the end
         first_ratio_deviation = float("nan")
         epochs_run = 0
         early_stop = False
         single_minibatch = cfg.batch_size >= len(batch)
+        if single_minibatch and cfg.normalize_advantage:
+            # One minibatch per epoch is the same minibatch every epoch: normalise it once.
+            batch = dataclasses.replace(batch, advantages=normalize(batch.advantages))
         for _epoch in range(cfg.n_epochs):
             # With one minibatch per epoch the order is irrelevant: skip the shuffle.
             order = None if single_minibatch else torch.randperm(len(batch), generator=self.generator)
@@ -146,13 +153,14 @@ class PPO:
                 log_ratio = dist.log_prob(mb.actions) - mb.log_probs
                 ratio = log_ratio.exp()
                 kl = approx_kl(log_ratio.detach())
-                if n_minibatches == 0:
+                if not per_minibatch:
                     first_ratio_deviation = (ratio - 1.0).abs().max().item()
                 if cfg.target_kl is not None and kl.item() > cfg.target_kl:
                     early_stop = True  # this step would move the policy too far: skip it and stop
                     break
 
-                advantages = normalize(mb.advantages) if cfg.normalize_advantage else mb.advantages
+                normalize_now = cfg.normalize_advantage and not single_minibatch  # else done above
+                advantages = normalize(mb.advantages) if normalize_now else mb.advantages
                 policy_loss = clipped_surrogate_loss(ratio, advantages, clip_range)
                 critic_loss = value_loss(values, mb.values, mb.returns, cfg.clip_range_vf)
                 loss = policy_loss + cfg.vf_coef * critic_loss
@@ -165,28 +173,23 @@ class PPO:
                 if cfg.kl_penalty_target is not None:
                     loss = loss + self.kl_coef * approx_kl(log_ratio)
 
-                self.optimizer.zero_grad(set_to_none=True)
+                # By hand rather than optimizer.zero_grad / clip_grad_norm_, whose generic
+                # bookkeeping costs more than these few small tensors' arithmetic.
+                for param in params:
+                    param.grad = None
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                grad_norm = clip_grad_norm(params, cfg.max_grad_norm)
                 self.optimizer.step()
 
-                n_minibatches += 1
-                for name, value in (
-                    ("policy_loss", policy_loss),
-                    ("value_loss", critic_loss),
-                    ("entropy", entropy),
-                    ("approx_kl", kl),
-                    ("clip_fraction", ((ratio - 1.0).abs() > clip_range).float().mean()),
-                    ("grad_norm", grad_norm),
-                ):
-                    sums[name] = sums.get(name, 0.0) + value.item()
+                clip_fraction = ((ratio - 1.0).abs() > clip_range).float().mean()
+                per_minibatch.append(torch.stack([policy_loss, critic_loss, entropy, kl, clip_fraction, grad_norm]).detach())
             if early_stop:
                 break
             epochs_run += 1
 
         if cfg.kl_penalty_target is not None:
             self._adapt_kl_coef(batch)
-        metrics = {name: total / max(n_minibatches, 1) for name, total in sums.items()}
+        metrics = dict(zip(METRICS, torch.stack(per_minibatch).double().mean(dim=0).tolist())) if per_minibatch else {}
         metrics.update(
             epochs_run=epochs_run,
             first_ratio_deviation=first_ratio_deviation,
@@ -214,7 +217,7 @@ class PPO:
         mask = None
         if action_mask is not None:
             mask = torch.as_tensor(np.asarray(action_mask, dtype=bool)).reshape(obs.shape[0], -1)
-        with torch.inference_mode():
+        with torch.inference_mode(), one_thread():
             dist, _ = self.policy(self.policy.features(obs), mask)
             actions = dist.mode() if deterministic else dist.sample(self.generator)
         env_actions = to_env_actions(self.action_space, actions)

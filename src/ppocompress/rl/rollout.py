@@ -1,4 +1,12 @@
-"""Collecting experience from a vector env into the batch a PPO update consumes."""
+"""Collecting experience from a vector env into the batch a PPO update consumes.
+
+An env whose episode-end reward is expensive (a simulation, a model to evaluate) may
+leave it to be settled in a batch, which it can compute in parallel: its step returns
+the part of the reward it knows and info[PENDING_REWARD] = a token (an int); once the
+rollout is collected, the collector calls the env's settle_pending() -> {token: amount}
+and adds each amount to its step's reward. The policy does not change within a rollout,
+so the actions are those an env that paid at once would have seen.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +20,10 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from ppocompress.rl.advantages import compute_gae
 from ppocompress.rl.envs import ActionMasks, autoreset_mode
 from ppocompress.rl.normalization import RewardScaler
-from ppocompress.rl.policy import ActorCritic
+from ppocompress.rl.policy import ActorCritic, one_thread
 from ppocompress.rl.spaces import to_env_actions
+
+PENDING_REWARD = "pending_reward"
 
 
 @dataclass
@@ -76,7 +86,9 @@ class RolloutCollector:
     def collect(self, n_steps: int, gamma: float, gae_lambda: float) -> Batch:
         policy, n_envs = self.policy, self.n_envs
         features, actions, log_probs, values, masks = [], [], [], [], []
-        rewards = torch.zeros(n_steps, n_envs)
+        rewards = np.zeros((n_steps, n_envs))
+        counted = np.zeros((n_steps, n_envs), dtype=bool)
+        pending: list[tuple[int, int, int]] = []  # (step, env, token)
         terminated = torch.zeros(n_steps, n_envs, dtype=torch.bool)
         ended = torch.zeros(n_steps, n_envs, dtype=torch.bool)
         valid = torch.ones(n_steps, n_envs, dtype=torch.bool)
@@ -84,9 +96,10 @@ class RolloutCollector:
 
         with torch.inference_mode():
             for t in range(n_steps):
-                x = policy.features(self.obs, update_normalizer=True)
-                dist, value = policy(x, self.masks)
-                action = dist.sample(self.generator)
+                with one_thread():
+                    x = policy.features(self.obs, update_normalizer=True)
+                    dist, value = policy(x, self.masks)
+                    action = dist.sample(self.generator)
                 features.append(x)
                 actions.append(action)
                 log_probs.append(dist.log_prob(action))
@@ -94,24 +107,31 @@ class RolloutCollector:
                 masks.append(self.masks)
 
                 obs, reward, term, trunc, infos = self.env.step(to_env_actions(self.env.single_action_space, action))
-                self.global_step += n_envs
-                valid[t] = torch.from_numpy(~self.needs_reset_step)
+                counted[t] = ~self.needs_reset_step
+                valid[t] = torch.from_numpy(counted[t])
                 done = np.logical_or(term, trunc)
-                self._track_episodes(reward, done, ~self.needs_reset_step)
                 if self.mode == AutoresetMode.NEXT_STEP:
                     self.needs_reset_step = done
                 elif trunc.any():
                     final_values[t] = self._final_observation_values(infos, trunc)
-
-                reward_t = torch.as_tensor(reward, dtype=torch.float32)
-                done_t = torch.from_numpy(done)
-                if self.reward_scaler is not None:
-                    reward_t = self.reward_scaler.scale(reward_t, done_t)
-                rewards[t] = reward_t
+                pending += [(t, i, token) for i, token in _pending_tokens(infos)]
+                rewards[t] = reward
                 terminated[t] = torch.from_numpy(np.asarray(term, dtype=bool))
-                ended[t] = done_t
+                ended[t] = torch.from_numpy(done)
                 self.obs = obs
                 self.masks = self.action_masks.read(infos, ignored=self.needs_reset_step)
+
+            if pending:
+                settled = self.env.call("settle_pending")
+                for t, i, token in pending:
+                    rewards[t, i] += settled[i][token]
+            scaled = torch.zeros(n_steps, n_envs)
+            for t in range(n_steps):  # in step order: the episode statistics and the reward scaler are running sums
+                self.global_step += n_envs
+                self._track_episodes(rewards[t], ended[t].numpy(), counted[t])
+                reward_t = torch.as_tensor(rewards[t], dtype=torch.float32)
+                scaled[t] = reward_t if self.reward_scaler is None else self.reward_scaler.scale(reward_t, ended[t])
+            rewards = scaled
 
             values_t = torch.stack(values)
             last_values = policy.value(policy.features(self.obs))
@@ -150,3 +170,13 @@ class RolloutCollector:
             self.episodes.append((self.global_step, float(self.episode_return[i]), int(self.episode_length[i])))
             self.episode_return[i] = 0.0
             self.episode_length[i] = 0
+
+
+def _pending_tokens(infos: dict) -> list[tuple[int, int]]:
+    """(env, token) of the rewards left pending in a step: in the step's info, or, where
+    the episode ended and the env was reset in the same step (SAME_STEP), in its final info."""
+    found = []
+    for info in (infos, infos.get("final_info", {})):
+        if PENDING_REWARD in info:
+            found += [(int(i), int(info[PENDING_REWARD][i])) for i in np.flatnonzero(info["_" + PENDING_REWARD])]
+    return found

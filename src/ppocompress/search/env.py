@@ -14,6 +14,10 @@ true reward minus the estimate: potential-based shaping, so an episode's return 
 true reward up to a constant and the best plan is unchanged, but each choice is credited
 at once instead of through one number at the end of the episode.
 
+With defer_rewards=True an episode's true reward is left pending (rl.rollout's
+PENDING_REWARD) and settled for the whole rollout at once, so that its plans can be
+scored in parallel.
+
 Given several targets (a family), episodes take them in turn (or the one reset's
 options name) and the observation carries the target's budget, so one policy learns
 them all: a plan's reward does not depend on the target, only which plans are allowed.
@@ -22,6 +26,7 @@ them all: a plan's reward does not depend on the target, only which plans are al
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -29,10 +34,18 @@ import numpy as np
 from gymnasium import spaces
 
 from ppocompress.errors import UserError
+from ppocompress.rl.rollout import PENDING_REWARD
 from ppocompress.search.cost_table import CostTable
 from ppocompress.search.levels import Level
 
 SHAPING_FLOOR = 1e-3  # quality drop below which the shaping estimate stops rewarding (cosine 0.999)
+
+PlansScorer = Callable[[list[list[int]]], Iterable[float]]  # plans -> their rewards, in order
+
+
+def one_by_one(score: Callable[[list[int]], float]) -> PlansScorer:
+    """A PlansScorer from a function that scores one plan."""
+    return lambda plans: [score(levels) for levels in plans]
 
 
 @dataclass
@@ -83,17 +96,19 @@ class CompressionEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, cost: CostTable, menu: list[Level], target: Target | list[Target], score_plan, layer_features: np.ndarray,
-                 sensitivity: np.ndarray, shaped: bool = False, shared_loss: float = 0.0):
-        """target: one, or the family's (taken in turn by episode); score_plan(levels) ->
-        reward; layer_features: (layers, 2) block influence and importance spread;
-        sensitivity: (layers, len(menu)) one-off quality drops; shared_loss: the quality
+    def __init__(self, cost: CostTable, menu: list[Level], target: Target | list[Target], score_plans: PlansScorer,
+                 layer_features: np.ndarray, sensitivity: np.ndarray, shaped: bool = False, shared_loss: float = 0.0):
+        """target: one, or the family's (taken in turn by episode); score_plans(plans) ->
+        their rewards (one_by_one(score) from a function of one plan); layer_features:
+        (layers, 2) block influence and importance spread; sensitivity: (layers, len(menu)) one-off quality drops; shared_loss: the quality
         drop every plan carries (a causal LM's int8 output head), which the estimate adds
         to the layers' own."""
         super().__init__()
         self.cost, self.menu = cost, menu
         self.targets = [target] if isinstance(target, Target) else list(target)
-        self.score_plan = score_plan
+        self.score_plans = score_plans
+        self.defer_rewards = False
+        self._pending: list[list[int]] = []
         self.num_layers = cost.num_layers
         self.budgets = [t.budget(cost.reference_total) for t in self.targets]
         self.cheapest = min(cost.per_level)
@@ -135,16 +150,28 @@ class CompressionEnv(gym.Env):
         before = self.estimated_reward(self.levels) if self.shaped else 0.0
         self.levels.append(action)
         done = len(self.levels) == self.num_layers
-        if done:
-            reward = float(self.score_plan(list(self.levels))) - before
+        info = {"action_mask": self.action_masks() if not done else np.ones(len(self.menu), dtype=bool)}
+        if done and self.defer_rewards:
+            info[PENDING_REWARD] = len(self._pending)
+            self._pending.append(list(self.levels))
+            reward = -before
+        elif done:
+            reward = self.score_plan(list(self.levels)) - before
         else:
             reward = self.estimated_reward(self.levels) - before if self.shaped else 0.0
-        info = {"action_mask": self.action_masks() if not done else np.ones(len(self.menu), dtype=bool)}
         if done:
             info["levels"] = list(self.levels)
             info["cost"] = self.cost.total(self.levels)
         observation = self._observation() if not done else np.zeros(self.observation_space.shape, dtype=np.float32)
         return observation, reward, done, False, info
+
+    def score_plan(self, levels: list[int]) -> float:
+        return float(next(iter(self.score_plans([levels]))))
+
+    def settle_pending(self) -> dict[int, float]:
+        """The rewards of the episodes left pending (defer_rewards), scored as one batch."""
+        plans, self._pending = self._pending, []
+        return {token: float(reward) for token, reward in enumerate(self.score_plans(plans))}
 
     def nearest_allowed(self, action: int) -> int:
         """`action` if the mask allows it, else the allowed level nearest to it in cost

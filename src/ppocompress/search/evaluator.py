@@ -24,6 +24,7 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -62,6 +63,9 @@ def fidelity_passages(causal: bool) -> dict[str, int]:
     if causal:
         return {"probe": CAUSAL_PROBE, "low": CAUSAL_LOW_FIDELITY, "high": CAUSAL_HIGH_FIDELITY}
     return {"probe": LOW_FIDELITY, "low": LOW_FIDELITY, "high": HIGH_FIDELITY}
+
+
+Qualities = Callable[[list[list[int]], str], Iterable[float]]  # (plans, fidelity) -> their qualities, in order
 
 
 def reward_from_fidelity(fidelity: float) -> float:
@@ -180,6 +184,10 @@ class PlanEvaluator:
         with self.swapped(levels) as model:
             return self.fidelity[fidelity](model)
 
+    def qualities(self, plans: list[list[int]], fidelity: str = "low") -> Iterator[float]:
+        """quality() of each plan, one after another (search/scoring.py's Ray workers score them in parallel)."""
+        return (self.quality(levels, fidelity) for levels in plans)
+
     @contextlib.contextmanager
     def swapped(self, levels: list[int]):
         """The dense model with its layers replaced per `levels`, restored afterwards."""
@@ -212,21 +220,17 @@ def _replace(module_list: nn.ModuleList, layers: list[nn.Module]) -> None:
     module_list.extend(layers)
 
 
-def sensitivity_table(evaluator: PlanEvaluator, fidelity: str = "probe", rows: list[list[float]] | None = None,
-                      on_layer=None) -> list[list[float]]:
+def sensitivity_table(qualities: Qualities, num_layers: int, num_levels: int, fidelity: str = "probe",
+                      rows: list[list[float]] | None = None, on_layer=None) -> list[list[float]]:
     """Quality lost when only one layer is compressed, for every (layer, level): the
-    one-off measurements the agent observes. len(menu) x layers evaluations, done once.
-    `rows`: the layers already measured (an interrupted table), extended in place;
-    on_layer(rows) after each layer, so that a caller can save them."""
-    num_layers = len(evaluator.table)
+    one-off measurements the agent observes. (levels - 1) x layers evaluations, done once,
+    a layer's levels as one batch of qualities(plans, fidelity). `rows`: the layers
+    already measured (an interrupted table), extended in place; on_layer(rows) after each
+    layer, so that a caller can save them."""
     rows = [] if rows is None else rows
     for layer in range(len(rows), num_layers):
-        row = []
-        for level in range(len(evaluator.menu)):
-            levels = [0] * num_layers
-            levels[layer] = level
-            row.append(0.0 if level == 0 else 1.0 - evaluator.quality(levels, fidelity))
-        rows.append(row)
+        plans = [[level if i == layer else 0 for i in range(num_layers)] for level in range(1, num_levels)]
+        rows.append([0.0, *(1.0 - quality for quality in qualities(plans, fidelity))])
         if on_layer is not None:
             on_layer(rows)
     return rows

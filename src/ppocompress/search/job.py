@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from ppocompress.cluster import check_address
 from ppocompress.compress.distillation import DistillConfig
 from ppocompress.compress.models import resolve_source
 from ppocompress.compress.recovery import check_method
@@ -39,12 +40,13 @@ from ppocompress.compress.timing import TimingSetup
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text, output_dir, remove_leftovers
 from ppocompress.search.deliver import deliver
-from ppocompress.search.env import CompressionEnv, Target
-from ppocompress.search.evaluator import PlanEvaluator, reward_from_fidelity
+from ppocompress.search.env import CompressionEnv, PlansScorer, Target
+from ppocompress.search.evaluator import reward_from_fidelity
 from ppocompress.search.policy import load_policy, save_policy, scored_plans
 from ppocompress.search.prepare import Prepared, prepare
 from ppocompress.search.results import CompressResult, FamilyResult
-from ppocompress.search.searchers import SEARCHERS, SearchResult, run_searcher
+from ppocompress.search.scoring import Scorer, ray_workers
+from ppocompress.search.searchers import SEARCHERS, SearchResult, best_of, run_searcher
 from ppocompress.search.state import SearchState
 from ppocompress.terminal import stderr_progress
 
@@ -140,14 +142,19 @@ class CompressSettings:
             raise UserError(f"unknown runtime {self.runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
 
 
-def run_compress(settings: CompressSettings, out: Path, resume: bool = False, log=print) -> list[CompressResult]:
+def run_compress(settings: CompressSettings, out: Path, resume: bool = False, log=print,
+                 ray: str | None = None) -> list[CompressResult]:
     """Search, then deliver a model per target: into `out` for one target; for a family into
     out/target-<target>/ each, with family.json and the family's report in `out`. One run
     at a time holds `out`; a run that fails before it measured anything leaves no folder
-    it created behind."""
+    it created behind. ray: where plans are scored in parallel ("local", "auto" or
+    host:port; see scoring.py); not a setting, since it changes no result: a run may be
+    resumed with or without it."""
     settings.validate()
+    if ray is not None:
+        check_address(ray)
     with output_dir(out, keep=lambda: _worth_resuming(out / STATE_FILE)):
-        return _run(settings, out, resume, log)
+        return _run(settings, out, resume, log, ray)
 
 
 def _worth_resuming(state_path: Path) -> bool:
@@ -159,7 +166,7 @@ def _worth_resuming(state_path: Path) -> bool:
     return bool(state.extras or state.evaluations)
 
 
-def _run(settings: CompressSettings, out: Path, resume: bool, log) -> list[CompressResult]:
+def _run(settings: CompressSettings, out: Path, resume: bool, log, ray: str | None) -> list[CompressResult]:
     state_path = out / STATE_FILE
     if resume:
         if not state_path.exists():
@@ -177,24 +184,29 @@ def _run(settings: CompressSettings, out: Path, resume: bool, log) -> list[Compr
     for path in remove_leftovers(out):
         log(f"removed {path.relative_to(out)}, left by an interrupted run")
     state.save(state_path)  # from the start: a run killed at any moment can be resumed
-    with _timed(state, "preparation"):
-        prepared = prepare(settings, state, lambda: state.save(state_path), log)
-    with _timed(state, "search"):
-        results = search(prepared, settings, state, state_path, out / POLICY_DIR, log)
+    folders = {target.label: out / member_folder(target) if settings.family else out for target in settings.targets()}
+    with ray_workers(ray) as workers:
+        with _timed(state, "preparation"):
+            prepared = prepare(settings, state, lambda: state.save(state_path), log, workers)
+        with _timed(state, "search"):
+            results = search(prepared, settings, state, state_path, out / POLICY_DIR, log)
+            finals = {}
+            for label, per_searcher in results.items():
+                if not (resume and settings.family and (folders[label] / "result.json").exists()):
+                    log(f"{label}: re-scoring the best plans on more calibration text")
+                    finals[label] = {name: best_at_high_fidelity(prepared.scorer, result) for name, result in per_searcher.items()}
     state.save(state_path)
     from ppocompress.search.report import write_family_report, write_report
 
     delivered = []
     for target in settings.targets():
-        folder = out / member_folder(target) if settings.family else out
-        if resume and settings.family and (folder / "result.json").exists():
+        folder = folders[target.label]
+        if target.label not in finals:
             delivered.append(CompressResult.from_file(folder / "result.json"))  # delivered before the interruption
             continue
-        log(f"{target.label}: re-scoring the best plans on more calibration text")
-        finals = {name: best_at_high_fidelity(prepared.evaluator, result) for name, result in results[target.label].items()}
         folder.mkdir(exist_ok=True)
         start = time.monotonic()
-        result = deliver(prepared, settings, target, finals, results[target.label], folder, log)
+        result = deliver(prepared, settings, target, finals[target.label], results[target.label], folder, log)
         result.run_seconds = {**state.extras.get(RUN_SECONDS, {}), "delivery": time.monotonic() - start}
         atomic_write_text(folder / "result.json", result.to_json())
         write_report(folder)
@@ -231,23 +243,26 @@ def family_evaluations(results: dict[str, dict[str, SearchResult]]) -> dict[str,
     return spent
 
 
-def compression_env(prepared: Prepared, target: Target | list[Target], score: Callable[[list[int]], float]) -> CompressionEnv:
+def compression_env(prepared: Prepared, target: Target | list[Target], score_plans: PlansScorer) -> CompressionEnv:
     """The environment the searchers walk, built in one place for search() and the
     Gymnasium factory (search/factory.py), so both pose the same task."""
-    return CompressionEnv(prepared.cost, prepared.menu, target, score, prepared.features, prepared.sensitivity,
+    return CompressionEnv(prepared.cost, prepared.menu, target, score_plans, prepared.features, prepared.sensitivity,
                           shared_loss=prepared.shared_loss)
 
 
-def plan_scorer(prepared: Prepared, evaluations: dict[str, float], on_new: Callable[[], None]) -> Callable[[list[int]], float]:
-    """A plan's reward, each plan evaluated once into `evaluations` (SearchState.key ->
-    reward; evaluations are deterministic and the expensive part); on_new() runs after
-    each new evaluation."""
-    def score(levels: list[int]) -> float:
-        key = SearchState.key(levels)
-        if key not in evaluations:
-            evaluations[key] = reward_from_fidelity(prepared.evaluator.quality(levels))
-            on_new()
-        return evaluations[key]
+def plan_scorer(prepared: Prepared, evaluations: dict[str, float], on_new: Callable[[], None]) -> PlansScorer:
+    """Plans' rewards, each plan evaluated once into `evaluations` (SearchState.key ->
+    reward; evaluations are deterministic and the expensive part), a batch's new plans
+    by prepared.scorer (in parallel on Ray); on_new() runs after each new evaluation."""
+    def score(plans: list[list[int]]) -> Iterator[float]:
+        keys = [SearchState.key(levels) for levels in plans]
+        new = {key: levels for key, levels in zip(keys, plans) if key not in evaluations}
+        qualities = iter(prepared.scorer.qualities(list(new.values()), "low"))
+        for key in keys:  # each reward as it arrives: the new ones come in the order of their first appearance
+            if key not in evaluations:
+                evaluations[key] = reward_from_fidelity(next(qualities))
+                on_new()
+            yield evaluations[key]
 
     return score
 
@@ -323,6 +338,7 @@ def _reused_plans(prepared: Prepared, settings: CompressSettings, state: SearchS
     return [(levels, reward, prepared.cost.speedup(levels)) for levels, reward in plans]
 
 
-def best_at_high_fidelity(evaluator: PlanEvaluator, result: SearchResult) -> list[int]:
-    candidates = sorted(result.evaluated, key=lambda e: e[1], reverse=True)[:FINALISTS]
-    return max((list(levels) for levels, _, _ in candidates), key=lambda levels: evaluator.quality(levels, "high"))
+def best_at_high_fidelity(scorer: Scorer, result: SearchResult) -> list[int]:
+    """Of the searcher's FINALISTS best plans, the best on the larger calibration subset."""
+    candidates = [list(levels) for levels, _, _ in sorted(result.evaluated, key=lambda e: e[1], reverse=True)[:FINALISTS]]
+    return best_of(candidates, list(scorer.qualities(candidates, "high")))[0]

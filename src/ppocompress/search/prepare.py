@@ -49,6 +49,7 @@ from ppocompress.search.evaluator import (
 )
 from ppocompress.search.levels import Level, default_menu
 from ppocompress.search.policy import check_menu
+from ppocompress.search.scoring import EvaluatorSpec, RayScorer, Scorer
 from ppocompress.search.state import SearchState
 from ppocompress.terminal import stderr_progress
 
@@ -73,14 +74,16 @@ class Prepared:
     runtime: str
     setup: TimingSetup  # how delivered models are timed
     cost: CostTable
-    evaluator: PlanEvaluator
+    evaluator: PlanEvaluator  # this machine's: it builds the delivered plans
+    scorer: Scorer  # who scores plans in the search: the evaluator, or Ray workers
     sensitivity: np.ndarray  # (layers, levels) quality lost when only that layer is compressed (relative_sensitivity)
     shared_loss: float  # quality lost by the plan every plan starts from (a causal LM's int8 output head)
     features: np.ndarray  # (layers, 2) block influence and importance spread
 
 
-def prepare(settings, state: SearchState, save_state, log) -> Prepared:
-    """settings: a CompressSettings; save_state() writes `state` to disk."""
+def prepare(settings, state: SearchState, save_state, log, workers: int | None = None) -> Prepared:
+    """settings: a CompressSettings; save_state() writes `state` to disk; workers: Ray
+    workers to score plans on (inside scoring.ray_workers), None for this process."""
     dense = load_model(settings.model, trust_remote_code=settings.trust_remote_code)
     texts = subset(load_splits(settings.text), settings.calibration_texts, settings.evaluation_texts)
     calibration = texts.calibration
@@ -133,8 +136,13 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
     # The search prices least-squares recovery in when the delivery starts with it, refit on
     # calibration text apart from the passages plans are scored on.
     scored = fidelity_passages(dense.is_causal)["high"]
-    evaluator = PlanEvaluator(dense, menu, scores, calibration, recovery="lsq" if "lsq" in settings.recovery else "none",
-                              recovery_texts=refit_passages(calibration[scored:], dense.is_causal) or calibration, runtime=runtime)
+    spec = EvaluatorSpec(settings.model, settings.trust_remote_code, menu, scores, calibration,
+                         recovery="lsq" if "lsq" in settings.recovery else "none",
+                         recovery_texts=refit_passages(calibration[scored:], dense.is_causal) or calibration, runtime=runtime)
+    evaluator = spec.build(dense)
+    scorer = evaluator if workers is None else RayScorer(spec, workers, evaluator.identity)
+    if workers is not None:
+        log(f"plan evaluations on {workers} Ray workers")
     if "sensitivity" not in state.extras:
         log(f"sensitivity of {len(scores)} layers x {len(menu)} levels (once)")
         with stderr_progress(TextColumn("[bold]  sensitivity"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"),
@@ -146,7 +154,8 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
                 bar.update(task, completed=len(done))
                 save_state()
 
-            state.extras["sensitivity"] = sensitivity_table(evaluator, rows=rows, on_layer=measured_layer)
+            state.extras["sensitivity"] = sensitivity_table(scorer.qualities, len(scores), len(menu), rows=rows,
+                                                            on_layer=measured_layer)
         del state.extras[PARTIAL_SENSITIVITY]
         save_state()
     features = np.array([[s.block_influence, float(s.neurons.std() / (s.neurons.mean() + 1e-12))] for s in scores])
@@ -155,7 +164,7 @@ def prepare(settings, state: SearchState, save_state, log) -> Prepared:
         save_state()
     baseline = state.extras["sensitivity_baseline"]
     sensitivity = relative_sensitivity(np.array(state.extras["sensitivity"]), baseline)
-    return Prepared(dense, texts, scores, menu, runtime, setup, cost, evaluator, sensitivity, max(baseline, 0.0), features)
+    return Prepared(dense, texts, scores, menu, runtime, setup, cost, evaluator, scorer, sensitivity, max(baseline, 0.0), features)
 
 
 def relative_sensitivity(table: np.ndarray, baseline: float) -> np.ndarray:

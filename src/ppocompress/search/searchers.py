@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ppocompress.errors import UserError
-from ppocompress.search.env import CompressionEnv
+from ppocompress.search.env import CompressionEnv, PlansScorer, one_by_one
 
 SEARCHERS = ("ppo", "uniform", "random", "evolutionary")
+RANDOM_PATIENCE = 1000  # draws in a row of plans already scored after which random search stops
 
 
 class BudgetSpent(Exception):
@@ -76,29 +77,36 @@ class SearchResult:
 
 
 class Recorder:
-    """Wraps score(levels) -> reward: counts, caches, and remembers the best."""
+    """Wraps score_plans(plans) -> rewards: counts, caches, and remembers the best. Plans
+    are recorded in the order given, as their rewards arrive, whatever scores them."""
 
-    def __init__(self, score: Callable[[list[int]], float], budget: int, speedup: Callable[[list[int]], float]):
-        self.score, self.budget, self.speedup = score, budget, speedup
+    def __init__(self, score_plans: PlansScorer, budget: int, speedup: Callable[[list[int]], float],
+                 on_evaluation: Callable[["Recorder"], None] | None = None):
+        self.score_plans, self.budget, self.speedup, self.on_evaluation = score_plans, budget, speedup, on_evaluation
         self.cache: dict[tuple[int, ...], float] = {}
         self.best_levels: list[int] | None = None
         self.best_reward = float("-inf")
         self.curve: list[tuple[int, float]] = []
         self.evaluated: list[tuple[list[int], float, float]] = []
 
-    def __call__(self, levels: list[int]) -> float:
-        key = tuple(levels)
-        if key in self.cache:
-            return self.cache[key]
-        if len(self.cache) >= self.budget:
+    def __call__(self, plans: list[list[int]]) -> list[float]:
+        """The plans' rewards; the new ones scored up to the budget, then BudgetSpent."""
+        new = list({tuple(levels): None for levels in plans if tuple(levels) not in self.cache})
+        room = max(self.budget - len(self.cache), 0)
+        for key, reward in zip(new[:room], self.score_plans([list(key) for key in new[:room]])):
+            self._record(list(key), float(reward))
+        if len(new) > room:
             raise BudgetSpent
-        reward = float(self.score(list(levels)))
-        self.cache[key] = reward
-        self.evaluated.append((list(levels), reward, self.speedup(list(levels))))
+        return [self.cache[tuple(levels)] for levels in plans]
+
+    def _record(self, levels: list[int], reward: float) -> None:
+        self.cache[tuple(levels)] = reward
+        self.evaluated.append((levels, reward, self.speedup(levels)))
         if reward > self.best_reward:
-            self.best_reward, self.best_levels = reward, list(levels)
+            self.best_reward, self.best_levels = reward, levels
         self.curve.append((len(self.cache), self.best_reward))
-        return reward
+        if self.on_evaluation is not None:
+            self.on_evaluation(self)
 
     @property
     def exhausted(self) -> bool:
@@ -110,27 +118,21 @@ class Recorder:
         return SearchResult(name, self.best_levels, self.best_reward, len(self.cache), self.curve, self.evaluated)
 
 
-EnvFactory = Callable[[Callable[[list[int]], float]], CompressionEnv]
+EnvFactory = Callable[[PlansScorer], CompressionEnv]
 
 
-def run_searcher(name: str, make_env: EnvFactory, score: Callable[[list[int]], float], evaluations: int, seed: int,
+def run_searcher(name: str, make_env: EnvFactory, score_plans: PlansScorer, evaluations: int, seed: int,
                  on_evaluation: Callable[[Recorder], None] | None = None, policy=None) -> SearchResult:
-    """make_env(score) builds a CompressionEnv that scores plans with `score`. policy: a
-    saved PPO agent (ppo only) to start from instead of a new one."""
+    """make_env(score_plans) builds a CompressionEnv that scores plans with `score_plans`
+    (in batches: PPO's rollouts, evolutionary's offspring, random's draws). policy: a saved
+    PPO agent (ppo only) to start from instead of a new one."""
     if name not in SEARCHERS:
         raise UserError(f"unknown searcher {name!r}; use one of {', '.join(SEARCHERS)}")
     if policy is not None and name != "ppo":
         raise UserError(f"a saved policy starts the ppo searcher, not {name}")
-    probe = make_env(score)
-    recorder = Recorder(score, evaluations, probe.cost.speedup)
-
-    def scored(levels: list[int]) -> float:
-        reward = recorder(levels)
-        if on_evaluation is not None:
-            on_evaluation(recorder)
-        return reward
-
-    env = make_env(scored)
+    probe = make_env(score_plans)
+    recorder = Recorder(score_plans, evaluations, probe.cost.speedup, on_evaluation)
+    env = make_env(recorder)
     agents: list[tuple[object, int]] = []  # ppo: each agent and the evaluations made before it started
     try:
         if name == "ppo":
@@ -177,8 +179,7 @@ def uniform_plans(env: CompressionEnv) -> list[list[int]]:
 
 
 def _uniform(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
-    for levels in uniform_plans(env):
-        env.score_plan(levels)
+    recorder(uniform_plans(env))
 
 
 def _random_plan(env: CompressionEnv, rng: np.random.Generator) -> list[int]:
@@ -192,19 +193,23 @@ def _random_plan(env: CompressionEnv, rng: np.random.Generator) -> list[int]:
 
 
 def _random(env: CompressionEnv, recorder: Recorder, seed: int) -> None:
+    """Draws as many new plans as the budget has room for, then scores them as one batch,
+    until the budget is spent or RANDOM_PATIENCE draws in a row found nothing new."""
     rng = np.random.default_rng(seed)
     misses = 0
-    while not recorder.exhausted and misses < 1000:  # misses: plans already scored
-        before = len(recorder.cache)
-        env.score_plan(_random_plan(env, rng))
-        misses = misses + 1 if len(recorder.cache) == before else 0
+    while not recorder.exhausted and misses < RANDOM_PATIENCE:
+        batch: dict[tuple[int, ...], None] = {}
+        while len(batch) < recorder.budget - len(recorder.cache) and misses < RANDOM_PATIENCE:
+            key = tuple(_random_plan(env, rng))
+            misses = misses + 1 if key in recorder.cache or key in batch else 0
+            batch.setdefault(key, None)
+        recorder([list(key) for key in batch])
 
 
 def _evolutionary(env: CompressionEnv, recorder: Recorder, seed: int, offspring: int = 8, max_mutations: int = 3) -> None:
     rng = np.random.default_rng(seed)
     starts = uniform_plans(env) or [_random_plan(env, rng)]
-    parent = max(starts, key=env.score_plan)  # the best uniform plan is the first parent, as in EvoPress
-    parent_reward = env.score_plan(parent)
+    parent, parent_reward = best_of(starts, recorder(starts))  # the best uniform plan is the first parent, as in EvoPress
     stale = 0
     while not recorder.exhausted and stale < 200:
         children = []
@@ -219,12 +224,17 @@ def _evolutionary(env: CompressionEnv, recorder: Recorder, seed: int, offspring:
         if not children:
             stale += 1
             continue
-        best_child = max(children, key=env.score_plan)
-        reward = env.score_plan(best_child)
+        best_child, reward = best_of(children, recorder(children))
         if reward >= parent_reward:
             parent, parent_reward, stale = best_child, reward, 0
         else:
             stale += 1
+
+
+def best_of(plans: list[list[int]], values: list[float]) -> tuple[list[int], float]:
+    """The plan of the highest value (the first of equals) and its value."""
+    index = max(range(len(plans)), key=values.__getitem__)
+    return plans[index], values[index]
 
 
 REHEARSAL_EPISODES = 2000  # the least each PPO agent first learns from the free reward estimate
@@ -257,7 +267,7 @@ def _ppo(env: CompressionEnv, recorder: Recorder, seed: int, agents: list, polic
     from ppocompress.rl import PPO
 
     config = ppo_config(env.num_layers)
-    score, env.shaped = env.score_plan, True
+    score, env.shaped, env.defer_rewards = env.score_plans, True, True  # a rollout's plans scored as one batch
     fruitless = 0
     for restart in itertools.count():
         if recorder.exhausted or fruitless == 3:
@@ -273,9 +283,9 @@ def _ppo(env: CompressionEnv, recorder: Recorder, seed: int, agents: list, polic
         else:
             agent = PPO(env, config, seed=seed + 1000 * restart)
             agents.append((agent, before))
-            env.score_plan = env.estimated_reward
+            env.score_plans = one_by_one(env.estimated_reward)
             _rehearse(agent, env)
-            env.score_plan = score
+            env.score_plans = score
         agent.learn(env.num_layers * recorder.budget * 4, callback=_until_converged(recorder))
         fruitless = fruitless + 1 if len(recorder.cache) == before else 0
 
@@ -315,12 +325,16 @@ def _rehearse(agent, env: CompressionEnv) -> None:
 
 def _greedy_plan(agent, env: CompressionEnv, target: int = 0) -> list[int]:
     """The agent's most likely plan for the family's `target`-th target, scored by the
-    env's score_plan on its last step (the estimate, during rehearsal)."""
-    observation, info = env.reset(options={"target": target})
-    done = False
-    while not done:
-        action = agent.predict(observation, deterministic=True, action_mask=info["action_mask"])
-        observation, _, done, _, info = env.step(action)
+    env's score_plans on its last step (the estimate, during rehearsal)."""
+    deferring, env.defer_rewards = env.defer_rewards, False
+    try:
+        observation, info = env.reset(options={"target": target})
+        done = False
+        while not done:
+            action = agent.predict(observation, deterministic=True, action_mask=info["action_mask"])
+            observation, _, done, _, info = env.step(action)
+    finally:
+        env.defer_rewards = deferring
     return info["levels"]
 
 
