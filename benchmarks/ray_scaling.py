@@ -61,17 +61,12 @@ class TimedScorer:
         self.scorer, self.seconds = scorer, 0.0
 
     def qualities(self, plans, fidelity="low"):
-        start = time.perf_counter()
         iterator = iter(self.scorer.qualities(plans, fidelity))
-        while True:
-            try:
-                quality = next(iterator)
-            except StopIteration:
-                break
-            finally:
-                self.seconds += time.perf_counter() - start
-            yield quality
+        for _ in plans:
             start = time.perf_counter()
+            quality = next(iterator)
+            self.seconds += time.perf_counter() - start
+            yield quality
 
 
 def run(config: str, workers: int | None, settings: CompressSettings, work: Path) -> tuple[Run, dict[str, float]]:

@@ -32,3 +32,18 @@ def job_inputs(tmp_path_factory):
     text = root / "text.txt"
     text.write_text("\n".join(PASSAGES))
     return save_tiny_model("bert", root / "bert"), text
+
+
+@pytest.fixture
+def without_ray(monkeypatch):
+    """Imports of ray fail, as where the extra is not installed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)

@@ -102,17 +102,7 @@ def test_every_trial_failing_is_a_user_error():
         result.best_config()
 
 
-def test_without_ray_a_sweep_says_how_to_install_it(monkeypatch, tmp_path, capsys):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_ray(name, *args, **kwargs):
-        if name == "ray" or name.startswith("ray."):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_ray)
+def test_without_ray_a_sweep_says_how_to_install_it(without_ray, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["rl", "CartPole-v1", "--sweep", "random", "--trials", "1", "--steps", "64", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()

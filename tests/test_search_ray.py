@@ -47,17 +47,7 @@ def test_a_worker_whose_evaluator_differs_is_refused(spec):
         RayScorer(other, cpus, spec.build().identity)
 
 
-def test_without_ray_compress_ray_says_how_to_install_it_before_loading_anything(monkeypatch, tmp_path, capsys):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_ray(name, *args, **kwargs):
-        if name == "ray" or name.startswith("ray."):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_ray)
+def test_without_ray_compress_ray_says_how_to_install_it_before_loading_anything(without_ray, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["compress", "--ray", "local", "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == "error: Ray is not installed; pip install 'ppocompress[ray]', or run without Ray"

@@ -103,7 +103,6 @@ class PlanEvaluator:
         self.int8_head = dense.is_causal
         self._head = self._int8_head() if self.int8_head else None
         self._layers: dict[tuple[int, int], nn.Module] = {}
-        self.evaluations = 0
         # Two evaluators with the same identity give every plan the same reward.
         self.identity = hashlib.sha256(json.dumps({
             "model": dense.source, "config": dense.config_scalars(),
@@ -180,7 +179,6 @@ class PlanEvaluator:
 
     def quality(self, levels: list[int], fidelity: str = "low") -> float:
         """Fidelity to the dense model on the chosen calibration subset."""
-        self.evaluations += 1
         with self.swapped(levels) as model:
             return self.fidelity[fidelity](model)
 
