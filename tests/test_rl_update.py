@@ -10,6 +10,7 @@ from rl_toy_envs import tiny_config
 
 import ppocompress.rl.ppo as ppo_module
 from ppocompress.rl import PPO
+from ppocompress.rl.policy import ACTIVATIONS, StackedMLP, _StackedMLPFunction
 
 
 def learn_metrics(agent: PPO, steps: int) -> list[dict]:
@@ -78,7 +79,7 @@ def test_linear_learning_rate_annealing_per_update():
     lr, n = 1e-3, 4
     agent = PPO("CartPole-v1", tiny_config(learning_rate=lr, anneal_lr=True), seed=0)
     used: list[float] = []
-    record_optimizer_steps(agent, lambda a: used.append(a.optimizer.param_groups[0]["lr"]))
+    record_optimizer_steps(agent, lambda a: used.append(a.optimizer.lr))
     history = learn_metrics(agent, n * 64)
     expected = [lr * (1 - u / n) for u in range(n)]
     assert [m["learning_rate"] for m in history] == pytest.approx(expected, rel=1e-12)
@@ -127,9 +128,33 @@ def test_gradients_are_clipped_to_max_grad_norm_before_each_step():
 
 
 def test_adam_uses_eps_1e_5():
-    agent = PPO("CartPole-v1", tiny_config(), seed=0)
-    assert isinstance(agent.optimizer, torch.optim.Adam)
-    assert all(group["eps"] == 1e-5 for group in agent.optimizer.param_groups)
+    assert PPO("CartPole-v1", tiny_config(), seed=0).optimizer.eps == 1e-5
+
+
+def test_flat_adam_steps_exactly_like_torch_adam_on_separate_parameters():
+    from ppocompress.rl.flat_parameters import FlatAdam, FlatParameters
+
+    generator = torch.Generator().manual_seed(0)
+    ours, theirs = (torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2)) for _ in range(2))
+    theirs.load_state_dict(ours.state_dict())
+    flat = FlatParameters(ours)
+    flat_adam = FlatAdam(flat, lr=3e-3, eps=1e-5)
+    torch_adam = torch.optim.Adam(theirs.parameters(), lr=3e-3, eps=1e-5)
+    for step in range(5):
+        x = torch.randn(7, 3, generator=generator)
+        flat.zero_grad()
+        ours(x).pow(2).sum().backward()
+        torch_adam.zero_grad()
+        theirs(x).pow(2).sum().backward()
+        flat_adam.lr = torch_adam.param_groups[0]["lr"] = 3e-3 * (1 - step / 5)
+        flat_adam.step()
+        torch_adam.step()
+    for mine, reference in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-6, atol=1e-7)
+    state = flat_adam.per_parameter_state()
+    for i, param in enumerate(theirs.parameters()):
+        torch.testing.assert_close(state[f"{i}.exp_avg_sq"], torch_adam.state[param]["exp_avg_sq"], rtol=1e-6, atol=1e-12)
+        assert state[f"{i}.step"].item() == torch_adam.state[param]["step"].item() == 5
 
 
 def singular_values(weight: torch.Tensor) -> torch.Tensor:
@@ -180,30 +205,51 @@ def test_value_clipping_config_trains_with_finite_losses():
     assert all(math.isfinite(m["value_loss"]) and math.isfinite(m["entropy"]) for m in history)
 
 
-@pytest.mark.parametrize("name", ["tanh", "relu"])
-def test_activation_matches_torch_in_value_and_gradient(name):
-    from ppocompress.rl.policy import ACTIVATIONS
+def stacked_mlp(name: str, dtype=torch.float32, input_dim: int = 5) -> StackedMLP:
+    torch.manual_seed(0)
+    body = StackedMLP(2, input_dim, (7, 3), name).to(dtype)
+    with torch.no_grad():
+        for bias in body.biases:
+            bias.normal_()  # zero biases would hide a wrong bias gradient
+    return body
 
-    activation = ACTIVATIONS[name]()
+
+@pytest.mark.parametrize("name", ["tanh", "relu"])
+def test_stacked_mlp_matches_separate_torch_mlps_in_value_and_gradient(name):
+    body = stacked_mlp(name)
     reference = torch.tanh if name == "tanh" else torch.relu
-    x = torch.linspace(-8.0, 8.0, 1001, requires_grad=True)
-    y = activation(x)
-    (y * torch.arange(1001.0)).sum().backward()
+    x = (torch.randn(11, 5, generator=torch.Generator().manual_seed(1)) * 3).requires_grad_(True)
+    out = body(x)
+    weights = [w.detach().clone().requires_grad_(True) for w in body.weights]
+    biases = [b.detach().clone().requires_grad_(True) for b in body.biases]
     x_ref = x.detach().clone().requires_grad_(True)
-    y_ref = reference(x_ref)
-    (y_ref * torch.arange(1001.0)).sum().backward()
-    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-6)
-    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-3)
+    expected = []
+    for copy in range(2):
+        h = x_ref
+        for weight, bias in zip(weights, biases):
+            h = reference(h @ weight[copy] + bias[copy])
+        expected.append(h)
+    expected = torch.stack(expected)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    upstream = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2))
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    for mine, theirs in zip([x, *body.weights, *body.biases], [x_ref, *weights, *biases]):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_mlp_backward_passes_gradcheck():
+    body = stacked_mlp("tanh", torch.float64)
+    x = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    params = [p.detach().clone().requires_grad_(True) for p in (*body.weights, *body.biases)]
+    assert torch.autograd.gradcheck(lambda x, *ps: _StackedMLPFunction.apply(ACTIVATIONS["tanh"], x, *ps), (x, *params))
 
 
 @pytest.mark.parametrize("name", ["tanh", "relu"])
-def test_activation_gives_identical_values_with_and_without_autograd(name):
+def test_stacked_mlp_gives_identical_values_with_and_without_autograd(name):
     # Rollouts run without autograd, updates with it: equal outputs keep the first ratio at 1.
-    from ppocompress.rl.policy import ACTIVATIONS
-
-    activation = ACTIVATIONS[name]()
-    x = torch.randn(4, 257, generator=torch.Generator().manual_seed(0)) * 4
+    body = stacked_mlp(name)
+    x = torch.randn(257, 5, generator=torch.Generator().manual_seed(0)) * 4
     with torch.inference_mode():
-        without = activation(x)
-    with_grad = activation(x.clone().requires_grad_(True))
-    assert torch.equal(without, with_grad.detach())
+        without = body(x)
+    assert torch.equal(without, body(x).detach())

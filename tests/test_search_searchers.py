@@ -118,7 +118,7 @@ def test_a_saved_policy_starts_a_run_with_its_own_plan_on_a_new_target_and_a_dee
     trained = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(score), evaluations=60, seed=0)
     save_policy(trained.policy, tmp_path / "policy", MENU, {}, "scorer")
     new_target = Target("speedup", 2.5)
-    expected = searchers._greedy_plan(load_policy(tmp_path / "policy", MENU), factory(new_target)(one_by_one(score)))
+    expected = searchers._zero_shot_plan(load_policy(tmp_path / "policy", MENU), factory(new_target)(one_by_one(score)), 0)
     zero_shot = run_searcher("ppo", factory(new_target), one_by_one(score), evaluations=1, seed=0,
                              policy=load_policy(tmp_path / "policy", MENU))
     assert zero_shot.best_levels == expected and zero_shot.evaluations == 1
@@ -127,6 +127,31 @@ def test_a_saved_policy_starts_a_run_with_its_own_plan_on_a_new_target_and_a_dee
     plan = run_searcher("ppo", deeper, one_by_one(lambda levels: -float(np.mean(levels))), evaluations=1, seed=0,
                         policy=load_policy(tmp_path / "policy", MENU)).best_levels
     assert len(plan) == 12 and deeper(None).is_valid_plan(plan)
+
+
+def test_the_zero_shot_plan_spends_the_slack_a_policy_leaves_below_a_looser_target(short_rehearsal, tmp_path):
+    trained = run_searcher("ppo", factory(Target("speedup", 3.0)), one_by_one(score), evaluations=60, seed=0)
+    looser = factory(Target("speedup", 2.0))(one_by_one(score))
+    greedy = searchers._greedy_plan(trained.policy, looser)
+    plan = searchers._zero_shot_plan(trained.policy, looser, 0)
+    assert looser.is_valid_plan(plan)
+    assert looser.cost.total(plan) > looser.cost.total(greedy)  # the 3x policy overshot 2x; the slack went to layers
+    assert looser.estimated_reward(plan) > looser.estimated_reward(greedy)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spending_slack_keeps_the_target_and_leaves_no_move_that_fits_and_helps(seed):
+    env = factory(Target("speedup", 1.8))(one_by_one(score))
+    rng = np.random.default_rng(seed)
+    start = next(plan for plan in (rng.integers(0, len(MENU), NUM_LAYERS).tolist() for _ in range(10_000))
+                 if env.is_valid_plan(plan) and env.cost.total(plan) < 0.8 * env.budget)
+    plan = searchers._spend_slack(env, start, 0)
+    assert env.is_valid_plan(plan) and env.estimated_reward(plan) > env.estimated_reward(start)
+    for layer in range(NUM_LAYERS):
+        for level in range(len(MENU)):
+            moved = plan[:layer] + [level] + plan[layer + 1:]
+            if env.cost.total(moved) > env.cost.total(plan) and env.is_valid_plan(moved):
+                assert env.estimated_reward(moved) <= env.estimated_reward(plan)
 
 
 def test_a_policy_acts_only_on_its_own_menu(short_rehearsal, tmp_path):

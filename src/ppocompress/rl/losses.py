@@ -38,11 +38,9 @@ def normalize(advantages: torch.Tensor) -> torch.Tensor:
     return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
 
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Scales the gradients so that their joint L2 norm is at most max_norm and returns the
-    norm before scaling: torch.nn.utils.clip_grad_norm_'s arithmetic without its per-call
-    grouping and checks, which cost more than a small network's few gradients."""
-    grads = [p.grad for p in params if p.grad is not None]
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp_(max=1.0))
+def clip_grad_norm(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Scales a (flat) gradient in place so that its L2 norm is at most max_norm and returns
+    the norm before scaling, as torch.nn.utils.clip_grad_norm_ does for a parameter list."""
+    norm = torch.linalg.vector_norm(grad)
+    grad.mul_((max_norm / (norm + 1e-6)).clamp_(max=1.0))
     return norm

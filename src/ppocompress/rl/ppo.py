@@ -22,6 +22,7 @@ from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_path, atomic_write_text, read_json_object
 from ppocompress.rl.config import PPOConfig
 from ppocompress.rl.envs import make_vector_env
+from ppocompress.rl.flat_parameters import FlatAdam, FlatParameters
 from ppocompress.rl.logger import TrainingLogger
 from ppocompress.rl.losses import (
     approx_kl,
@@ -68,8 +69,8 @@ class PPO:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.policy = ActorCritic(observation_space, action_space, self.config)
-        # fused: one kernel for all parameters instead of several per parameter tensor.
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.config.learning_rate, eps=1e-5, fused=True)
+        self.flat = FlatParameters(self.policy)
+        self.optimizer = FlatAdam(self.flat, lr=self.config.learning_rate, eps=1e-5)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.kl_coef = self.config.kl_coef
         self.num_timesteps = 0
@@ -107,8 +108,7 @@ class PPO:
                 remaining = 1.0 - update / n_updates
                 learning_rate = cfg.learning_rate * (remaining if cfg.anneal_lr else 1.0)
                 clip_range = cfg.clip_range * (remaining if cfg.anneal_clip_range else 1.0)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = learning_rate
+                self.optimizer.lr = learning_rate
 
                 started = time.perf_counter()
                 batch = self._collector.collect(cfg.n_steps, cfg.gamma, cfg.gae_lambda)
@@ -135,7 +135,6 @@ class PPO:
 
     def _update(self, batch: Batch, clip_range: float) -> dict[str, float]:
         cfg = self.config
-        params = list(self.policy.parameters())
         per_minibatch: list[torch.Tensor] = []  # METRICS of every minibatch, read once at the end
         first_ratio_deviation = float("nan")
         epochs_run = 0
@@ -173,12 +172,9 @@ class PPO:
                 if cfg.kl_penalty_target is not None:
                     loss = loss + self.kl_coef * approx_kl(log_ratio)
 
-                # By hand rather than optimizer.zero_grad / clip_grad_norm_, whose generic
-                # bookkeeping costs more than these few small tensors' arithmetic.
-                for param in params:
-                    param.grad = None
+                self.flat.zero_grad()
                 loss.backward()
-                grad_norm = clip_grad_norm(params, cfg.max_grad_norm)
+                grad_norm = clip_grad_norm(self.flat.param.grad, cfg.max_grad_norm)
                 self.optimizer.step()
 
                 clip_fraction = ((ratio - 1.0).abs() > clip_range).float().mean()
@@ -245,17 +241,16 @@ class PPO:
             "kl_coef": self.kl_coef,
         }
         with atomic_path(directory / "model.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in self.policy.state_dict().items()}, str(tmp))
+            # clone: the parameters are views of one tensor, which safetensors refuses to save
+            save_file({k: v.clone() for k, v in self.policy.state_dict().items()}, str(tmp))
         with atomic_path(directory / "training_state.safetensors") as tmp:
             save_file(self._training_state(), str(tmp))
         atomic_write_text(directory / "config.json", json.dumps(meta, indent=2, allow_nan=False))
 
     def _training_state(self) -> dict[str, torch.Tensor]:
-        """Adam moments and the reward scaler, so learn() resumes where it stopped."""
-        state: dict[str, torch.Tensor] = {}
-        for i, param in enumerate(self.policy.parameters()):
-            for key, value in self.optimizer.state.get(param, {}).items():
-                state[f"adam.{i}.{key}"] = torch.as_tensor(value).clone()
+        """Adam moments (per parameter, as `adam.<index>.<key>`) and the reward scaler, so
+        learn() resumes where it stopped."""
+        state = {f"adam.{name}": value for name, value in self.optimizer.per_parameter_state().items()}
         if self.reward_scaler is not None:
             for key, value in self.reward_scaler.state_dict().items():
                 state[f"reward_scaler.{key}"] = value.clone()
@@ -280,12 +275,9 @@ class PPO:
         return agent
 
     def _restore_training_state(self, state: dict[str, torch.Tensor]) -> None:
-        params = list(self.policy.parameters())
-        for name, value in state.items():
-            owner, *rest = name.split(".")
-            if owner == "adam":
-                index, key = rest
-                self.optimizer.state[params[int(index)]][key] = value
+        adam = {name.split(".", 1)[1]: value for name, value in state.items() if name.startswith("adam.")}
+        if adam:
+            self.optimizer.load_per_parameter_state(adam)
         scaler_state = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("reward_scaler.")}
         if scaler_state:
             self.reward_scaler = RewardScaler(scaler_state["discounted_return"].shape[0], self.config.gamma, self.config.clip_normalized)
