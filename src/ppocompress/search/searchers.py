@@ -244,6 +244,7 @@ REHEARSAL_MIN_GAIN = 0.1  # estimated reward a look must add (the plan's loss do
 PATIENCE = 2  # updates without a new plan after which an agent is taken to have converged
 EPISODES_PER_UPDATE = 32
 MINIBATCHES = 3
+IMPROVEMENT = 1e-9  # the least drop in estimated loss a zero-shot move must bring (else rounding could cycle)
 
 
 def _ppo(env: CompressionEnv, recorder: Recorder, seed: int, agents: list, policy=None) -> None:
@@ -339,25 +340,44 @@ def _greedy_plan(agent, env: CompressionEnv, target: int = 0) -> list[int]:
 
 def _zero_shot_plan(agent, env: CompressionEnv, target: int) -> list[int]:
     """A saved policy's plan for the family's `target`-th target, with no evaluation: its
-    greedy plan, walked on the free estimate, then its slack spent (_spend_slack). A policy
-    overshoots a target it was not trained on: on MiniLM the family's policy (2x-6x) chose
-    its 5x plan, 5.11x, for 4.5x."""
+    greedy plan, walked on the free estimate, then improved on that estimate
+    (_improve_on_estimate). A policy overshoots a target it was not trained on: on MiniLM
+    the 2x-6x family's policy chose its 5x plan, 5.11x, for 4.5x."""
     probe = copy.copy(env)  # scores with the estimate: the plan is scored once it is final
     probe.score_plans = one_by_one(env.estimated_reward)
-    return _spend_slack(env, _greedy_plan(agent, probe, target), target)
+    return _improve_on_estimate(env, _greedy_plan(agent, probe, target), target)
 
 
-def _spend_slack(env: CompressionEnv, levels: list[int], target: int) -> list[int]:
-    """Moves layers to costlier (less compressed) levels while the plan still meets the
-    target, each time the move that raises the estimated reward most."""
+def _improve_on_estimate(env: CompressionEnv, levels: list[int], target: int) -> list[int]:
+    """Local search on the estimate: the change of one or two layers' levels that keeps
+    the target and lowers the estimated loss most, until none lowers it. One layer at a
+    time spends slack below the target; two trade a level for another (a dropped layer
+    kept, another compressed more), which one at a time cannot do within a tight budget."""
+    sensitivity = env.sensitivity.astype(np.float64)
+    cost = np.asarray(env.cost.per_level, dtype=np.float64)
+    kept = np.array([not level.drop for level in env.menu], dtype=int)
+    every_layer = np.arange(env.num_layers)
+    layer_of = np.repeat(every_layer, len(env.menu))  # of each flattened (layer, level) change
+    budget = env.budgets[target] + 1e-9
     levels = list(levels)
     while True:
-        cost, reward = env.cost.total(levels), env.estimated_reward(levels)
-        moves = [levels[:layer] + [level] + levels[layer + 1:] for layer in range(len(levels)) for level in range(len(env.menu))]
-        moves = [m for m in moves if env.cost.total(m) > cost and env.is_valid_plan(m, target) and env.estimated_reward(m) > reward]
-        if not moves:
+        now = np.array(levels)
+        # per (layer, level), flattened: what moving that layer to that level changes
+        loss_change = (sensitivity - sensitivity[every_layer, now][:, None]).reshape(-1)
+        cost_change = (cost[None, :] - cost[now][:, None]).reshape(-1)
+        kept_change = (kept[None, :] - kept[now][:, None]).reshape(-1)
+        room, kept_now = budget - env.cost.total(levels), int(kept[now].sum())
+        single = np.where((cost_change <= room) & (kept_now + kept_change >= 1), loss_change, np.inf)
+        fits = ((cost_change[:, None] + cost_change[None, :] <= room)
+                & (kept_now + kept_change[:, None] + kept_change[None, :] >= 1)
+                & (layer_of[:, None] < layer_of[None, :]))
+        pair = np.where(fits, loss_change[:, None] + loss_change[None, :], np.inf)
+        best_single, best_pair = int(single.argmin()), int(pair.argmin())
+        if min(single[best_single], pair.flat[best_pair]) >= -IMPROVEMENT:
             return levels
-        levels = max(moves, key=env.estimated_reward)
+        moves = [best_single] if single[best_single] <= pair.flat[best_pair] else np.unravel_index(best_pair, pair.shape)
+        for move in moves:
+            levels[int(layer_of[move])] = int(move % len(env.menu))
 
 
 def _until_converged(recorder: Recorder):
