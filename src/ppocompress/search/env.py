@@ -39,6 +39,7 @@ from ppocompress.search.cost_table import CostTable
 from ppocompress.search.levels import Level
 
 SHAPING_FLOOR = 1e-3  # quality drop below which the shaping estimate stops rewarding (cosine 0.999)
+BUDGET_TOLERANCE = 1e-9  # a plan's cost may exceed its budget by this much (float sums of layer costs)
 
 PlansScorer = Callable[[list[list[int]]], Iterable[float]]  # plans -> their rewards, in order
 
@@ -79,7 +80,7 @@ def check_reachable(cost: CostTable, menu: list[Level], targets: list[Target]) -
     cheapest_kept = min(c for c, level in zip(cost.per_level, menu) if not level.drop)
     lowest = cost.base + cheapest_kept + (cost.num_layers - 1) * min(cost.per_level)
     for target in targets:
-        if lowest > target.budget(cost.reference_total) + 1e-9:
+        if lowest > target.budget(cost.reference_total) + BUDGET_TOLERANCE:
             raise UserError(f"target {target.kind} {target.value:g} cannot be met: the most compressed plan reaches "
                             f"{cost.reference_total / lowest:.2f}x by the cost table; ask for less")
 
@@ -194,13 +195,13 @@ class CompressionEnv(gym.Env):
             if not kept and remaining_after == 0:
                 continue  # would drop every layer
             floor = remaining_after * self.cheapest + (0.0 if kept else self.cheapest_kept - self.cheapest)
-            mask[index] = spent + cost + floor <= self.budget + 1e-9
+            mask[index] = spent + cost + floor <= self.budget + BUDGET_TOLERANCE
         return mask
 
     def is_valid_plan(self, levels: list[int], target: int | None = None) -> bool:
         """Meets the budget (of the current target, or the family's `target`-th) and keeps at least one layer."""
         budget = self.budget if target is None else self.budgets[target]
-        return self.cost.total(levels) <= budget + 1e-9 and any(not self.menu[i].drop for i in levels)
+        return self.cost.total(levels) <= budget + BUDGET_TOLERANCE and any(not self.menu[i].drop for i in levels)
 
     def estimated_reward(self, levels: list[int]) -> float:
         """The reward if quality drops added up and the later layers stayed dense."""

@@ -27,7 +27,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ppocompress.errors import UserError
-from ppocompress.search.env import CompressionEnv, PlansScorer, one_by_one
+from ppocompress.search.env import (
+    BUDGET_TOLERANCE,
+    CompressionEnv,
+    PlansScorer,
+    one_by_one,
+)
 
 SEARCHERS = ("ppo", "uniform", "random", "evolutionary")
 RANDOM_PATIENCE = 1000  # draws in a row of plans already scored after which random search stops
@@ -358,7 +363,8 @@ def _improve_on_estimate(env: CompressionEnv, levels: list[int], target: int) ->
     kept = np.array([not level.drop for level in env.menu], dtype=int)
     every_layer = np.arange(env.num_layers)
     layer_of = np.repeat(every_layer, len(env.menu))  # of each flattened (layer, level) change
-    budget = env.budgets[target] + 1e-9
+    budget = env.budgets[target] + BUDGET_TOLERANCE
+    later_layer = layer_of[:, None] < layer_of[None, :]  # each pair of changes once, to two layers
     levels = list(levels)
     while True:
         now = np.array(levels)
@@ -370,7 +376,7 @@ def _improve_on_estimate(env: CompressionEnv, levels: list[int], target: int) ->
         single = np.where((cost_change <= room) & (kept_now + kept_change >= 1), loss_change, np.inf)
         fits = ((cost_change[:, None] + cost_change[None, :] <= room)
                 & (kept_now + kept_change[:, None] + kept_change[None, :] >= 1)
-                & (layer_of[:, None] < layer_of[None, :]))
+                & later_layer)
         pair = np.where(fits, loss_change[:, None] + loss_change[None, :], np.inf)
         best_single, best_pair = int(single.argmin()), int(pair.argmin())
         if min(single[best_single], pair.flat[best_pair]) >= -IMPROVEMENT:
