@@ -257,3 +257,39 @@ def test_reward_scaling_agent_continues_with_a_different_number_of_envs(tmp_path
     loaded = PPO.load(tmp_path, env=vec)
     loaded.learn(96)
     assert loaded.num_timesteps == 128 + 96
+
+
+def damage_config(directory):
+    meta = json.loads((directory / "config.json").read_text())
+    del meta["action_space"]
+    (directory / "config.json").write_text(json.dumps(meta))
+
+
+def damage_weights(directory):
+    data = (directory / "model.safetensors").read_bytes()
+    (directory / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def damage_training_state(directory):
+    from safetensors.torch import save_file
+
+    state = load_file(str(directory / "training_state.safetensors"))
+    state["adam.0.exp_avg"] = torch.zeros(3)  # moments of another network
+    save_file(state, str(directory / "training_state.safetensors"))
+
+
+def remove_training_state_key(directory):
+    from safetensors.torch import save_file
+
+    state = load_file(str(directory / "training_state.safetensors"))
+    del state["adam.1.exp_avg_sq"]
+    save_file(state, str(directory / "training_state.safetensors"))
+
+
+@pytest.mark.parametrize("damage", [damage_config, damage_weights, damage_training_state, remove_training_state_key])
+def test_load_of_a_damaged_agent_is_one_user_error_naming_the_directory(damage, tmp_path):
+    trained("CartPole-v1").save(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(UserError, match="is damaged") as caught:
+        PPO.load(tmp_path)
+    assert str(tmp_path) in str(caught.value) and "\n" not in str(caught.value)

@@ -9,10 +9,13 @@ import pytest
 
 import ppocompress
 from ppocompress.cli import main
+from ppocompress.compress import layer_table, load_model
 from ppocompress.errors import UserError
+from ppocompress.rl.ppo import SAVE_FORMAT as PPO_SAVE_FORMAT
 from ppocompress.search import job as job_module
 from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.job import CompressSettings, run_compress
+from ppocompress.search.levels import default_menu
 from ppocompress.search.results import CompressResult, FamilyResult
 
 
@@ -187,5 +190,18 @@ def test_a_policy_for_another_menu_is_refused_before_the_first_long_step(setup, 
     (policy / "menu.json").write_text(json.dumps({"levels": ["h100-f100", "drop"]}))
     logged: list[str] = []
     with pytest.raises(UserError, match="a policy acts only on the menu it was trained on"):
+        run_compress(settings(model_dir, text, policy=str(policy)), tmp_path / "out", log=logged.append)
+    assert not any("importance" in line for line in logged) and not (tmp_path / "out").exists()
+
+
+def test_a_damaged_policy_is_refused_before_the_first_long_step(setup, tmp_path):
+    model_dir, text = setup
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    menu = default_menu(groups=layer_table(load_model(str(model_dir)).model)[0].kv_heads)
+    (policy / "menu.json").write_text(json.dumps({"levels": [level.name for level in menu]}))
+    (policy / "config.json").write_text(json.dumps({"format": PPO_SAVE_FORMAT}))  # the rest lost
+    logged: list[str] = []
+    with pytest.raises(UserError, match="is damaged"):
         run_compress(settings(model_dir, text, policy=str(policy)), tmp_path / "out", log=logged.append)
     assert not any("importance" in line for line in logged) and not (tmp_path / "out").exists()

@@ -71,6 +71,12 @@ class FlatAdam:
         return state
 
     def load_per_parameter_state(self, state: dict[str, torch.Tensor]) -> None:
+        """The inverse of per_parameter_state; a ValueError if the moments do not fit these parameters."""
+        for i, view in enumerate(self.flat.views(self.flat.param)):
+            for key in ("exp_avg", "exp_avg_sq"):
+                if state[f"{i}.{key}"].numel() != view.numel():
+                    raise ValueError(f"Adam's {key} of parameter {i} has {state[f'{i}.{key}'].numel()} values, "
+                                     f"the parameter {view.numel()}")
         n = len(self.flat)
         self.exp_avg = torch.cat([state[f"{i}.exp_avg"].reshape(-1) for i in range(n)]).float()
         self.exp_avg_sq = torch.cat([state[f"{i}.exp_avg_sq"].reshape(-1) for i in range(n)]).float()

@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ppocompress.errors import UserError
@@ -262,14 +263,20 @@ class PPO:
         meta = read_json_object(directory / "config.json", "agent file", "pass a directory written by PPO.save")
         if meta.get("format") != SAVE_FORMAT:
             raise UserError(f"{directory} does not hold a saved PPO agent (format {meta.get('format')!r})")
-        agent = cls(None, PPOConfig.from_dict(meta["config"]), seed=meta["seed"])
-        agent._build(space_from_json(meta["observation_space"]), space_from_json(meta["action_space"]))
-        agent.policy.load_state_dict(load_file(str(directory / "model.safetensors")))
-        agent.num_timesteps = int(meta["num_timesteps"])
-        agent.kl_coef = float(meta["kl_coef"])
-        state_path = directory / "training_state.safetensors"
-        if state_path.exists():
-            agent._restore_training_state(load_file(str(state_path)))
+        try:
+            agent = cls(None, PPOConfig.from_dict(meta["config"]), seed=meta["seed"])
+            agent._build(space_from_json(meta["observation_space"]), space_from_json(meta["action_space"]))
+            agent.policy.load_state_dict(load_file(str(directory / "model.safetensors")))
+            agent.num_timesteps = int(meta["num_timesteps"])
+            agent.kl_coef = float(meta["kl_coef"])
+            state_path = directory / "training_state.safetensors"
+            if state_path.exists():
+                agent._restore_training_state(load_file(str(state_path)))
+        except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as exc:
+            # a file cut short, edited or from another agent: one line, not the loader's traceback
+            detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+            raise UserError(f"the saved PPO agent in {directory} is damaged ({detail}); save it again "
+                            f"or pass another agent's directory") from None
         if env is not None:
             agent.set_env(env)
         return agent

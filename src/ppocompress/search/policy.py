@@ -37,16 +37,10 @@ def scored_plans(directory: Path, scored_with: str) -> dict[str, float] | None:
 
 
 def load_policy(directory: Path, menu: list[Level]):
-    """The saved agent, if it chooses among the same levels as `menu`."""
+    """The saved agent; a UserError unless it chooses among the levels of `menu` (a run
+    loads it once as soon as it knows its model's menu, before any long step)."""
     from ppocompress.rl import PPO
 
-    check_menu(directory, menu)
-    return PPO.load(directory)
-
-
-def check_menu(directory: Path, menu: list[Level]) -> None:
-    """A UserError unless the policy in `directory` chooses among the levels of `menu`: a
-    run checks it as soon as it knows its model's menu, before any long step."""
     directory = Path(directory)
     if not (directory / MENU_FILE).is_file():
         raise UserError(f"{directory} holds no search policy (no {MENU_FILE}); pass the policy folder of a compress run's --out")
@@ -56,3 +50,4 @@ def check_menu(directory: Path, menu: list[Level]) -> None:
         count = len(saved) if isinstance(saved, list) else 0
         raise UserError(f"the policy in {directory} chooses among {count} levels, this model's menu has {len(names)} "
                         f"(or other ones); a policy acts only on the menu it was trained on")
+    return PPO.load(directory)

@@ -48,7 +48,7 @@ from ppocompress.search.evaluator import (
     sensitivity_table,
 )
 from ppocompress.search.levels import Level, default_menu
-from ppocompress.search.policy import check_menu
+from ppocompress.search.policy import load_policy
 from ppocompress.search.scoring import EvaluatorSpec, RayScorer, Scorer
 from ppocompress.search.state import SearchState
 from ppocompress.terminal import stderr_progress
@@ -88,8 +88,8 @@ def prepare(settings, state: SearchState, save_state, log, workers: int | None =
     texts = subset(load_splits(settings.text), settings.calibration_texts, settings.evaluation_texts)
     calibration = texts.calibration
     menu = default_menu(groups=layer_table(dense.model)[0].kv_heads)
-    if settings.policy is not None:
-        check_menu(Path(settings.policy), menu)
+    if settings.policy is not None:  # another menu or a damaged agent is refused now, not minutes later
+        load_policy(Path(settings.policy), menu)
     targets = settings.targets()
     setup = settings.timing(dense.is_causal)
     measured = settings.cost == "measured" and targets[0].kind == "speedup"
