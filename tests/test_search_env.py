@@ -146,6 +146,24 @@ def test_the_estimate_adds_the_loss_every_plan_shares():
     assert env.estimated_reward([1] + [0] * 5) == pytest.approx(-np.log(2.1e-3))
 
 
+def test_the_estimate_adds_what_each_pair_of_dropped_layers_loses_beyond_their_own_drops():
+    drop = next(i for i, level in enumerate(MENU) if level.drop)
+    interaction = np.zeros((6, 6))
+    interaction[1, 2] = interaction[2, 1] = 0.05
+    interaction[2, 4] = interaction[4, 2] = -0.02
+    env = CompressionEnv(synthetic_table(6), MENU, Target("speedup", 1.0), one_by_one(lambda levels: 0.0),
+                         np.zeros((6, 2)), np.random.default_rng(1).random((6, len(MENU))), drop_interaction=interaction)
+
+    def one_off(plan):
+        return sum(float(env.sensitivity[layer, level]) for layer, level in enumerate(plan))
+
+    three = [0, drop, drop, 0, drop, 0]
+    assert env.estimated_loss(three) == pytest.approx(one_off(three) + 0.05 - 0.02)
+    alone = [0, drop, 0, 0, 0, 1]
+    assert env.estimated_loss(alone) == pytest.approx(one_off(alone))
+    assert env.estimated_loss([0, drop, drop]) == pytest.approx(one_off([0, drop, drop]) + 0.05)  # a partial plan
+
+
 def test_a_family_env_takes_its_targets_in_turn_and_shows_each_budget():
     targets = [Target("speedup", 1.5), Target("speedup", 3.0)]
     env = make_env(targets)

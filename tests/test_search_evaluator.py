@@ -21,6 +21,7 @@ from ppocompress.search.cost_table import (
 )
 from ppocompress.search.evaluator import (
     PlanEvaluator,
+    drop_pair_table,
     reward_from_fidelity,
     sensitivity_table,
 )
@@ -92,6 +93,17 @@ def test_an_interrupted_sensitivity_table_goes_on_from_its_saved_layers(evaluato
     resumed = sensitivity_table(evaluator.qualities, len(evaluator.table), len(evaluator.menu), rows=rows, on_layer=lambda done: saved.append(len(done)))
     assert resumed is rows and resumed == full
     assert saved == [2, 3]  # only the layers left are measured, each reported as it is done
+
+
+def test_the_drop_pair_table_measures_every_pair_of_dropped_layers_once_and_resumes(evaluator):
+    drop = next(i for i, level in enumerate(evaluator.menu) if level.drop)
+    table = drop_pair_table(evaluator.qualities, 3, drop)
+    assert [len(row) for row in table] == [2, 1]
+    assert table[0][1] == pytest.approx(1.0 - evaluator.quality([drop, 0, drop], "probe"))
+    saved = []
+    rows = [list(table[0])]
+    resumed = drop_pair_table(evaluator.qualities, 3, drop, rows=rows, on_row=lambda done: saved.append(len(done)))
+    assert resumed is rows and resumed == table and saved == [2]
 
 
 def test_reward_grows_with_cosine():

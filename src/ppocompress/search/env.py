@@ -9,7 +9,8 @@ replaced by the allowed level nearest to it in cost, so its episodes meet the bu
 The reward comes at the end: the plan's quality, -log(1 - cosine to the dense model).
 
 With shaped=True each step also pays the change in a cheap estimate of that reward (the
-one-off quality drops of the layers chosen so far, added up), and the last step pays the
+one-off quality drops of the layers chosen so far, added up, with what each pair of
+dropped layers was measured to lose beyond that), and the last step pays the
 true reward minus the estimate: potential-based shaping, so an episode's return is the
 true reward up to a constant and the best plan is unchanged, but each choice is credited
 at once instead of through one number at the end of the episode.
@@ -98,12 +99,14 @@ class CompressionEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, cost: CostTable, menu: list[Level], target: Target | list[Target], score_plans: PlansScorer,
-                 layer_features: np.ndarray, sensitivity: np.ndarray, shaped: bool = False, shared_loss: float = 0.0):
+                 layer_features: np.ndarray, sensitivity: np.ndarray, shaped: bool = False, shared_loss: float = 0.0,
+                 drop_interaction: np.ndarray | None = None):
         """target: one, or the family's (taken in turn by episode); score_plans(plans) ->
         their rewards (one_by_one(score) from a function of one plan); layer_features:
         (layers, 2) block influence and importance spread; sensitivity: (layers, len(menu)) one-off quality drops; shared_loss: the quality
         drop every plan carries (a causal LM's int8 output head), which the estimate adds
-        to the layers' own."""
+        to the layers' own; drop_interaction: (layers, layers), symmetric, what dropping
+        both layers loses beyond their one-off drops (None: nothing)."""
         super().__init__()
         self.cost, self.menu = cost, menu
         self.targets = [target] if isinstance(target, Target) else list(target)
@@ -118,6 +121,9 @@ class CompressionEnv(gym.Env):
         self.layer_features = np.asarray(layer_features, dtype=np.float32)
         self.sensitivity = np.asarray(sensitivity, dtype=np.float32)
         self.shaped, self.shared_loss = shaped, shared_loss
+        layers = self.num_layers
+        self.drop_interaction = np.zeros((layers, layers)) if drop_interaction is None else np.asarray(drop_interaction, dtype=np.float64)
+        self.drops = np.array([level.drop for level in menu])
         n_obs = 9 + 2 * len(menu)
         self.observation_space = spaces.Box(-10.0, 10.0, shape=(n_obs,), dtype=np.float32)
         self.action_space = spaces.Discrete(len(menu))
@@ -203,10 +209,16 @@ class CompressionEnv(gym.Env):
         budget = self.budget if target is None else self.budgets[target]
         return self.cost.total(levels) <= budget + BUDGET_TOLERANCE and any(not self.menu[i].drop for i in levels)
 
+    def estimated_loss(self, levels: list[int]) -> float:
+        """The quality lost if the layers' one-off drops and their dropped pairs' extras
+        added up and the later layers stayed dense."""
+        dropped = np.flatnonzero(self.drops[levels]) if levels else []
+        pairs = self.drop_interaction[np.ix_(dropped, dropped)].sum() / 2 if len(dropped) > 1 else 0.0
+        return self.shared_loss + sum(float(self.sensitivity[layer, level]) for layer, level in enumerate(levels)) + float(pairs)
+
     def estimated_reward(self, levels: list[int]) -> float:
-        """The reward if quality drops added up and the later layers stayed dense."""
-        loss = self.shared_loss + sum(float(self.sensitivity[layer, level]) for layer, level in enumerate(levels))
-        return -math.log(max(loss, SHAPING_FLOOR))
+        """The reward estimated_loss gives (floored)."""
+        return -math.log(max(self.estimated_loss(levels), SHAPING_FLOOR))
 
     # --- helpers ------------------------------------------------------------------
     def _observation(self) -> np.ndarray:

@@ -218,6 +218,21 @@ def _replace(module_list: nn.ModuleList, layers: list[nn.Module]) -> None:
     module_list.extend(layers)
 
 
+def drop_pair_table(qualities: Qualities, num_layers: int, drop: int, fidelity: str = "probe",
+                    rows: list[list[float]] | None = None, on_row=None) -> list[list[float]]:
+    """Quality lost when exactly two layers are dropped, for every pair: row i holds the
+    pairs (i, j) for j > i, one batch of qualities(plans, fidelity) a row: what the
+    one-off drops added up miss (a layer's input is another layer's output once its
+    neighbour is gone). `rows` and on_row(rows) as for sensitivity_table."""
+    rows = [] if rows is None else rows
+    for first in range(len(rows), num_layers - 1):
+        plans = [[drop if i in (first, second) else 0 for i in range(num_layers)] for second in range(first + 1, num_layers)]
+        rows.append([1.0 - quality for quality in qualities(plans, fidelity)])
+        if on_row is not None:
+            on_row(rows)
+    return rows
+
+
 def sensitivity_table(qualities: Qualities, num_layers: int, num_levels: int, fidelity: str = "probe",
                       rows: list[list[float]] | None = None, on_layer=None) -> list[list[float]]:
     """Quality lost when only one layer is compressed, for every (layer, level): the

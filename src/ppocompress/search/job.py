@@ -247,7 +247,7 @@ def compression_env(prepared: Prepared, target: Target | list[Target], score_pla
     """The environment the searchers walk, built in one place for search() and the
     Gymnasium factory (search/factory.py), so both pose the same task."""
     return CompressionEnv(prepared.cost, prepared.menu, target, score_plans, prepared.features, prepared.sensitivity,
-                          shared_loss=prepared.shared_loss)
+                          shared_loss=prepared.shared_loss, drop_interaction=prepared.drop_interaction)
 
 
 def plan_scorer(prepared: Prepared, evaluations: dict[str, float], on_new: Callable[[], None]) -> PlansScorer:

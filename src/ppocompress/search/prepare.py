@@ -44,6 +44,7 @@ from ppocompress.search.env import check_reachable
 from ppocompress.search.estimate import estimate
 from ppocompress.search.evaluator import (
     PlanEvaluator,
+    drop_pair_table,
     fidelity_passages,
     sensitivity_table,
 )
@@ -55,6 +56,8 @@ from ppocompress.terminal import stderr_progress
 
 IMPORTANCE = "importance"  # state.extras: the importance scores and the seconds they took
 PARTIAL_SENSITIVITY = "sensitivity_rows"  # state.extras: the layers of the sensitivity table measured so far
+DROP_PAIRS = "drop_pairs"  # state.extras: drop_pair_table's rows
+PARTIAL_DROP_PAIRS = "drop_pair_rows"  # state.extras: its rows measured so far
 
 IMPORTANCE_PASSAGES = 256
 # A causal LM's least squares run on fewer passages: on SmolLM2, statistics of 960 took 2
@@ -77,6 +80,7 @@ class Prepared:
     evaluator: PlanEvaluator  # this machine's: it builds the delivered plans
     scorer: Scorer  # who scores plans in the search: the evaluator, or Ray workers
     sensitivity: np.ndarray  # (layers, levels) quality lost when only that layer is compressed (relative_sensitivity)
+    drop_interaction: np.ndarray | None  # (layers, layers) what dropping both loses beyond their one-off drops (None: no drop level)
     shared_loss: float  # quality lost by the plan every plan starts from (a causal LM's int8 output head)
     features: np.ndarray  # (layers, 2) block influence and importance spread
 
@@ -88,6 +92,7 @@ def prepare(settings, state: SearchState, save_state, log, workers: int | None =
     texts = subset(load_splits(settings.text), settings.calibration_texts, settings.evaluation_texts)
     calibration = texts.calibration
     menu = default_menu(groups=layer_table(dense.model)[0].kv_heads)
+    drop = next((i for i, level in enumerate(menu) if level.drop), None)
     if settings.policy is not None:  # another menu or a damaged agent is refused now, not minutes later
         load_policy(Path(settings.policy), menu)
     targets = settings.targets()
@@ -109,7 +114,8 @@ def prepare(settings, state: SearchState, save_state, log, workers: int | None =
         raise UserError(no_generation(get_runtime(settings.runtime)) + "; pass --runtime torch")
     likely_runtime = state.extras.get("runtime", settings.runtime if settings.runtime != "auto" else preferred_runtime(dense.is_causal))
     log(estimate(state.extras[IMPORTANCE]["seconds"], [s for s in settings.searchers() if s not in state.finished], settings.budget(dense.is_causal), len(menu),
-                 0 if "sensitivity" in state.extras else len(scores) * (len(menu) - 1),
+                 (0 if "sensitivity" in state.extras else len(scores) * (len(menu) - 1))
+                 + (0 if DROP_PAIRS in state.extras or drop is None else len(scores) * (len(scores) - 1) // 2),
                  table_cached=table_cache_path(dense, menu, likely_runtime, table_setup(setup)).exists(),
                  dense_timed="dense_ms" in state.extras, measured=measured, causal=dense.is_causal,
                  distill_minutes=settings.distillation().minutes if "distill" in settings.recovery else 0.0,
@@ -164,7 +170,29 @@ def prepare(settings, state: SearchState, save_state, log, workers: int | None =
         save_state()
     baseline = state.extras["sensitivity_baseline"]
     sensitivity = relative_sensitivity(np.array(state.extras["sensitivity"]), baseline)
-    return Prepared(dense, texts, scores, menu, runtime, setup, cost, evaluator, scorer, sensitivity, max(baseline, 0.0), features)
+    interaction = None
+    if drop is not None:
+        if DROP_PAIRS not in state.extras:
+            log(f"quality of the {len(scores) * (len(scores) - 1) // 2} plans that drop two layers (once)")
+            rows = state.extras.setdefault(PARTIAL_DROP_PAIRS, [])
+            state.extras[DROP_PAIRS] = drop_pair_table(scorer.qualities, len(scores), drop, rows=rows, on_row=lambda _: save_state())
+            del state.extras[PARTIAL_DROP_PAIRS]
+            save_state()
+        interaction = drop_interaction(state.extras[DROP_PAIRS], baseline, sensitivity[:, drop])
+    return Prepared(dense, texts, scores, menu, runtime, setup, cost, evaluator, scorer, sensitivity, interaction,
+                    max(baseline, 0.0), features)
+
+
+def drop_interaction(pairs: list[list[float]], baseline: float, drop_sensitivity: np.ndarray) -> np.ndarray:
+    """A symmetric (layers, layers) table, zero on the diagonal: the quality two layers
+    dropped together lose (drop_pair_table's rows, less the baseline every plan carries)
+    beyond the sum of their one-off drops; negative where the pair loses less."""
+    layers = len(drop_sensitivity)
+    table = np.zeros((layers, layers))
+    for first, row in enumerate(pairs):
+        for second, loss in enumerate(row, start=first + 1):
+            table[first, second] = table[second, first] = (loss - baseline) - drop_sensitivity[first] - drop_sensitivity[second]
+    return table
 
 
 def relative_sensitivity(table: np.ndarray, baseline: float) -> np.ndarray:

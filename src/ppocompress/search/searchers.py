@@ -365,11 +365,15 @@ def _improve_on_estimate(env: CompressionEnv, levels: list[int], target: int) ->
     layer_of = np.repeat(every_layer, len(env.menu))  # of each flattened (layer, level) change
     budget = env.budgets[target] + BUDGET_TOLERANCE
     later_layer = layer_of[:, None] < layer_of[None, :]  # each pair of changes once, to two layers
+    interaction = env.drop_interaction[layer_of][:, layer_of]  # between the layers of two changes
     levels = list(levels)
     while True:
         now = np.array(levels)
+        dropped = 1 - kept[now]
         # per (layer, level), flattened: what moving that layer to that level changes
-        loss_change = (sensitivity - sensitivity[every_layer, now][:, None]).reshape(-1)
+        drop_change = (1 - kept[None, :] - dropped[:, None]).reshape(-1)
+        loss_change = ((sensitivity - sensitivity[every_layer, now][:, None]).reshape(-1)
+                       + drop_change * (env.drop_interaction @ dropped)[layer_of])  # the pairs with the layers dropped now
         cost_change = (cost[None, :] - cost[now][:, None]).reshape(-1)
         kept_change = (kept[None, :] - kept[now][:, None]).reshape(-1)
         room, kept_now = budget - env.cost.total(levels), int(kept[now].sum())
@@ -377,7 +381,9 @@ def _improve_on_estimate(env: CompressionEnv, levels: list[int], target: int) ->
         fits = ((cost_change[:, None] + cost_change[None, :] <= room)
                 & (kept_now + kept_change[:, None] + kept_change[None, :] >= 1)
                 & later_layer)
-        pair = np.where(fits, loss_change[:, None] + loss_change[None, :], np.inf)
+        # two changes' loss, and the pair of their two layers (each change counted it against the other's old level)
+        joint = loss_change[:, None] + loss_change[None, :] + drop_change[:, None] * drop_change[None, :] * interaction
+        pair = np.where(fits, joint, np.inf)
         best_single, best_pair = int(single.argmin()), int(pair.argmin())
         if min(single[best_single], pair.flat[best_pair]) >= -IMPROVEMENT:
             return levels
