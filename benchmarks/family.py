@@ -110,11 +110,22 @@ def main() -> None:
             # the same policy's plan searched on the one-off drops alone: what the dropped pairs' extras change
             plans += plans_of("zero-shot one-off", run(f"zero-shot-one-off-{unseen:g}x-seed{seed}", zero_shot,
                                                        replace(prepared, drop_interaction=None)), seed)
-    text = table(plans, targets, unseen, seeds, args.evals, dense_int8)
+    text = table(plans, targets, unseen, seeds, args.evals, dense_int8) + "\n" + pair_lines(prepared)
     publish("family", text, {"targets": targets, "unseen": unseen, "seeds": seeds, "evals": args.evals,
                              "family_evals": FAMILY_RUNS * args.evals, "runtime": prepared.runtime,
                              "held_out_passages": len(prepared.texts.evaluation), "dense_int8": asdict(dense_int8),
                              "plans": [asdict(p) for p in plans]})
+
+
+def pair_lines(prepared: Prepared) -> str:
+    """Each pair of dropped layers: the loss the estimate adds up from the one-off drops,
+    and what the pair was measured to lose beyond that."""
+    drop = next(i for i, level in enumerate(prepared.menu) if level.drop)
+    layers = len(prepared.scores)
+    cells = [f"{i}+{j} {prepared.sensitivity[i, drop] + prepared.sensitivity[j, drop]:.3f}{prepared.drop_interaction[i, j]:+.3f}"
+             for i in range(layers) for j in range(i + 1, layers)]
+    return "layers dropped in pairs (calibration loss: one-off drops added up, then what the pair loses beyond that):\n  " + \
+        "\n  ".join("  ".join(cells[k:k + 5]) for k in range(0, len(cells), 5))
 
 
 def held_out_evaluator(prepared: Prepared) -> PlanEvaluator:
