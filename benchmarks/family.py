@@ -15,9 +15,9 @@ dense embeddings; beside them, dense int8 with no search. All runs share one pre
 (latency table, sensitivities, dropped pairs); each keeps its state in --work, so an
 interrupted benchmark continues.
 
-    python benchmarks/family.py [--targets 2,3,4,5,6] [--unseen 4.5|none] [--seeds 0,1,2] [--evals 200] [--dedicated 5,6]
+    python benchmarks/family.py [--targets 2,3,4,5,6] [--unseen 4.5|none] [--seeds 0,1,2] [--evals 200] [--dedicated 5,6|none]
 
-Writes benchmarks/results/family.{txt,json}.
+Writes benchmarks/results/family.{txt,json} (--results names another).
 """
 
 from __future__ import annotations
@@ -56,15 +56,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="2,3,4,5,6", help="the family's")
     parser.add_argument("--dedicated", default=None, help="the targets of the dedicated runs this process makes "
-                                                          "(default: all; a subset splits the work between processes)")
+                                                          "(default: all; a subset splits the work between processes; "
+                                                          "none: only the family and the unseen target)")
     parser.add_argument("--unseen", default="4.5", help="a target the family never saw, or none (a run that splits the work)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--evals", type=int, default=200, help="of a single-target run; the family gets FAMILY_RUNS times as many")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-family"))
+    parser.add_argument("--results", default="family", help="writes benchmarks/results/RESULTS.{txt,json}")
     args = parser.parse_args()
     targets = [float(t) for t in args.targets.split(",")]
     unseen = None if args.unseen == "none" else float(args.unseen)
-    dedicated = targets if args.dedicated is None else [float(t) for t in args.dedicated.split(",")]
+    dedicated = (targets if args.dedicated is None else [] if args.dedicated == "none"
+                 else [float(t) for t in args.dedicated.split(",")])
     seeds = [int(s) for s in args.seeds.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     family_settings = CompressSettings(target_speedup=None, family_speedups=targets, searcher="ppo", baselines=False,
@@ -111,7 +114,7 @@ def main() -> None:
             plans += plans_of("zero-shot one-off", run(f"zero-shot-one-off-{unseen:g}x-seed{seed}", zero_shot,
                                                        replace(prepared, drop_interaction=None)), seed)
     text = table(plans, targets, unseen, seeds, args.evals, dense_int8) + "\n" + pair_lines(prepared)
-    publish("family", text, {"targets": targets, "unseen": unseen, "seeds": seeds, "evals": args.evals,
+    publish(args.results, text, {"targets": targets, "unseen": unseen, "seeds": seeds, "evals": args.evals,
                              "family_evals": FAMILY_RUNS * args.evals, "runtime": prepared.runtime,
                              "held_out_passages": len(prepared.texts.evaluation), "dense_int8": asdict(dense_int8),
                              "plans": [asdict(p) for p in plans]})
@@ -155,8 +158,8 @@ def table(plans: list[Plan], targets: list[float], unseen: float | None, seeds: 
     for target in targets:
         family, ppo = cosines("family", target), cosines("ppo", target)
         gap = statistics.mean(family) - statistics.mean(ppo) if family and ppo else float("nan")
-        lines.append(f"{target:6g}x {cell(family)} {cell(ppo)} {cell(cosines('evolutionary', target))} {gap:12.4f} "
-                     f"{'yes' if gap >= -0.005 else 'no':>12}")
+        verdict = "-" if not (family and ppo) else "yes" if gap >= -0.005 else "no"
+        lines.append(f"{target:6g}x {cell(family)} {cell(ppo)} {cell(cosines('evolutionary', target))} {gap:12.4f} {verdict:>12}")
     if unseen is not None:
         zero, own = cosines("zero-shot", unseen), cosines("ppo", unseen)
         speeds = [p.predicted_speedup for p in plans if p.run == "zero-shot"]
