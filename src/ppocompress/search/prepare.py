@@ -110,12 +110,13 @@ def prepare(settings, state: SearchState, save_state, log, workers: int | None =
     else:
         log(f"model {dense.source}: importance scores of the interrupted run")
     scores = [LayerImportance.from_dict(layer) for layer in state.extras[IMPORTANCE]["layers"]]
+    drop_pairs = 0 if drop is None else len(scores) * (len(scores) - 1) // 2  # plans drop_pair_table scores
     if settings.runtime != "auto" and dense.is_causal and no_generation(get_runtime(settings.runtime)):
         raise UserError(no_generation(get_runtime(settings.runtime)) + "; pass --runtime torch")
     likely_runtime = state.extras.get("runtime", settings.runtime if settings.runtime != "auto" else preferred_runtime(dense.is_causal))
     log(estimate(state.extras[IMPORTANCE]["seconds"], [s for s in settings.searchers() if s not in state.finished], settings.budget(dense.is_causal), len(menu),
                  (0 if "sensitivity" in state.extras else len(scores) * (len(menu) - 1))
-                 + (0 if DROP_PAIRS in state.extras or drop is None else len(scores) * (len(scores) - 1) // 2),
+                 + (0 if DROP_PAIRS in state.extras else drop_pairs),
                  table_cached=table_cache_path(dense, menu, likely_runtime, table_setup(setup)).exists(),
                  dense_timed="dense_ms" in state.extras, measured=measured, causal=dense.is_causal,
                  distill_minutes=settings.distillation().minutes if "distill" in settings.recovery else 0.0,
@@ -173,7 +174,7 @@ def prepare(settings, state: SearchState, save_state, log, workers: int | None =
     interaction = None
     if drop is not None:
         if DROP_PAIRS not in state.extras:
-            log(f"quality of the {len(scores) * (len(scores) - 1) // 2} plans that drop two layers (once)")
+            log(f"quality of the {drop_pairs} plans that drop two layers (once)")
             rows = state.extras.setdefault(PARTIAL_DROP_PAIRS, [])
             state.extras[DROP_PAIRS] = drop_pair_table(scorer.qualities, len(scores), drop, rows=rows, on_row=lambda _: save_state())
             del state.extras[PARTIAL_DROP_PAIRS]
