@@ -36,7 +36,7 @@ from ppocompress.search.job import (
     best_at_high_fidelity,
     search,
 )
-from ppocompress.search.levels import Level
+from ppocompress.search.levels import Level, drop_index
 from ppocompress.search.prepare import Prepared, prepare
 from ppocompress.search.state import SearchState
 
@@ -123,7 +123,7 @@ def main() -> None:
 def pair_lines(prepared: Prepared) -> str:
     """Each pair of dropped layers: the loss the estimate adds up from the one-off drops,
     and what the pair was measured to lose beyond that."""
-    drop = next(i for i, level in enumerate(prepared.menu) if level.drop)
+    drop = drop_index(prepared.menu)
     layers = len(prepared.scores)
     cells = [f"{i}+{j} {prepared.sensitivity[i, drop] + prepared.sensitivity[j, drop]:.3f}{prepared.drop_interaction[i, j]:+.3f}"
              for i in range(layers) for j in range(i + 1, layers)]

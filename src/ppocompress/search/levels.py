@@ -52,3 +52,8 @@ def default_menu(allow_drop: bool = True, allow_int8: bool = True, groups: int |
     if allow_drop:
         menu.append(Level(drop=True))
     return menu
+
+
+def drop_index(menu: list[Level]) -> int | None:
+    """Where `menu` offers to drop the layer, or None if it does not."""
+    return next((i for i, level in enumerate(menu) if level.drop), None)

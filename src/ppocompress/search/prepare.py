@@ -48,7 +48,7 @@ from ppocompress.search.evaluator import (
     fidelity_passages,
     sensitivity_table,
 )
-from ppocompress.search.levels import Level, default_menu
+from ppocompress.search.levels import Level, default_menu, drop_index
 from ppocompress.search.policy import load_policy
 from ppocompress.search.scoring import EvaluatorSpec, RayScorer, Scorer
 from ppocompress.search.state import SearchState
@@ -92,7 +92,7 @@ def prepare(settings, state: SearchState, save_state, log, workers: int | None =
     texts = subset(load_splits(settings.text), settings.calibration_texts, settings.evaluation_texts)
     calibration = texts.calibration
     menu = default_menu(groups=layer_table(dense.model)[0].kv_heads)
-    drop = next((i for i, level in enumerate(menu) if level.drop), None)
+    drop = drop_index(menu)
     if settings.policy is not None:  # another menu or a damaged agent is refused now, not minutes later
         load_policy(Path(settings.policy), menu)
     targets = settings.targets()

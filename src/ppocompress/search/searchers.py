@@ -33,6 +33,7 @@ from ppocompress.search.env import (
     PlansScorer,
     one_by_one,
 )
+from ppocompress.search.levels import drop_index
 
 SEARCHERS = ("ppo", "uniform", "random", "evolutionary")
 RANDOM_PATIENCE = 1000  # draws in a row of plans already scored after which random search stops
@@ -167,7 +168,7 @@ def uniform_plans(env: CompressionEnv) -> list[list[int]]:
     """Each kept level in every layer, with the fewest layers dropped that meets the budget
     (those whose one-off drop loses least); a level no number of drops brings within the
     budget gives no plan."""
-    drop = next((i for i, level in enumerate(env.menu) if level.drop), None)
+    drop = drop_index(env.menu)
     order = [] if drop is None else sorted(range(env.num_layers), key=lambda layer: env.sensitivity[layer, drop])
     plans = []
     for level, choice in enumerate(env.menu):
@@ -369,13 +370,12 @@ def _improve_on_estimate(env: CompressionEnv, levels: list[int], target: int) ->
     levels = list(levels)
     while True:
         now = np.array(levels)
-        dropped = 1 - kept[now]
         # per (layer, level), flattened: what moving that layer to that level changes
-        drop_change = (1 - kept[None, :] - dropped[:, None]).reshape(-1)
-        loss_change = ((sensitivity - sensitivity[every_layer, now][:, None]).reshape(-1)
-                       + drop_change * (env.drop_interaction @ dropped)[layer_of])  # the pairs with the layers dropped now
-        cost_change = (cost[None, :] - cost[now][:, None]).reshape(-1)
         kept_change = (kept[None, :] - kept[now][:, None]).reshape(-1)
+        drop_change = -kept_change
+        loss_change = ((sensitivity - sensitivity[every_layer, now][:, None]).reshape(-1)
+                       + drop_change * (env.drop_interaction @ (1 - kept[now]))[layer_of])  # the pairs with the layers dropped now
+        cost_change = (cost[None, :] - cost[now][:, None]).reshape(-1)
         room, kept_now = budget - env.cost.total(levels), int(kept[now].sum())
         single = np.where((cost_change <= room) & (kept_now + kept_change >= 1), loss_change, np.inf)
         fits = ((cost_change[:, None] + cost_change[None, :] <= room)
