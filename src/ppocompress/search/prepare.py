@@ -108,7 +108,7 @@ def prepare(settings, state: SearchState, save_state, log, workers: int | None =
         state.extras[IMPORTANCE] = {"seconds": time.monotonic() - start, "layers": [layer.to_dict() for layer in layers]}
         save_state()
     else:
-        log(f"model {dense.source}: importance scores of the interrupted run")
+        log(f"model {dense.source}: importance scores from the saved state")
     scores = [LayerImportance.from_dict(layer) for layer in state.extras[IMPORTANCE]["layers"]]
     drop_pairs = 0 if drop is None else len(scores) * (len(scores) - 1) // 2  # plans drop_pair_table scores
     if settings.runtime != "auto" and dense.is_causal and no_generation(get_runtime(settings.runtime)):
