@@ -250,7 +250,7 @@ def test_plans_known_before_a_run_count_for_the_targets_they_meet_and_cost_nothi
     assert run.meeting(lambda levels: levels[0] <= 1, known).best_levels == [1, 1]
 
 
-def test_each_ppo_agent_first_scores_its_estimate_improved_plan_for_every_target(short_rehearsal):
+def test_a_family_run_first_scores_the_estimates_best_plan_for_its_first_target(short_rehearsal):
     """A family's policy generalises across its targets; the dense model, which the loosest
     target allows and the estimate ranks first there, is scored first whatever the policy
     proposes."""
