@@ -1,0 +1,33 @@
+"""The reorganisation of the code changed no behaviour: the same seed on the same tiny model
+scores the same plans in the same order, with the same rewards, and every searcher ends
+with the same plan as the code before it (tests/golden/search_behaviour.json)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+def test_the_search_scores_the_same_plans_as_before_the_reorganisation(tmp_path):
+    run = subprocess.run([sys.executable, str(HERE / "search_behaviour.py"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    now = json.loads(run.stdout)
+    before = json.loads((HERE / "golden" / "search_behaviour.json").read_text())
+    assert now.keys() == before.keys()
+    for run_name, targets in before.items():
+        assert now[run_name].keys() == targets.keys()
+        for target, searchers in targets.items():
+            assert now[run_name][target].keys() == searchers.keys()
+            for name, expected in searchers.items():
+                got = now[run_name][target][name]
+                where = f"{run_name} {target} {name}"
+                assert [levels for levels, _ in got["evaluated"]] == [levels for levels, _ in expected["evaluated"]], where
+                assert [r for _, r in got["evaluated"]] == pytest.approx([r for _, r in expected["evaluated"]], abs=1e-6), where
+                assert got["best"] == expected["best"], where
