@@ -27,8 +27,6 @@ import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from publish import publish
-
 from ppocompress.search.evaluator import PlanEvaluator, fidelity_passages
 from ppocompress.search.job import (
     FAMILY_RUNS,
@@ -39,6 +37,7 @@ from ppocompress.search.job import (
 from ppocompress.search.levels import Level, drop_index
 from ppocompress.search.prepare import Prepared, prepare
 from ppocompress.search.state import SearchState
+from publish import publish
 
 
 @dataclass

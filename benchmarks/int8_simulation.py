@@ -16,16 +16,15 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from publish import publish
-
 from ppocompress.compress import load_model
-from ppocompress.compress.importance import importance_scores
+from ppocompress.compress.data.text import load_splits, subset
+from ppocompress.compress.measure.quality import embed_session
+from ppocompress.compress.ops.importance import importance_scores
 from ppocompress.compress.pipeline import compress
-from ppocompress.compress.quality import embed_session
 from ppocompress.compress.runtimes import get_runtime
-from ppocompress.compress.text import load_splits, subset
 from ppocompress.search.evaluator import HIGH_FIDELITY, PlanEvaluator
 from ppocompress.search.levels import default_menu
+from publish import publish
 
 
 def main() -> None:

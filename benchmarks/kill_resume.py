@@ -38,8 +38,7 @@ from publish import publish
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from compress_models import save_tiny_model  # noqa: E402  the tests' tiny model builder
-
-from ppocompress.compress.text import load_splits  # noqa: E402
+from ppocompress.compress.data.text import load_splits  # noqa: E402
 from ppocompress.search.results import CompressResult  # noqa: E402
 
 # Leftovers a finished run must not have (hidden names only; the model's own files are compared).

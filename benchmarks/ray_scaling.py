@@ -26,12 +26,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from publish import publish
 
 from ppocompress.cluster import connect
 from ppocompress.search.job import CompressSettings, search
 from ppocompress.search.prepare import prepare
 from ppocompress.search.state import SearchState
+from publish import publish
 
 
 @dataclass

@@ -26,14 +26,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from publish import publish
 
 from ppocompress.compress import CompressionPlan, load_model
-from ppocompress.compress.bench import Variant
-from ppocompress.compress.distillation import DistillConfig
-from ppocompress.compress.importance import importance_scores
-from ppocompress.compress.pipeline import compress
-from ppocompress.compress.quality import (
+from ppocompress.compress.commands.bench import Variant
+from ppocompress.compress.data.text import (
+    CALIBRATION_PASSAGES,
+    lee_documents,
+    load_splits,
+    subset,
+)
+from ppocompress.compress.measure.quality import (
     HELD_OUT_MAX_LENGTH,
     LEE_MAX_LENGTH,
     embed,
@@ -41,15 +43,13 @@ from ppocompress.compress.quality import (
     lee_correlation_of,
     spearman,
 )
+from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
+from ppocompress.compress.ops.importance import importance_scores
+from ppocompress.compress.pipeline import compress
+from ppocompress.compress.recovery.distillation import DistillConfig
 from ppocompress.compress.runtimes import get_runtime
-from ppocompress.compress.text import (
-    CALIBRATION_PASSAGES,
-    lee_documents,
-    load_splits,
-    subset,
-)
-from ppocompress.compress.timing import TimingSetup, measure_latencies
 from ppocompress.search.prepare import all_int8
+from publish import publish
 
 PLANS_DIR = Path(__file__).parent / "plans"
 # Every plan in plans/ (minilm-NAME.json) is NAME here: the PPO plans at 5x and 6x, and the

@@ -15,13 +15,12 @@ import argparse
 import json
 from pathlib import Path
 
-from publish import publish
-
 from ppocompress.compress import CompressionPlan, load_model
-from ppocompress.compress.bench import Variant, run_bench
+from ppocompress.compress.commands.bench import Variant, run_bench
+from ppocompress.compress.data.text import load_splits, subset
+from ppocompress.compress.measure.timing import TimingSetup
 from ppocompress.compress.runtimes import RUNTIMES
-from ppocompress.compress.text import load_splits, subset
-from ppocompress.compress.timing import TimingSetup
+from publish import publish
 
 
 def main() -> None:

@@ -25,10 +25,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from publish import publish
-
 from ppocompress.reporting import print_compress
 from ppocompress.search.results import CompressResult, quality_columns
+from publish import publish
 
 
 def main() -> int:

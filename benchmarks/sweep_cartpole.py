@@ -16,10 +16,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from publish import publish
-
 from ppocompress.rl.job import sweep_and_export
 from ppocompress.rl.presets import config_for
+from publish import publish
 
 SOLVED = 475.0  # CartPole-v1's reward threshold
 

@@ -21,7 +21,7 @@ from transformers import (
     RobertaModel,
 )
 
-from ppocompress.compress.embedded import minilm_dir
+from ppocompress.compress.models.embedded import minilm_dir
 
 VOCAB = 30522  # the embedded MiniLM tokenizer's, reused by every tiny model
 # Text for a job on a tiny model: enough lines for calibration, validation and evaluation.

@@ -1,10 +1,10 @@
 """Suite-wide settings (property tests draw the same examples on every machine) and fixtures."""
 
 import pytest
-from compress_models import PASSAGES, save_tiny_model
 from hypothesis import settings
 
-from ppocompress.compress.models import load_model
+from compress_models import PASSAGES, save_tiny_model
+from ppocompress.compress.models.loading import load_model
 
 # derandomize: examples come from a fixed seed, so a newcomer's run draws what CI drew;
 # no example database, so nothing a previous run found changes the next one.

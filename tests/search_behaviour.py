@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compress_models import PASSAGES, save_tiny_model  # noqa: E402
-
 from ppocompress.search import job as job_module  # noqa: E402
 from ppocompress.search.job import CompressSettings, run_compress  # noqa: E402
 

@@ -13,9 +13,9 @@ import sys
 import textwrap
 
 import pytest
-from compress_models import save_tiny_model
 from safetensors.torch import load_file, save_file
 
+from compress_models import save_tiny_model
 from ppocompress.cli import main
 from ppocompress.search.results import RESULT_FORMAT
 from ppocompress.search.state import STATE_FORMAT

@@ -6,18 +6,18 @@ import json
 import shutil
 
 import pytest
-from compress_models import save_tiny_model
 
+from compress_models import save_tiny_model
 from ppocompress.cli import main
 from ppocompress.compress import CompressionPlan, LayerPlan, load_model
-from ppocompress.compress.bench import Variant, run_bench
-from ppocompress.compress.pipeline import compress
-from ppocompress.compress.runtimes import get_runtime
-from ppocompress.compress.sentence_transformers_folder import (
+from ppocompress.compress.commands.bench import Variant, run_bench
+from ppocompress.compress.data.text import splits_from_texts
+from ppocompress.compress.files.sentence_transformers_folder import (
     write_sentence_transformers_files,
 )
-from ppocompress.compress.text import splits_from_texts
-from ppocompress.compress.timing import TimingSetup
+from ppocompress.compress.measure.timing import TimingSetup
+from ppocompress.compress.pipeline import compress
+from ppocompress.compress.runtimes import get_runtime
 
 LINES = [f"passage {i} is about {w} and how it changes over time" for i, w in
          enumerate(["rivers", "cities", "music", "trade", "weather", "sport", "law", "food"] * 5)]

@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-from compress_models import FAMILIES, outputs, sample_batch, save_tiny_model
 from transformers.pytorch_utils import Conv1D
 
 import ppocompress
+from compress_models import FAMILIES, outputs, sample_batch, save_tiny_model
 from ppocompress.compress import (
     CompressionPlan,
     LayerPlan,
@@ -20,8 +20,8 @@ from ppocompress.compress import (
     load_model,
     save,
 )
-from ppocompress.compress.models import resolve_source
-from ppocompress.compress.quantize import WeightInt8Linear, is_int8_linear
+from ppocompress.compress.models.loading import resolve_source
+from ppocompress.compress.ops.quantize import WeightInt8Linear, is_int8_linear
 from ppocompress.errors import UserError
 
 

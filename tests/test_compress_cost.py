@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
-from ppocompress.compress.cost import (
+from ppocompress.compress.measure.cost import (
     count_parameters,
     directory_bytes,
     model_bytes,

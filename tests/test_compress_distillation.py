@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compress_models import save_tiny_model
 
+from compress_models import save_tiny_model
 from ppocompress.compress import (
     CompressionPlan,
     LayerPlan,
@@ -15,9 +15,9 @@ from ppocompress.compress import (
     layer_table,
     load_model,
 )
-from ppocompress.compress import distillation as distillation_module
-from ppocompress.compress.distillation import DistillConfig, distill
 from ppocompress.compress.pipeline import compress
+from ppocompress.compress.recovery import distillation as distillation_module
+from ppocompress.compress.recovery.distillation import DistillConfig, distill
 from ppocompress.errors import UserError
 
 WORDS = ["cats", "dogs", "markets", "rain", "music", "trains", "history", "science", "rivers", "engines"]

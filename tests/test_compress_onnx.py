@@ -8,15 +8,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from compress_models import outputs, sample_batch, save_tiny_model
 
-from ppocompress.compress.architecture import adapter_for
-from ppocompress.compress.models import load_model
-from ppocompress.compress.onnx_export import (
+from compress_models import outputs, sample_batch, save_tiny_model
+from ppocompress.compress.files.onnx_export import (
     export_onnx,
     onnx_metadata,
     quantize_onnx_int8,
 )
+from ppocompress.compress.models.families import adapter_for
+from ppocompress.compress.models.loading import load_model
 from ppocompress.compress.runtimes.onnx_runtime import onnx_outputs, onnx_session
 from ppocompress.errors import UserError
 
@@ -111,7 +111,7 @@ def test_simulated_int8_reproduces_onnx_runtime_int8(tiny_model, tmp_path):
     int8 graph computes, far closer than PyTorch's own int8 kernels (7-bit inputs) do."""
     import copy
 
-    from ppocompress.compress.quantize import quantize_int8_, simulate_int8_
+    from ppocompress.compress.ops.quantize import quantize_int8_, simulate_int8_
 
     loaded = tiny_model("bert")
     fp32 = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "fp32.onnx")

@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from ppocompress.compress import quality
+from ppocompress.compress.measure import quality
 
 SENTENCES = [
     "The cat sat on the mat.",

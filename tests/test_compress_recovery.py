@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compress_models import outputs, sample_batch, save_tiny_model
 
+from compress_models import outputs, sample_batch, save_tiny_model
 from ppocompress.compress import (
     CompressionPlan,
     LayerPlan,
@@ -14,13 +14,13 @@ from ppocompress.compress import (
     layer_table,
     load_model,
 )
-from ppocompress.compress.importance import (
+from ppocompress.compress.measure.quality import embed, embedding_fidelity
+from ppocompress.compress.ops.importance import (
     importance_scores,
     layers_to_drop,
     plan_from_scores,
 )
 from ppocompress.compress.pipeline import compress
-from ppocompress.compress.quality import embed, embedding_fidelity
 from ppocompress.errors import UserError
 
 TEXTS = [f"sentence number {i} talks about {w} and other things in the world" for i, w in
@@ -95,7 +95,7 @@ def _lossless_cut(tmp_path):
 def test_lsq_is_exact_when_nothing_was_lost(tmp_path):
     """Removing a neuron whose output column is zero loses nothing: an (almost) unregularised
     refit must give back the dense layer."""
-    from ppocompress.compress.recovery import refit_projections
+    from ppocompress.compress.recovery.lsq import refit_projections
 
     loaded, plan = _lossless_cut(tmp_path)
     pruned = apply_plan(loaded, plan, quantize=False)
@@ -107,7 +107,11 @@ def test_lsq_is_exact_when_nothing_was_lost(tmp_path):
 def test_lsq_chooses_the_ridge_that_does_best_on_validation_text(tmp_path):
     """Where nothing was lost the exact refit is best on any text, so validation picks the
     weakest ridge; without validation text the default is used."""
-    from ppocompress.compress.recovery import DEFAULT_RIDGE, RIDGES, refit_projections
+    from ppocompress.compress.recovery.lsq import (
+        DEFAULT_RIDGE,
+        RIDGES,
+        refit_projections,
+    )
 
     loaded, plan = _lossless_cut(tmp_path)
     assert refit_projections(loaded, apply_plan(loaded, plan, quantize=False), TEXTS[::2], TEXTS[1::2]) == {"1.ffn": min(RIDGES)}
@@ -115,7 +119,7 @@ def test_lsq_chooses_the_ridge_that_does_best_on_validation_text(tmp_path):
 
 
 def test_held_out_error_from_statistics_is_the_squared_error_less_a_constant():
-    from ppocompress.compress.recovery import _held_out_error
+    from ppocompress.compress.recovery.lsq import _held_out_error
 
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(50, 6, generator=generator, dtype=torch.float64), torch.randn(50, 3, generator=generator, dtype=torch.float64)
@@ -151,7 +155,7 @@ def test_refit_from_dense_statistics_equals_the_sequential_refit_of_a_first_laye
     the one-solve refit from projection_grams must match refit_projections there."""
     import copy
 
-    from ppocompress.compress.recovery import (
+    from ppocompress.compress.recovery.lsq import (
         projection_grams,
         refit_projections,
         refit_to_subset,

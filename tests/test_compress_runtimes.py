@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from compress_models import sample_batch
 
-from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, quantize
-from ppocompress.compress.quantize import InputStatistics, SimulatedInt8Linear
+from compress_models import sample_batch
+from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan
+from ppocompress.compress.ops import quantize
+from ppocompress.compress.ops.quantize import InputStatistics, SimulatedInt8Linear
 from ppocompress.compress.runtimes import (
     RUNTIMES,
     available_runtimes,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ppocompress.compress import text
+from ppocompress.compress.data import text
 from ppocompress.errors import UserError
 
 

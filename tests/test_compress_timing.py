@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from compress_models import save_tiny_model
 
-from ppocompress.compress import timing
-from ppocompress.compress.apply import apply_plan
-from ppocompress.compress.export import save
-from ppocompress.compress.models import load_model
-from ppocompress.compress.onnx_export import export_onnx
-from ppocompress.compress.plan import CompressionPlan, LayerPlan
-from ppocompress.compress.timing import (
+from compress_models import save_tiny_model
+from ppocompress.compress.files.onnx_export import export_onnx
+from ppocompress.compress.files.saved import save
+from ppocompress.compress.measure import timing
+from ppocompress.compress.measure.timing import (
     LatencyResult,
     TimingSetup,
     measure_latencies,
     run_worker,
 )
+from ppocompress.compress.models.loading import load_model
+from ppocompress.compress.ops.apply import apply_plan
+from ppocompress.compress.plan import CompressionPlan, LayerPlan
 from ppocompress.errors import UserError
 
 SMALL = TimingSetup(batch_size=4, seq_len=16, rounds=1, repeats=3, warmup=1)

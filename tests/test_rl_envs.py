@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+from ppocompress.errors import UserError
+from ppocompress.rl import PPO
+from ppocompress.rl.rollout import RolloutCollector
 from rl_toy_envs import (
     BoxToyEnv,
     CounterEnv,
@@ -17,10 +21,6 @@ from rl_toy_envs import (
     MaskedMethodLazyEnv,
     tiny_config,
 )
-
-from ppocompress.errors import UserError
-from ppocompress.rl import PPO
-from ppocompress.rl.rollout import RolloutCollector
 
 
 def collector_for(agent: PPO, seed: int = 0) -> RolloutCollector:

@@ -7,7 +7,6 @@ from gymnasium.vector import SyncVectorEnv
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from rl_toy_envs import NormalObsEnv, tiny_config
 
 from ppocompress.rl import PPO
 from ppocompress.rl.normalization import (
@@ -15,6 +14,7 @@ from ppocompress.rl.normalization import (
     RewardScaler,
     RunningMeanStd,
 )
+from rl_toy_envs import NormalObsEnv, tiny_config
 
 
 @st.composite

@@ -8,10 +8,10 @@ import pytest
 import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
-from rl_toy_envs import tiny_config
 
 from ppocompress.rl import PPO
 from ppocompress.rl.rollout import PENDING_REWARD
+from rl_toy_envs import tiny_config
 
 LENGTH = 3
 

@@ -6,6 +6,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
+
+from ppocompress.errors import UserError
+from ppocompress.rl import PPO, CheckpointCallback, PPOConfig, evaluate
+from ppocompress.rl.distributions import DiagGaussian
 from rl_toy_envs import (
     CounterEnv,
     DiscreteToyEnv,
@@ -14,11 +19,6 @@ from rl_toy_envs import (
     MultiDiscreteStartEnv,
     tiny_config,
 )
-from safetensors.torch import load_file
-
-from ppocompress.errors import UserError
-from ppocompress.rl import PPO, CheckpointCallback, PPOConfig, evaluate
-from ppocompress.rl.distributions import DiagGaussian
 
 OBS_DIMS = {"CartPole-v1": 4, "RLToy/MultiDiscrete-v0": 3, "RLToy/Box-v0": 3}
 

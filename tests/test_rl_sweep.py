@@ -9,7 +9,6 @@ import json
 import math
 
 import pytest
-from ray_cluster import two_node_cluster
 
 from ppocompress.cli import main
 from ppocompress.errors import UserError
@@ -25,6 +24,7 @@ from ppocompress.rl.sweep import (
     load_space,
     train_trial,
 )
+from ray_cluster import two_node_cluster
 
 BASE = config_for("CartPole-v1")
 

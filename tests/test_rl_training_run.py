@@ -5,11 +5,11 @@ import csv
 import numpy as np
 import pytest
 import torch
-from rl_toy_envs import tiny_config
 
 from ppocompress.errors import UserError
 from ppocompress.rl import PPO
 from ppocompress.rl.logger import METRIC_COLUMNS
+from rl_toy_envs import tiny_config
 
 
 def seeded_run(seed: int, global_seed: int):

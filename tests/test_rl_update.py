@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from rl_toy_envs import tiny_config
 
 import ppocompress.rl.ppo as ppo_module
 from ppocompress.rl import PPO
 from ppocompress.rl.policy import ACTIVATIONS, StackedMLP, _StackedMLPFunction
+from rl_toy_envs import tiny_config
 
 
 def learn_metrics(agent: PPO, steps: int) -> list[dict]:

@@ -8,24 +8,24 @@ import math
 
 import pytest
 import torch
-from compress_models import save_tiny_model
 
 import ppocompress
+from compress_models import save_tiny_model
 from ppocompress.cli import main
 from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
-from ppocompress.compress.bench import Variant, run_bench
-from ppocompress.compress.embedded import smollm2_gguf
-from ppocompress.compress.export import save
-from ppocompress.compress.fidelity import NextTokenFidelity
-from ppocompress.compress.importance import importance_scores
-from ppocompress.compress.quality import (
+from ppocompress.compress.commands.bench import Variant, run_bench
+from ppocompress.compress.data.text import splits_from_texts
+from ppocompress.compress.files.saved import save
+from ppocompress.compress.measure.fidelity import NextTokenFidelity
+from ppocompress.compress.measure.quality import (
     NextTokenReference,
     greedy_generations,
 )
-from ppocompress.compress.quantize import WeightInt8Linear
+from ppocompress.compress.measure.timing import TimingSetup, run_worker
+from ppocompress.compress.models.embedded import smollm2_gguf
+from ppocompress.compress.ops.importance import importance_scores
+from ppocompress.compress.ops.quantize import WeightInt8Linear
 from ppocompress.compress.runtimes import get_runtime
-from ppocompress.compress.text import splits_from_texts
-from ppocompress.compress.timing import TimingSetup, run_worker
 from ppocompress.errors import UserError
 from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.levels import default_menu, group_fractions

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from compress_models import outputs, sample_batch, save_tiny_model
 
+from compress_models import outputs, sample_batch, save_tiny_model
 from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
-from ppocompress.compress.importance import importance_scores
-from ppocompress.compress.timing import TimingSetup
+from ppocompress.compress.measure.timing import TimingSetup
+from ppocompress.compress.ops.importance import importance_scores
 from ppocompress.search import default_menu
 from ppocompress.search.cost_table import (
     CostTable,

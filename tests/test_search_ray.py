@@ -8,17 +8,17 @@ import subprocess
 import sys
 
 import pytest
-from compress_models import PASSAGES
-from ray_cluster import two_node_cluster
 
+from compress_models import PASSAGES
 from ppocompress.cli import main
 from ppocompress.cluster import connect
 from ppocompress.compress import layer_table, load_model
-from ppocompress.compress.importance import importance_scores
+from ppocompress.compress.ops.importance import importance_scores
 from ppocompress.errors import UserError
 from ppocompress.search.levels import default_menu
 from ppocompress.search.results import CompressResult
 from ppocompress.search.scoring import EvaluatorSpec, RayScorer
+from ray_cluster import two_node_cluster
 
 PLANS = [[1, 2, 0], [0, 0, 0], [5, 9, 3], [1, 2, 0], [32, 0, 7], [3, 3, 3]]  # a repeat among them
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_search_env import MENU, synthetic_table
 
 from ppocompress.search import searchers
 from ppocompress.search.env import CompressionEnv, Target, one_by_one
+from test_search_env import MENU, synthetic_table
 
 NUM_LAYERS = 6
 COMPRESSED = 1  # the level the stand-in agent compresses layers to

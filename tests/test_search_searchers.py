@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_search_env import MENU, synthetic_table
 
 from ppocompress.errors import UserError
 from ppocompress.search import searchers
@@ -12,6 +11,7 @@ from ppocompress.search.env import CompressionEnv, Target, one_by_one
 from ppocompress.search.policy import load_policy, save_policy, scored_plans
 from ppocompress.search.searchers import SEARCHERS, SearchResult, run_searcher
 from ppocompress.search.state import SearchState
+from test_search_env import MENU, synthetic_table
 
 NUM_LAYERS = 6
 # A separable synthetic quality: each (layer, level) loses a fixed amount; later layers are

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ppocompress.compress.timing import LatencyResult, speedups_over_rounds, summarise
+from ppocompress.compress.measure.timing import (
+    LatencyResult,
+    speedups_over_rounds,
+    summarise,
+)
 from ppocompress.search.deliver import target_warnings
 
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compress_models import save_tiny_model
 from sentence_transformers import SentenceTransformer
 
 import ppocompress
+from compress_models import save_tiny_model
 from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
-from ppocompress.compress.quality import embed, embed_session
-from ppocompress.compress.runtimes import get_runtime
-from ppocompress.compress.sentence_transformers_folder import (
+from ppocompress.compress.files.sentence_transformers_folder import (
     write_sentence_transformers_files,
 )
+from ppocompress.compress.measure.quality import embed, embed_session
+from ppocompress.compress.runtimes import get_runtime
 
 SENTENCES = ["the cat sat on the mat", "a much longer sentence about rivers and the cities built beside them", "short",
              "prices rose again this spring, the third time in a year"]

@@ -10,7 +10,7 @@ gymnasium.register(id="ppocompress/Compress-v0", entry_point="ppocompress.search
 
 
 def load(directory):
-    """Loads a compressed model saved by ppocompress (see ppocompress.compress.export)."""
-    from ppocompress.compress.export import load as load_compressed
+    """Loads a compressed model saved by ppocompress (see ppocompress.compress.files.saved)."""
+    from ppocompress.compress.files.saved import load as load_compressed
 
     return load_compressed(directory)

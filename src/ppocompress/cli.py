@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ppocompress.compress.measure.timing import DEFAULT_THREADS
 from ppocompress.errors import Interrupted, UserError, first_line, stops_unwrapped
 
 REDELIVERY_DELAY_S = 0.05  # long enough for the code that ignored a stop to return
@@ -120,7 +121,7 @@ def evaluate(
     runtime: Annotated[str, typer.Option(help="Runtime the model is judged and timed on: torch, onnxruntime, openvino, "
                                               "or auto (each available one).")] = "torch",
     latency: Annotated[bool, typer.Option(help="Measure latency (each model in its own process).")] = True,
-    threads: Annotated[int, typer.Option(help="Threads for latency measurement.")] = 2,
+    threads: Annotated[int, typer.Option(help="Threads for latency measurement.")] = DEFAULT_THREADS,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     trust_remote_code: TrustOption = False,
     dense_model: Annotated[Optional[str], typer.Option("--dense", help="For a delivered --model folder: the dense model it "
@@ -130,28 +131,28 @@ def evaluate(
     import json
 
     from ppocompress.compress import CompressionPlan, load_model
-    from ppocompress.compress.distillation import DistillConfig
-    from ppocompress.compress.evaluation import evaluate as run_evaluate
-    from ppocompress.compress.export import is_saved_model, saved_source
-    from ppocompress.compress.recovery import check_method
-    from ppocompress.compress.text import (
+    from ppocompress.compress.commands.evaluate import evaluate as run_evaluate
+    from ppocompress.compress.data.text import (
         CALIBRATION_PASSAGES,
         EVALUATION_PASSAGES,
         load_splits,
         subset,
     )
-    from ppocompress.compress.timing import TimingSetup
+    from ppocompress.compress.files.description import is_saved_model, saved_source
+    from ppocompress.compress.measure.timing import TimingSetup
+    from ppocompress.compress.recovery.distillation import DistillConfig
+    from ppocompress.compress.recovery.method import Recovery
 
     _check_runtime(runtime)
     TimingSetup(threads=threads)  # bad values fail before the model loads
-    check_method(recovery)
+    recovery = Recovery.parse(recovery)
     distillation = DistillConfig() if recover_minutes is None else DistillConfig(minutes=recover_minutes)
     splits = load_splits(text)
     texts = subset(splits, CALIBRATION_PASSAGES, EVALUATION_PASSAGES)
     compression_plan = CompressionPlan.from_json_file(plan) if plan is not None else None
     delivered = Path(model) if model is not None and is_saved_model(Path(model)) else None
     if delivered is not None:
-        if plan is not None or recovery != "none":
+        if plan is not None or recovery != Recovery.NONE:
             raise UserError(f"{model} is already compressed (and recovered); drop --plan and --recover, "
                             "or pass the dense model as --model")
         dense_model = dense_model or saved_source(delivered)
@@ -205,7 +206,7 @@ def bench(
     runtime: Annotated[str, typer.Option(help="Runtime every variant is exported to, judged and timed on, or auto "
                                               "(every available one).")] = "auto",
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")] = None,
-    threads: Annotated[int, typer.Option(help="Threads for latency measurement (the same for every variant).")] = 2,
+    threads: Annotated[int, typer.Option(help="Threads for latency measurement (the same for every variant).")] = DEFAULT_THREADS,
     batch_size: Annotated[int, typer.Option(help="Batch size for latency (encoders; a causal LM is timed decoding).")] = 32,
     seq_len: Annotated[int, typer.Option(help="Sequence length for latency (encoders).")] = 64,
     rounds: Annotated[int, typer.Option(help="Interleaved latency rounds per variant.")] = 3,
@@ -220,14 +221,14 @@ def bench(
     from dataclasses import replace
 
     from ppocompress.compress import load_model
-    from ppocompress.compress.bench import run_bench
-    from ppocompress.compress.text import (
+    from ppocompress.compress.commands.bench import run_bench
+    from ppocompress.compress.data.text import (
         CALIBRATION_PASSAGES,
         EVALUATION_PASSAGES,
         load_splits,
         subset,
     )
-    from ppocompress.compress.timing import TimingSetup
+    from ppocompress.compress.measure.timing import TimingSetup
     from ppocompress.fileio import atomic_write_text
     from ppocompress.reporting import print_bench
 
@@ -271,7 +272,7 @@ def compress_command(
     cost: Annotated[str, typer.Option(help="Cost table: measured (latency, cached) or flops.")] = "measured",
     runtime: RuntimeOption = "auto",
     text: TextOption = None,
-    threads: Annotated[int, typer.Option(help="Threads for latency measurement.")] = 2,
+    threads: Annotated[int, typer.Option(help="Threads for latency measurement.")] = DEFAULT_THREADS,
     trust_remote_code: TrustOption = False,
     ray: Annotated[Optional[str], typer.Option("--ray", help="Score plans in parallel on Ray: local (a cluster of this "
                                                              "machine's CPUs), auto or host:port (a running cluster). "

@@ -38,7 +38,7 @@ def print_evaluation(report: dict) -> None:
                                 for label in labels])
     Console().print(table)
     if "distillation" in report:
-        from ppocompress.compress.distillation import DistillReport
+        from ppocompress.compress.recovery.distillation import DistillReport
 
         Console().print(distillation_line(DistillReport.from_dict(report["distillation"])))
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "EMBEDDED_DEFAULT": "models", "LoadedModel": "models", "load_model": "models",
+    "EMBEDDED_DEFAULT": "models.loading", "LoadedModel": "models.loading", "load_model": "models.loading",
     "CompressionPlan": "plan", "LayerPlan": "plan",
-    "LayerInfo": "architecture", "adapter_for": "architecture", "layer_table": "architecture",
-    "apply_plan": "apply", "load": "export", "save": "export",
+    "LayerInfo": "models.architecture", "adapter_for": "models.families", "layer_table": "models.families",
+    "apply_plan": "ops.apply", "load": "files.saved", "save": "files.saved", "compress": "pipeline",
 }
 
 

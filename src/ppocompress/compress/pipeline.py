@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ppocompress.compress.apply import apply_plan, quantize_planned_layers
-from ppocompress.compress.distillation import DistillConfig, distill
-from ppocompress.compress.models import LoadedModel
+from ppocompress.compress.models.loading import LoadedModel
+from ppocompress.compress.ops.apply import apply_plan, quantize_planned_layers
 from ppocompress.compress.plan import CompressionPlan
-from ppocompress.compress.recovery import check_method, refit_projections
+from ppocompress.compress.recovery.distillation import DistillConfig, distill
+from ppocompress.compress.recovery.lsq import refit_projections
+from ppocompress.compress.recovery.method import Recovery
 
 
-def compress(dense: LoadedModel, plan: CompressionPlan, recovery: str = "none", calibration: list[str] | None = None,
+def compress(dense: LoadedModel, plan: CompressionPlan, recovery: Recovery | str = Recovery.NONE, calibration: list[str] | None = None,
              quantize: bool = True, validation: list[str] | None = None, distillation: DistillConfig = DistillConfig(),
              distill_texts: list[str] | None = None, checkpoint: Path | None = None, progress: bool = False) -> LoadedModel:
     """Applies plan to dense, recovers with `recovery` (none, lsq, distill or lsq+distill),
@@ -20,11 +21,11 @@ def compress(dense: LoadedModel, plan: CompressionPlan, recovery: str = "none", 
     their choices on `validation`. quantize=False stops before int8, e.g. for a runtime's
     export, which quantizes on its own side. A distillation's report is kept on the
     result (.distillation); `checkpoint` is its resumable folder."""
-    check_method(recovery)
+    recovery = Recovery.parse(recovery)
     compressed = apply_plan(dense, plan, quantize=False)
-    if recovery in ("lsq", "lsq+distill"):
+    if recovery.refits:
         refit_projections(dense, compressed, calibration or [], validation)
-    if recovery in ("distill", "lsq+distill"):
+    if recovery.distills:
         compressed.distillation = distill(dense, compressed, distill_texts or calibration or [], validation or [], distillation,
                                           checkpoint, progress)
     if quantize:

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ppocompress.compress.architecture import LayerInfo
+from ppocompress.compress.models.architecture import LayerInfo
 from ppocompress.errors import UserError
 from ppocompress.fileio import read_json_object
 

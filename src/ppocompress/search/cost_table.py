@@ -37,9 +37,9 @@ from ppocompress.compress import (
     apply_plan,
     layer_table,
 )
-from ppocompress.compress.cost import model_flops
+from ppocompress.compress.measure.cost import model_flops
+from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
 from ppocompress.compress.runtimes import get_runtime
-from ppocompress.compress.timing import TimingSetup, measure_latencies
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text, cache_dir
 from ppocompress.search.levels import Level

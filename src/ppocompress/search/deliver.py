@@ -8,15 +8,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ppocompress.compress.models import LoadedModel
-from ppocompress.compress.pipeline import compress
-from ppocompress.compress.quality import HeldOut, greedy_generations
-from ppocompress.compress.runtimes import get_runtime
-from ppocompress.compress.sentence_transformers_folder import (
+from ppocompress.compress.data.text import load_splits
+from ppocompress.compress.files.sentence_transformers_folder import (
     write_sentence_transformers_files,
 )
-from ppocompress.compress.text import load_splits
-from ppocompress.compress.timing import measure_latencies, speedups_over_rounds
+from ppocompress.compress.measure.quality import HeldOut, greedy_generations
+from ppocompress.compress.measure.timing import measure_latencies, speedups_over_rounds
+from ppocompress.compress.models.loading import LoadedModel
+from ppocompress.compress.pipeline import compress
+from ppocompress.compress.recovery.method import Recovery
+from ppocompress.compress.runtimes import get_runtime
 from ppocompress.fileio import move_into_place, staging_dir
 from ppocompress.search.env import Target
 from ppocompress.search.prepare import (
@@ -48,7 +49,7 @@ def deliver(prepared: Prepared, settings, target: Target, finals: dict[str, list
     held_out = HeldOut(dense, texts.evaluation)
     refit_texts = refit_passages(calibration, dense.is_causal)
     # Distillation learns from all the calibration text, not only what the search scored on.
-    distill_texts = load_splits(settings.text).calibration if "distill" in settings.recovery else None
+    distill_texts = load_splits(settings.text).calibration if Recovery(settings.recovery).distills else None
     staging = staging_dir(out)
     try:
         torch_dense = get_runtime("torch").export(dense, staging / "torch-dense", [])

@@ -12,7 +12,7 @@
   ranges for ONNX Runtime, torch's own kernels for PyTorch;
 - multi-fidelity: a small calibration subset for every plan, a larger one for the few
   best (the search asks for it).
-Quality is fidelity to the dense model (compress/fidelity.py): mean cosine of sentence
+Quality is fidelity to the dense model (compress/measure/fidelity.py): mean cosine of sentence
 embeddings for encoders, exp(-KL) of next-token distributions for causal LMs; the reward
 is -log(1 - fidelity), which keeps separating plans as fidelity approaches 1.
 """
@@ -36,15 +36,15 @@ from ppocompress.compress import (
     adapter_for,
     layer_table,
 )
-from ppocompress.compress.apply import compress_layer, torch_int8_for
-from ppocompress.compress.calibration import watch_inputs
-from ppocompress.compress.fidelity import fidelity_for
-from ppocompress.compress.importance import LayerImportance, kept_units
-from ppocompress.compress.quantize import (
+from ppocompress.compress.data.calibration import watch_inputs
+from ppocompress.compress.measure.fidelity import fidelity_for
+from ppocompress.compress.ops.apply import compress_layer, torch_int8_for
+from ppocompress.compress.ops.importance import LayerImportance, kept_units
+from ppocompress.compress.ops.quantize import (
     InputStatistics,
-    simulate_int8_,
 )
-from ppocompress.compress.recovery import projection_grams, refit_to_subset
+from ppocompress.compress.recovery.lsq import projection_grams, refit_to_subset
+from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import get_runtime
 from ppocompress.errors import UserError
 from ppocompress.search.levels import Level
@@ -88,14 +88,14 @@ class PlanEvaluator:
         self.dense = dense
         self.menu = menu
         self.scores = scores
-        self.int8_kind = get_runtime(runtime).int8_kind
-        if recovery not in ("none", "lsq"):
+        self.runtime = get_runtime(runtime)
+        if Recovery.parse(recovery) not in (Recovery.NONE, Recovery.LSQ):
             raise UserError(f"the search prices recovery 'none' or 'lsq', got {recovery!r} (distill is for delivery only)")
         self.adapter = adapter_for(dense.model)
         self.dense_layers = list(self.adapter.layers(dense.model))  # the originals, while swapped() replaces them
         self.head_dim = self.adapter.head_dim(dense.model)
         self.table = layer_table(dense.model)
-        self.grams = projection_grams(dense, recovery_texts or calibration) if recovery == "lsq" else None
+        self.grams = projection_grams(dense, recovery_texts or calibration) if recovery == Recovery.LSQ else None
         self.texts = {name: calibration[:count] for name, count in passages.items()}
         by_count = {count: fidelity_for(dense, calibration[:count]) for count in sorted(set(passages.values()))}
         self.fidelity = {name: by_count[count] for name, count in passages.items()}
@@ -107,7 +107,7 @@ class PlanEvaluator:
         self.identity = hashlib.sha256(json.dumps({
             "model": dense.source, "config": dense.config_scalars(),
             "menu": [level.name for level in menu], "texts": self.texts, "recovery": recovery,
-            "recovery_texts": (recovery_texts or calibration) if recovery == "lsq" else None, "int8": self.int8_kind,
+            "recovery_texts": (recovery_texts or calibration) if recovery == Recovery.LSQ else None, "int8": self.runtime.int8_kind,
         }, sort_keys=True).encode()).hexdigest()[:16]
 
     def kept(self, index: int, level_index: int) -> tuple[list[int] | None, list[int] | None]:
@@ -143,19 +143,14 @@ class PlanEvaluator:
 
     def _int8_head(self) -> nn.Module:
         """The causal LM's output head in int8 as the serving runtime computes it."""
-        if self.int8_kind != "torch":
+        if not self.runtime.generates:
             raise UserError("causal LMs are served on the torch runtime; pass --runtime torch")
         return torch_int8_for(self.dense.model)(copy.deepcopy(self.dense.model.lm_head))
 
     def _int8(self, index: int, layer: nn.Module) -> None:
         """int8 as the serving runtime computes it: its own kernels (torch), ranges per call
         (dynamic), or ranges calibrated on the passages plans are scored on (static)."""
-        if self.int8_kind == "torch":
-            torch_int8_for(self.dense.model)(layer)
-        elif self.int8_kind == "dynamic":
-            simulate_int8_(layer)
-        else:
-            simulate_int8_(layer, self._input_statistics(index, layer))
+        self.runtime.int8_as_served_(layer, self.dense.model, lambda layer: self._input_statistics(index, layer))
 
     def _input_statistics(self, index: int, layer: nn.Module) -> dict[str, InputStatistics]:
         """Each Linear's per-channel input range in `layer`, placed at `index` in the

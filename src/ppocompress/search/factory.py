@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from ppocompress.compress.measure.timing import DEFAULT_THREADS
 from ppocompress.search.env import CompressionEnv
 from ppocompress.search.job import (
     DEFAULT_TARGET_SPEEDUP,
@@ -28,7 +29,7 @@ from ppocompress.search.state import SearchState
 def make_env(model: str | None = None, target_speedup: float | None = None, target_size: float | None = None,
              family_speedups: list[float] | None = None, family_sizes: list[float] | None = None,
              cost: str = "measured", runtime: str = "auto", text: str | Path | None = None, recovery: str = "lsq",
-             threads: int = 2, trust_remote_code: bool = False, log: Callable[[str], None] = print) -> CompressionEnv:
+             threads: int = DEFAULT_THREADS, trust_remote_code: bool = False, log: Callable[[str], None] = print) -> CompressionEnv:
     """A CompressionEnv for `model` (default: the embedded all-MiniLM-L6-v2) and one target
     (default: a 5x speedup, as `ppocompress compress`), or a family's targets taken in
     turn by episode. cost="measured" times the dense model and a latency table on the

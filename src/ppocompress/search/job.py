@@ -31,12 +31,12 @@ from rich.progress import (
 )
 
 from ppocompress.cluster import check_address
-from ppocompress.compress.distillation import DistillConfig
-from ppocompress.compress.models import resolve_source
-from ppocompress.compress.recovery import check_method
+from ppocompress.compress.data.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES
+from ppocompress.compress.measure.timing import DEFAULT_THREADS, TimingSetup
+from ppocompress.compress.models.loading import resolve_source
+from ppocompress.compress.recovery.distillation import DistillConfig
+from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import CHOICES as RUNTIME_CHOICES
-from ppocompress.compress.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES
-from ppocompress.compress.timing import TimingSetup
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text, output_dir, remove_leftovers
 from ppocompress.search.deliver import deliver
@@ -72,11 +72,11 @@ class CompressSettings:
     policy: str | None = None  # a saved search policy PPO starts from
     searcher: str = "ppo"
     evals: int | None = None  # per searcher (a family: over all its targets); None: DEFAULT_EVALS, FAMILY_RUNS times for a family
-    recovery: str = "lsq"
+    recovery: Recovery = Recovery.LSQ
     recover_minutes: float | None = None  # a distillation's budget; None: DistillConfig's default
     seed: int = 0
     baselines: bool = True
-    threads: int = 2
+    threads: int = DEFAULT_THREADS
     text: str | None = None
     cost: str = "measured"  # or "flops"
     runtime: str = "auto"
@@ -136,7 +136,7 @@ class CompressSettings:
             raise UserError(f"--evals must be >= 1, got {self.evals}")
         if self.cost not in ("measured", "flops"):
             raise UserError(f"--cost must be measured or flops, got {self.cost!r}")
-        check_method(self.recovery)
+        Recovery.parse(self.recovery)
         self.distillation()
         if self.runtime not in RUNTIME_CHOICES:
             raise UserError(f"unknown runtime {self.runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")

@@ -26,10 +26,11 @@ from ppocompress.compress import (
     layer_table,
     load_model,
 )
-from ppocompress.compress.importance import LayerImportance, importance_scores
+from ppocompress.compress.data.text import TextSplits, load_splits, subset
+from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
+from ppocompress.compress.ops.importance import LayerImportance, importance_scores
+from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import available_runtimes, get_runtime, no_generation
-from ppocompress.compress.text import TextSplits, load_splits, subset
-from ppocompress.compress.timing import TimingSetup, measure_latencies
 from ppocompress.errors import UserError
 from ppocompress.search.cost_table import (
     CALIBRATION_FOR_TIMING,
@@ -119,7 +120,7 @@ def prepare(settings, state: SearchState, save_state, log, workers: int | None =
                  + (0 if DROP_PAIRS in state.extras else drop_pairs),
                  table_cached=table_cache_path(dense, menu, likely_runtime, table_setup(setup)).exists(),
                  dense_timed="dense_ms" in state.extras, measured=measured, causal=dense.is_causal,
-                 distill_minutes=settings.distillation().minutes if "distill" in settings.recovery else 0.0,
+                 distill_minutes=settings.distillation().minutes if Recovery(settings.recovery).distills else 0.0,
                  targets=len(targets)).line())
     if "runtime" not in state.extras:
         if measured:
@@ -144,7 +145,7 @@ def prepare(settings, state: SearchState, save_state, log, workers: int | None =
     # calibration text apart from the passages plans are scored on.
     scored = fidelity_passages(dense.is_causal)["high"]
     spec = EvaluatorSpec(settings.model, settings.trust_remote_code, menu, scores, calibration,
-                         recovery="lsq" if "lsq" in settings.recovery else "none",
+                         recovery=Recovery.LSQ if Recovery(settings.recovery).refits else Recovery.NONE,
                          recovery_texts=refit_passages(calibration[scored:], dense.is_causal) or calibration, runtime=runtime)
     evaluator = spec.build(dense)
     scorer = evaluator if workers is None else RayScorer(spec, workers, evaluator.identity)

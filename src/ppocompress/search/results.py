@@ -7,9 +7,9 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from ppocompress.compress.distillation import DistillReport
-from ppocompress.compress.quality import HeldOutQuality
-from ppocompress.compress.timing import LatencyResult, TimingSetup
+from ppocompress.compress.measure.quality import HeldOutQuality
+from ppocompress.compress.measure.timing import LatencyResult, TimingSetup
+from ppocompress.compress.recovery.distillation import DistillReport
 from ppocompress.errors import UserError
 from ppocompress.fileio import read_json_object
 from ppocompress.search.env import Target

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ppocompress.compress import LoadedModel, load_model
-from ppocompress.compress.importance import LayerImportance
+from ppocompress.compress.ops.importance import LayerImportance
 from ppocompress.errors import UserError
 from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.levels import Level

@@ -4,6 +4,7 @@ load it, and run it; one implementation per runtime (PyTorch, ONNX Runtime, Open
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -12,7 +13,10 @@ import numpy as np
 from ppocompress.errors import UserError
 
 if TYPE_CHECKING:
-    from ppocompress.compress.models import LoadedModel
+    from torch import nn
+
+    from ppocompress.compress.models.loading import LoadedModel
+    from ppocompress.compress.ops.quantize import InputStatistics
 
 
 class Session(Protocol):
@@ -27,9 +31,7 @@ class Runtime:
     name: str
     package: str  # the module that must be importable
     install_hint: str
-    # How its int8 computes, which is how a search simulates it: "torch" (torch's own
-    # dynamic kernels), "dynamic" (input ranges per call) or "static" (calibrated ranges).
-    int8_kind: str
+    int8_kind: str  # names how its int8 computes (int8_as_served_) in a search's identity
     generates = False  # runs a causal LM with a KV cache (its Session has generate_timed)
     artifact_name: str  # what export writes in its directory, and session loads
 
@@ -48,6 +50,14 @@ class Runtime:
         """Writes `model` (fp32, pruned and recovered) for this runtime into `directory`,
         int8 in the layers its plan marks; returns the artifact that `session` loads.
         Static int8 calibrates its activation ranges on `calibration`."""
+        raise NotImplementedError
+
+    def int8_as_served_(self, layer: nn.Module, dense: nn.Module,
+                        input_statistics: Callable[[nn.Module], dict[str, InputStatistics]]) -> None:
+        """Makes `layer`'s Linear layers compute int8 as this runtime does, in place, so
+        that a search scores a plan as it will be served. `dense` is the model the layer
+        belongs to; `input_statistics(layer)` gives calibrated input ranges, for runtimes
+        that calibrate them."""
         raise NotImplementedError
 
     def check_artifact(self, path: Path) -> Path:

@@ -13,7 +13,7 @@ from ppocompress.errors import UserError
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from ppocompress.compress.models import LoadedModel
+    from ppocompress.compress.models.loading import LoadedModel
 
 
 def onnx_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
@@ -63,11 +63,19 @@ class OnnxRuntime(Runtime):
     name = "onnxruntime"
     package = "onnxruntime"
     install_hint = "pip install onnxruntime"
-    int8_kind = "dynamic"
+    int8_kind = "dynamic"  # input ranges measured on every call
     artifact_name = "model.onnx"
 
+    def int8_as_served_(self, layer, dense, input_statistics) -> None:
+        from ppocompress.compress.ops.quantize import simulate_int8_
+
+        simulate_int8_(layer)
+
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
-        from ppocompress.compress.onnx_export import export_onnx, quantize_onnx_int8
+        from ppocompress.compress.files.onnx_export import (
+            export_onnx,
+            quantize_onnx_int8,
+        )
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from ppocompress.compress.runtimes.base import Runtime, graph_feeds, int8_layers
 from ppocompress.errors import UserError
 
 if TYPE_CHECKING:
-    from ppocompress.compress.models import LoadedModel
+    from ppocompress.compress.models.loading import LoadedModel
 
 CALIBRATION_PASSAGES = 300  # NNCF's default subset size; more changed nothing measurable
 CALIBRATION_MAX_LENGTH = 128
@@ -51,7 +51,7 @@ class OpenVinoRuntime(Runtime):
     name = "openvino"
     package = "openvino"
     install_hint = "pip install openvino nncf"
-    int8_kind = "static"
+    int8_kind = "static"  # input ranges calibrated on text
     artifact_name = "openvino_model.xml"  # what sentence-transformers and optimum-intel look for
 
     def missing(self) -> str | None:
@@ -63,10 +63,15 @@ class OpenVinoRuntime(Runtime):
                 return "openvino has no CPU device on this machine"
         return reason
 
+    def int8_as_served_(self, layer, dense, input_statistics) -> None:
+        from ppocompress.compress.ops.quantize import simulate_int8_
+
+        simulate_int8_(layer, input_statistics(layer))
+
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
         import openvino as ov
 
-        from ppocompress.compress.onnx_export import export_onnx
+        from ppocompress.compress.files.onnx_export import export_onnx
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -97,7 +102,7 @@ def _quantize(graph, model: LoadedModel, layers: list[int], calibration: list[st
     """NNCF static int8 of `layers` (indices among the kept layers), calibrated on text."""
     import nncf
 
-    from ppocompress.compress.families import family
+    from ppocompress.compress.models.families import family
 
     if not calibration:
         raise UserError("static int8 needs calibration text to set its activation ranges")

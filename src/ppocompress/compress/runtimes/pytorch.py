@@ -13,16 +13,16 @@ from ppocompress.compress.runtimes.base import Runtime
 from ppocompress.errors import UserError
 
 if TYPE_CHECKING:
-    from ppocompress.compress.models import LoadedModel
+    from ppocompress.compress.models.loading import LoadedModel
 
 
 class TorchSession:
     def __init__(self, artifact: Path, threads: int | None):
         import torch
 
-        from ppocompress.compress.export import load
-        from ppocompress.compress.models import load_model
-        from ppocompress.compress.onnx_export import takes_token_type_ids
+        from ppocompress.compress.files.onnx_export import takes_token_type_ids
+        from ppocompress.compress.files.saved import load
+        from ppocompress.compress.models.loading import load_model
 
         if threads is not None:
             torch.set_num_threads(threads)
@@ -63,13 +63,18 @@ class TorchRuntime(Runtime):
     name = "torch"
     package = "torch"
     install_hint = "pip install torch==2.13.0"
-    int8_kind = "torch"
+    int8_kind = "torch"  # torch's own dynamic int8 kernels
     generates = True
     artifact_name = "model"
 
+    def int8_as_served_(self, layer, dense, input_statistics) -> None:
+        from ppocompress.compress.ops.quantize import torch_int8_for
+
+        torch_int8_for(dense)(layer)
+
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
-        from ppocompress.compress.apply import quantize_planned_layers
-        from ppocompress.compress.export import save
+        from ppocompress.compress.files.saved import save
+        from ppocompress.compress.ops.apply import quantize_planned_layers
 
         if model.plan is not None and (model.plan.int8_layers() or model.plan.int8_head):
             model = copy.copy(model)

@@ -7,10 +7,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ppocompress.compress.architecture import (
+from torch import nn
+
+from ppocompress.compress.models.architecture import (
     BertAdapter,
     FamilyAdapter,
     GPT2Adapter,
+    LayerInfo,
     LlamaAdapter,
 )
 from ppocompress.errors import UserError
@@ -48,3 +51,12 @@ def family(model_type: str) -> Family:
     if model_type not in FAMILIES:
         raise UserError(f"unsupported architecture {model_type!r}; supported: {', '.join(sorted(FAMILIES))}")
     return FAMILIES[model_type]
+
+
+def adapter_for(model: nn.Module) -> FamilyAdapter:
+    return family(getattr(model.config, "model_type", "?")).adapter
+
+
+def layer_table(model: nn.Module, seq_len: int = 128) -> list[LayerInfo]:
+    """Per layer: heads, KV groups, head dim, FFN width, parameters, FLOPs per token."""
+    return adapter_for(model).layer_table(model, seq_len)

@@ -17,21 +17,20 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ppocompress.compress.apply import restructure
-from ppocompress.compress.families import family
-from ppocompress.compress.models import LoadedModel
-from ppocompress.compress.plan import CompressionPlan
-from ppocompress.compress.quantize import (
+from ppocompress.compress.files.description import DESCRIPTION, FORMAT, read_description
+from ppocompress.compress.models.families import family
+from ppocompress.compress.models.loading import LoadedModel
+from ppocompress.compress.ops.apply import restructure
+from ppocompress.compress.ops.quantize import (
     int8_tensors,
     is_int8_linear,
     is_packed_int8_linear,
     load_int8_tensors,
 )
+from ppocompress.compress.plan import CompressionPlan
 from ppocompress.errors import UserError
-from ppocompress.fileio import move_into_place, read_json_object, staging_dir
+from ppocompress.fileio import move_into_place, staging_dir
 
-FORMAT = "ppocompress.compress/1"
-DESCRIPTION = "compression.json"  # beside the weights: the plan, the dense config, the source
 SPARSE_SUFFIXES = (".sparse_mask", ".sparse_values")
 
 
@@ -62,23 +61,13 @@ def save(loaded: LoadedModel, directory: str | Path) -> Path:
     return directory
 
 
-def is_saved_model(directory: Path) -> bool:
-    """A folder written by save() (a delivered model), not a Hugging Face one."""
-    return (Path(directory) / DESCRIPTION).is_file()
-
-
-def saved_source(directory: Path) -> str:
-    """The --model a saved model was compressed from, as that run was given it."""
-    return _description(Path(directory))["source"]
-
-
 def load(directory: str | Path) -> LoadedModel:
     """Rebuilds a model written by save(); its outputs equal the saved model's."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.initialization import no_init_weights
 
     directory = Path(directory)
-    meta = _description(directory)
+    meta = read_description(directory)
     base_config = dict(meta["base_config"])
     config = AutoConfig.for_model(**base_config)
     auto_class = AutoModelForCausalLM if family(meta["model_type"]).causal else AutoModel
@@ -93,15 +82,6 @@ def load(directory: str | Path) -> LoadedModel:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model, tokenizer, meta["model_type"], meta["source"], base_config, plan)
-
-
-def _description(directory: Path) -> dict:
-    path = directory / DESCRIPTION
-    meta = read_json_object(path, "model description", f"{directory} is not a saved compressed model (no {DESCRIPTION}); "
-                            "pass a directory written by ppocompress")
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{path} has format {meta.get('format')!r}; this version reads {FORMAT}")
-    return meta
 
 
 def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

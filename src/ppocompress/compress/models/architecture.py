@@ -316,16 +316,3 @@ class LlamaAdapter(FamilyAdapter):
         mlp.down_proj = slice_linear(mlp.down_proj, index, 1)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = len(keep)
-
-
-def adapter_for(model: nn.Module) -> FamilyAdapter:
-    from ppocompress.compress.families import (
-        family,  # the registry imports the adapters above
-    )
-
-    return family(getattr(model.config, "model_type", "?")).adapter
-
-
-def layer_table(model: nn.Module, seq_len: int = 128) -> list[LayerInfo]:
-    """Per layer: heads, KV groups, head dim, FFN width, parameters, FLOPs per token."""
-    return adapter_for(model).layer_table(model, seq_len)

@@ -21,7 +21,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from ppocompress.compress.families import family
+from ppocompress.compress.models.families import family
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_path
 
@@ -170,7 +170,7 @@ class _DropPreprocessHint(logging.Filter):
 def _quantize_dynamic(graph: onnx.ModelProto, out: Path, nodes: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from ppocompress.compress.quantize import onnx_runtime_reduces_range
+    from ppocompress.compress.ops.quantize import onnx_runtime_reduces_range
 
     hint_filter = _DropPreprocessHint()
     logging.getLogger().addFilter(hint_filter)

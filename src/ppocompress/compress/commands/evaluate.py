@@ -6,13 +6,11 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from ppocompress.compress.cost import count_parameters, model_flops
-from ppocompress.compress.distillation import DistillConfig
-from ppocompress.compress.export import load
-from ppocompress.compress.models import LoadedModel
-from ppocompress.compress.pipeline import compress
-from ppocompress.compress.plan import CompressionPlan
-from ppocompress.compress.quality import (
+from ppocompress.compress.data.text import TextSplits
+from ppocompress.compress.files.saved import load
+from ppocompress.compress.files.sentence_transformers_folder import served_artifact
+from ppocompress.compress.measure.cost import count_parameters, model_flops
+from ppocompress.compress.measure.quality import (
     CAUSAL_HELD_OUT,
     HELD_OUT_MAX_LENGTH,
     NextTokenReference,
@@ -20,10 +18,12 @@ from ppocompress.compress.quality import (
     judge_session,
     lee_correlation,
 )
+from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
+from ppocompress.compress.models.loading import LoadedModel
+from ppocompress.compress.pipeline import compress
+from ppocompress.compress.plan import CompressionPlan
+from ppocompress.compress.recovery.distillation import DistillConfig
 from ppocompress.compress.runtimes import get_runtime, no_generation
-from ppocompress.compress.sentence_transformers_folder import served_artifact
-from ppocompress.compress.text import TextSplits
-from ppocompress.compress.timing import TimingSetup, measure_latencies
 from ppocompress.errors import UserError
 
 

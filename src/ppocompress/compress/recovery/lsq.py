@@ -18,21 +18,14 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ppocompress.compress.architecture import adapter_for
-from ppocompress.compress.calibration import watch_inputs
-from ppocompress.compress.importance import output_weight
-from ppocompress.compress.models import LoadedModel
+from ppocompress.compress.data.calibration import watch_inputs
+from ppocompress.compress.models.families import adapter_for
+from ppocompress.compress.models.loading import LoadedModel
+from ppocompress.compress.ops.importance import output_weight
 from ppocompress.errors import UserError
 
-METHODS = ("none", "lsq", "distill", "lsq+distill")
 DEFAULT_RIDGE = 1e-3  # relative to the mean squared input; without validation text, and in the search
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the candidates validation text chooses from
-
-
-def check_method(recovery: str) -> None:
-    """A UserError for an unknown recovery method (callers check before any expensive step)."""
-    if recovery not in METHODS:
-        raise UserError(f"unknown recovery {recovery!r}; use one of {', '.join(METHODS)}")
 
 
 def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[str], validation: list[str] | None = None,

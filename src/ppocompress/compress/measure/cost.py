@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ppocompress.compress.architecture import layer_table
-from ppocompress.compress.quantize import is_int8_linear, is_packed_int8_linear
+from ppocompress.compress.models.families import layer_table
+from ppocompress.compress.ops.quantize import is_int8_linear, is_packed_int8_linear
 from ppocompress.errors import UserError
 
 _PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)

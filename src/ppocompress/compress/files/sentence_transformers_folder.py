@@ -16,8 +16,8 @@ import json
 import shutil
 from pathlib import Path
 
-from ppocompress.compress.models import LoadedModel
-from ppocompress.compress.quality import usable_positions
+from ppocompress.compress.measure.quality import usable_positions
+from ppocompress.compress.models.loading import LoadedModel
 
 ST_MAX_SEQ_LENGTH = 256  # what all-MiniLM-L6-v2's own sentence-transformers config says
 FOLDERS = {"onnxruntime": "onnx", "openvino": "openvino"}  # runtime -> sub-folder sentence-transformers reads

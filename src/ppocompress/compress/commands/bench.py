@@ -16,20 +16,20 @@ import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ppocompress.compress.architecture import layer_table
-from ppocompress.compress.cost import count_parameters
-from ppocompress.compress.importance import (
+from ppocompress.compress.data.text import TextSplits
+from ppocompress.compress.measure.cost import count_parameters
+from ppocompress.compress.measure.quality import HeldOut, HeldOutQuality
+from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
+from ppocompress.compress.models.families import layer_table
+from ppocompress.compress.models.loading import LoadedModel
+from ppocompress.compress.ops.importance import (
     importance_scores,
     layers_to_drop,
     plan_from_scores,
 )
-from ppocompress.compress.models import LoadedModel
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.plan import CompressionPlan
-from ppocompress.compress.quality import HeldOut, HeldOutQuality
 from ppocompress.compress.runtimes import get_runtime
-from ppocompress.compress.text import TextSplits
-from ppocompress.compress.timing import TimingSetup, measure_latencies
 
 
 @dataclass

@@ -30,7 +30,7 @@ Articles and reviews are split into sentences (`split_sentences`); movie-review 
 are already single sentences. Each list keeps one copy of a repeated sentence
 (lee_background.cor has only 293 distinct articles among its 300 lines).
 lee.cor (50 documents, with human similarity judgements) is in no list. It is the
-separate benchmark that `ppocompress.compress.quality.lee_correlation` uses.
+separate benchmark that `ppocompress.compress.measure.quality.lee_correlation` uses.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ppocompress.compress.embedded import ENCODER_DEFAULT, embedded_dir
-from ppocompress.compress.families import FAMILIES, family
+from ppocompress.compress.files.description import is_saved_model, saved_source
+from ppocompress.compress.models.embedded import ENCODER_DEFAULT, embedded_dir
+from ppocompress.compress.models.families import FAMILIES, family
 from ppocompress.errors import UserError, first_line
 
 EMBEDDED_DEFAULT = ENCODER_DEFAULT
@@ -55,8 +56,6 @@ def resolve_source(name: str | None) -> tuple[str, str]:
     if path.exists():
         if not (path / "config.json").is_file():
             raise UserError(f"{path} has no config.json; pass a model directory saved with save_pretrained")
-        from ppocompress.compress.export import is_saved_model, saved_source
-
         if is_saved_model(path):
             raise UserError(f"{path} is a model ppocompress compressed; judge it with ppocompress evaluate --model {path}, "
                             f"or compress the dense model it came from ({saved_source(path)})")

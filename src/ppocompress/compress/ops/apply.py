@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ppocompress.compress.architecture import FamilyAdapter, adapter_for, layer_table
-from ppocompress.compress.families import family
-from ppocompress.compress.models import LoadedModel
+from ppocompress.compress.models.architecture import FamilyAdapter
+from ppocompress.compress.models.families import adapter_for, family, layer_table
+from ppocompress.compress.models.loading import LoadedModel
+from ppocompress.compress.ops.quantize import torch_int8_
 from ppocompress.compress.plan import CompressionPlan, LayerPlan
-from ppocompress.compress.quantize import torch_int8_
 from ppocompress.errors import UserError
 
 

@@ -14,8 +14,8 @@ import math
 import torch
 from torch import nn
 
-from ppocompress.compress.models import LoadedModel
-from ppocompress.compress.quality import NextTokenReference, embed
+from ppocompress.compress.measure.quality import NextTokenReference, embed
+from ppocompress.compress.models.loading import LoadedModel
 
 CAUSAL_MAX_LENGTH = 64  # tokens of a passage a causal LM is scored on (most sentences are shorter)
 

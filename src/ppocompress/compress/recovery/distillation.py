@@ -40,16 +40,16 @@ from rich.progress import (
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ppocompress.compress.architecture import adapter_for
-from ppocompress.compress.calibration import by_length
-from ppocompress.compress.models import LoadedModel
-from ppocompress.compress.quality import (
+from ppocompress.compress.data.calibration import by_length
+from ppocompress.compress.measure.quality import (
     NextTokenReference,
     embed,
     embedding_fidelity,
     ensure_pad_token,
     mean_pooled,
 )
+from ppocompress.compress.models.families import adapter_for
+from ppocompress.compress.models.loading import LoadedModel
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text
 from ppocompress.terminal import stderr_progress

@@ -21,6 +21,9 @@ from ppocompress.errors import UserError
 
 STATISTICS = ("p10", "median")
 WORKER_TIMEOUT_S = 600.0
+# Threads a model is timed with unless told otherwise: the cores of the smallest CPU server
+# the tool is meant for, so that timings are comparable across machines.
+DEFAULT_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class TimingSetup:
     batch_size: int = 32
     seq_len: int = 64
     new_tokens: int = 0
-    threads: int = 2
+    threads: int = DEFAULT_THREADS
     rounds: int = 3  # interleaved rounds; each target runs once a round in a fresh process
     repeats: int = 3  # timed passes a process, after `warmup` untimed ones
     warmup: int = 2
@@ -126,7 +129,7 @@ def run_worker(path: Path, runtime: str, setup: TimingSetup, seed: int = 0) -> d
     """From a fresh worker process: {"times_ms": one time per repeat (a forward pass, or
     decode per token)} plus, when generating, {"prefill_ms": the prompt's passes}."""
     command = [
-        sys.executable, "-m", "ppocompress.compress.latency_worker",
+        sys.executable, "-m", "ppocompress.compress.measure.latency_worker",
         "--runtime", runtime, "--target", str(path),
         "--batch-size", str(setup.batch_size), "--seq-len", str(setup.seq_len), "--threads", str(setup.threads),
         "--warmup", str(setup.warmup), "--repeats", str(setup.repeats), "--seed", str(seed),

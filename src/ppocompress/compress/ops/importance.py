@@ -15,9 +15,10 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ppocompress.compress.architecture import LayerInfo, adapter_for, layer_table
-from ppocompress.compress.calibration import batches, watch_inputs
-from ppocompress.compress.models import LoadedModel
+from ppocompress.compress.data.calibration import batches, watch_inputs
+from ppocompress.compress.models.architecture import LayerInfo
+from ppocompress.compress.models.families import adapter_for, layer_table
+from ppocompress.compress.models.loading import LoadedModel
 from ppocompress.compress.plan import CompressionPlan, LayerPlan
 from ppocompress.errors import UserError
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ppocompress.compress.calibration import by_length
-from ppocompress.compress.text import lee_documents, lee_similarities
+from ppocompress.compress.data.calibration import by_length
+from ppocompress.compress.data.text import lee_documents, lee_similarities
 
 LEE_MAX_LENGTH = 256  # the longest lee.cor document is 154 MiniLM tokens, so nothing is cut
 HELD_OUT_MAX_LENGTH = 128  # tokens of a held-out passage that quality is measured on

@@ -1,0 +1,1 @@
+"""Text: the embedded corpus, its fixed splits, and running a model over calibration text."""

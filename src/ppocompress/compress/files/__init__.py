@@ -1,0 +1,1 @@
+"""File formats a compressed model is delivered in: safetensors + plan, ONNX, sentence-transformers folders."""

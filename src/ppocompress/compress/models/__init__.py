@@ -1,0 +1,1 @@
+"""Models: loading, the family registry and the per-family view of a layer."""

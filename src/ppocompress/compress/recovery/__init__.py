@@ -1,0 +1,1 @@
+"""Recovery after pruning: least squares, then optionally distillation."""
