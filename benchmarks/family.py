@@ -17,38 +17,44 @@ interrupted benchmark continues.
 
     python benchmarks/family.py [--targets 2,3,4,5,6] [--unseen 4.5|none] [--seeds 0,1,2] [--evals 200] [--dedicated 5,6|none]
 
-Writes benchmarks/results/family.{txt,json} (--results names another).
+Writes benchmarks/results/family.{txt,json} (--results names another). "Family" is the
+name users know a target set by (--targets); the code calls it a target set.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ppocompress.search.evaluator import PlanEvaluator, fidelity_passages
-from ppocompress.search.job import (
-    FAMILY_RUNS,
-    CompressSettings,
-    best_at_high_fidelity,
-    search,
-)
-from ppocompress.search.levels import Level, drop_index
+from ppocompress.search.levels import DENSE_INT8_LEVEL, drop_index
+from ppocompress.search.plan import Plan
 from ppocompress.search.prepare import Prepared, prepare
+from ppocompress.search.searching import best_at_high_fidelity, search
+from ppocompress.search.settings import TARGET_SET_RUNS, CompressSettings
 from ppocompress.search.state import SearchState
 from publish import publish
 
 
 @dataclass
-class Plan:
+class Found:
+    """A plan a run found, judged on held-out text."""
+
     run: str  # "family", "ppo", "evolutionary", "zero-shot"
     target: float
     seed: int
-    levels: list[str]
+    levels: list[str]  # by name
     predicted_speedup: float
     cosine: float  # held-out
-    evaluations: int  # spent by the run that found it (a family's: all its targets')
+    evaluations: int  # spent by the run that found it (a target set's: all its targets')
+
+    @classmethod
+    def judged(cls, run: str, target: float, seed: int, plan: Plan, prepared: Prepared, held_out: PlanEvaluator,
+               evaluations: int) -> "Found":
+        return cls(run, target, seed, plan.names(prepared.menu), prepared.cost.speedup(plan), held_out.quality(plan), evaluations)
 
 
 def main() -> None:
@@ -59,7 +65,8 @@ def main() -> None:
                                                           "none: only the family and the unseen target)")
     parser.add_argument("--unseen", default="4.5", help="a target the family never saw, or none (a run that splits the work)")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--evals", type=int, default=200, help="of a single-target run; the family gets FAMILY_RUNS times as many")
+    parser.add_argument("--evals", type=int, default=200,
+                        help="of a single-target run; the family gets TARGET_SET_RUNS times as many")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-family"))
     parser.add_argument("--results", default="family", help="writes benchmarks/results/RESULTS.{txt,json}")
     args = parser.parse_args()
@@ -69,42 +76,43 @@ def main() -> None:
                  else [float(t) for t in args.dedicated.split(",")])
     seeds = [int(s) for s in args.seeds.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
-    family_settings = CompressSettings(target_speedup=None, family_speedups=targets, searcher="ppo", baselines=False,
-                                       evals=FAMILY_RUNS * args.evals)
+    set_settings = CompressSettings(target_speedup=None, target_set_speedups=targets, searcher="ppo", baselines=False,
+                                    evals=TARGET_SET_RUNS * args.evals)
     shared_path = args.work / "prepared.json"
-    shared = SearchState.load(shared_path) if shared_path.exists() else SearchState(asdict(family_settings))
-    prepared = prepare(family_settings, shared, lambda: shared.save(shared_path), print)
+    shared = SearchState.load(shared_path) if shared_path.exists() else SearchState(asdict(set_settings))
+    prepared = prepare(set_settings, shared, lambda: shared.save(shared_path), print)
     held_out = held_out_evaluator(prepared)
-    int8 = [prepared.menu.index(Level(int8=True))] * len(prepared.scores)  # the no-effort alternative: no search
-    dense_int8 = Plan("dense int8", 0.0, -1, [prepared.menu[i].name for i in int8], prepared.cost.speedup(int8),
-                      held_out.quality(int8), 0)
+    int8 = Plan.uniform(prepared.menu.index(DENSE_INT8_LEVEL), len(prepared.scores))  # the no-effort alternative: no search
+    dense_int8 = Found.judged("dense int8", 0.0, -1, int8, prepared, held_out, 0)
 
     def run(name: str, settings: CompressSettings, prepared: Prepared = prepared) -> dict:
         folder = args.work / name
         folder.mkdir(exist_ok=True)
         path = folder / "state.json"
-        state = SearchState.load(path) if path.exists() else SearchState(asdict(settings), extras=dict(shared.extras))
+        state = (SearchState.load(path) if path.exists()
+                 else SearchState(asdict(settings), measurements=copy.deepcopy(shared.measurements)))
         print(f"{name}", flush=True)
         return search(prepared, settings, state, path, folder / "policy")
 
-    def plans_of(run_name: str, results: dict, seed: int) -> list[Plan]:
+    def plans_of(run_name: str, results: dict, seed: int) -> list[Found]:
         found = []
         for label, by_searcher in results.items():
             result = next(iter(by_searcher.values()))
-            levels = best_at_high_fidelity(prepared.evaluator, result)
-            found.append(Plan(run_name, float(label.removesuffix("x")), seed, [prepared.menu[i].name for i in levels],
-                              prepared.cost.speedup(levels), held_out.quality(levels), result.evaluations))
+            plan = best_at_high_fidelity(prepared.evaluator, result)
+            target = float(label.removesuffix("x"))
+            found.append(Found.judged(run_name, target, seed, plan, prepared, held_out, result.evaluations))
         return found
 
-    plans: list[Plan] = []
+    plans: list[Found] = []
     for seed in seeds:
-        family = replace(family_settings, seed=seed)
+        family = replace(set_settings, seed=seed)
         plans += plans_of("family", run(f"family-seed{seed}", family), seed)
         for target in [*dedicated, *([unseen] if unseen is not None else [])]:
             single = CompressSettings(target_speedup=target, searcher="ppo", baselines=False, evals=args.evals, seed=seed)
             plans += plans_of("ppo", run(f"ppo-{target:g}x-seed{seed}", single), seed)
             if target != unseen:
-                plans += plans_of("evolutionary", run(f"evolutionary-{target:g}x-seed{seed}", replace(single, searcher="evolutionary")), seed)
+                evolutionary = replace(single, searcher="evolutionary")
+                plans += plans_of("evolutionary", run(f"evolutionary-{target:g}x-seed{seed}", evolutionary), seed)
         if unseen is not None:
             zero_shot = CompressSettings(target_speedup=unseen, searcher="ppo", baselines=False, evals=1, seed=seed,
                                          policy=str(args.work / f"family-seed{seed}" / "policy"))
@@ -114,7 +122,7 @@ def main() -> None:
                                                        replace(prepared, drop_interaction=None)), seed)
     text = table(plans, targets, unseen, seeds, args.evals, dense_int8) + "\n" + pair_lines(prepared)
     publish(args.results, text, {"targets": targets, "unseen": unseen, "seeds": seeds, "evals": args.evals,
-                             "family_evals": FAMILY_RUNS * args.evals, "runtime": prepared.runtime,
+                             "family_evals": TARGET_SET_RUNS * args.evals, "runtime": prepared.runtime,
                              "held_out_passages": len(prepared.texts.evaluation), "dense_int8": asdict(dense_int8),
                              "plans": [asdict(p) for p in plans]})
 
@@ -139,7 +147,8 @@ def held_out_evaluator(prepared: Prepared) -> PlanEvaluator:
                          high_fidelity=len(evaluation), recovery="lsq", recovery_texts=refit, runtime=prepared.runtime)
 
 
-def table(plans: list[Plan], targets: list[float], unseen: float | None, seeds: list[int], evals: int, dense_int8: Plan) -> str:
+def table(plans: list[Found], targets: list[float], unseen: float | None, seeds: list[int], evals: int,
+          dense_int8: Found) -> str:
     def cosines(run: str, target: float) -> list[float]:
         return [p.cosine for p in plans if p.run == run and p.target == target]
 
@@ -150,8 +159,10 @@ def table(plans: list[Plan], targets: list[float], unseen: float | None, seeds: 
         return f"{statistics.mean(values):7.4f} ± {spread:.3f}"
 
     spent = statistics.mean(p.evaluations for p in plans if p.run == "family" and p.target == targets[0])
-    lines = [f"all-MiniLM-L6-v2: held-out mean cosine (lsq, simulated int8), mean ± spread over seeds {', '.join(map(str, seeds))}",
-             f"family: one PPO run over {', '.join(f'{t:g}x' for t in targets)} with {FAMILY_RUNS * evals} evaluations in all "
+    lines = [f"all-MiniLM-L6-v2: held-out mean cosine (lsq, simulated int8), mean ± spread over seeds "
+             f"{', '.join(map(str, seeds))}",
+             f"family: one PPO run over {', '.join(f'{t:g}x' for t in targets)} with {TARGET_SET_RUNS * evals} evaluations "
+             f"in all "
              f"(spent {spent:.0f} on average); ppo and evolutionary: a run per target, {evals} evaluations each",
              f"{'target':>7} {'family':>15} {'ppo (own run)':>15} {'evolutionary':>15} {'family - ppo':>12} {'within 0.005':>12}"]
     for target in targets:
@@ -163,12 +174,14 @@ def table(plans: list[Plan], targets: list[float], unseen: float | None, seeds: 
         zero, own = cosines("zero-shot", unseen), cosines("ppo", unseen)
         speeds = [p.predicted_speedup for p in plans if p.run == "zero-shot"]
         gap = statistics.mean(zero) - statistics.mean(own) if zero and own else float("nan")
-        lines.append(f"unseen {unseen:g}x: from the family's policy, 1 new evaluation (and the family's scored plans) {cell(zero)}, predicted "
+        lines.append(f"unseen {unseen:g}x: from the family's policy, 1 new evaluation (and the family's scored plans) "
+                     f"{cell(zero)}, predicted "
                      f"{min(speeds, default=float('nan')):.2f}x-{max(speeds, default=float('nan')):.2f}x; dedicated ppo ({evals} "
                      f"evaluations) {cell(own)}; difference {gap:.4f} ({'within' if gap >= -0.01 else 'not within'} 0.01)")
         one_off = {p.seed: p for p in plans if p.run == "zero-shot one-off"}
         by_seed = {p.seed: p for p in plans if p.run == "zero-shot"}
-        lines.append("  per seed, from the policy (its plan searched on the one-off drops alone) against the dedicated run: " + "; ".join(
+        lines.append("  per seed, from the policy (its plan searched on the one-off drops alone) against the dedicated run: "
+                     + "; ".join(
             f"{p.seed}: {by_seed[p.seed].cosine:.4f} ({one_off[p.seed].cosine:.4f}) against {p.cosine:.4f}" for p in plans
             if p.run == "ppo" and p.target == unseen and p.seed in by_seed and p.seed in one_off))
     lines.append(f"dense int8, no search: {dense_int8.cosine:.4f} at predicted {dense_int8.predicted_speedup:.2f}x "

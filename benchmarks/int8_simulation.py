@@ -17,13 +17,15 @@ import tempfile
 from pathlib import Path
 
 from ppocompress.compress import load_model
-from ppocompress.compress.data.text import load_splits, subset
+from ppocompress.compress.data.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES, load_splits, subset
 from ppocompress.compress.measure.quality import embed_session
 from ppocompress.compress.ops.importance import importance_scores
 from ppocompress.compress.pipeline import compress
+from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import get_runtime
 from ppocompress.search.evaluator import HIGH_FIDELITY, PlanEvaluator
 from ppocompress.search.levels import default_menu
+from ppocompress.search.prepare import IMPORTANCE_PASSAGES
 from publish import publish
 
 
@@ -33,15 +35,15 @@ def main() -> None:
     parser.add_argument("--keep", default="1,0.5,0.25", help="fractions kept; levels with both heads and FFN at one of them")
     args = parser.parse_args()
     dense = load_model()
-    calibration = subset(load_splits(None), 1024, 512).calibration
-    scores = importance_scores(dense, calibration[:256])
+    calibration = subset(load_splits(None), CALIBRATION_PASSAGES, EVALUATION_PASSAGES).calibration
+    scores = importance_scores(dense, calibration[:IMPORTANCE_PASSAGES])
     menu = default_menu()
     keep = {float(v) for v in args.keep.split(",")}
     rows = []
     for name in args.runtimes.split(","):
         runtime = get_runtime(name)
-        evaluator = PlanEvaluator(dense, menu, scores, calibration, recovery="lsq", recovery_texts=calibration[HIGH_FIDELITY:],
-                                  runtime=name)
+        evaluator = PlanEvaluator(dense, menu, scores, calibration, recovery=Recovery.LSQ,
+                                  recovery_texts=calibration[HIGH_FIDELITY:], runtime=name)
         reference = evaluator.fidelity["low"].reference
         with tempfile.TemporaryDirectory() as work:
             for index, level in enumerate(menu):
@@ -49,13 +51,14 @@ def main() -> None:
                     continue
                 levels = [index] * len(evaluator.table)
                 simulated = evaluator.quality(levels)
-                model = compress(dense, evaluator.plan(levels), "lsq", calibration[HIGH_FIDELITY:], quantize=False)
+                model = compress(dense, evaluator.plan(levels), Recovery.LSQ, calibration[HIGH_FIDELITY:], quantize=False)
                 artifact = runtime.export(model, Path(work) / f"{name}-{index}", calibration)
                 embeddings = embed_session(runtime.session(artifact), dense.tokenizer, evaluator.texts["low"])
                 real = float((embeddings * reference).sum(dim=1).mean())
                 rows.append({"runtime": name, "level": level.name, "int8": level.int8, "simulated": simulated, "real": real})
                 print(f"{name:12} {level.name:14} simulated {simulated:.4f} real {real:.4f}", flush=True)
-    lines = [f"{'runtime':12} {'level':10} {'sim fp':>7} {'real fp':>7} {'sim q':>7} {'real q':>7} {'sim drop':>8} {'real drop':>9}"]
+    lines = [f"{'runtime':12} {'level':10} {'sim fp':>7} {'real fp':>7} {'sim q':>7} {'real q':>7} "
+             f"{'sim drop':>8} {'real drop':>9}"]
     for row in rows:
         if row["int8"]:
             fp = next(r for r in rows if r["runtime"] == row["runtime"] and r["level"] == row["level"].removesuffix("-int8"))

@@ -3,11 +3,11 @@ ends as an uninterrupted run ends.
 
 A tiny BERT (built here, as the tests build theirs) is compressed with `--cost flops` and
 the evolutionary searcher, once without interruption, noting when each phase began
-(loading, importance, sensitivity, search, delivery, from the run's log). (PPO's
-rehearsal, thousands of free episodes per agent, made each run of this size take 8
-minutes on a busy machine; tests/test_search_job.py resumes an interrupted PPO search to
-the same plan.) Then chains: each starts from a copy of that finished output (a previous
-run's model that must never be lost), starts the same command afresh, and kills it in a
+(loading, importance, sensitivity, search, delivery, from the run's log). (Not PPO: its
+rehearsal, thousands of free episodes per agent, makes every run long, even of this size;
+tests/test_search_job.py resumes an interrupted PPO search to the same plan.) Then chains:
+each starts from a copy of that finished output (a previous run's model that must never
+be lost), starts the same command afresh, and kills it in a
 phase (the phases in turn, kill after kill): once the phase's log line appears, at a
 random moment within that phase's length in the uninterrupted run. It checks that the
 previous model and result are still whole, resumes with --resume, kills again, ... until a
@@ -118,8 +118,8 @@ def main() -> int:
     lines.append("result: every chain ended with the uninterrupted run's plans, evaluations, held-out quality and files, "
                  "no leftovers, the previous model whole after every kill" if not failures else
                  "FAILED:\n" + "\n".join(f"  {f}" for f in failures))
-    publish("kill_resume", "\n".join(lines), {"kills": [asdict(k) for k in kills], "chains": chain, "uninterrupted_s": duration, "phases_s": lengths,
-                                              "failures": failures})
+    publish("kill_resume", "\n".join(lines), {"kills": [asdict(k) for k in kills], "chains": chain, "uninterrupted_s": duration,
+                                              "phases_s": lengths, "failures": failures})
     return 1 if failures else 0
 
 

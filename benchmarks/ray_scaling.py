@@ -3,7 +3,7 @@
 Three configurations, one after another on this machine: "local" (the plan evaluator in
 this process, torch's default threads), and a local Ray cluster of 1 and of 2 CPUs (a
 worker each). Each prepares from scratch (importance, the sensitivity table: batches of a
-layer's levels) and runs PPO's search with the same seed and budget (a rollout's plans
+layer's levels) and runs PPO's search with the same seed and evaluations (a rollout's plans
 scored as one batch). Reported per configuration: the sensitivity table's wall time and
 evaluations/s, the search's wall time, the part of it spent waiting for plan scores, its
 new evaluations and evaluations/s, and whether the evaluations equal the local run's
@@ -28,8 +28,10 @@ from pathlib import Path
 import torch
 
 from ppocompress.cluster import connect
-from ppocompress.search.job import CompressSettings, search
+from ppocompress.search.evaluator import sensitivity_evaluations
 from ppocompress.search.prepare import prepare
+from ppocompress.search.searching import search
+from ppocompress.search.settings import CompressSettings
 from ppocompress.search.state import SearchState
 from publish import publish
 
@@ -78,15 +80,15 @@ def run(config: str, workers: int | None, settings: CompressSettings, work: Path
     prepared = prepare(settings, state, lambda: None, lambda line: logged.append((time.monotonic(), line)), workers)
     started = next(t for t, line in logged if line.startswith("sensitivity of"))
     sensitivity_s = time.monotonic() - started  # the table, and the one baseline plan scored in this process
-    sensitivity_evaluations = len(prepared.scores) * (len(prepared.menu) - 1)
+    sensitivity_plans = sensitivity_evaluations(len(prepared.scores), len(prepared.menu))
     timed = TimedScorer(prepared.scorer)
     prepared.scorer = timed
     start = time.monotonic()
     search(prepared, settings, state, folder / "state.json", folder / "policy", log=lambda _: None)
     search_s = time.monotonic() - start
-    result = Run(config, workers or 1, sensitivity_evaluations, sensitivity_s, len(state.evaluations), search_s, timed.seconds,
+    result = Run(config, workers or 1, sensitivity_plans, sensitivity_s, len(state.evaluations), search_s, timed.seconds,
                  same_as_local=False)
-    return result, {"evaluations": state.evaluations, "sensitivity": state.extras["sensitivity"]}
+    return result, {"evaluations": state.evaluations, "sensitivity": state.measurements.sensitivity}
 
 
 def main() -> int:
@@ -112,7 +114,8 @@ def main() -> int:
     lines = [
         f"# ray_scaling — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s) in this process",
-        f"# all-MiniLM-L6-v2, onnxruntime int8 priced, lsq, PPO at {args.target:g}x (FLOPs cost), {args.evals} evaluations, seed 0",
+        f"# all-MiniLM-L6-v2, onnxruntime int8 priced, lsq, PPO at {args.target:g}x (FLOPs cost), {args.evals} evaluations, "
+        f"seed 0",
         f"{'config':<7} {'workers':>7} {'sens_s':>7} {'sens_ev/s':>9} {'search_s':>8} {'waiting_s':>9} {'evals':>5} "
         f"{'search_ev/s':>11}  same_plans",
     ]
@@ -121,7 +124,8 @@ def main() -> int:
                      f"{r.waiting_s:>9.1f} {r.search_evaluations:>5} {r.search_rate:>11.2f}  {r.same_as_local}")
     local = runs[0]
     for r in runs[1:]:
-        lines.append(f"{r.config}: sensitivity {local.sensitivity_s / r.sensitivity_s:.2f}x, search {local.search_s / r.search_s:.2f}x "
+        lines.append(f"{r.config}: sensitivity {local.sensitivity_s / r.sensitivity_s:.2f}x, "
+                     f"search {local.search_s / r.search_s:.2f}x "
                      f"the local run's speed (evaluations/s {r.search_rate / local.search_rate:.2f}x)")
     publish("ray_scaling", "\n".join(lines), [asdict(r) | {"sensitivity_rate": r.sensitivity_rate, "search_rate": r.search_rate}
                                               for r in runs])

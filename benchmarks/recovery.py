@@ -47,8 +47,9 @@ from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
 from ppocompress.compress.ops.importance import importance_scores
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.recovery.distillation import DistillConfig
+from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import get_runtime
-from ppocompress.search.prepare import all_int8
+from ppocompress.search.prepare import IMPORTANCE_PASSAGES, all_int8
 from publish import publish
 
 PLANS_DIR = Path(__file__).parent / "plans"
@@ -62,9 +63,8 @@ PLANS = {
        for path in sorted(PLANS_DIR.glob("minilm-*.json"))},
 }
 DEFAULT_PLANS = ("uniform-75", "uniform-50", "ppo-5x", "ppo-6x")
-RECOVERIES = ("none", "lsq", "lsq+distill")
+RECOVERIES = (Recovery.NONE, Recovery.LSQ, Recovery.LSQ_DISTILL)
 HELD_OUT = 1500  # held-out passages, balanced between the sources (the reviews have 124)
-IMPORTANCE_PASSAGES = 256
 
 
 @dataclass
@@ -89,9 +89,10 @@ def main() -> None:
     parser.add_argument("--runtime", default="openvino")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("runs/bench-recovery"))
-    parser.add_argument("--results", default="recovery", help="name of the results files (a run on fewer plans or another budget)")
+    parser.add_argument("--results", default="recovery",
+                        help="name of the results files (a run on fewer plans or another budget)")
     args = parser.parse_args()
-    names, recoveries = args.plans.split(","), args.recoveries.split(",")
+    names, recoveries = args.plans.split(","), [Recovery.parse(r) for r in args.recoveries.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     runtime = get_runtime(args.runtime)
     dense = load_model()
@@ -115,25 +116,29 @@ def main() -> None:
             print(f"{name}: {recovery}", flush=True)
             start = time.monotonic()
             model = compress(dense, plan, recovery, texts.calibration, quantize=False, validation=texts.validation,
-                             distillation=config, distill_texts=splits.calibration, checkpoint=args.work / f"{name}-checkpoint",
-                             progress=True)
+                             distillation=config, distill_texts=splits.calibration,
+                             checkpoint=args.work / f"{name}-checkpoint", progress=True)
             minutes = (time.monotonic() - start) / 60
             artifact = runtime.export(model, args.work / f"{name}-{recovery}", texts.calibration)
             session = runtime.session(artifact)
             served = embed_session(session, dense.tokenizer, texts.evaluation, max_length=HELD_OUT_MAX_LENGTH)
             cosines = (torch.nn.functional.normalize(served, dim=1) * reference).sum(1)
             position = {p: i for i, p in enumerate(texts.evaluation)}
-            by_source = {source: float(cosines[[position[p] for p in passages]].mean()) for source, passages in held_out.items()}
-            lee = lee_correlation_of(embed_session(session, dense.tokenizer, lee_documents(), max_length=LEE_MAX_LENGTH))["pearson"]
+            by_source = {source: float(cosines[[position[p] for p in passages]].mean())
+                         for source, passages in held_out.items()}
+            lee_embeddings = embed_session(session, dense.tokenizer, lee_documents(), max_length=LEE_MAX_LENGTH)
+            lee = lee_correlation_of(lee_embeddings)["pearson"]
+            cell = Cell(name, recovery, float(cosines.mean()), by_source, lee, minutes)
             report = model.distillation
-            cell = Cell(name, recovery, float(cosines.mean()), by_source, lee, minutes,
-                        None if report is None else report.seconds / 60, None if report is None else report.steps, None if report is None else report.stopped,
-                        None if report is None else report.best_fidelity)
+            if report is not None:
+                cell.distill_minutes, cell.distill_steps = report.seconds / 60, report.steps
+                cell.distill_stopped, cell.validation_cosine = report.stopped, report.best_fidelity
             done.write_text(json.dumps({"cell": asdict(cell), "artifact": str(artifact)}))
             shutil.rmtree(args.work / f"{name}-checkpoint", ignore_errors=True)
             cells.append(cell)
             artifacts[name] = artifact
-            print(f"  cosine {cell.cosine:.4f} " + " ".join(f"{s} {c:.4f}" for s, c in by_source.items()) + f", {minutes:.1f} min", flush=True)
+            per_source = " ".join(f"{s} {c:.4f}" for s, c in by_source.items())
+            print(f"  cosine {cell.cosine:.4f} {per_source}, {minutes:.1f} min", flush=True)
 
     setup = TimingSetup(rounds=args.rounds)
     targets = [("torch", get_runtime("torch").export(dense, args.work / "dense-torch", []), "torch"),
@@ -160,18 +165,19 @@ def main() -> None:
         lines.append(f"lsq ranks the {ranking[0]} plans as lsq+distill leaves them with Spearman {ranking[1]:.2f} "
                      f"(held-out cosine); the best after lsq is {'also' if ranking[2] else 'not'} the best after lsq+distill")
     publish(args.results, "\n".join(lines), {"timing": setup.to_dict(), "distill_minutes": args.minutes, "speedups": speedups,
-                                           "held_out": {s: len(p) for s, p in held_out.items()}, "cells": [asdict(c) for c in cells],
-                                           "rank_agreement": ranking})
+                                           "held_out": {s: len(p) for s, p in held_out.items()},
+                                           "cells": [asdict(c) for c in cells], "rank_agreement": ranking})
 
 
 def rank_agreement(cells: list[Cell]) -> tuple[int, float, bool] | None:
     """(plans, Spearman of lsq against lsq+distill held-out cosine, whether both put the same
     plan first) over the plans measured both ways, if there are three or more."""
-    by_plan = {recovery: {c.plan: c.cosine for c in cells if c.recovery == recovery} for recovery in ("lsq", "lsq+distill")}
-    plans = [p for p in by_plan["lsq"] if p in by_plan["lsq+distill"]]
+    compared = (Recovery.LSQ, Recovery.LSQ_DISTILL)
+    by_plan = {recovery: {c.plan: c.cosine for c in cells if c.recovery == recovery} for recovery in compared}
+    plans = [p for p in by_plan[Recovery.LSQ] if p in by_plan[Recovery.LSQ_DISTILL]]
     if len(plans) < 3:
         return None
-    lsq, distilled = (np.array([by_plan[r][p] for p in plans]) for r in ("lsq", "lsq+distill"))
+    lsq, distilled = (np.array([by_plan[r][p] for p in plans]) for r in compared)
     return len(plans), spearman(lsq, distilled), bool(lsq.argmax() == distilled.argmax())
 
 

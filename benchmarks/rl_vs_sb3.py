@@ -1,8 +1,9 @@
 """Our PPO against Stable-Baselines3's PPO on CartPole-v1, same hyper-parameters.
 
 Runs alternate (ours, SB3, SB3, ours, ...) in one process so both see the same machine
-load; each run trains for --steps environment steps, then is scored over 20
-deterministic evaluation episodes. Prints a table and the wall-time ratio ours/SB3.
+load; each run trains for --steps environment steps, then is scored over the same
+deterministic evaluation episodes (EVALUATION_EPISODES, from EVAL_SEED). Prints a table
+and the wall-time ratio ours/SB3.
 Usage: python benchmarks/rl_vs_sb3.py [--steps 100000] [--seeds 3] [--threads 2] [--out FILE]
 """
 
@@ -18,10 +19,12 @@ import torch
 
 from ppocompress.fileio import atomic_write_text
 from ppocompress.rl import PPO, PPOConfig, evaluate
+from ppocompress.rl.config import EVALUATION_EPISODES
 
 # rl-baselines3-zoo's tuned CartPole-v1 settings, written in both libraries' terms.
 ZOO = dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0)
 LEARNING_RATE, CLIP_RANGE = 1e-3, 0.2  # both linearly annealed to 0 ("lin_0.001", "lin_0.2")
+EVAL_SEED = 10_000  # of the first evaluation episode, apart from the training seeds
 
 
 def run_ours(seed: int, steps: int):
@@ -29,7 +32,7 @@ def run_ours(seed: int, steps: int):
     start = time.perf_counter()
     agent = PPO("CartPole-v1", config, seed=seed).learn(steps)
     seconds = time.perf_counter() - start
-    return seconds, evaluate(agent, "CartPole-v1", episodes=20, seed=10_000)[0]
+    return seconds, evaluate(agent, "CartPole-v1", episodes=EVALUATION_EPISODES, seed=EVAL_SEED)[0]
 
 
 def run_sb3(seed: int, steps: int):
@@ -60,7 +63,7 @@ def run_sb3(seed: int, steps: int):
         def predict(self, obs, deterministic=True, action_mask=None):
             return model.predict(obs, deterministic=deterministic)[0]
 
-    return seconds, evaluate(Predictor(), "CartPole-v1", episodes=20, seed=10_000)[0]
+    return seconds, evaluate(Predictor(), "CartPole-v1", episodes=EVALUATION_EPISODES, seed=EVAL_SEED)[0]
 
 
 def main() -> None:
@@ -71,7 +74,7 @@ def main() -> None:
     parser.add_argument("--out", help="also write the report to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # the same for both libraries
-    # The first Adam in a process imports torch._dynamo (about a second); pay it before timing.
+    # The first Adam in a process imports torch._dynamo, which is slow; pay it before timing.
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
 
     rows = []
@@ -92,7 +95,8 @@ def main() -> None:
     lines = [
         f"# rl_vs_sb3 — {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, {platform.processor() or platform.machine()}, "
         f"{args.threads} torch thread(s), torch {torch.__version__}",
-        f"# CartPole-v1, {args.steps} steps, rl-zoo hyper-parameters for both, eval = 20 deterministic episodes",
+        f"# CartPole-v1, {args.steps} steps, rl-zoo hyper-parameters for both, "
+        f"eval = {EVALUATION_EPISODES} deterministic episodes",
         f"{'seed':>4} {'ours_s':>8} {'ours_return':>12} {'sb3_s':>8} {'sb3_return':>11}",
     ]
     for r in rows:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ppocompress.compress import CompressionPlan, load_model
 from ppocompress.compress.commands.bench import Variant, run_bench
-from ppocompress.compress.data.text import load_splits, subset
+from ppocompress.compress.data.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES, load_splits, subset
 from ppocompress.compress.measure.timing import TimingSetup
 from ppocompress.compress.runtimes import RUNTIMES
 from publish import publish
@@ -34,17 +34,18 @@ def main() -> None:
     if args.plan is not None:
         data = json.loads(args.plan.read_text())
         delivered = data["searchers"][data["searcher"]]
-        variants.append(Variant(f"{data['searcher']} plan ({data['target_value']:g}x)", plan=CompressionPlan.from_dict(delivered["plan"])))
+        variants.append(Variant(f"{data['searcher']} plan ({data['target_value']:g}x)",
+                                plan=CompressionPlan.from_dict(delivered["plan"])))
     setup = TimingSetup(rounds=args.rounds)
     dense = load_model()
-    texts = subset(load_splits(None), 1024, 512)
+    texts = subset(load_splits(None), CALIBRATION_PASSAGES, EVALUATION_PASSAGES)
     results = run_bench(dense, texts, list(RUNTIMES), variants, setup=setup)
     lines = [f"all-MiniLM-L6-v2, batch {setup.batch_size} x {setup.seq_len} tokens, {setup.threads} threads, "
              f"{setup.rounds} interleaved rounds, {setup.statistic}; speedup against dense PyTorch fp32 in the same run",
              f"{'model':28} {'runtime':12} {'speedup':>8} {'cosine':>7} {'min':>7} {'Lee':>6} {'MB':>6}"]
     for r in results:
-        lines.append(f"{r.name:28} {r.runtime:12} {r.speedup:7.2f}x {r.cosine_heldout:7.4f} {r.cosine_heldout_min:7.4f} {r.lee_pearson:6.3f} "
-                     f"{r.size_bytes / 1e6:6.1f}")
+        lines.append(f"{r.name:28} {r.runtime:12} {r.speedup:7.2f}x {r.cosine_heldout:7.4f} {r.cosine_heldout_min:7.4f} "
+                     f"{r.lee_pearson:6.3f} {r.size_bytes / 1e6:6.1f}")
     publish("runtimes", "\n".join(lines), {"timing": setup.to_dict(), "variants": [r.to_dict() for r in results]})
 
 

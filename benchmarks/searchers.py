@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from ppocompress.reporting import print_compress
@@ -44,7 +44,8 @@ def main() -> int:
     for target in args.targets.split(","):
         for seed in args.seeds.split(","):
             out = work / f"speedup-{target}-seed{seed}"
-            command = [sys.executable, "-m", "ppocompress.cli", "compress", "--target-speedup", target, "--seed", seed, "--out", str(out)]
+            command = [sys.executable, "-m", "ppocompress.cli", "compress", "--target-speedup", target, "--seed", seed,
+                       "--out", str(out)]
             command += ["--model", args.model] if args.model else []
             command += ["--evals", str(args.evals)] if args.evals else []
             if not (out / "result.json").exists():  # else done in an earlier, interrupted benchmark run
@@ -60,14 +61,15 @@ def main() -> int:
             runs[float(target), int(seed)] = CompressResult.from_file(out / "result.json")
             print(f"target {target} seed {seed}: {_minutes(out)}", flush=True)
     text = "".join(_table(result, seed) for (_, seed), result in runs.items()) + "\n" + _summary(runs)
-    publish(args.name, text, {"evals": args.evals, "runs": [{"target": t, "seed": s, "result": _compact(r)} for (t, s), r in runs.items()]})
+    publish(args.name, text, {"evals": args.evals,
+                              "runs": [{"target": t, "seed": s, "result": _compact(r)} for (t, s), r in runs.items()]})
     return 0
 
 
 def _compact(result: CompressResult) -> dict:
     """The result without what is long and kept in the run folder: search histories, and
     the plans' kept unit indices (each searcher's levels say the plan)."""
-    data = {k: v for k, v in asdict(result).items() if k not in ("curves", "evaluated")}
+    data = {k: v for k, v in json.loads(result.to_json()).items() if k not in ("curves", "evaluated")}
     for measured in data["searchers"].values():
         measured.pop("plan")
     return data
@@ -96,7 +98,8 @@ def _summary(runs: dict[tuple[float, int], CompressResult]) -> str:
         alternative = statistics.mean(r.dense_int8.speedup for r in results)
         quality = ", ".join(f"{header} {statistics.mean(getattr(r.dense_int8, field) for r in results):{spec}}"
                             for header, field, spec in columns)
-        lines.append(f"target {target:g}x, {len(results)} seeds; dense int8 on {results[0].runtime}: {alternative:.2f}x, {quality}")
+        lines.append(f"target {target:g}x, {len(results)} seeds; dense int8 on {results[0].runtime}: {alternative:.2f}x, "
+                     f"{quality}")
         for name in results[0].searchers:
             measured = [r.searchers[name] for r in results]
             parts = []

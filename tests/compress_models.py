@@ -65,3 +65,8 @@ def outputs(model, batch) -> torch.Tensor:
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+
+
+# A few short passages on different topics: enough text for a command's calibration and evaluation on a tiny model.
+SHORT_LINES = [f"passage {i} is about {w} and how it changes over time" for i, w in
+               enumerate(["rivers", "cities", "music", "trade", "weather", "sport", "law", "food"] * 5)]

@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import settings
 
-from compress_models import PASSAGES, save_tiny_model
+from compress_models import PASSAGES, SHORT_LINES, save_tiny_model
 from ppocompress.compress.models.loading import load_model
 
 # derandomize: examples come from a fixed seed, so a newcomer's run draws what CI drew;
@@ -47,3 +47,17 @@ def without_ray(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random BERT saved as a model folder, for the commands' tests."""
+    return save_tiny_model("bert", tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture()
+def text_file(tmp_path):
+    """A text file of SHORT_LINES, for a command's --text."""
+    path = tmp_path / "text.txt"
+    path.write_text("\n".join(SHORT_LINES))
+    return path

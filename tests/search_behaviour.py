@@ -22,15 +22,15 @@ def searched(out: Path, **settings) -> dict:
 
     def keep(prepared, settings, target, finals, results, folder, log):
         found[target.label] = {name: {"best": list(map(int, finals[name])),
-                                      "evaluated": [[list(map(int, levels)), round(float(reward), 9)]
-                                                    for levels, reward, _ in result.evaluated]}
+                                      "evaluated": [[list(map(int, e.plan)), round(float(e.reward), 9)]
+                                                    for e in result.evaluated]}
                                for name, result in results.items()}
         return SimpleNamespace(to_json=lambda: "{}")
 
     job_module.deliver = keep
     job_module.write_report = lambda out: None
     import ppocompress.search.report as report
-    report.write_report = report.write_family_report = lambda out: None
+    report.write_report = report.write_target_set_report = lambda out: None
     run_compress(CompressSettings(**settings), out, log=lambda _: None)
     return found
 
@@ -42,7 +42,7 @@ def main(root: Path) -> dict:
     common = dict(model=str(model), text=str(text), cost="flops", runtime="onnxruntime", recovery="lsq", seed=3,
                   calibration_texts=80, evaluation_texts=36)
     return {"single": searched(root / "single", target_speedup=2.5, evals=20, **common),
-            "family": searched(root / "family", target_speedup=None, family_speedups=[2.0, 3.0], evals=24, **common)}
+            "family": searched(root / "family", target_speedup=None, target_set_speedups=[2.0, 3.0], evals=24, **common)}
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ def inputs(tmp_path_factory):
     (root / "no_searcher").mkdir()
     (root / "no_searcher" / "result.json").write_text(json.dumps({"format": RESULT_FORMAT, "model": "x"}))
     (root / "interrupted").mkdir()
-    (root / "interrupted" / "state.json").write_text(json.dumps({"format": STATE_FORMAT, "settings": {}, "evaluations": {"0": 1.0},
-                                                                 "finished": {}, "extras": {}}))
+    (root / "interrupted" / "state.json").write_text(json.dumps({"format": STATE_FORMAT, "settings": {},
+                                                                 "evaluations": {"0": 1.0}, "finished": {}, "measurements": {}}))
     (root / "no_settings").mkdir()
     (root / "no_settings" / "state.json").write_text(json.dumps({"format": STATE_FORMAT, "evaluations": {}}))
     return root
@@ -79,7 +79,8 @@ CASES = [  # (arguments; {root}, {out} filled in), exit code, words the one line
     ("rl CartPole-v1 --sweep random --out {out}", 2, "a random sweep needs --trials >= 1"),
     ("rl CartPole-v1 --sweep grid --trials 16 --out {out}", 2, "the grid has 324 combinations, not --trials 16"),
     ("rl CartPole-v1 --sweep grid --space {root}/space_range_grid.json --out {out}", 2, "a grid cannot enumerate"),
-    ("rl CartPole-v1 --sweep random --trials 2 --space {root}/space_bad_field.json --out {out}", 2, "'lr' is not a PPOConfig field"),
+    ("rl CartPole-v1 --sweep random --trials 2 --space {root}/space_bad_field.json --out {out}", 2,
+     "'lr' is not a PPOConfig field"),
     ("rl CartPole-v1 --sweep random --trials 2 --space {root}/space_bad_range.json --out {out}", 2, "needs numbers low < high"),
     ("rl CartPole-v1 --sweep grid --space {root}/space_zero_steps.json --out {out}", 2, "n_steps must be >= 1"),
     ("rl CartPole-v1 --sweep random --trials 2 --space {root}/no_such.json --out {out}", 2, "does not exist"),

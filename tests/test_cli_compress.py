@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from compress_models import save_tiny_model
+from compress_models import SHORT_LINES
 from ppocompress.cli import main
 from ppocompress.compress import CompressionPlan, LayerPlan, load_model
 from ppocompress.compress.commands.bench import Variant, run_bench
@@ -19,24 +19,10 @@ from ppocompress.compress.measure.timing import TimingSetup
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.runtimes import get_runtime
 
-LINES = [f"passage {i} is about {w} and how it changes over time" for i, w in
-         enumerate(["rivers", "cities", "music", "trade", "weather", "sport", "law", "food"] * 5)]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model("bert", tmp_path_factory.mktemp("bert"))
-
-
-@pytest.fixture()
-def text_file(tmp_path):
-    path = tmp_path / "text.txt"
-    path.write_text("\n".join(LINES))
-    return path
-
 
 def test_evaluate_reports_quality_and_cost_of_a_plan(tiny_dir, text_file, tmp_path, capsys):
-    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(24)), int8=True), LayerPlan(drop=True), LayerPlan(keep_groups=[0, 1])])
+    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(24)), int8=True), LayerPlan(drop=True),
+                            LayerPlan(keep_groups=[0, 1])])
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(plan.to_json())
     code = main(["evaluate", "--model", str(tiny_dir), "--plan", str(plan_path), "--text", str(text_file),
@@ -105,7 +91,8 @@ def test_run_bench_measures_each_variant_side_by_side(tiny_dir):
     dense = load_model(str(tiny_dir))
     variants = [Variant("dense"), Variant("int8", int8=True), Variant("ffn -50%", neuron_keep=0.5)]
     setup = TimingSetup(batch_size=4, seq_len=16, rounds=1, repeats=2, warmup=1)
-    results = run_bench(dense, splits_from_texts(LINES), ["torch", "onnxruntime"], variants, setup=setup, log=lambda _: None)
+    results = run_bench(dense, splits_from_texts(SHORT_LINES), ["torch", "onnxruntime"], variants, setup=setup,
+                        log=lambda _: None)
     by_name = {(r.name, r.runtime): r for r in results}
     assert len(results) == 6 and all(r.latency_ms > 0 and r.speedup > 0 for r in results)
     assert by_name["dense", "torch"].cosine_heldout == pytest.approx(1.0, abs=1e-5)
@@ -119,10 +106,11 @@ def test_run_bench_measures_each_variant_side_by_side(tiny_dir):
 def delivered_dir(tiny_dir, tmp_path_factory):
     """A folder as compress delivers it: the pruned model saved for PyTorch, with its
     ONNX and OpenVINO models beside."""
-    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(24)), int8=True), LayerPlan(drop=True), LayerPlan(keep_groups=[0, 1])])
-    pruned = compress(load_model(str(tiny_dir)), plan, "none", LINES, quantize=False)
+    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(24)), int8=True), LayerPlan(drop=True),
+                            LayerPlan(keep_groups=[0, 1])])
+    pruned = compress(load_model(str(tiny_dir)), plan, "none", SHORT_LINES, quantize=False)
     folder = get_runtime("torch").export(pruned, tmp_path_factory.mktemp("delivered"), [])
-    write_sentence_transformers_files(pruned, folder, LINES)
+    write_sentence_transformers_files(pruned, folder, SHORT_LINES)
     return folder, plan
 
 

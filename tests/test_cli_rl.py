@@ -16,7 +16,8 @@ from ppocompress.rl.job import OUTPUT_FILES
 
 def test_rl_writes_all_outputs_and_prints_mean_return(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["rl", "CartPole-v1", "--steps", "512", "--seed", "3", "--out", str(out), "--eval-episodes", "2", "--no-progress"])
+    code = main(["rl", "CartPole-v1", "--steps", "512", "--seed", "3", "--out", str(out), "--eval-episodes", "2",
+                 "--no-progress"])
     assert code == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     match = re.search(r"mean_return=(-?[0-9.]+)", line)

@@ -56,7 +56,8 @@ def test_distillation_gains_on_validation_and_keeps_the_best_weights(kind, tmp_p
     start = report.validation[0][1]
     assert report.steps <= 40 and report.stopped in ("schedule", "no gain")
     assert 1 - report.best_fidelity < 0.5 * (1 - start)  # at least half of what was lost, won back
-    assert distillation_module._Validation(dense, VALIDATION, CONFIG.max_length)(student.model) == pytest.approx(report.best_fidelity, abs=1e-6)
+    judge = distillation_module._validation(dense, VALIDATION, CONFIG.max_length)
+    assert judge(student.model) == pytest.approx(report.best_fidelity, abs=1e-6)
     assert all(not p.requires_grad for p in student.model.parameters())
 
 
@@ -92,10 +93,10 @@ def test_an_interrupted_distillation_resumes_to_the_same_weights(tmp_path, monke
 def test_a_checkpoint_of_another_plan_is_not_resumed(tmp_path):
     dense, student = _pruned("bert", tmp_path)
     checkpoint = tmp_path / "checkpoint"
-    distill(dense, student, TEXTS, VALIDATION, DistillConfig(minutes=10, steps=5, batch_size=8), checkpoint=checkpoint, progress=False)
+    config = DistillConfig(minutes=10, steps=5, batch_size=8)
+    distill(dense, student, TEXTS, VALIDATION, config, checkpoint=checkpoint, progress=False)
     _, other = _pruned("bert", tmp_path / "other", drop_last=True)
-    report = distill(dense, other, TEXTS, VALIDATION, DistillConfig(minutes=10, steps=5, batch_size=8), checkpoint=checkpoint,
-                     progress=False)
+    report = distill(dense, other, TEXTS, VALIDATION, config, checkpoint=checkpoint, progress=False)
     assert report.steps == 5 and report.validation[0][0] == 0
 
 

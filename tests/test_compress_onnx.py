@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from ppocompress.compress.files.onnx_export import (
 )
 from ppocompress.compress.models.families import adapter_for
 from ppocompress.compress.models.loading import load_model
+from ppocompress.compress.ops.quantize import quantize_int8_, simulate_int8_
 from ppocompress.compress.runtimes.onnx_runtime import onnx_outputs, onnx_session
 from ppocompress.errors import UserError
 
@@ -109,10 +111,6 @@ def test_int8_onnx_file_is_smaller_and_close(tiny_model, tmp_path, family):
 def test_simulated_int8_reproduces_onnx_runtime_int8(tiny_model, tmp_path):
     """The search prices int8 with SimulatedInt8Linear: it must compute what ONNX Runtime's
     int8 graph computes, far closer than PyTorch's own int8 kernels (7-bit inputs) do."""
-    import copy
-
-    from ppocompress.compress.ops.quantize import quantize_int8_, simulate_int8_
-
     loaded = tiny_model("bert")
     fp32 = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "fp32.onnx")
     layers = list(range(len(adapter_for(loaded.model).layers(loaded.model))))
@@ -211,7 +209,8 @@ def test_minilm_int8_onnx_stays_within_cosine_0_97_of_torch(tmp_path):
     mask = batch["attention_mask"].numpy()
     with torch.no_grad():
         ref = _pooled(loaded.model(**batch).last_hidden_state.numpy(), mask)
-    cosines = {path.name: _cosines(_pooled(onnx_outputs(path, batch["input_ids"], mask), mask), ref) for path in (fp32, int8, matmul_only)}
+    cosines = {path.name: _cosines(_pooled(onnx_outputs(path, batch["input_ids"], mask), mask), ref)
+               for path in (fp32, int8, matmul_only)}
     sizes = {path.name: path.stat().st_size / 1e6 for path in (fp32, int8, matmul_only)}
     print(f"\nexport {exported - start:.1f} s, quantize x2 {quantized - exported:.1f} s")
     for name in sizes:

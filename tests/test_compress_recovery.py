@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -21,6 +23,15 @@ from ppocompress.compress.ops.importance import (
     plan_from_scores,
 )
 from ppocompress.compress.pipeline import compress
+from ppocompress.compress.recovery.lsq import (
+    DEFAULT_RIDGE,
+    RIDGES,
+    _held_out_error,
+    projection_grams,
+    refit_projections,
+    refit_to_subset,
+)
+from ppocompress.compress.recovery.method import Recovery
 from ppocompress.errors import UserError
 
 TEXTS = [f"sentence number {i} talks about {w} and other things in the world" for i, w in
@@ -95,8 +106,6 @@ def _lossless_cut(tmp_path):
 def test_lsq_is_exact_when_nothing_was_lost(tmp_path):
     """Removing a neuron whose output column is zero loses nothing: an (almost) unregularised
     refit must give back the dense layer."""
-    from ppocompress.compress.recovery.lsq import refit_projections
-
     loaded, plan = _lossless_cut(tmp_path)
     pruned = apply_plan(loaded, plan, quantize=False)
     assert refit_projections(loaded, pruned, TEXTS, ridge=1e-9) == {"1.ffn": 1e-9}
@@ -107,22 +116,16 @@ def test_lsq_is_exact_when_nothing_was_lost(tmp_path):
 def test_lsq_chooses_the_ridge_that_does_best_on_validation_text(tmp_path):
     """Where nothing was lost the exact refit is best on any text, so validation picks the
     weakest ridge; without validation text the default is used."""
-    from ppocompress.compress.recovery.lsq import (
-        DEFAULT_RIDGE,
-        RIDGES,
-        refit_projections,
-    )
-
     loaded, plan = _lossless_cut(tmp_path)
-    assert refit_projections(loaded, apply_plan(loaded, plan, quantize=False), TEXTS[::2], TEXTS[1::2]) == {"1.ffn": min(RIDGES)}
+    chosen = refit_projections(loaded, apply_plan(loaded, plan, quantize=False), TEXTS[::2], TEXTS[1::2])
+    assert chosen == {"1.ffn": min(RIDGES)}
     assert refit_projections(loaded, apply_plan(loaded, plan, quantize=False), TEXTS) == {"1.ffn": DEFAULT_RIDGE}
 
 
 def test_held_out_error_from_statistics_is_the_squared_error_less_a_constant():
-    from ppocompress.compress.recovery.lsq import _held_out_error
-
     generator = torch.Generator().manual_seed(0)
-    x, y = torch.randn(50, 6, generator=generator, dtype=torch.float64), torch.randn(50, 3, generator=generator, dtype=torch.float64)
+    x = torch.randn(50, 6, generator=generator, dtype=torch.float64)
+    y = torch.randn(50, 3, generator=generator, dtype=torch.float64)
     for _ in range(3):
         w = torch.randn(6, 3, generator=generator, dtype=torch.float64)
         direct = float((x @ w - y).pow(2).sum() - y.pow(2).sum())
@@ -134,9 +137,11 @@ def test_recovery_then_int8_quantizes_after_refit(tmp_path):
     table = layer_table(loaded.model)
     plan = CompressionPlan([LayerPlan(keep_neurons=list(range(info.ffn // 2)), int8=True) for info in table])
     compressed = compress(loaded, plan, "lsq", TEXTS)
-    fidelity = embedding_fidelity(embed(loaded.model, loaded.tokenizer, TEXTS[:8]), embed(compressed.model, compressed.tokenizer, TEXTS[:8]))
+    fidelity = embedding_fidelity(embed(loaded.model, loaded.tokenizer, TEXTS[:8]),
+                                  embed(compressed.model, compressed.tokenizer, TEXTS[:8]))
     assert fidelity["mean_cosine"] > 0.5
-    assert type(compressed.model.encoder.layer[0].output.dense).__name__ == "Linear" and hasattr(compressed.model.encoder.layer[0].output.dense, "_packed_params")
+    projection = compressed.model.encoder.layer[0].output.dense
+    assert type(projection).__name__ == "Linear" and hasattr(projection, "_packed_params")
 
 
 def test_unknown_methods_are_user_errors(tmp_path):
@@ -149,18 +154,20 @@ def test_unknown_methods_are_user_errors(tmp_path):
         compress(loaded, CompressionPlan([LayerPlan(keep_neurons=[0, 1])] * 3), recovery="lsq", calibration=[])
 
 
+def test_recovery_parse_takes_every_method_and_names_the_choices_for_an_unknown_one():
+    for method in Recovery:
+        assert Recovery.parse(method.value) is method and Recovery.parse(method) is method
+    assert [m for m in Recovery if m.refits] == [Recovery.LSQ, Recovery.LSQ_DISTILL]
+    assert [m for m in Recovery if m.distills] == [Recovery.DISTILL, Recovery.LSQ_DISTILL]
+    with pytest.raises(UserError) as raised:
+        Recovery.parse("prayer")
+    assert str(raised.value) == "unknown recovery 'prayer'; use one of none, lsq, distill, lsq+distill"
+
+
 @pytest.mark.parametrize("cut", ["heads", "neurons"])
 def test_refit_from_dense_statistics_equals_the_sequential_refit_of_a_first_layer(tiny, cut):
     """In the first layer a pruned projection's kept inputs are exactly the dense ones, so
     the one-solve refit from projection_grams must match refit_projections there."""
-    import copy
-
-    from ppocompress.compress.recovery.lsq import (
-        projection_grams,
-        refit_projections,
-        refit_to_subset,
-    )
-
     adapter = adapter_for(tiny.model)
     table = layer_table(tiny.model)
     groups = list(range(0, table[0].kv_heads, 2))

@@ -1,17 +1,27 @@
 """The runtimes: each exports a pruned model with int8 where its plan says, loads it and runs
 it close to PyTorch fp32; OpenVINO's per-layer int8 goes through NNCF's ignored scope; the
-search simulates static int8 as calibrated ranges."""
+search simulates static int8 as calibrated ranges; each runtime's int8_as_served_ gives a
+layer the int8 that runtime computes."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from compress_models import sample_batch
 from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan
+from ppocompress.compress.models.families import adapter_for
 from ppocompress.compress.ops import quantize
-from ppocompress.compress.ops.quantize import InputStatistics, SimulatedInt8Linear
+from ppocompress.compress.ops.quantize import (
+    InputStatistics,
+    SimulatedInt8Linear,
+    WeightInt8Linear,
+    is_packed_int8_linear,
+)
 from ppocompress.compress.runtimes import (
     RUNTIMES,
     available_runtimes,
@@ -135,3 +145,59 @@ def test_static_simulation_smooths_and_fixes_the_input_range():
     # A value outside the calibrated range is clipped by the static one, not by the dynamic one.
     far = torch.full((1, 4), 1000.0)
     assert not torch.allclose(static(far), linear(far), rtol=0.1) and torch.allclose(dynamic(far), linear(far), rtol=0.1)
+
+
+def _first_layer(loaded) -> tuple[nn.Module, dict[str, nn.Linear]]:
+    """A copy of the model's first layer, and copies of its Linear layers by name."""
+    layer = copy.deepcopy(adapter_for(loaded.model).layers(loaded.model)[0])
+    return layer, {name: copy.deepcopy(m) for name, m in layer.named_modules() if isinstance(m, nn.Linear)}
+
+
+def _no_statistics(layer):
+    raise AssertionError("a runtime that does not calibrate asked for input statistics")
+
+
+@pytest.mark.parametrize("family, kind", [("bert", "dynamic"), ("llama", "weights only")])
+def test_torch_serves_int8_with_its_own_kernels(tiny_model, family, kind):
+    """Encoders get torch.ao's dynamic int8 Linear, causal LMs the int8-weight kernel."""
+    loaded = tiny_model(family)
+    layer, linears = _first_layer(loaded)
+    get_runtime("torch").int8_as_served_(layer, loaded.model, _no_statistics)
+    served = [layer.get_submodule(name) for name in linears]
+    if kind == "dynamic":
+        assert all(is_packed_int8_linear(m) for m in served)
+    else:
+        assert all(isinstance(m, WeightInt8Linear) for m in served)
+
+
+def test_onnxruntime_serves_int8_as_dynamic_simulated_int8(tiny_model):
+    """ONNX Runtime's int8 is simulated with each call's input range: no smoothing, no fixed range."""
+    loaded = tiny_model("bert")
+    layer, linears = _first_layer(loaded)
+    get_runtime("onnxruntime").int8_as_served_(layer, loaded.model, _no_statistics)
+    for name, linear in linears.items():
+        served = layer.get_submodule(name)
+        assert isinstance(served, SimulatedInt8Linear) and served.smooth is None and served.input_range is None
+        assert torch.equal(served.weight, SimulatedInt8Linear(linear).weight)
+
+
+def test_openvino_serves_int8_as_static_simulated_int8_with_the_given_statistics(tiny_model):
+    """OpenVINO's int8 is simulated with the calibrated statistics it is given for this very
+    layer: smoothed, with each Linear's fixed input range."""
+    loaded = tiny_model("bert")
+    layer, linears = _first_layer(loaded)
+    generator = torch.Generator().manual_seed(0)
+    statistics = {name: InputStatistics(-1 - torch.rand(m.in_features, generator=generator),
+                                        1 + torch.rand(m.in_features, generator=generator)) for name, m in linears.items()}
+    asked = []
+
+    def input_statistics(of_layer):
+        asked.append(of_layer)
+        return statistics
+
+    get_runtime("openvino").int8_as_served_(layer, loaded.model, input_statistics)
+    assert asked == [layer]
+    for name, linear in linears.items():
+        served, expected = layer.get_submodule(name), SimulatedInt8Linear(linear, statistics[name])
+        assert isinstance(served, SimulatedInt8Linear) and served.input_range == expected.input_range
+        assert torch.equal(served.smooth, expected.smooth) and torch.equal(served.weight, expected.weight)

@@ -65,7 +65,8 @@ def test_imdb_reviews_and_wikipedia_paragraphs_lose_their_markup() -> None:
 
 
 def test_split_sentences_splits_on_end_punctuation_and_drops_short_ones() -> None:
-    passage = "The cat sat on the mat today.  Short one!   Is this   a question with words? Yes.\nA new line starts a sentence here."
+    passage = ("The cat sat on the mat today.  Short one!   Is this   a question with words? Yes.\n"
+               "A new line starts a sentence here.")
     assert text.split_sentences(passage) == [
         "The cat sat on the mat today.",
         "Is this a question with words?",

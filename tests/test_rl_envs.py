@@ -12,7 +12,7 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 from ppocompress.errors import UserError
 from ppocompress.rl import PPO
-from ppocompress.rl.rollout import RolloutCollector
+from ppocompress.rl.rollout import Batch, RolloutCollector
 from rl_toy_envs import (
     BoxToyEnv,
     CounterEnv,
@@ -245,6 +245,16 @@ def test_next_step_autoreset_drops_the_reset_transitions():
     assert set(collector.recent_lengths) == {3}
     assert set(collector.recent_returns) == {3.0}
     assert len(collector.recent_lengths) == 2 * 5  # episodes end at steps 2, 6, 10, 14, 18 (0-based)
+
+
+def test_a_rollout_is_flattened_step_by_step_without_the_rows_not_kept():
+    per_step = torch.arange(12.0).reshape(3, 2, 2)  # (step, env, feature): row (t, i) holds 4t + 2i, 4t + 2i + 1
+    keep = torch.tensor([True, False, True, True, False, True])  # env 1 of step 0 and env 0 of step 2 dropped
+    batch = Batch.from_rollout(keep, features=per_step, actions=per_step, log_probs=per_step[..., 0],
+                               values=per_step[..., 1], advantages=per_step[..., 0], returns=per_step[..., 1], masks=None)
+    assert len(batch) == 4 and batch.masks is None
+    assert batch.features.tolist() == [[0.0, 1.0], [4.0, 5.0], [6.0, 7.0], [10.0, 11.0]]
+    assert batch.log_probs.tolist() == [0.0, 4.0, 6.0, 10.0] and batch.values.tolist() == [1.0, 5.0, 7.0, 11.0]
 
 
 def test_same_step_autoreset_keeps_every_transition():

@@ -21,8 +21,8 @@ def test_cartpole_reaches_475_within_100k_steps_with_the_rl_zoo_preset(seed):
     budget = 100_000 // steps_per_rollout * steps_per_rollout  # whole rollouts within 100k steps
     # Judged as rl-baselines3-zoo judges a run (its EvalCallback keeps the best model): the mean of
     # 20 deterministic episodes at evaluations every EVAL_EVERY steps. The last policy alone
-    # is no test: PPO on CartPole dips between 500s, and floats differ by processor (seed 2
-    # ended at 300 on a Xeon with AVX-512, at 475 or more on an AVX2 EPYC, same code).
+    # is no test: PPO on CartPole dips between 500s, and floats differ by processor (the same
+    # code and seed can end far from 500 on one CPU and near it on another).
     means = []
 
     def evaluate_now(agent, metrics) -> bool:

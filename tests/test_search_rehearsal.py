@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ppocompress.search import searchers
-from ppocompress.search.env import CompressionEnv, Target, one_by_one
+from ppocompress.search import ppo_search
+from ppocompress.search.env import CompressionEnv, Target
+from ppocompress.search.plan import Plan
+from ppocompress.search.reward import one_by_one
 from test_search_env import MENU, synthetic_table
 
 NUM_LAYERS = 6
@@ -18,7 +20,7 @@ class ImprovingAgent:
     call, from every layer down to none."""
 
     class config:
-        n_steps = NUM_LAYERS * searchers.EPISODES_PER_UPDATE
+        n_steps = NUM_LAYERS * ppo_search.EPISODES_PER_UPDATE
 
     def __init__(self):
         self.calls = 0
@@ -46,12 +48,12 @@ def env() -> CompressionEnv:
 @pytest.fixture
 def short(monkeypatch):
     """The least rehearsal is 3 looks of one update each."""
-    monkeypatch.setattr(searchers, "REHEARSAL_EPISODES", 3 * searchers.EPISODES_PER_UPDATE)
+    monkeypatch.setattr(ppo_search, "REHEARSAL_EPISODES", 3 * ppo_search.EPISODES_PER_UPDATE)
 
 
 def test_rehearsal_goes_on_while_the_greedy_plan_improves(short):
     agent = ImprovingAgent()
-    searchers._rehearse(agent, env())
+    ppo_search._rehearse(agent, env())
     # Looks 1-6 each stop compressing a layer; look 7 is the first to add nothing.
     assert agent.calls == NUM_LAYERS + 1
 
@@ -62,18 +64,18 @@ def test_rehearsal_lasts_at_least_its_least(short):
             return COMPRESSED
 
     agent = Stuck()
-    searchers._rehearse(agent, env())
-    assert agent.calls == searchers.REHEARSAL_LOOKS
+    ppo_search._rehearse(agent, env())
+    assert agent.calls == ppo_search.REHEARSAL_LOOKS
 
 
 def test_rehearsal_stops_at_its_most(short, monkeypatch):
-    monkeypatch.setattr(searchers, "REHEARSAL_MAX_EPISODES", 4 * searchers.EPISODES_PER_UPDATE)
+    monkeypatch.setattr(ppo_search, "REHEARSAL_MAX_EPISODES", 4 * ppo_search.EPISODES_PER_UPDATE)
     agent = ImprovingAgent()
-    searchers._rehearse(agent, env())
+    ppo_search._rehearse(agent, env())
     assert agent.calls == 4
 
 
 def test_the_greedy_plan_is_the_agents_most_likely_choices():
     agent = ImprovingAgent()
     agent.calls = 2
-    assert searchers._greedy_plan(agent, env()) == [COMPRESSED] * (NUM_LAYERS - 2) + [0, 0]
+    assert ppo_search._greedy_plan(agent, env()) == Plan.of([COMPRESSED] * (NUM_LAYERS - 2) + [0, 0])

@@ -1,4 +1,4 @@
-"""Searchers share one evaluation budget, always return plans within budget, and PPO learns."""
+"""Searchers make at most their evaluations, always return plans within the cost budget, and PPO learns."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from ppocompress.errors import UserError
-from ppocompress.search import searchers
-from ppocompress.search.env import CompressionEnv, Target, one_by_one
+from ppocompress.search import baselines, ppo_search
+from ppocompress.search.env import CompressionEnv, Target
+from ppocompress.search.plan import Plan
 from ppocompress.search.policy import load_policy, save_policy, scored_plans
-from ppocompress.search.searchers import SEARCHERS, SearchResult, run_searcher
-from ppocompress.search.state import SearchState
+from ppocompress.search.recorder import Evaluation, SearchResult
+from ppocompress.search.reward import one_by_one
+from ppocompress.search.searchers import SEARCHERS, Searcher, get_searcher, policy_searchers, run_searcher
 from test_search_env import MENU, synthetic_table
 
 NUM_LAYERS = 6
@@ -20,8 +22,8 @@ LOSS = np.random.default_rng(7).random((NUM_LAYERS, len(MENU))) * np.linspace(2.
 LOSS[:, 0] = 0.0  # dense loses nothing
 
 
-def score(levels: list[int]) -> float:
-    return -float(sum(LOSS[i, level] for i, level in enumerate(levels)))
+def score(plan: Plan) -> float:
+    return -float(sum(LOSS[i, level] for i, level in enumerate(plan)))
 
 
 def factory(target: Target | list[Target]):
@@ -32,113 +34,117 @@ def factory(target: Target | list[Target]):
 
 @pytest.fixture
 def short_rehearsal(monkeypatch):
-    monkeypatch.setattr(searchers, "REHEARSAL_EPISODES", 200)
+    monkeypatch.setattr(ppo_search, "REHEARSAL_EPISODES", 200)
 
 
 @pytest.mark.parametrize("name", SEARCHERS)
-def test_each_searcher_stays_within_budget_and_evaluations(name, short_rehearsal):
+def test_each_searcher_stays_within_its_cost_budget_and_evaluations(name, short_rehearsal):
     target = Target("speedup", 2.0)
-    result = run_searcher(name, factory(target), one_by_one(score), evaluations=60, seed=0)
+    result = run_searcher(name, factory(target), one_by_one(score), max_evaluations=60, seed=0)
     env = factory(target)(one_by_one(score))
     assert result.evaluations <= 60
-    assert env.cost.total(result.best_levels) <= env.budget * (1 + 1e-9)
-    assert result.best_reward == pytest.approx(score(result.best_levels))
+    assert env.cost.total(result.best_plan) <= env.budget * (1 + 1e-9)
+    assert result.best_reward == pytest.approx(score(result.best_plan))
     assert [n for n, _ in result.curve] == list(range(1, result.evaluations + 1))
     assert all(b2 >= b1 for (_, b1), (_, b2) in zip(result.curve, result.curve[1:]))  # best-so-far never drops
 
 
 def test_search_is_reproducible_with_a_seed(short_rehearsal):
     target = Target("speedup", 2.0)
-    a = run_searcher("ppo", factory(target), one_by_one(score), evaluations=40, seed=3)
-    b = run_searcher("ppo", factory(target), one_by_one(score), evaluations=40, seed=3)
-    assert a.best_levels == b.best_levels and a.curve == b.curve
+    a = run_searcher("ppo", factory(target), one_by_one(score), max_evaluations=40, seed=3)
+    b = run_searcher("ppo", factory(target), one_by_one(score), max_evaluations=40, seed=3)
+    assert a.best_plan == b.best_plan and a.curve == b.curve
 
 
 def test_ppo_beats_uniform_on_a_non_uniform_problem(short_rehearsal):
     target = Target("speedup", 2.0)
-    ppo = run_searcher("ppo", factory(target), one_by_one(score), evaluations=300, seed=0)
-    uniform = run_searcher("uniform", factory(target), one_by_one(score), evaluations=300, seed=0)
+    ppo = run_searcher("ppo", factory(target), one_by_one(score), max_evaluations=300, seed=0)
+    uniform = run_searcher("uniform", factory(target), one_by_one(score), max_evaluations=300, seed=0)
     assert ppo.best_reward > uniform.best_reward
 
 
 def test_ppo_rehearsal_spends_no_evaluations(short_rehearsal):
     calls = []
 
-    def counted(levels):
-        calls.append(levels)
-        return score(levels)
+    def counted(plan):
+        calls.append(plan)
+        return score(plan)
 
-    result = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(counted), evaluations=5, seed=0)
+    result = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(counted), max_evaluations=5, seed=0)
     assert len(calls) == result.evaluations == 5
 
 
 def test_ppo_spends_its_whole_budget_by_restarting_converged_agents(short_rehearsal):
-    result = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(score), evaluations=80, seed=0)
+    result = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(score), max_evaluations=80, seed=0)
     assert result.evaluations == 80
 
 
 def test_evolutionary_starts_from_the_best_uniform_plan():
     target = Target("speedup", 2.0)
-    uniform = run_searcher("uniform", factory(target), one_by_one(score), evaluations=300, seed=0)
-    evolutionary = run_searcher("evolutionary", factory(target), one_by_one(score), evaluations=300, seed=0)
-    assert uniform.best_levels in [levels for levels, _, _ in evolutionary.evaluated]
+    uniform = run_searcher("uniform", factory(target), one_by_one(score), max_evaluations=300, seed=0)
+    evolutionary = run_searcher("evolutionary", factory(target), one_by_one(score), max_evaluations=300, seed=0)
+    assert uniform.best_plan in [e.plan for e in evolutionary.evaluated]
     assert evolutionary.best_reward >= uniform.best_reward
 
 
 def test_unknown_searcher_is_a_user_error():
     with pytest.raises(UserError, match="unknown searcher"):
-        run_searcher("annealing", factory(Target("speedup", 2.0)), one_by_one(score), evaluations=10, seed=0)
+        run_searcher("annealing", factory(Target("speedup", 2.0)), one_by_one(score), max_evaluations=10, seed=0)
+
+
+def evaluations(*triples) -> list[Evaluation]:
+    return [Evaluation(Plan.of(levels), reward, speedup) for levels, reward, speedup in triples]
 
 
 def test_meeting_sees_only_the_plans_that_meet_a_target():
-    result = SearchResult("x", [1], 3.0, 3, [(1, 1.0), (2, 3.0), (3, 3.0)],
-                          [([0], 1.0, 1.0), ([1], 3.0, 2.0), ([2], 2.0, 3.0)])
-    seen = result.meeting(lambda levels: levels != [1])
-    assert seen.best_levels == [2] and seen.best_reward == 2.0 and seen.evaluations == 3
+    result = SearchResult("x", Plan.of([1]), 3.0, 3, [(1, 1.0), (2, 3.0), (3, 3.0)],
+                          evaluations(([0], 1.0, 1.0), ([1], 3.0, 2.0), ([2], 2.0, 3.0)))
+    seen = result.meeting(lambda plan: plan != Plan.of([1]))
+    assert seen.best_plan == Plan.of([2]) and seen.best_reward == 2.0 and seen.evaluations == 3
     assert seen.curve == [(1, 1.0), (2, 1.0), (3, 2.0)]
-    assert [e[0] for e in seen.evaluated] == [[0], [2]]
+    assert [e.plan for e in seen.evaluated] == [Plan.of([0]), Plan.of([2])]
     with pytest.raises(UserError, match="no plan meeting"):
-        result.meeting(lambda levels: False)
+        result.meeting(lambda plan: False)
 
 
-def test_one_ppo_run_serves_every_target_of_a_family(short_rehearsal):
+def test_one_ppo_run_serves_every_target_of_a_target_set(short_rehearsal):
     targets = [Target("speedup", value) for value in (1.5, 2.0, 3.0)]
-    result = run_searcher("ppo", factory(targets), one_by_one(score), evaluations=60, seed=0)
+    result = run_searcher("ppo", factory(targets), one_by_one(score), max_evaluations=60, seed=0)
     env = factory(targets)(one_by_one(score))
     bests = []
     for index in range(len(targets)):
-        seen = result.meeting(lambda levels, index=index: env.is_valid_plan(levels, index))
-        assert env.is_valid_plan(seen.best_levels, index) and seen.best_reward == pytest.approx(score(seen.best_levels))
+        seen = result.meeting(lambda plan, index=index: env.is_valid_plan(plan, index))
+        assert env.is_valid_plan(seen.best_plan, index) and seen.best_reward == pytest.approx(score(seen.best_plan))
         bests.append(seen.best_reward)
     assert bests == sorted(bests, reverse=True)  # a plan meeting 3x meets 2x: looser targets do at least as well
     assert result.evaluations <= 60 and result.policy is not None
 
 
 def test_a_saved_policy_starts_a_run_with_its_own_plan_on_a_new_target_and_a_deeper_model(short_rehearsal, tmp_path):
-    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(score), evaluations=60, seed=0)
+    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(score), max_evaluations=60, seed=0)
     save_policy(trained.policy, tmp_path / "policy", MENU, {}, "scorer")
     new_target = Target("speedup", 2.5)
-    expected = searchers._estimated_best_plan(load_policy(tmp_path / "policy", MENU), factory(new_target)(one_by_one(score)), 0)
-    zero_shot = run_searcher("ppo", factory(new_target), one_by_one(score), evaluations=1, seed=0,
+    expected = ppo_search._estimated_best_plan(load_policy(tmp_path / "policy", MENU), factory(new_target)(one_by_one(score)), 0)
+    zero_shot = run_searcher("ppo", factory(new_target), one_by_one(score), max_evaluations=1, seed=0,
                              policy=load_policy(tmp_path / "policy", MENU))
-    assert zero_shot.best_levels == expected and zero_shot.evaluations == 1
+    assert zero_shot.best_plan == expected and zero_shot.evaluations == 1
     deeper = lambda scorer: CompressionEnv(synthetic_table(12), MENU, new_target, scorer, np.zeros((12, 2)),  # noqa: E731
                                            np.random.default_rng(3).random((12, len(MENU))))
-    plan = run_searcher("ppo", deeper, one_by_one(lambda levels: -float(np.mean(levels))), evaluations=1, seed=0,
-                        policy=load_policy(tmp_path / "policy", MENU)).best_levels
+    plan = run_searcher("ppo", deeper, one_by_one(lambda plan: -float(np.mean(plan))), max_evaluations=1, seed=0,
+                        policy=load_policy(tmp_path / "policy", MENU)).best_plan
     assert len(plan) == 12 and deeper(None).is_valid_plan(plan)
 
 
 def test_the_estimated_best_plan_improves_on_the_policys_greedy_plan_for_a_looser_target(short_rehearsal):
-    trained = run_searcher("ppo", factory(Target("speedup", 3.0)), one_by_one(score), evaluations=60, seed=0)
+    trained = run_searcher("ppo", factory(Target("speedup", 3.0)), one_by_one(score), max_evaluations=60, seed=0)
     looser = factory(Target("speedup", 2.0))(one_by_one(score))
-    greedy = searchers._greedy_plan(trained.policy, looser)
-    plan = searchers._estimated_best_plan(trained.policy, looser, 0)
+    greedy = ppo_search._greedy_plan(trained.policy, looser)
+    plan = ppo_search._estimated_best_plan(trained.policy, looser, 0)
     assert looser.is_valid_plan(plan)
     assert estimated_loss(looser, plan) < estimated_loss(looser, greedy)  # the 3x policy overshot 2x
 
 
-def estimated_loss(env: CompressionEnv, plan: list[int]) -> float:
+def estimated_loss(env: CompressionEnv, plan: Plan) -> float:
     """What the estimate search lowers (the estimated reward is its -log, floored)."""
     return env.estimated_loss(plan)
 
@@ -154,11 +160,8 @@ def with_drop_pairs(seed: int):
                                          np.zeros((NUM_LAYERS, 2)), sensitivity, drop_interaction=extra)
 
 
-def moved(plan: list[int], *moves: tuple[int, int]) -> list[int]:
-    plan = list(plan)
-    for layer, level in moves:
-        plan[layer] = level
-    return plan
+def moved(plan: Plan, *moves: tuple[int, int]) -> Plan:
+    return plan.with_levels(dict(moves))
 
 
 @pytest.mark.parametrize("pairs", [False, True])
@@ -166,9 +169,9 @@ def moved(plan: list[int], *moves: tuple[int, int]) -> list[int]:
 def test_the_estimate_search_keeps_the_target_and_leaves_no_one_or_two_layer_change_that_helps(seed, pairs):
     env = (with_drop_pairs(seed) if pairs else factory(Target("speedup", 1.8)))(one_by_one(score))
     rng = np.random.default_rng(seed)
-    start = next(plan for plan in (rng.integers(0, len(MENU), NUM_LAYERS).tolist() for _ in range(10_000))
+    start = next(plan for plan in (Plan.of(rng.integers(0, len(MENU), NUM_LAYERS)) for _ in range(10_000))
                  if env.is_valid_plan(plan) and env.cost.total(plan) < 0.8 * env.budget)
-    plan = searchers._improve_on_estimate(env, start, 0)
+    plan = ppo_search._improve_on_estimate(env, start, 0)
     assert env.is_valid_plan(plan) and estimated_loss(env, plan) < estimated_loss(env, start)
     changes = [(layer, level) for layer in range(NUM_LAYERS) for level in range(len(MENU))]
     neighbours = [moved(plan, a) for a in changes] + [moved(plan, a, b) for a in changes for b in changes if a[0] < b[0]]
@@ -185,29 +188,30 @@ def test_the_estimate_search_improves_a_plan_that_no_single_layer_change_improve
                    for n in (moved(plan, change) for change in changes))
 
     rng = np.random.default_rng(0)
-    tight = (plan for plan in (rng.integers(0, len(MENU), NUM_LAYERS).tolist() for _ in range(200_000))
+    tight = (plan for plan in (Plan.of(rng.integers(0, len(MENU), NUM_LAYERS)) for _ in range(200_000))
              if env.is_valid_plan(plan) and env.cost.total(plan) > 0.95 * env.budget)
     while True:  # a single-change optimum reached from a random tight plan, that pairs still improve
         singles_only = next(tight)
         while single_changes_help(singles_only):
             singles_only = max((moved(singles_only, c) for c in changes if env.is_valid_plan(moved(singles_only, c))),
                                key=lambda n: -estimated_loss(env, n))
-        if searchers._improve_on_estimate(env, singles_only, 0) != singles_only:
+        if ppo_search._improve_on_estimate(env, singles_only, 0) != singles_only:
             break
-    plan = searchers._improve_on_estimate(env, singles_only, 0)
+    plan = ppo_search._improve_on_estimate(env, singles_only, 0)
     assert not single_changes_help(singles_only)
     assert env.is_valid_plan(plan) and estimated_loss(env, plan) < estimated_loss(env, singles_only)
 
 
 def test_a_policy_acts_only_on_its_own_menu(short_rehearsal, tmp_path):
-    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(score), evaluations=20, seed=0)
+    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(score), max_evaluations=20, seed=0)
     save_policy(trained.policy, tmp_path / "policy", MENU, {}, "scorer")
     with pytest.raises(UserError, match="menu"):
         load_policy(tmp_path / "policy", MENU[:-1])
     with pytest.raises(UserError, match="no search policy"):
         load_policy(tmp_path, MENU)
     with pytest.raises(UserError, match="starts the ppo searcher"):
-        run_searcher("random", factory(Target("speedup", 2.0)), one_by_one(score), evaluations=5, seed=0, policy=trained.policy)
+        run_searcher("random", factory(Target("speedup", 2.0)), one_by_one(score), max_evaluations=5, seed=0,
+                     policy=trained.policy)
 
 
 def test_uniform_drops_the_least_sensitive_layers_when_no_level_kept_everywhere_meets_the_target():
@@ -215,24 +219,24 @@ def test_uniform_drops_the_least_sensitive_layers_when_no_level_kept_everywhere_
     env = factory(target)(one_by_one(score))
     drop = len(MENU) - 1
     assert not any(env.is_valid_plan([level] * NUM_LAYERS) for level in range(drop))
-    plans = searchers.uniform_plans(env)
-    assert plans and all(env.is_valid_plan(levels) for levels in plans)
-    for levels in plans:
-        kept = {level for level in levels if level != drop}
+    plans = baselines.uniform_plans(env)
+    assert plans and all(env.is_valid_plan(plan) for plan in plans)
+    for plan in plans:
+        kept = {level for level in plan if level != drop}
         assert len(kept) == 1
-        dropped = [layer for layer, level in enumerate(levels) if level == drop]
+        dropped = [layer for layer, level in enumerate(plan) if level == drop]
         assert dropped == sorted(np.argsort(LOSS[:, drop], kind="stable")[:len(dropped)].tolist())
-        fewer = [kept.pop() if layer == dropped[-1] else level for layer, level in enumerate(levels)]
+        fewer = plan.with_levels({dropped[-1]: kept.pop()})
         assert not env.is_valid_plan(fewer)  # one drop fewer misses the target
-    result = run_searcher("uniform", factory(target), one_by_one(score), evaluations=300, seed=0)
-    assert result.best_levels in plans
-    evolutionary = run_searcher("evolutionary", factory(target), one_by_one(score), evaluations=300, seed=0)
-    assert result.best_levels in [levels for levels, _, _ in evolutionary.evaluated]
+    result = run_searcher("uniform", factory(target), one_by_one(score), max_evaluations=300, seed=0)
+    assert result.best_plan in plans
+    evolutionary = run_searcher("evolutionary", factory(target), one_by_one(score), max_evaluations=300, seed=0)
+    assert result.best_plan in [e.plan for e in evolutionary.evaluated]
 
 
 def test_a_policy_carries_its_scored_plans_only_to_a_run_that_scores_them_the_same_way(short_rehearsal, tmp_path):
-    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(score), evaluations=20, seed=0)
-    rewards = {SearchState.key(levels): reward for levels, reward, _ in trained.evaluated}
+    trained = run_searcher("ppo", factory(Target("speedup", 2.0)), one_by_one(score), max_evaluations=20, seed=0)
+    rewards = {e.plan: e.reward for e in trained.evaluated}
     save_policy(trained.policy, tmp_path / "policy", MENU, rewards, "scorer-a")
     assert scored_plans(tmp_path / "policy", "scorer-a") == rewards
     assert scored_plans(tmp_path / "policy", "scorer-b") is None  # another model, text or runtime
@@ -240,20 +244,43 @@ def test_a_policy_carries_its_scored_plans_only_to_a_run_that_scores_them_the_sa
 
 
 def test_plans_known_before_a_run_count_for_the_targets_they_meet_and_cost_nothing():
-    run = SearchResult("ppo", [1, 1], 0.5, evaluations=2, curve=[(1, 0.2), (2, 0.5)],
-                       evaluated=[([0, 0], 0.2, 1.0), ([1, 1], 0.5, 2.0)])
-    known = [([2, 2], 0.9, 3.0), ([3, 3], 0.95, 1.5), ([1, 1], 0.5, 2.0)]
-    fast = run.meeting(lambda levels: levels[0] >= 1, known)
-    assert fast.best_levels == [3, 3] and fast.best_reward == 0.95 and fast.evaluations == 2
-    assert [e[0] for e in fast.evaluated] == [[2, 2], [3, 3], [1, 1]]  # a plan the run scored again is counted once
+    run = SearchResult("ppo", Plan.of([1, 1]), 0.5, evaluations=2, curve=[(1, 0.2), (2, 0.5)],
+                       evaluated=evaluations(([0, 0], 0.2, 1.0), ([1, 1], 0.5, 2.0)))
+    known = evaluations(([2, 2], 0.9, 3.0), ([3, 3], 0.95, 1.5), ([1, 1], 0.5, 2.0))
+    fast = run.meeting(lambda plan: plan[0] >= 1, known)
+    assert fast.best_plan == Plan.of([3, 3]) and fast.best_reward == 0.95 and fast.evaluations == 2
+    # a plan the run scored again is counted once
+    assert [e.plan for e in fast.evaluated] == [Plan.of([2, 2]), Plan.of([3, 3]), Plan.of([1, 1])]
     assert fast.curve == [(1, 0.95), (2, 0.95)]
-    assert run.meeting(lambda levels: levels[0] <= 1, known).best_levels == [1, 1]
+    assert run.meeting(lambda plan: plan[0] <= 1, known).best_plan == Plan.of([1, 1])
 
 
-def test_a_family_run_first_scores_the_estimates_best_plan_for_its_first_target(short_rehearsal):
-    """A family's policy generalises across its targets; the dense model, which the loosest
+def test_a_target_set_run_first_scores_the_estimates_best_plan_for_its_first_target(short_rehearsal):
+    """A target set's policy generalises across its targets; the dense model, which the loosest
     target allows and the estimate ranks first there, is scored first whatever the policy
     proposes."""
     targets = [Target("speedup", value) for value in (1.0, 2.0)]
-    result = run_searcher("ppo", factory(targets), one_by_one(score), evaluations=30, seed=0)
-    assert result.evaluated[0][0] == [0] * NUM_LAYERS
+    result = run_searcher("ppo", factory(targets), one_by_one(score), max_evaluations=30, seed=0)
+    assert result.evaluated[0].plan == Plan.uniform(0, NUM_LAYERS)
+
+
+def test_the_registry_names_each_searcher_with_how_it_runs_and_what_it_keeps():
+    assert list(SEARCHERS) == ["ppo", "uniform", "random", "evolutionary"]  # the delivered one first, then the baselines
+    assert all(name == searcher.name and callable(searcher.run) for name, searcher in SEARCHERS.items())
+    assert [name for name, s in SEARCHERS.items() if s.whole_target_set] == ["ppo"] == policy_searchers()
+    assert [name for name, s in SEARCHERS.items() if s.plan_per_level] == ["uniform"]
+    assert get_searcher("random") is SEARCHERS["random"]
+    with pytest.raises(UserError, match="unknown searcher 'annealing'; use one of ppo, uniform, random, evolutionary"):
+        get_searcher("annealing")
+
+
+def test_run_searcher_runs_the_registered_entry(monkeypatch):
+    ran = []
+
+    def stand_in(run):
+        ran.append(run.seed)
+        run.recorder([Plan.uniform(0, NUM_LAYERS)])
+
+    monkeypatch.setitem(SEARCHERS, "uniform", Searcher("uniform", stand_in, whole_target_set=False, policy=False))
+    result = run_searcher("uniform", factory(Target("speedup", 1.0)), one_by_one(score), max_evaluations=5, seed=7)
+    assert ran == [7] and result.best_plan == Plan.uniform(0, NUM_LAYERS) and result.evaluations == 1

@@ -24,7 +24,7 @@ CALIBRATION = [f"passage {i} about {w} and the way it shapes the day" for i, w i
 
 
 def _let_optimum_intel_import() -> None:
-    """optimum-intel 2.2.0 (the newest) declares transformers < 5.6 and, with a newer one,
+    """optimum-intel 2.2.0 declares transformers < 5.6 and, with a newer one,
     fails at import on three names of vision models that transformers renamed. The
     feature-extraction path never touches them; they are pointed at their new names or at
     a stub that refuses, so the real loader runs. Remove once optimum-intel supports the
@@ -48,7 +48,8 @@ def delivered(tmp_path_factory):
     """A tiny BERT pruned differently per layer, int8 in one layer, saved as a delivery is."""
     root = tmp_path_factory.mktemp("st")
     dense = load_model(str(save_tiny_model("bert", root / "dense")))
-    plan = CompressionPlan([LayerPlan(keep_groups=[0, 2], int8=True), LayerPlan(keep_neurons=list(range(20))), LayerPlan(drop=True)])
+    plan = CompressionPlan([LayerPlan(keep_groups=[0, 2], int8=True), LayerPlan(keep_neurons=list(range(20))),
+                            LayerPlan(drop=True)])
     model = apply_plan(dense, plan, quantize=False)
     directory = get_runtime("torch").export(model, root, [])  # int8 layers quantized, reloads with ppocompress.load
     write_sentence_transformers_files(model, directory, CALIBRATION)

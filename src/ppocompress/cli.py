@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import json
 import os
 import signal
 import sys
 import threading
+import time
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ppocompress.compress.measure.timing import DEFAULT_THREADS
+# Only light modules here, for the options' defaults: each command imports what it runs when it
+# runs, so that `ppocompress --help` (and a mistyped option) answers without loading torch and transformers.
+from ppocompress.compress.data.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES
+from ppocompress.compress.measure.timing import DEFAULT_THREADS, TimingSetup
 from ppocompress.errors import Interrupted, UserError, first_line, stops_unwrapped
+from ppocompress.fileio import cache_dir
+from ppocompress.rl.config import EVALUATION_EPISODES, PPOConfig
+from ppocompress.rl.presets import config_for
 
 REDELIVERY_DELAY_S = 0.05  # long enough for the code that ignored a stop to return
+RUNS_DIR = Path("runs")  # where a command writes its outputs unless --out says otherwise
 
 app = typer.Typer(
     add_completion=False,
@@ -27,9 +38,7 @@ app = typer.Typer(
 
 def _show_version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
-
-        typer.echo(f"ppocompress {version('ppocompress')}")
+        typer.echo(f"ppocompress {importlib.metadata.version('ppocompress')}")
         raise typer.Exit()
 
 
@@ -51,18 +60,19 @@ def rl(
     out: Annotated[
         Optional[Path],
         typer.Option(help="Output directory for metrics.csv, model.safetensors, config.json, curve.png. "
-                     "Default: runs/<ENV_ID>-seed<SEED>."),
+                     f"Default: {RUNS_DIR}/<ENV_ID>-seed<SEED>."),
     ] = None,
     config: Annotated[
         Optional[Path],
         typer.Option(help="JSON file of PPOConfig fields (n_envs, n_steps, learning_rate, ...). "
                      "Default: the built-in preset for ENV_ID if there is one, else PPOConfig defaults."),
     ] = None,
-    eval_episodes: Annotated[int, typer.Option(help="Episodes of deterministic evaluation after training.")] = 20,
+    eval_episodes: Annotated[int, typer.Option(help="Episodes of deterministic evaluation after "
+                                                    "training.")] = EVALUATION_EPISODES,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     sweep: Annotated[Optional[str], typer.Option(help="Search hyper-parameters instead of one run: grid or random, "
                                                       "each trial a whole run on Ray Tune; writes sweep.csv and best_config.json "
-                                                      "(default out: runs/<ENV_ID>-sweep-seed<SEED>).")] = None,
+                                                      f"(default out: {RUNS_DIR}/<ENV_ID>-sweep-seed<SEED>).")] = None,
     trials: Annotated[Optional[int], typer.Option(help="Trials of a random sweep (a grid's are its combinations).")] = None,
     space: Annotated[Optional[Path], typer.Option(help="JSON file of PPOConfig fields to sweep, each a list of values or "
                                                        "{low, high, log}; replaces those fields of the default space.")] = None,
@@ -71,20 +81,18 @@ def rl(
 ) -> None:
     """Train PPO on a Gymnasium environment, evaluate it, and save the agent and its learning curve;
     or, with --sweep, search its hyper-parameters."""
-    from ppocompress.rl.config import PPOConfig
     from ppocompress.rl.job import sweep_and_export, train_and_export
-    from ppocompress.rl.presets import config_for
 
     ppo_config = PPOConfig.from_json_file(config) if config is not None else config_for(env_id)
     name = env_id.replace("/", "_")
     if sweep is None:
         if trials is not None or space is not None or ray is not None:
             raise UserError("--trials, --space and --ray belong to a sweep; add --sweep grid or --sweep random")
-        out_dir = out if out is not None else Path("runs") / f"{name}-seed{seed}"
+        out_dir = out if out is not None else RUNS_DIR / f"{name}-seed{seed}"
         summary = train_and_export(env_id, steps, seed, out_dir, ppo_config, eval_episodes, progress_bar=progress)
         typer.echo(summary.line())
         return
-    out_dir = out if out is not None else Path("runs") / f"{name}-sweep-seed{seed}"
+    out_dir = out if out is not None else RUNS_DIR / f"{name}-sweep-seed{seed}"
     result = sweep_and_export(env_id, sweep, trials, space, steps, seed, out_dir, ppo_config, eval_episodes, ray,
                               progress_bar=progress)
     typer.echo(result.table())
@@ -93,12 +101,14 @@ def rl(
 
 ModelOption = Annotated[
     Optional[str],
-    typer.Option("--model", help="Hugging Face id or local directory (safetensors only). Default: the embedded all-MiniLM-L6-v2."),
+    typer.Option("--model", help="Hugging Face id or local directory (safetensors only). "
+                                 "Default: the embedded all-MiniLM-L6-v2."),
 ]
 TrustOption = Annotated[bool, typer.Option(help="Allow the model's own Python code to run (off unless you pass this).")]
 TextOption = Annotated[
     Optional[Path],
-    typer.Option("--text", help="Text file, one passage per line, split into calibration/evaluation. Default: gensim's English test text."),
+    typer.Option("--text", help="Text file, one passage per line, split into calibration/evaluation. "
+                                "Default: gensim's English test text."),
 ]
 
 
@@ -125,78 +135,23 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     trust_remote_code: TrustOption = False,
     dense_model: Annotated[Optional[str], typer.Option("--dense", help="For a delivered --model folder: the dense model it "
-                                                       "was compressed from. Default: the one its compression.json names.")] = None,
+                                                       "was compressed from. Default: the one its compression.json "
+                                                       "names.")] = None,
 ) -> None:
-    """Quality (embedding fidelity, Lee correlation; perplexity and KL for causal LMs) and cost (parameters, size, FLOPs, latency) of a model, a plan, or a delivered model folder."""
-    import json
+    """Quality (embedding fidelity, Lee correlation; perplexity and KL for causal LMs) and cost (parameters, size, FLOPs,
+    latency) of a model, a plan, or a delivered model folder."""
+    from ppocompress.compress.commands.evaluate import evaluate_command
 
-    from ppocompress.compress import CompressionPlan, load_model
-    from ppocompress.compress.commands.evaluate import evaluate as run_evaluate
-    from ppocompress.compress.data.text import (
-        CALIBRATION_PASSAGES,
-        EVALUATION_PASSAGES,
-        load_splits,
-        subset,
-    )
-    from ppocompress.compress.files.description import is_saved_model, saved_source
-    from ppocompress.compress.measure.timing import TimingSetup
-    from ppocompress.compress.recovery.distillation import DistillConfig
-    from ppocompress.compress.recovery.method import Recovery
-
-    _check_runtime(runtime)
-    TimingSetup(threads=threads)  # bad values fail before the model loads
-    recovery = Recovery.parse(recovery)
-    distillation = DistillConfig() if recover_minutes is None else DistillConfig(minutes=recover_minutes)
-    splits = load_splits(text)
-    texts = subset(splits, CALIBRATION_PASSAGES, EVALUATION_PASSAGES)
-    compression_plan = CompressionPlan.from_json_file(plan) if plan is not None else None
-    delivered = Path(model) if model is not None and is_saved_model(Path(model)) else None
-    if delivered is not None:
-        if plan is not None or recovery != Recovery.NONE:
-            raise UserError(f"{model} is already compressed (and recovered); drop --plan and --recover, "
-                            "or pass the dense model as --model")
-        dense_model = dense_model or saved_source(delivered)
-    elif dense_model is not None:
-        raise UserError("--dense is for a delivered --model folder (one with compression.json); drop it")
-    dense = load_model(dense_model if delivered is not None else model, trust_remote_code=trust_remote_code)
-    setup = TimingSetup.for_model(dense.is_causal, threads)
-    names = _runtimes(runtime, dense.is_causal)
-    reports = [run_evaluate(dense, texts, compression_plan, recovery, name, latency=latency, setup=setup,
-                            distillation=distillation, distill_texts=splits.calibration, delivered=delivered) for name in names]
+    reports = evaluate_command(model=model, plan=plan, text=text, recovery=recovery, recover_minutes=recover_minutes,
+                               runtime=runtime, latency=latency, threads=threads, trust_remote_code=trust_remote_code,
+                               dense_model=dense_model, log=_stderr_line)
     if json_out:
-        typer.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
+        typer.echo(json.dumps(reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports], indent=1))
         return
     from ppocompress.reporting import print_evaluation
 
     for report in reports:
-        print_evaluation(report)
-
-
-def _check_runtime(choice: str) -> None:
-    """A mistyped --runtime fails before the model loads."""
-    from ppocompress.compress.runtimes import CHOICES
-
-    if choice not in CHOICES:
-        raise UserError(f"unknown runtime {choice!r}; use one of {', '.join(CHOICES)}")
-
-
-def _runtimes(choice: str, causal: bool) -> list[str]:
-    """--runtime NAME: that one (a UserError if it cannot run here, or cannot serve a causal
-    LM); auto: every one that can."""
-    from ppocompress.compress.runtimes import (
-        available_runtimes,
-        get_runtime,
-        no_generation,
-    )
-
-    _check_runtime(choice)
-    if choice == "auto":
-        return [r.name for r in available_runtimes(log=lambda line: typer.echo(line, err=True), causal=causal)]
-    runtime = get_runtime(choice)
-    runtime.require()
-    if causal and no_generation(runtime):
-        raise UserError(no_generation(runtime) + "; pass --runtime torch or auto")
-    return [choice]
+        print_evaluation(report.to_dict())
 
 
 @app.command()
@@ -206,46 +161,28 @@ def bench(
     runtime: Annotated[str, typer.Option(help="Runtime every variant is exported to, judged and timed on, or auto "
                                               "(every available one).")] = "auto",
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")] = None,
-    threads: Annotated[int, typer.Option(help="Threads for latency measurement (the same for every variant).")] = DEFAULT_THREADS,
-    batch_size: Annotated[int, typer.Option(help="Batch size for latency (encoders; a causal LM is timed decoding).")] = 32,
-    seq_len: Annotated[int, typer.Option(help="Sequence length for latency (encoders).")] = 64,
-    rounds: Annotated[int, typer.Option(help="Interleaved latency rounds per variant.")] = 3,
+    threads: Annotated[int, typer.Option(help="Threads for latency measurement (the same for every "
+                                              "variant).")] = DEFAULT_THREADS,
+    batch_size: Annotated[int, typer.Option(help="Batch size for latency (encoders; a causal LM is timed "
+                                                 "decoding).")] = TimingSetup.batch_size,
+    seq_len: Annotated[int, typer.Option(help="Sequence length for latency (encoders).")] = TimingSetup.seq_len,
+    rounds: Annotated[int, typer.Option(help="Interleaved latency rounds per variant.")] = TimingSetup.rounds,
     calibration_texts: Annotated[Optional[int], typer.Option(help="Calibration passages (importance, recovery), balanced "
-                                                                  "between the sources. Default 1024.")] = None,
+                                                                  "between the sources. "
+                                                                  f"Default {CALIBRATION_PASSAGES}.")] = None,
     evaluation_texts: Annotated[Optional[int], typer.Option(help="Held-out passages for quality, balanced between the "
-                                                                 "sources. Default 512.")] = None,
+                                                                 f"sources. Default {EVALUATION_PASSAGES}.")] = None,
     trust_remote_code: TrustOption = False,
 ) -> None:
-    """Measure uniform variants (int8, heads/FFN removed, layers dropped, combinations) on each runtime against dense PyTorch fp32."""
-    import json
-    from dataclasses import replace
-
-    from ppocompress.compress import load_model
-    from ppocompress.compress.commands.bench import run_bench
-    from ppocompress.compress.data.text import (
-        CALIBRATION_PASSAGES,
-        EVALUATION_PASSAGES,
-        load_splits,
-        subset,
-    )
-    from ppocompress.compress.measure.timing import TimingSetup
-    from ppocompress.fileio import atomic_write_text
+    """Measure uniform variants (int8, heads/FFN removed, layers dropped, combinations) on each runtime against dense
+    PyTorch fp32."""
+    from ppocompress.compress.commands.bench import bench_command
     from ppocompress.reporting import print_bench
 
-    setup = TimingSetup(batch_size=batch_size, seq_len=seq_len, threads=threads, rounds=rounds)
-    _check_runtime(runtime)
-    texts = subset(load_splits(text), calibration_texts or CALIBRATION_PASSAGES, evaluation_texts or EVALUATION_PASSAGES)
-    dense = load_model(model, trust_remote_code=trust_remote_code)
-    names = _runtimes(runtime, dense.is_causal)
-    if dense.is_causal:
-        setup = replace(TimingSetup.for_model(True, threads), rounds=rounds)  # decoding, whatever --batch-size says
-    if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-    results = run_bench(dense, texts, names, setup=setup, log=_progress_log())
-    print_bench(results, dense.source, dense.is_causal)
-    if json_file is not None:
-        atomic_write_text(json_file, json.dumps({"model": dense.source, "timing": setup.to_dict(),
-                                                 "variants": [r.to_dict() for r in results]}, indent=1))
+    run = bench_command(model=model, text=text, runtime=runtime, threads=threads, batch_size=batch_size, seq_len=seq_len,
+                        rounds=rounds, calibration_texts=calibration_texts, evaluation_texts=evaluation_texts,
+                        trust_remote_code=trust_remote_code, json_file=json_file, log=_stderr_line, progress=_progress_log())
+    print_bench(run.variants, run.model, run.causal)
 
 
 @app.command("compress")
@@ -253,7 +190,8 @@ def compress_command(
     model: ModelOption = None,
     target_speedup: Annotated[Optional[float], typer.Option(help="Speedup against dense PyTorch fp32 the plan must reach "
                                                                  "(by the latency table). Default 5.0.")] = None,
-    target_size: Annotated[Optional[float], typer.Option(help="Or: size fraction of the dense model the plan must fit in.")] = None,
+    target_size: Annotated[Optional[float], typer.Option(help="Or: size fraction of the dense model the plan must "
+                                                              "fit in.")] = None,
     targets: Annotated[Optional[str], typer.Option(help="Or: a family of speedups, e.g. 2,3,4,5,6: one PPO search for all, "
                                                         "a model each in OUT/target-<N>x/.")] = None,
     target_sizes: Annotated[Optional[str], typer.Option(help="Or: a family of size fractions, e.g. 0.3,0.5.")] = None,
@@ -265,7 +203,7 @@ def compress_command(
                                                         "for the targets are scored first.")] = None,
     recovery: Annotated[str, typer.Option("--recover", help=RECOVER_HELP)] = "lsq",
     recover_minutes: RecoverMinutesOption = None,
-    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/compress"),
+    out: Annotated[Path, typer.Option(help="Output directory.")] = RUNS_DIR / "compress",
     seed: Annotated[int, typer.Option(help="Seed of the searchers.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     baselines: Annotated[bool, typer.Option(help="Also run the other searchers on the same budget.")] = True,
@@ -279,24 +217,12 @@ def compress_command(
                                                              "Same seed, same plans as without it.")] = None,
 ) -> None:
     """Search a per-layer compression plan with PPO, then deliver the compressed model, measured."""
-    from ppocompress.reporting import print_compress, print_family
-    from ppocompress.search.job import (
-        DEFAULT_TARGET_SPEEDUP,
-        STATE_FILE,
-        CompressSettings,
-        run_compress,
-    )
-    from ppocompress.search.results import FamilyResult
+    from ppocompress.search.job import STATE_FILE, run_compress
 
-    if all(t is None for t in (target_speedup, target_size, targets, target_sizes)):
-        target_speedup = DEFAULT_TARGET_SPEEDUP
-    settings = CompressSettings(model=model, target_speedup=target_speedup, target_size=target_size,
-                                family_speedups=_numbers(targets, "--targets"), family_sizes=_numbers(target_sizes, "--target-sizes"),
-                                policy=None if policy is None else str(policy), searcher=searcher,
-                                evals=evals, recovery=recovery, recover_minutes=recover_minutes, seed=seed,
-                                baselines=baselines, threads=threads,
-                                text=None if text is None else str(text), cost=cost, runtime=runtime,
-                                trust_remote_code=trust_remote_code)
+    settings = _compress_settings(model=model, target_speedup=target_speedup, target_size=target_size, targets=targets,
+                                  target_sizes=target_sizes, policy=policy, searcher=searcher, evals=evals, recovery=recovery,
+                                  recover_minutes=recover_minutes, seed=seed, baselines=baselines, threads=threads, text=text,
+                                  cost=cost, runtime=runtime, trust_remote_code=trust_remote_code)
     try:
         with stops_unwrapped():
             results = run_compress(settings, out, resume=resume, log=_progress_log(), ray=ray)
@@ -304,8 +230,36 @@ def compress_command(
         if (out / STATE_FILE).exists():
             stop.resume = " ".join(["ppocompress", *sys.argv[1:], *([] if resume else ["--resume"])])
         raise
-    if settings.family:
-        print_family(FamilyResult.from_dir(out))
+    _print_compressed(results, settings.is_target_set, out)
+
+
+def _compress_settings(*, model: str | None, target_speedup: float | None, target_size: float | None, targets: str | None,
+                       target_sizes: str | None, policy: Path | None, searcher: str, evals: int | None, recovery: str,
+                       recover_minutes: float | None, seed: int, baselines: bool, threads: int, text: Path | None, cost: str,
+                       runtime: str, trust_remote_code: bool):
+    """compress' options as the search's CompressSettings; no target given means the default speedup."""
+    from ppocompress.search.settings import DEFAULT_TARGET_SPEEDUP, CompressSettings
+
+    if all(t is None for t in (target_speedup, target_size, targets, target_sizes)):
+        target_speedup = DEFAULT_TARGET_SPEEDUP
+    settings = CompressSettings(model=model, target_speedup=target_speedup, target_size=target_size,
+                                target_set_speedups=_numbers(targets, "--targets"),
+                                target_set_sizes=_numbers(target_sizes, "--target-sizes"),
+                                policy=None if policy is None else str(policy), searcher=searcher,
+                                evals=evals, recovery=recovery, recover_minutes=recover_minutes, seed=seed,
+                                baselines=baselines, threads=threads,
+                                text=None if text is None else str(text), cost=cost, runtime=runtime,
+                                trust_remote_code=trust_remote_code)
+    return settings
+
+
+def _print_compressed(results: list, target_set: bool, out: Path) -> None:
+    """The run's summary (a target set's, or the searchers side by side), then a `done` line for each model delivered."""
+    from ppocompress.reporting import print_compress, print_target_set
+    from ppocompress.search.results import TargetSetResult
+
+    if target_set:
+        print_target_set(TargetSetResult.from_dir(out))
     else:
         print_compress(results[0])
     for result in results:
@@ -334,10 +288,12 @@ def report(run_dir: Annotated[Path, typer.Argument(help="The --out directory of 
     typer.echo(str(write_report(run_dir)))
 
 
+def _stderr_line(line: str) -> None:
+    typer.echo(line, err=True)
+
+
 def _progress_log():
     """Log lines on stderr, each with the time since the command started."""
-    import time
-
     start = time.monotonic()
 
     def log(line: str) -> None:
@@ -410,11 +366,6 @@ def _stopped_by_signals():
 
 def _log_traceback() -> Path:
     """Writes the exception being handled to a new log file and returns its path."""
-    import time
-    import traceback
-
-    from ppocompress.fileio import cache_dir
-
     folder = cache_dir() / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"

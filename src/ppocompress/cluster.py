@@ -6,10 +6,10 @@ token authentication is on (RAY_AUTH_MODE=token; a local cluster makes its token
 ~/.ray/auth_token, and a remote one needs the same token, from that file or
 RAY_AUTH_TOKEN); a local cluster's object store is LOCAL_OBJECT_STORE_BYTES instead of
 about 30% of memory (what crosses it here is configs and small results); and workers run
-at normal priority (RAY_worker_niceness=0): Ray's default of 15 made a CartPole trial 17x
-slower (111 s against 6.5 s) while another job kept both cores busy. A local cluster's
-control server may take GCS_START_SECONDS to come up instead of Ray's 30: its first start
-here, on a cold disk with both cores busy, took longer than 30.
+at normal priority (RAY_worker_niceness=0): at Ray's default of 15, any other busy process
+on the machine starves the trials. A local cluster's control server may take
+GCS_START_SECONDS to come up instead of Ray's 30, which a first start on a cold disk with
+busy cores can exceed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ppocompress.errors import UserError
 
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
 GCS_START_SECONDS = 120
-CONNECT_SECONDS = 5  # for the head's port to answer: ray.init spent 13 minutes on one that never would
+CONNECT_SECONDS = 5  # for the head's port to answer, checked first: ray.init waits far longer on one that never will
 INSTALL_HINT = "pip install 'ppocompress[ray]'"
 
 

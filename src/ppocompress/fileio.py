@@ -26,11 +26,14 @@ _FILE_MODE = 0o666 & ~_current_umask()
 _DIR_MODE = 0o777 & ~_current_umask()
 
 
+TMP_SUFFIX = ".tmp"  # ends the name of an atomic write's temporary file, by which remove_leftovers knows it
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path beside `path`; renames it onto `path` only if the block succeeds."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -125,7 +128,7 @@ def remove_leftovers(folder: Path) -> list[Path]:
         name = path.name
         if STAGING in name and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
-        elif (name.endswith(".tmp") or name.startswith(WRITE_PROBE)) and path.is_file():
+        elif (name.endswith(TMP_SUFFIX) or name.startswith(WRITE_PROBE)) and path.is_file():
             path.unlink(missing_ok=True)
         elif (match := _SET_ASIDE_NAME.match(name)) is not None:
             original = path.with_name(match.group(1))

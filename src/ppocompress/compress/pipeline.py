@@ -12,9 +12,10 @@ from ppocompress.compress.recovery.lsq import refit_projections
 from ppocompress.compress.recovery.method import Recovery
 
 
-def compress(dense: LoadedModel, plan: CompressionPlan, recovery: Recovery | str = Recovery.NONE, calibration: list[str] | None = None,
-             quantize: bool = True, validation: list[str] | None = None, distillation: DistillConfig = DistillConfig(),
-             distill_texts: list[str] | None = None, checkpoint: Path | None = None, progress: bool = False) -> LoadedModel:
+def compress(dense: LoadedModel, plan: CompressionPlan, recovery: Recovery | str = Recovery.NONE,
+             calibration: list[str] | None = None, quantize: bool = True, validation: list[str] | None = None,
+             distillation: DistillConfig = DistillConfig(), distill_texts: list[str] | None = None,
+             checkpoint: Path | None = None, progress: bool = False) -> LoadedModel:
     """Applies plan to dense, recovers with `recovery` (none, lsq, distill or lsq+distill),
     then quantizes the int8-marked layers (recovery works on fp32 weights). Least squares
     fits `calibration`, distillation `distill_texts` (default: calibration); both make

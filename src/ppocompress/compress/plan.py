@@ -22,15 +22,15 @@ class LayerPlan:
     keep_groups: list[int] | None = None  # attention groups (KV heads; = heads without GQA)
     keep_neurons: list[int] | None = None  # FFN neurons
     drop: bool = False  # remove the whole layer
-    int8: bool = False  # int8 weights with per-channel scales on the layer's Linear layers (see quantize.py)
+    int8: bool = False  # int8 weights with per-channel scales on the layer's Linear layers (see ops/quantize.py)
     sparsity: float = 0.0  # unstructured magnitude sparsity; saves size only, no CPU speed
 
 
 @dataclass
 class CompressionPlan:
     layers: list[LayerPlan] = field(default_factory=list)
-    # A causal LM's output head in int8 weights too: every generated token reads it (SmolLM2:
-    # a fifth of its weights), and on SmolLM2 it added 0.002 to the KL of int8 layers.
+    # A causal LM's output head in int8 weights too: every generated token reads it, and in a
+    # small LM it is a large share of the weights, for little loss of quality.
     int8_head: bool = False
 
     @classmethod
@@ -41,6 +41,10 @@ class CompressionPlan:
         """The plans of the layers that stay, in order: a compressed model's layers."""
         return [layer for layer in self.layers if not layer.drop]
 
+    def kept_indices(self) -> list[int]:
+        """The dense model's indices of the layers that stay, in order."""
+        return [i for i, layer in enumerate(self.layers) if not layer.drop]
+
     def int8_layers(self) -> list[int]:
         """Indices, among the kept layers, of the layers marked int8."""
         return [i for i, layer in enumerate(self.kept_layers()) if layer.int8]
@@ -50,12 +54,14 @@ class CompressionPlan:
         if self.int8_head and not causal:
             raise UserError("int8_head is for causal language models (their output head); set it to false")
         if len(self.layers) != len(table):
-            raise UserError(f"the plan has {len(self.layers)} layers but the model has {len(table)}; make the plan for this model")
+            raise UserError(f"the plan has {len(self.layers)} layers but the model has {len(table)}; "
+                            "make the plan for this model")
         if all(layer.drop for layer in self.layers):
             raise UserError("the plan drops every layer; keep at least one")
         for info, layer in zip(table, self.layers):
             where = f"plan layer {info.index}"
-            for name, kept, total in (("keep_groups", layer.keep_groups, info.kv_heads), ("keep_neurons", layer.keep_neurons, info.ffn)):
+            for name, kept, total in (("keep_groups", layer.keep_groups, info.kv_heads),
+                                      ("keep_neurons", layer.keep_neurons, info.ffn)):
                 if kept is None:
                     continue
                 if not kept:

@@ -10,6 +10,10 @@ from typing import Any
 from ppocompress.errors import UserError
 from ppocompress.fileio import read_json_object
 
+# Deterministic episodes a trained agent is scored on unless told otherwise: after a run,
+# after each trial of a sweep, and by `ppocompress rl` (which reads it here, without torch).
+EVALUATION_EPISODES = 20
+
 
 @dataclass
 class PPOConfig:
@@ -100,7 +104,8 @@ class PPOConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "PPOConfig":
-        return cls.from_dict(read_json_object(path, "config file", "pass a JSON object of PPOConfig fields, or leave --config out"))
+        hint = "pass a JSON object of PPOConfig fields, or leave --config out"
+        return cls.from_dict(read_json_object(path, "config file", hint))
 
 
 _KINDS = {  # a field's annotation -> (does a JSON value fit it, what to tell the user)

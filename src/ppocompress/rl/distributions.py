@@ -27,7 +27,7 @@ class MultiCategorical:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Gumbel-max: argmax(log p + G), G = -log(-log U), is an exact draw from p, in four
-        kernels where torch.multinomial's per-call setup took three times as long. A masked
+        kernels, cheaper than torch.multinomial's per-call setup. A masked
         action's log-probability is near the most negative float, so no noise lifts it."""
         picks = []
         for logp in self.log_probs:

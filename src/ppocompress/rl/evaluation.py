@@ -5,12 +5,14 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from ppocompress.rl.config import EVALUATION_EPISODES
 from ppocompress.rl.envs import check_env_id
 
 EVALUATION_SEED_OFFSET = 1_000_000  # evaluation episodes are seeded apart from the training run's
 
 
-def evaluate(agent, env: str | gym.Env, episodes: int = 20, deterministic: bool = True, seed: int = 0) -> tuple[float, float]:
+def evaluate(agent, env: str | gym.Env, episodes: int = EVALUATION_EPISODES, deterministic: bool = True,
+             seed: int = 0) -> tuple[float, float]:
     """Mean and standard deviation of the undiscounted return over `episodes` episodes.
 
     Honors invalid-action masks the same way training does (info["action_mask"] or an

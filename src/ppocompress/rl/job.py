@@ -25,7 +25,7 @@ from ppocompress.fileio import (
     remove_leftovers,
     staging_dir,
 )
-from ppocompress.rl.config import PPOConfig
+from ppocompress.rl.config import EVALUATION_EPISODES, PPOConfig
 from ppocompress.rl.envs import check_env_builds
 from ppocompress.rl.evaluation import EVALUATION_SEED_OFFSET, evaluate
 from ppocompress.rl.plots import plot_learning_curve
@@ -68,7 +68,7 @@ def train_and_export(
     seed: int,
     out_dir: Path,
     config: PPOConfig,
-    eval_episodes: int = 20,
+    eval_episodes: int = EVALUATION_EPISODES,
     progress_bar: bool = True,
 ) -> TrainingSummary:
     """Everything is written to a hidden staging folder inside out_dir and moved into
@@ -99,7 +99,7 @@ def _train(env_id: str, steps: int, seed: int, out_dir: Path, config: PPOConfig,
 
 
 def sweep_and_export(env_id: str, kind: str, trials: int | None, space: Path | None, steps: int, seed: int, out_dir: Path,
-                     base: PPOConfig, eval_episodes: int = 20, address: str | None = None,
+                     base: PPOConfig, eval_episodes: int = EVALUATION_EPISODES, address: str | None = None,
                      progress_bar: bool = True) -> SweepResult:
     """Every trial is drawn and checked before Ray starts; sweep.csv (all trials, ranked)
     and best_config.json (a whole PPOConfig, for --config) appear only when all are done."""

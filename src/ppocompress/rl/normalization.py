@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+VARIANCE_EPS = 1e-8  # added to a variance before its square root, so that a constant input divides by ~1e-4, not 0
+
 
 class RunningMeanStd(nn.Module):
     """Mean and variance over everything seen so far (Chan et al.'s parallel update)."""
@@ -31,6 +33,10 @@ class RunningMeanStd(nn.Module):
         self.var.copy_(m2 / total)
         self.count.fill_(total.item())
 
+    def std(self) -> torch.Tensor:
+        """The standard deviation, in float32, never 0."""
+        return torch.sqrt(self.var.float() + VARIANCE_EPS)
+
 
 class ObservationNormalizer(RunningMeanStd):
     """(obs - mean) / std, clipped; statistics are updated only while collecting rollouts."""
@@ -40,7 +46,7 @@ class ObservationNormalizer(RunningMeanStd):
         self.clip = clip
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        scaled = (obs - self.mean.float()) / torch.sqrt(self.var.float() + 1e-8)
+        scaled = (obs - self.mean.float()) / self.std()
         return scaled.clamp(-self.clip, self.clip)
 
 
@@ -64,4 +70,4 @@ class RewardScaler(RunningMeanStd):
         self.discounted_return.mul_(self.gamma).add_(rewards.double())
         self.update(self.discounted_return)
         self.discounted_return[episode_ended] = 0.0
-        return (rewards / torch.sqrt(self.var.float() + 1e-8)).clamp(-self.clip, self.clip)
+        return (rewards / self.std()).clamp(-self.clip, self.clip)

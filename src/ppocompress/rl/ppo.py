@@ -45,6 +45,8 @@ from ppocompress.rl.spaces import (
 
 SAVE_FORMAT = "ppocompress.rl.PPO/1"
 Callback = Callable[["PPO", dict[str, float]], bool | None]
+ADAM_EPS = 1e-5  # CleanRL's and Stable-Baselines3's (torch's default is 1e-8)
+KL_TOLERANCE = 1.5  # the adaptive KL penalty changes its coefficient when the KL is off its target by this factor
 METRICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")  # per-minibatch means
 
 
@@ -71,7 +73,7 @@ class PPO:
             torch.manual_seed(self.seed)
             self.policy = ActorCritic(observation_space, action_space, self.config)
         self.flat = FlatParameters(self.policy)
-        self.optimizer = FlatAdam(self.flat, lr=self.config.learning_rate, eps=1e-5)
+        self.optimizer = FlatAdam(self.flat, lr=self.config.learning_rate, eps=ADAM_EPS)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.kl_coef = self.config.kl_coef
         self.num_timesteps = 0
@@ -96,11 +98,7 @@ class PPO:
             raise UserError(f"total_steps must be >= 0, got {total_steps}")
         cfg = self.config
         if self._collector is None:
-            if cfg.scale_rewards and self.reward_scaler is None:
-                self.reward_scaler = RewardScaler(self.env.num_envs, cfg.gamma, cfg.clip_normalized)
-            elif self.reward_scaler is not None:
-                self.reward_scaler.start_episodes(self.env.num_envs)  # new envs: keep the statistics
-            self._collector = RolloutCollector(self.env, self.policy, self.generator, self.reward_scaler, self.seed)
+            self._collector = self._new_collector()
         steps_per_update = cfg.n_steps * self.env.num_envs
         n_updates = math.ceil(total_steps / steps_per_update)
         logger = TrainingLogger(n_updates * steps_per_update, log_csv, progress_bar)
@@ -133,6 +131,15 @@ class PPO:
         finally:
             logger.close()
         return self
+
+    def _new_collector(self) -> RolloutCollector:
+        """A collector for the agent's envs (new, loaded, or set since): the reward scaler, if
+        the config scales rewards, keeps its statistics but starts the new envs' returns at 0."""
+        if self.config.scale_rewards and self.reward_scaler is None:
+            self.reward_scaler = RewardScaler(self.env.num_envs, self.config.gamma, self.config.clip_normalized)
+        elif self.reward_scaler is not None:
+            self.reward_scaler.start_episodes(self.env.num_envs)
+        return RolloutCollector(self.env, self.policy, self.generator, self.reward_scaler, self.seed)
 
     def _update(self, batch: Batch, clip_range: float) -> dict[str, float]:
         cfg = self.config
@@ -196,14 +203,14 @@ class PPO:
 
     def _adapt_kl_coef(self, batch: Batch) -> None:
         """Adaptive KL penalty (Schulman et al., 2017, sec. 4): double the coefficient when
-        the update overshot the target KL by 1.5x, halve it when it undershot."""
+        the update overshot the target KL by KL_TOLERANCE, halve it when it undershot by as much."""
         with torch.no_grad():
             dist, _ = self.policy(batch.features, batch.masks)
             kl = approx_kl(dist.log_prob(batch.actions) - batch.log_probs).item()
         target = self.config.kl_penalty_target
-        if kl > 1.5 * target:
+        if kl > KL_TOLERANCE * target:
             self.kl_coef *= 2.0
-        elif kl < target / 1.5:
+        elif kl < target / KL_TOLERANCE:
             self.kl_coef /= 2.0
 
     # ------------------------------------------------------------------ acting
@@ -287,7 +294,8 @@ class PPO:
             self.optimizer.load_per_parameter_state(adam)
         scaler_state = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("reward_scaler.")}
         if scaler_state:
-            self.reward_scaler = RewardScaler(scaler_state["discounted_return"].shape[0], self.config.gamma, self.config.clip_normalized)
+            n_envs = scaler_state["discounted_return"].shape[0]
+            self.reward_scaler = RewardScaler(n_envs, self.config.gamma, self.config.clip_normalized)
             self.reward_scaler.load_state_dict(scaler_state)
 
 

@@ -24,6 +24,7 @@ from ppocompress.rl.policy import ActorCritic, one_thread
 from ppocompress.rl.spaces import to_env_actions
 
 PENDING_REWARD = "pending_reward"
+RECENT_EPISODES = 100  # the episodes the running return and length means are over (Stable-Baselines3's window)
 
 
 @dataclass
@@ -44,6 +45,12 @@ class Batch:
     def select(self, index: torch.Tensor) -> "Batch":
         """The minibatch at these rows."""
         return Batch(**{f.name: None if (v := getattr(self, f.name)) is None else v[index] for f in fields(self)})
+
+    @classmethod
+    def from_rollout(cls, keep: torch.Tensor, **per_step: torch.Tensor | None) -> "Batch":
+        """Batch fields given as (step, env, ...) tensors, flattened over (step, env); only the
+        rows `keep` (flattened alike) marks are kept."""
+        return cls(**{name: None if x is None else x.flatten(0, 1)[keep] for name, x in per_step.items()})
 
 
 class RolloutCollector:
@@ -78,21 +85,21 @@ class RolloutCollector:
         self.needs_reset_step = np.zeros(self.n_envs, dtype=bool)  # NEXT_STEP only
         self.episode_return = np.zeros(self.n_envs)
         self.episode_length = np.zeros(self.n_envs, dtype=np.int64)
-        self.recent_returns: deque[float] = deque(maxlen=100)
-        self.recent_lengths: deque[int] = deque(maxlen=100)
+        self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
+        self.recent_lengths: deque[int] = deque(maxlen=RECENT_EPISODES)
         self.episodes: list[tuple[int, float, int]] = []  # (global step, return, length)
         self.global_step = 0
 
     def collect(self, n_steps: int, gamma: float, gae_lambda: float) -> Batch:
+        """n_steps in every env with the current policy, then the advantages and returns."""
         policy, n_envs = self.policy, self.n_envs
         features, actions, log_probs, values, masks = [], [], [], [], []
         rewards = np.zeros((n_steps, n_envs))
-        counted = np.zeros((n_steps, n_envs), dtype=bool)
+        counted = np.zeros((n_steps, n_envs), dtype=bool)  # False: a NEXT_STEP reset step, left out of the batch
+        terminated = np.zeros((n_steps, n_envs), dtype=bool)
+        ended = np.zeros((n_steps, n_envs), dtype=bool)  # terminated or truncated
+        final_values = torch.full((n_steps, n_envs), float("nan"))  # V(final obs) of SAME_STEP truncations
         pending: list[tuple[int, int, int]] = []  # (step, env, token)
-        terminated = torch.zeros(n_steps, n_envs, dtype=torch.bool)
-        ended = torch.zeros(n_steps, n_envs, dtype=torch.bool)
-        valid = torch.ones(n_steps, n_envs, dtype=torch.bool)
-        final_values = torch.full((n_steps, n_envs), float("nan"))  # SAME_STEP truncations
 
         with torch.inference_mode():
             for t in range(n_steps):
@@ -106,52 +113,58 @@ class RolloutCollector:
                 values.append(value)
                 masks.append(self.masks)
 
-                obs, reward, term, trunc, infos = self.env.step(to_env_actions(self.env.single_action_space, action))
+                obs, reward, term, truncated, infos = self.env.step(to_env_actions(self.env.single_action_space, action))
+                done = np.logical_or(term, truncated)
+                rewards[t], terminated[t], ended[t] = reward, term, done
                 counted[t] = ~self.needs_reset_step
-                valid[t] = torch.from_numpy(counted[t])
-                done = np.logical_or(term, trunc)
                 if self.mode == AutoresetMode.NEXT_STEP:
                     self.needs_reset_step = done
-                elif trunc.any():
-                    final_values[t] = self._final_observation_values(infos, trunc)
+                elif truncated.any():
+                    final_values[t] = self._final_observation_values(infos, truncated)
                 pending += [(t, i, token) for i, token in _pending_tokens(infos)]
-                rewards[t] = reward
-                terminated[t] = torch.from_numpy(np.asarray(term, dtype=bool))
-                ended[t] = torch.from_numpy(done)
                 self.obs = obs
                 self.masks = self.action_masks.read(infos, ignored=self.needs_reset_step)
 
-            if pending:
-                settled = self.env.call("settle_pending")
-                for t, i, token in pending:
-                    rewards[t, i] += settled[i][token]
-            scaled = torch.zeros(n_steps, n_envs)
-            for t in range(n_steps):  # in step order: the episode statistics and the reward scaler are running sums
-                self.global_step += n_envs
-                self._track_episodes(rewards[t], ended[t].numpy(), counted[t])
-                reward_t = torch.as_tensor(rewards[t], dtype=torch.float32)
-                scaled[t] = reward_t if self.reward_scaler is None else self.reward_scaler.scale(reward_t, ended[t])
-            rewards = scaled
-
+            scaled_rewards = self._settle_and_scale(rewards, pending, ended, counted)
             values_t = torch.stack(values)
-            last_values = policy.value(policy.features(self.obs))
-            next_values = torch.cat([values_t[1:], last_values[None]])
-            # Under NEXT_STEP the obs after a truncation *is* the final obs, so values[t+1]
-            # already holds V(final); under SAME_STEP it was evaluated separately.
-            next_values = torch.where(final_values.isnan(), next_values, final_values)
-            advantages, returns = compute_gae(rewards, values_t, next_values, terminated, ended, gamma, gae_lambda)
+            advantages, returns = compute_gae(scaled_rewards, values_t, self._next_values(values_t, final_values),
+                                              torch.from_numpy(terminated), torch.from_numpy(ended), gamma, gae_lambda)
 
-        keep = valid.reshape(-1)
-        stacked_masks = None if masks[0] is None else torch.stack(masks).reshape(n_steps * n_envs, -1)[keep]
-        return Batch(
-            features=torch.stack(features).reshape(n_steps * n_envs, -1)[keep],
-            actions=torch.stack(actions).reshape(n_steps * n_envs, -1)[keep],
-            log_probs=torch.stack(log_probs).reshape(-1)[keep],
-            values=values_t.reshape(-1)[keep],
-            advantages=advantages.reshape(-1)[keep],
-            returns=returns.reshape(-1)[keep],
-            masks=stacked_masks,
+        # Outside inference mode: the update differentiates through these tensors.
+        return Batch.from_rollout(
+            torch.from_numpy(counted).reshape(-1),
+            features=torch.stack(features),
+            actions=torch.stack(actions),
+            log_probs=torch.stack(log_probs),
+            values=values_t,
+            advantages=advantages,
+            returns=returns,
+            masks=None if masks[0] is None else torch.stack(masks),
         )
+
+    def _settle_and_scale(self, rewards: np.ndarray, pending: list[tuple[int, int, int]], ended: np.ndarray,
+                          counted: np.ndarray) -> torch.Tensor:
+        """The rollout's rewards with the pending ones settled (in `rewards`), counted into the
+        episode statistics and scaled, step by step: both are running sums."""
+        if pending:
+            settled = self.env.call("settle_pending")
+            for t, i, token in pending:
+                rewards[t, i] += settled[i][token]
+        scaled = torch.zeros(rewards.shape)
+        for t in range(len(rewards)):
+            self.global_step += self.n_envs
+            self._track_episodes(rewards[t], ended[t], counted[t])
+            reward_t = torch.as_tensor(rewards[t], dtype=torch.float32)
+            scaled[t] = reward_t if self.reward_scaler is None else self.reward_scaler.scale(reward_t, torch.from_numpy(ended[t]))
+        return scaled
+
+    def _next_values(self, values: torch.Tensor, final_values: torch.Tensor) -> torch.Tensor:
+        """V of the observation after each step: the next step's value, the current observation's
+        for the last step. Under NEXT_STEP the obs after a truncation *is* the final obs, so the
+        next step's value already is V(final); under SAME_STEP it was evaluated separately."""
+        last_values = self.policy.value(self.policy.features(self.obs))
+        next_values = torch.cat([values[1:], last_values[None]])
+        return torch.where(final_values.isnan(), next_values, final_values)
 
     def _final_observation_values(self, infos: dict, truncated: np.ndarray) -> torch.Tensor:
         """V(final observation) for envs truncated in this step (SAME_STEP autoreset)."""

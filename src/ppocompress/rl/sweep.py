@@ -20,14 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ppocompress.cluster import connect
 from ppocompress.errors import UserError
 from ppocompress.fileio import read_json_object
 from ppocompress.rl.config import PPOConfig
+from ppocompress.rl.evaluation import EVALUATION_SEED_OFFSET, evaluate
+from ppocompress.rl.ppo import PPO
 
 SWEEPS = ("grid", "random")
 TERMINAL_COLUMNS = 80
 SIGNIFICANT_DIGITS = 3  # of a randomly drawn float setting, so tables and configs read cleanly
+TRIAL_METRICS = ("mean_return", "std_return", "seconds")  # what a trial reports, in train_trial's order
 
 
 @dataclass(frozen=True)
@@ -163,9 +168,10 @@ class SweepResult:
         names = list(self.trials[0].settings) if self.trials else []
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["rank", "trial", *names, "mean_return", "std_return", "seconds", "error"])
+        writer.writerow(["rank", "trial", *names, *TRIAL_METRICS, "error"])
         for rank, t in enumerate(self.ranked(), start=1):
-            writer.writerow([rank, t.index, *(t.settings[n] for n in names), t.mean_return, t.std_return, t.seconds, t.error or ""])
+            settings = (t.settings[n] for n in names)
+            writer.writerow([rank, t.index, *settings, t.mean_return, t.std_return, t.seconds, t.error or ""])
         return out.getvalue()
 
     def table(self, rows: int = 10) -> str:
@@ -196,11 +202,6 @@ def _or(value: float, default: float = -math.inf) -> float:
 
 def train_trial(env_id: str, config: PPOConfig, steps: int, seed: int, eval_episodes: int) -> tuple[float, float, float]:
     """One trial: (mean return, its spread, training seconds), on one thread."""
-    import torch
-
-    from ppocompress.rl.evaluation import EVALUATION_SEED_OFFSET, evaluate
-    from ppocompress.rl.ppo import PPO
-
     torch.set_num_threads(1)
     started = time.perf_counter()
     agent = PPO(env_id, config, seed=seed)
@@ -213,8 +214,6 @@ def train_trial(env_id: str, config: PPOConfig, steps: int, seed: int, eval_epis
 def run_sweep(env_id: str, kind: str, drawn: list[dict], base: PPOConfig, steps: int, seed: int, eval_episodes: int,
               address: str | None, on_trial: Callable[[Trial], None] | None = None) -> SweepResult:
     """Runs every trial on Ray Tune (a local cluster unless `address` names one), one CPU each."""
-    from ppocompress.cluster import connect
-
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's newer console output ignores verbose=0
     result = SweepResult(env_id, kind, steps, seed, base, [Trial(i, settings) for i, settings in enumerate(drawn)])
     configs = [{**base.to_dict(), **settings} for settings in drawn]
@@ -223,12 +222,11 @@ def run_sweep(env_id: str, kind: str, drawn: list[dict], base: PPOConfig, steps:
 
         def trainable(params: dict) -> None:
             config = PPOConfig.from_dict(configs[params["trial"]])
-            mean_return, std_return, seconds = train_trial(env_id, config, steps, seed, eval_episodes)
-            tune.report({"mean_return": mean_return, "std_return": std_return, "seconds": seconds})
+            tune.report(dict(zip(TRIAL_METRICS, train_trial(env_id, config, steps, seed, eval_episodes))))
 
         def record(index: int, metrics: dict) -> Trial:
             trial = result.trials[index]
-            trial.mean_return, trial.std_return, trial.seconds = (float(metrics[k]) for k in ("mean_return", "std_return", "seconds"))
+            trial.mean_return, trial.std_return, trial.seconds = (float(metrics[k]) for k in TRIAL_METRICS)
             return trial
 
         class Progress(tune.Callback):

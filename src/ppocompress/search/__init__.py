@@ -4,5 +4,6 @@
 from ppocompress.search.cost_table import CostTable
 from ppocompress.search.env import CompressionEnv, Target
 from ppocompress.search.levels import Level, default_menu
+from ppocompress.search.plan import Plan
 
-__all__ = ["CompressionEnv", "CostTable", "Level", "Target", "default_menu"]
+__all__ = ["CompressionEnv", "CostTable", "Level", "Plan", "Target", "default_menu"]

@@ -8,7 +8,7 @@ the non-negative least-squares fit to a dozen whole models timed on the serving 
 (dense, one layer, uniform levels at both precisions, random mixed plans), each in its
 own process in interleaved rounds; every menu level is then priced from the fit. The fit's
 error on the mixed plans is kept with the table (predicted and measured speedups must
-agree). Fewer models, each a better witness, made the table 3x cheaper than timing every
+agree). Fewer models, each a better witness, make the table far cheaper than timing every
 level.
 Speedups are against the dense model in PyTorch fp32, timed in the same rounds; each run
 re-anchors that reference (`anchor_reference`), because PyTorch slows far more than the
@@ -24,27 +24,26 @@ import importlib.metadata
 import json
 import platform
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import nnls
 
-from ppocompress.compress import (
-    CompressionPlan,
-    LayerPlan,
-    LoadedModel,
-    apply_plan,
-    layer_table,
-)
+from ppocompress.compress import LoadedModel, apply_plan, layer_table
 from ppocompress.compress.measure.cost import model_flops
 from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
 from ppocompress.compress.runtimes import get_runtime
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text, cache_dir
-from ppocompress.search.levels import Level
+from ppocompress.search.evaluator import compression_plan
+from ppocompress.search.levels import DENSE, Level, drop_index
+from ppocompress.search.plan import Plan
 
-INT8_FLOP_DISCOUNT = 2.5  # int8 GEMMs measured ~2.5x faster than fp32 here; FLOPs-table only
+# How much faster the FLOPs table prices an int8 GEMM than fp32 (a FLOPs table has no
+# timings to learn it from; a measured table needs no such guess).
+INT8_FLOP_DISCOUNT = 2.5
 
 
 @dataclass
@@ -61,17 +60,18 @@ class CostTable:
 
     @property
     def dense_total(self) -> float:
-        return self.base + self.num_layers * self.per_level[0]
+        return self.base + self.num_layers * self.per_level[DENSE]
 
     @property
     def reference_total(self) -> float:
         return self.reference if self.reference is not None else self.dense_total
 
-    def total(self, levels: list[int]) -> float:
+    def total(self, levels: Iterable[int]) -> float:
+        """The cost of a plan (or of its first layers' levels)."""
         return self.base + sum(self.per_level[i] for i in levels)
 
-    def speedup(self, levels: list[int]) -> float:
-        return self.reference_total / self.total(levels)
+    def speedup(self, plan: Plan) -> float:
+        return self.reference_total / self.total(plan)
 
     def fit_error(self) -> float:
         """Largest relative error of the table on the mixed plans it was fitted to."""
@@ -82,32 +82,19 @@ class CostTable:
         return asdict(self)
 
 
-def uniform_plan(table, level: Level) -> CompressionPlan:
-    """Every layer at `level` (which heads/neurons does not matter for cost)."""
-    layers = []
-    for info in table:
-        groups = max(1, round(level.group_keep * info.kv_heads))
-        neurons = max(1, round(level.neuron_keep * info.ffn))
-        layers.append(LayerPlan(
-            keep_groups=None if groups == info.kv_heads else list(range(groups)),
-            keep_neurons=None if neurons == info.ffn else list(range(neurons)),
-            int8=level.int8,
-        ))
-    return CompressionPlan(layers)
-
-
 def flops_table(dense: LoadedModel, menu: list[Level], seq_len: int = 64) -> CostTable:
+    """Each level priced by the FLOPs of the model with every layer at it (int8 discounted)."""
     table = layer_table(dense.model, seq_len)
     num_layers = len(table)
     per_level = []
-    for level in menu:
+    for index, level in enumerate(menu):
         if level.drop:
             per_level.append(0.0)
             continue
-        compressed = apply_plan(dense, uniform_plan(table, level), quantize=False)
+        compressed = apply_plan(dense, compression_plan(Plan.uniform(index, num_layers), menu, table), quantize=False)
         per_layer = sum(info.flops_per_token for info in layer_table(compressed.model, seq_len)) / num_layers * seq_len
         per_level.append(per_layer / (INT8_FLOP_DISCOUNT if level.int8 else 1.0))
-    base = model_flops(dense.model, seq_len) - per_level[0] * num_layers
+    base = model_flops(dense.model, seq_len) - per_level[DENSE] * num_layers
     return CostTable("flops", float(base), per_level, num_layers)
 
 
@@ -116,7 +103,7 @@ TABLE_FORMAT = 2  # of the cached file; a new format is measured anew
 UNIFORM_TIMED = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.25, 0.25))  # (groups, neurons) kept, timed at both precisions
 CALIBRATION_FOR_TIMING = 16  # passages static int8 calibrates on; ranges do not change speed
 # A causal LM's table times fewer new tokens than delivery: the cost per token is what is
-# priced, and 14 models x 3 rounds of 128-token generations would take 10 minutes here.
+# priced, and a dozen models timed over rounds of full-length generations would take minutes.
 TABLE_NEW_TOKENS = 32
 
 
@@ -135,22 +122,25 @@ def level_features(level: Level) -> np.ndarray:
     return features
 
 
-def timing_plans(menu: list[Level], num_layers: int) -> dict[str, list[int]]:
-    """The whole models the table is fitted to, as lists of menu levels (UNIFORM_TIMED at
-    the menu's nearest fractions: a 3-group menu keeps 2/3 and 1/3 of the groups, not 1/2)."""
+def timing_plans(menu: list[Level], num_layers: int) -> dict[str, Plan]:
+    """The whole models the table is fitted to (UNIFORM_TIMED at the menu's nearest
+    fractions: a 3-group menu keeps 2/3 and 1/3 of the groups, not 1/2)."""
+    drop = drop_index(menu)
+    if drop is None:
+        raise UserError("a measured latency table needs a menu with a drop level (to time a one-layer model)")
     kept = [i for i, level in enumerate(menu) if not level.drop]
-    plans = {"one layer": [0] + [_drop_level(menu)] * (num_layers - 1)}
+    plans = {"one layer": Plan.uniform(drop, num_layers).with_levels({0: DENSE})}
     for int8 in (False, True):
         for groups, neurons in UNIFORM_TIMED:
             level = min((i for i in kept if menu[i].int8 == int8),
                         key=lambda i: abs(menu[i].group_keep - groups) + abs(menu[i].neuron_keep - neurons))
-            plans[f"uniform {menu[level].name}"] = [level] * num_layers
+            plans[f"uniform {menu[level].name}"] = Plan.uniform(level, num_layers)
     rng = np.random.default_rng(0)
     for m in range(MIXED_PLANS):
-        levels = [int(v) for v in rng.integers(len(menu), size=num_layers)]
-        if all(menu[i].drop for i in levels):
-            levels[0] = 0
-        plans[f"mixed {m}"] = levels
+        plan = Plan.of(rng.integers(len(menu), size=num_layers))
+        if all(menu[i].drop for i in plan):
+            plan = plan.with_levels({0: DENSE})
+        plans[f"mixed {m}"] = plan
     return plans
 
 
@@ -161,7 +151,8 @@ def measured_table(dense: LoadedModel, menu: list[Level], runtime: str, setup: T
     cache = table_cache_path(dense, menu, runtime, setup, cache_folder)
     if cache.exists():
         return CostTable(**json.loads(cache.read_text()))
-    num_layers = len(layer_table(dense.model))
+    table = layer_table(dense.model)
+    num_layers = len(table)
     if num_layers < 2:
         raise UserError("a measured latency table needs a model with at least 2 layers")
     plans = timing_plans(menu, num_layers)
@@ -170,18 +161,19 @@ def measured_table(dense: LoadedModel, menu: list[Level], runtime: str, setup: T
         log(f"measuring the latency table on {runtime}: {len(plans) + 1} models x {setup.rounds} rounds "
             f"(once; cached in {cache})")
         targets = [("reference", get_runtime("torch").export(dense, work / "reference", []), "torch")]
-        for n, (label, levels) in enumerate(plans.items()):
-            model = apply_plan(dense, _plan_of(dense, menu, levels), quantize=False)
+        for n, (label, plan) in enumerate(plans.items()):
+            # which units a layer keeps does not change its cost; an int8 head as the search's plans have
+            model = apply_plan(dense, compression_plan(plan, menu, table, int8_head=dense.is_causal), quantize=False)
             targets.append((label, get_runtime(runtime).export(model, work / f"model{n}", calibration[:CALIBRATION_FOR_TIMING]),
                             runtime))
         measured = measure_latencies(targets, setup)
-    features = np.array([[1.0, *sum(level_features(menu[level]) for level in levels)] for levels in plans.values()])
+    features = np.array([[1.0, *sum(level_features(level) for level in plan.chosen(menu))] for plan in plans.values()])
     times = np.array([measured[label].ms for label in plans])
     weights = 1.0 / times  # relative errors count alike for small and large models
     solution, _ = nnls(features * weights[:, None], times * weights)
     base, per_level = float(solution[0]), [float(level_features(level) @ solution[1:]) for level in menu]
-    fit = [{"label": label, "levels": levels, "measured_ms": float(t), "predicted_ms": float(features[r] @ solution)}
-           for r, ((label, levels), t) in enumerate(zip(plans.items(), times))]
+    fit = [{"label": label, "levels": plan.to_json(), "measured_ms": float(t), "predicted_ms": float(features[r] @ solution)}
+           for r, ((label, plan), t) in enumerate(zip(plans.items(), times))]
     result = CostTable("ms", base, per_level, num_layers, reference=measured["reference"].ms, runtime=runtime, fit=fit)
     log(f"latency table: dense {runtime} {result.dense_total:.1f} ms, dense PyTorch {result.reference:.1f} ms; "
         f"largest error on the mixed plans {100 * result.fit_error():.1f}%")
@@ -197,9 +189,8 @@ def anchor_reference(table: CostTable, torch_ms: float, runtime_dense_ms: float,
     whatever the machine did since.
 
     The ratio kept is the lower of now's and the table's: a busy machine slows PyTorch far
-    more than the other runtimes, so a high ratio is load (one day here it ranged
-    1.11-1.33 against ONNX Runtime), and a reference inflated by load would let plans
-    through that miss the target when the delivered model is timed."""
+    more than the other runtimes, so a high ratio is load, and a reference inflated by
+    load would let plans through that miss the target when the delivered model is timed."""
     if table.unit != "ms" or table.runtime == "torch":
         return table  # FLOPs, or a PyTorch table: its dense total is the reference already
     now = torch_ms / runtime_dense_ms
@@ -209,22 +200,8 @@ def anchor_reference(table: CostTable, torch_ms: float, runtime_dense_ms: float,
     return replace(table, reference=table.dense_total * min(now, then))
 
 
-def _drop_level(menu: list[Level]) -> int:
-    drops = [i for i, level in enumerate(menu) if level.drop]
-    if not drops:
-        raise UserError("a measured latency table needs a menu with a drop level (to time a one-layer model)")
-    return drops[0]
-
-
-def _plan_of(dense: LoadedModel, menu: list[Level], levels: list[int]) -> CompressionPlan:
-    """The plan of a list of levels for timing (which heads and neurons does not matter for
-    cost), with an int8 output head for a causal LM, as the search's plans have."""
-    table = layer_table(dense.model)
-    return CompressionPlan([uniform_plan([info], menu[level]).layers[0] if not menu[level].drop else LayerPlan(drop=True)
-                            for info, level in zip(table, levels)], int8_head=dense.is_causal)
-
-
-def table_cache_path(dense: LoadedModel, menu: list[Level], runtime: str, setup: TimingSetup, cache_folder: Path | None = None) -> Path:
+def table_cache_path(dense: LoadedModel, menu: list[Level], runtime: str, setup: TimingSetup,
+                     cache_folder: Path | None = None) -> Path:
     """Where the table of this model, menu, runtime, machine and timing setup is cached."""
     return (cache_folder or cache_dir()) / f"latency-{_cache_key(dense, menu, runtime, setup)}.json"
 
@@ -236,7 +213,8 @@ def _cache_key(dense: LoadedModel, menu: list[Level], runtime: str, setup: Timin
         "model": dense.source,
         "config": dense.config_scalars(),
         "menu": [level.to_dict() for level in menu], "setup": setup.to_dict(), "runtime": runtime,
-        "versions": {name: _version(name) for name in ("torch", runtime)}, "plans": sorted(timing_plans(menu, len(layer_table(dense.model)))),
+        "versions": {name: _version(name) for name in ("torch", runtime)},
+        "plans": sorted(timing_plans(menu, len(layer_table(dense.model)))),
         "machine": platform.machine(), "processor": platform.processor(), "cpu": _cpu_model(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

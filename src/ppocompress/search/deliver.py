@@ -6,112 +6,146 @@ no search at all). The chosen searcher's model is moved into the output folder."
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from ppocompress.compress.data.text import load_splits
-from ppocompress.compress.files.sentence_transformers_folder import (
-    write_sentence_transformers_files,
-)
-from ppocompress.compress.measure.quality import HeldOut, greedy_generations
-from ppocompress.compress.measure.timing import measure_latencies, speedups_over_rounds
+from ppocompress.compress.files.sentence_transformers_folder import write_sentence_transformers_files
+from ppocompress.compress.measure.quality import HeldOut, HeldOutQuality, greedy_generations
+from ppocompress.compress.measure.timing import LatencyResult, measure_latencies, speedups_over_rounds
 from ppocompress.compress.models.loading import LoadedModel
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.recovery.method import Recovery
-from ppocompress.compress.runtimes import get_runtime
+from ppocompress.compress.runtimes import Runtime, get_runtime
 from ppocompress.fileio import move_into_place, staging_dir
 from ppocompress.search.env import Target
-from ppocompress.search.prepare import (
-    CAUSAL_VALIDATION_SHARE,
-    Prepared,
-    all_int8,
-    refit_passages,
-)
+from ppocompress.search.evaluator import sensitivity_evaluations
+from ppocompress.search.files import RECOVERY_CHECKPOINTS
+from ppocompress.search.plan import Plan
+from ppocompress.search.prepare import CAUSAL_VALIDATION_SHARE, Prepared, all_int8, refit_passages
+from ppocompress.search.recorder import SearchResult
 from ppocompress.search.results import CompressResult, MeasuredModel
-from ppocompress.search.searchers import SearchResult
+from ppocompress.search.settings import CompressSettings
 
-# Measured below the target by more than this, a delivery is flagged. Delivered plans
-# measured within 1-3% of the latency table here, but dense PyTorch fp32, the reference,
-# moved by up to 9% within an hour.
+# Measured below the target by more than this, a delivery is flagged: delivered plans
+# measure close to the latency table, but dense PyTorch fp32, the reference, moves by
+# several percent within an hour on a shared machine.
 TARGET_TOLERANCE = 0.05
 UNQUIET_SPREAD = 0.25  # (p90 - p10) / p10 of a model's timings above which the machine was busy
 
-
 PROMPTS = ("The capital of France is", "Once upon a time, in a small village,", "The best way to learn a new language is")
 GENERATED_TOKENS = 40
-RECOVERY_CHECKPOINTS = ".recovery"  # in --out: each distillation's checkpoint, until the model is delivered
+REFERENCE = "torch"  # dense PyTorch fp32, which every speedup is against: its runtime, and its name among the timed models
+DENSE, DENSE_INT8 = "dense", "dense int8"  # the dense alternatives on the serving runtime, by name
 
 
-def deliver(prepared: Prepared, settings, target: Target, finals: dict[str, list[int]], results: dict[str, SearchResult],
-            out: Path, log) -> CompressResult:
+@dataclass
+class _Measures:
+    """What delivery measured of each model, by name: the searchers', DENSE and DENSE_INT8
+    (and REFERENCE, dense PyTorch fp32, for latency)."""
+
+    quality: dict[str, HeldOutQuality]
+    generations: dict[str, list[str]]
+    sizes: dict[str, int]
+    dense_size: int  # dense PyTorch fp32's safetensors
+    latency: dict[str, LatencyResult]
+
+
+def deliver(prepared: Prepared, settings: CompressSettings, target: Target, finals: dict[str, Plan],
+            results: dict[str, SearchResult], out: Path, log) -> CompressResult:
     """finals: each searcher's plan for `target`; out: the folder its model goes to."""
-    dense, texts, cost, runtime = prepared.dense, prepared.texts, prepared.cost, get_runtime(prepared.runtime)
-    calibration = texts.calibration
-    held_out = HeldOut(dense, texts.evaluation)
-    refit_texts = refit_passages(calibration, dense.is_causal)
-    # Distillation learns from all the calibration text, not only what the search scored on.
-    distill_texts = load_splits(settings.text).calibration if Recovery(settings.recovery).distills else None
+    runtime = get_runtime(prepared.runtime)
+    held_out = HeldOut(prepared.dense, prepared.texts.evaluation)
     staging = staging_dir(out)
     try:
-        torch_dense = get_runtime("torch").export(dense, staging / "torch-dense", [])
-        artifacts = {"dense": runtime.export(dense, staging / "dense", calibration),
-                     "dense int8": runtime.export(all_int8(dense), staging / "dense-int8", calibration)}
-        recovered: dict[str, LoadedModel] = {}
-        for name, levels in finals.items():
-            log(f"{name}: recovery {settings.recovery}, export for {runtime.name}")
-            recovered[name] = compress(dense, prepared.evaluator.plan(levels), settings.recovery, refit_texts, quantize=False,
-                                       validation=refit_passages(texts.validation, dense.is_causal, CAUSAL_VALIDATION_SHARE),
-                                       distillation=settings.distillation(),
-                                       distill_texts=distill_texts, checkpoint=out / RECOVERY_CHECKPOINTS / name, progress=True)
-            artifacts[name] = runtime.export(recovered[name], staging / name, calibration)
-        log(f"held-out quality of {len(artifacts)} models on {runtime.name}")
-        quality, generations = {}, {}
-        for name, artifact in artifacts.items():
-            session = runtime.session(artifact)
-            quality[name] = held_out.judge(session)
-            if dense.is_causal and name in ("dense", settings.searcher):  # the text a user would see, side by side
-                generations[name] = greedy_generations(session.model, dense.tokenizer, list(PROMPTS), GENERATED_TOKENS)
-        if generations:
-            generations["prompts"] = list(PROMPTS)
-        sizes = {name: runtime.size_bytes(artifact) for name, artifact in artifacts.items()}
-        dense_size = get_runtime("torch").size_bytes(torch_dense)
-        log(f"latency: {len(artifacts) + 1} models, each in its own process, {prepared.setup.rounds} interleaved rounds")
-        latency = measure_latencies([("torch", torch_dense, "torch")] + [(name, path, runtime.name) for name, path in artifacts.items()],
-                                    prepared.setup)
-        chosen = recovered[settings.searcher]
-        model_dir = get_runtime("torch").export(chosen, staging / "delivered", [])  # reloads with ppocompress.load
-        if not dense.is_causal:
-            write_sentence_transformers_files(chosen, model_dir, calibration, served=(runtime.name, artifacts[settings.searcher]))
-        move_into_place(model_dir, out / "model")
-        shutil.rmtree(out / RECOVERY_CHECKPOINTS, ignore_errors=True)
+        torch_dense = get_runtime(REFERENCE).export(prepared.dense, staging / "torch-dense", [])
+        artifacts = {DENSE: runtime.export(prepared.dense, staging / "dense", prepared.texts.calibration),
+                     DENSE_INT8: runtime.export(all_int8(prepared.dense), staging / "dense-int8", prepared.texts.calibration)}
+        recovered = _recover(prepared, settings, finals, runtime, staging, out, artifacts, log)
+        measures = _measure(prepared, settings, runtime, torch_dense, artifacts, held_out, log)
+        _move_delivered(prepared, recovered[settings.searcher], runtime, artifacts[settings.searcher], staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-    def measured(name: str, levels: list[int] | None = None) -> MeasuredModel:
-        model = MeasuredModel(name=name, runtime=runtime.name, latency=latency[name], speedup=latency["torch"].ms / latency[name].ms,
-                              speedup_vs_dense_int8=latency["dense int8"].ms / latency[name].ms, size_bytes=sizes[name],
-                              speedup_over_rounds=speedups_over_rounds(latency["torch"], latency[name]), **vars(quality[name]))
-        if levels is not None:
-            model.levels = [prepared.menu[i].name for i in levels]
-            model.plan = prepared.evaluator.plan(levels).to_dict()
-            model.evaluations = results[name].evaluations
-            model.distillation = recovered[name].distillation
-            if cost.unit == "ms":
-                model.predicted_speedup, model.predicted_latency_ms = cost.speedup(levels), cost.total(levels)
-        return model
-
     result = CompressResult(
-        model=dense.source, runtime=runtime.name, target_kind=target.kind, target_value=target.value, searcher=settings.searcher,
-        timing=prepared.setup, reference_latency=latency["torch"], dense_lee_pearson=held_out.dense_lee_pearson(),
-        generations=generations,
-        dense_size_bytes=dense_size, searchers={name: measured(name, levels) for name, levels in finals.items()},
-        dense=measured("dense"), dense_int8=measured("dense int8"),
-        sensitivity_evaluations=len(prepared.scores) * (len(prepared.menu) - 1),
-        latency_table={"runtime": cost.runtime, "largest_error_on_mixed_plans": cost.fit_error()} if cost.unit == "ms" else None,
-        curves={name: r.curve for name, r in results.items()},
-        evaluated={name: [[levels, reward, speedup] for levels, reward, speedup in r.evaluated] for name, r in results.items()},
-    )
+        model=prepared.dense.source, runtime=runtime.name, target_kind=target.kind, target_value=target.value,
+        searcher=settings.searcher, timing=prepared.setup, reference_latency=measures.latency[REFERENCE],
+        dense_lee_pearson=held_out.dense_lee_pearson(), generations=measures.generations, dense_size_bytes=measures.dense_size,
+        searchers={name: _measured(name, measures, runtime, prepared, plan, results[name], recovered[name])
+                   for name, plan in finals.items()},
+        dense=_measured(DENSE, measures, runtime), dense_int8=_measured(DENSE_INT8, measures, runtime),
+        sensitivity_evaluations=sensitivity_evaluations(len(prepared.scores), len(prepared.menu)),
+        latency_table=({"runtime": prepared.cost.runtime, "largest_error_on_mixed_plans": prepared.cost.fit_error()}
+                       if prepared.cost.unit == "ms" else None),
+        curves={name: r.curve for name, r in results.items()}, evaluated={name: r.evaluated for name, r in results.items()})
     result.warnings = target_warnings(result)
     return result
+
+
+def _recover(prepared: Prepared, settings: CompressSettings, finals: dict[str, Plan], runtime: Runtime, staging: Path,
+             out: Path, artifacts: dict[str, Path], log) -> dict[str, LoadedModel]:
+    """Each searcher's plan applied and recovered as --recover says (each distillation
+    checkpointed in out, so that --resume continues it), and exported into `artifacts`."""
+    dense, texts = prepared.dense, prepared.texts
+    # Distillation learns from all the calibration text, not only what the search scored on.
+    distill_texts = load_splits(settings.text).calibration if Recovery(settings.recovery).distills else None
+    recovered = {}
+    for name, plan in finals.items():
+        log(f"{name}: recovery {settings.recovery}, export for {runtime.name}")
+        recovered[name] = compress(dense, prepared.evaluator.plan(plan), settings.recovery,
+                                   refit_passages(texts.calibration, dense.is_causal), quantize=False,
+                                   validation=refit_passages(texts.validation, dense.is_causal, CAUSAL_VALIDATION_SHARE),
+                                   distillation=settings.distillation(), distill_texts=distill_texts,
+                                   checkpoint=out / RECOVERY_CHECKPOINTS / name, progress=True)
+        artifacts[name] = runtime.export(recovered[name], staging / name, texts.calibration)
+    return recovered
+
+
+def _measure(prepared: Prepared, settings: CompressSettings, runtime: Runtime, torch_dense: Path, artifacts: dict[str, Path],
+             held_out: HeldOut, log) -> _Measures:
+    """Every model's held-out quality and size on the serving runtime, a causal LM's greedy
+    text (dense and delivered), and the latency of all, dense PyTorch fp32 with them."""
+    log(f"held-out quality of {len(artifacts)} models on {runtime.name}")
+    quality, generations = {}, {}
+    for name, artifact in artifacts.items():
+        session = runtime.session(artifact)
+        quality[name] = held_out.judge(session)
+        if prepared.dense.is_causal and name in (DENSE, settings.searcher):  # the text a user would see, side by side
+            generations[name] = greedy_generations(session.model, prepared.dense.tokenizer, list(PROMPTS), GENERATED_TOKENS)
+    if generations:
+        generations["prompts"] = list(PROMPTS)
+    sizes = {name: runtime.size_bytes(artifact) for name, artifact in artifacts.items()}
+    dense_size = get_runtime(REFERENCE).size_bytes(torch_dense)
+    log(f"latency: {len(artifacts) + 1} models, each in its own process, {prepared.setup.rounds} interleaved rounds")
+    timed = [(REFERENCE, torch_dense, REFERENCE)] + [(name, path, runtime.name) for name, path in artifacts.items()]
+    latency = measure_latencies(timed, prepared.setup)
+    return _Measures(quality, generations, sizes, dense_size, latency)
+
+
+def _move_delivered(prepared: Prepared, chosen: LoadedModel, runtime: Runtime, served: Path, staging: Path, out: Path) -> None:
+    """The chosen searcher's model into out/model: PyTorch files that ppocompress.load
+    reloads, beside an encoder's sentence-transformers files for the served artifact."""
+    model_dir = get_runtime(REFERENCE).export(chosen, staging / "delivered", [])
+    if not prepared.dense.is_causal:
+        write_sentence_transformers_files(chosen, model_dir, prepared.texts.calibration, served=(runtime.name, served))
+    move_into_place(model_dir, out / "model")
+    shutil.rmtree(out / RECOVERY_CHECKPOINTS, ignore_errors=True)
+
+
+def _measured(name: str, measures: _Measures, runtime: Runtime, prepared: Prepared | None = None, plan: Plan | None = None,
+              result: SearchResult | None = None, recovered: LoadedModel | None = None) -> MeasuredModel:
+    """The record of one model; a searcher's carries its plan, evaluations and predictions."""
+    latency, reference = measures.latency, measures.latency[REFERENCE]
+    model = MeasuredModel(name=name, runtime=runtime.name, latency=latency[name], speedup=reference.ms / latency[name].ms,
+                          speedup_vs_dense_int8=latency[DENSE_INT8].ms / latency[name].ms, size_bytes=measures.sizes[name],
+                          speedup_over_rounds=speedups_over_rounds(reference, latency[name]), **vars(measures.quality[name]))
+    if plan is not None:
+        model.levels = plan.chosen(prepared.menu)
+        model.plan = prepared.evaluator.plan(plan).to_dict()
+        model.evaluations = result.evaluations
+        model.distillation = recovered.distillation
+        if prepared.cost.unit == "ms":
+            model.predicted_speedup, model.predicted_latency_ms = prepared.cost.speedup(plan), prepared.cost.total(plan)
+    return model
 
 
 def target_warnings(result: CompressResult) -> list[str]:
@@ -121,11 +155,13 @@ def target_warnings(result: CompressResult) -> list[str]:
     warnings = []
     delivered = result.delivered
     if result.target_kind == "speedup" and delivered.speedup < result.target_value * (1 - TARGET_TOLERANCE):
-        predicted = "" if delivered.predicted_speedup is None else f" (the latency table predicted {delivered.predicted_speedup:.2f}x)"
+        predicted = ("" if delivered.predicted_speedup is None
+                     else f" (the latency table predicted {delivered.predicted_speedup:.2f}x)")
         warnings.append(f"measured {delivered.speedup:.2f}x against dense PyTorch fp32, short of the {result.target_value:g}x "
                         f"target by {100 * (1 - delivered.speedup / result.target_value):.0f}%{predicted}")
-    busy = [f"{name} {latency.p10_ms:.0f} to {latency.p90_ms:.0f} ms p10 to p90" for name, latency in
-            (("dense PyTorch fp32", result.reference_latency), ("the delivered model", delivered.latency)) if latency.spread > UNQUIET_SPREAD]
+    timed = (("dense PyTorch fp32", result.reference_latency), ("the delivered model", delivered.latency))
+    busy = [f"{name} {latency.p10_ms:.0f} to {latency.p90_ms:.0f} ms p10 to p90" for name, latency in timed
+            if latency.spread > UNQUIET_SPREAD]
     low, high = delivered.speedup_range()
     if high > low * (1 + UNQUIET_SPREAD):
         busy.append(f"the delivered speedup {low:.2f}x to {high:.2f}x from round to round")

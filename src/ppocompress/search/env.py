@@ -19,15 +19,18 @@ With defer_rewards=True an episode's true reward is left pending (rl.rollout's
 PENDING_REWARD) and settled for the whole rollout at once, so that its plans can be
 scored in parallel.
 
-Given several targets (a family), episodes take them in turn (or the one reset's
+Given several targets (a target set), episodes take them in turn (or the one reset's
 options name) and the observation carries the target's budget, so one policy learns
 them all: a plan's reward does not depend on the target, only which plans are allowed.
+
+A budget here is always a cost: the most a plan may cost for its target. (How many plans
+a searcher may have evaluated is its max_evaluations, recorder.py.)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -37,17 +40,12 @@ from gymnasium import spaces
 from ppocompress.errors import UserError
 from ppocompress.rl.rollout import PENDING_REWARD
 from ppocompress.search.cost_table import CostTable
-from ppocompress.search.levels import Level
+from ppocompress.search.levels import DENSE, Level
+from ppocompress.search.plan import Plan
+from ppocompress.search.reward import PlansScorer, reward_from_loss
 
 SHAPING_FLOOR = 1e-3  # quality drop below which the shaping estimate stops rewarding (cosine 0.999)
 BUDGET_TOLERANCE = 1e-9  # a plan's cost may exceed its budget by this much (float sums of layer costs)
-
-PlansScorer = Callable[[list[list[int]]], Iterable[float]]  # plans -> their rewards, in order
-
-
-def one_by_one(score: Callable[[list[int]], float]) -> PlansScorer:
-    """A PlansScorer from a function that scores one plan."""
-    return lambda plans: [score(levels) for levels in plans]
 
 
 @dataclass
@@ -59,6 +57,11 @@ class Target:
     def label(self) -> str:
         """"4x" or "size 0.5"."""
         return f"{self.value:g}x" if self.kind == "speedup" else f"size {self.value:g}"
+
+    @property
+    def description(self) -> str:
+        """"4x speedup" or "size 0.5"."""
+        return f"{self.label} speedup" if self.kind == "speedup" else self.label
 
     def budget(self, dense_total: float) -> float:
         if not math.isfinite(self.value):
@@ -101,9 +104,10 @@ class CompressionEnv(gym.Env):
     def __init__(self, cost: CostTable, menu: list[Level], target: Target | list[Target], score_plans: PlansScorer,
                  layer_features: np.ndarray, sensitivity: np.ndarray, shaped: bool = False, shared_loss: float = 0.0,
                  drop_interaction: np.ndarray | None = None):
-        """target: one, or the family's (taken in turn by episode); score_plans(plans) ->
+        """target: one, or a target set's (taken in turn by episode); score_plans(plans) ->
         their rewards (one_by_one(score) from a function of one plan); layer_features:
-        (layers, 2) block influence and importance spread; sensitivity: (layers, len(menu)) one-off quality drops; shared_loss: the quality
+        (layers, 2) block influence and importance spread; sensitivity: (layers, len(menu))
+        one-off quality drops; shared_loss: the quality
         drop every plan carries (a causal LM's int8 output head), which the estimate adds
         to the layers' own; drop_interaction: (layers, layers), symmetric, what dropping
         both layers loses beyond their one-off drops (None: nothing)."""
@@ -112,7 +116,7 @@ class CompressionEnv(gym.Env):
         self.targets = [target] if isinstance(target, Target) else list(target)
         self.score_plans = score_plans
         self.defer_rewards = False
-        self._pending: list[list[int]] = []
+        self._pending: list[Plan] = []
         self.num_layers = cost.num_layers
         self.budgets = [t.budget(cost.reference_total) for t in self.targets]
         self.cheapest = min(cost.per_level)
@@ -122,7 +126,8 @@ class CompressionEnv(gym.Env):
         self.sensitivity = np.asarray(sensitivity, dtype=np.float32)
         self.shaped, self.shared_loss = shaped, shared_loss
         layers = self.num_layers
-        self.drop_interaction = np.zeros((layers, layers)) if drop_interaction is None else np.asarray(drop_interaction, dtype=np.float64)
+        self.drop_interaction = (np.zeros((layers, layers)) if drop_interaction is None
+                                 else np.asarray(drop_interaction, dtype=np.float64))
         self.drops = np.array([level.drop for level in menu])
         n_obs = 9 + 2 * len(menu)
         self.observation_space = spaces.Box(-10.0, 10.0, shape=(n_obs,), dtype=np.float32)
@@ -142,7 +147,7 @@ class CompressionEnv(gym.Env):
 
     # --- Gymnasium API ------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """options={"target": i} walks the family's i-th target; otherwise the next in turn."""
+        """options={"target": i} walks the target set's i-th target; otherwise the next in turn."""
         super().reset(seed=seed)
         if options is not None and "target" in options:
             self.target_index = int(options["target"])
@@ -160,20 +165,20 @@ class CompressionEnv(gym.Env):
         info = {"action_mask": self.action_masks() if not done else np.ones(len(self.menu), dtype=bool)}
         if done and self.defer_rewards:
             info[PENDING_REWARD] = len(self._pending)
-            self._pending.append(list(self.levels))
+            self._pending.append(Plan.of(self.levels))
             reward = -before
         elif done:
-            reward = self.score_plan(list(self.levels)) - before
+            reward = self.score_plan(Plan.of(self.levels)) - before
         else:
             reward = self.estimated_reward(self.levels) - before if self.shaped else 0.0
         if done:
-            info["levels"] = list(self.levels)
+            info["levels"] = list(self.levels)  # the plan's menu indices, a plain list for any Gymnasium agent
             info["cost"] = self.cost.total(self.levels)
         observation = self._observation() if not done else np.zeros(self.observation_space.shape, dtype=np.float32)
         return observation, reward, done, False, info
 
-    def score_plan(self, levels: list[int]) -> float:
-        return float(next(iter(self.score_plans([levels]))))
+    def score_plan(self, plan: Plan) -> float:
+        return float(next(iter(self.score_plans([plan]))))
 
     def settle_pending(self) -> dict[int, float]:
         """The rewards of the episodes left pending (defer_rewards), scored as one batch."""
@@ -204,21 +209,22 @@ class CompressionEnv(gym.Env):
             mask[index] = spent + cost + floor <= self.budget + BUDGET_TOLERANCE
         return mask
 
-    def is_valid_plan(self, levels: list[int], target: int | None = None) -> bool:
-        """Meets the budget (of the current target, or the family's `target`-th) and keeps at least one layer."""
+    def is_valid_plan(self, plan: Plan, target: int | None = None) -> bool:
+        """Meets the budget (of the current target, or the target set's `target`-th) and keeps at least one layer."""
         budget = self.budget if target is None else self.budgets[target]
-        return self.cost.total(levels) <= budget + BUDGET_TOLERANCE and any(not self.menu[i].drop for i in levels)
+        return self.cost.total(plan) <= budget + BUDGET_TOLERANCE and any(not self.menu[i].drop for i in plan)
 
-    def estimated_loss(self, levels: list[int]) -> float:
+    def estimated_loss(self, levels: Sequence[int]) -> float:
         """The quality lost if the layers' one-off drops and their dropped pairs' extras
-        added up and the later layers stayed dense."""
+        added up and the later layers stayed dense. `levels`: a plan, or the first layers' levels."""
+        levels = list(levels)
         dropped = np.flatnonzero(self.drops[levels]) if levels else []
         pairs = self.drop_interaction[np.ix_(dropped, dropped)].sum() / 2 if len(dropped) > 1 else 0.0
         return self.shared_loss + sum(float(self.sensitivity[layer, level]) for layer, level in enumerate(levels)) + float(pairs)
 
-    def estimated_reward(self, levels: list[int]) -> float:
+    def estimated_reward(self, levels: Sequence[int]) -> float:
         """The reward estimated_loss gives (floored)."""
-        return -math.log(max(self.estimated_loss(levels), SHAPING_FLOOR))
+        return reward_from_loss(self.estimated_loss(levels), SHAPING_FLOOR)
 
     # --- helpers ------------------------------------------------------------------
     def _observation(self) -> np.ndarray:
@@ -228,7 +234,7 @@ class CompressionEnv(gym.Env):
         previous = self.levels[-1] / max(len(self.menu) - 1, 1) if self.levels else 0.0
         head = [
             i / self.num_layers,
-            self.cost.per_level[0] / dense,
+            self.cost.per_level[DENSE] / dense,
             self.budget / dense,
             spent / self.budget,
             (self.budget - spent) / dense,

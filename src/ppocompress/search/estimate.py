@@ -1,18 +1,21 @@
 """How long a `compress` run will take, printed at its start.
 
-Each phase's duration was measured on this project's reference machine (2 cores), for an
-encoder (all-MiniLM-L6-v2) and a decoder (SmolLM2-135M); a run scales the reference of its
-kind by how long its importance scoring took against the reference's, which puts a larger
-model's forward passes into the estimate. Latency workers and NNCF scale about the same way."""
+Each phase's duration was measured once on a reference machine, for an encoder
+(all-MiniLM-L6-v2) and a decoder (SmolLM2-135M); a run scales the reference of its kind by
+how long its importance scoring took against the reference's, which puts a larger model's
+forward passes (and the machine's speed) into the estimate. Latency workers and NNCF scale
+about the same way."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ppocompress.search.searchers import get_searcher
+
 
 @dataclass(frozen=True)
 class Reference:
-    """Phase durations of one default run on this project's reference machine (2 cores)."""
+    """Phase durations of one default run on the reference machine."""
 
     importance_s: float  # importance scores on 256 passages
     dense_timing_s: float  # dense PyTorch and each runtime's dense and dense int8, exported and timed
@@ -25,10 +28,9 @@ class Reference:
 
 # all-MiniLM-L6-v2, OpenVINO serving, 200 evaluations a searcher.
 ENCODER = Reference(4.0, 67.0, 129.0, 0.62, {"ppo": 0.75, "evolutionary": 0.37, "random": 0.32, "uniform": 0.25}, 100.0, 38.0)
-# SmolLM2-135M, PyTorch serving, decode timing, 100 evaluations a searcher (the 2x runs of
-# 2026-11-24). Delivery: 60 s re-scoring finalists; PPO's plan's least squares and export
-# took 363 s when they refit on 1,024 passages (256 since; a plan pruning every layer took
-# over 10 minutes then, so this is a floor).
+# SmolLM2-135M, PyTorch serving, decode timing, 100 evaluations a searcher. Its delivery
+# per plan was timed with least squares on more passages than now: an upper figure for
+# most plans, though one that prunes every layer takes longer.
 DECODER = Reference(67.0, 115.0, 492.0, 0.75, {"ppo": 2.2, "evolutionary": 3.6, "random": 2.1, "uniform": 1.9}, 60.0, 363.0)
 
 
@@ -51,17 +53,23 @@ def estimate(importance_s: float, searchers: list[str], evals: int, levels: int,
     """importance_s: what this run's importance scoring took; the rest says what is left to
     do: evals per searcher in all (the uniform searcher scores at most one plan per menu
     level and target), a delivery per target. distill_minutes: each delivered plan's
-    distillation budget, which is time, not work, so it is not scaled."""
+    distillation time, which is time, not work, so it is not scaled."""
     reference = DECODER if causal else ENCODER
     scale = importance_s / reference.importance_s
     phases = {
         "dense timing": 0.0 if dense_timed or not measured else reference.dense_timing_s,
         "latency table": 0.0 if table_cached or not measured else reference.table_s,
         "sensitivities": reference.sensitivity_s_per_evaluation * sensitivity_evaluations,
-        "search": sum(reference.search_s_per_evaluation[name] * (targets * min(evals // targets, levels) if name == "uniform" else evals)
-                      for name in searchers),
+        "search": sum(reference.search_s_per_evaluation[name] * _evaluations(name, evals, levels, targets) for name in searchers),
         "delivery": targets * (reference.delivery_fixed_s + reference.delivery_per_plan_s * len(searchers)),
     }
     phases = {name: seconds * scale for name, seconds in phases.items()}
     phases["distillation"] = 60.0 * distill_minutes * len(searchers) * targets
     return Estimate(phases)
+
+
+def _evaluations(searcher: str, evals: int, levels: int, targets: int) -> int:
+    """The evaluations a searcher will make in all, of `evals` allowed."""
+    if get_searcher(searcher).plan_per_level:
+        return targets * min(evals // targets, levels)
+    return evals

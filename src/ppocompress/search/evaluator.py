@@ -13,8 +13,12 @@
 - multi-fidelity: a small calibration subset for every plan, a larger one for the few
   best (the search asks for it).
 Quality is fidelity to the dense model (compress/measure/fidelity.py): mean cosine of sentence
-embeddings for encoders, exp(-KL) of next-token distributions for causal LMs; the reward
-is -log(1 - fidelity), which keeps separating plans as fidelity approaches 1.
+embeddings for encoders, exp(-KL) of next-token distributions for causal LMs; reward.py
+turns it into the reward.
+
+The engine's plan of a search plan (which attention groups and FFN neurons each layer
+keeps) is made here, once: compression_plan, which PlanEvaluator.plan applies with the
+importance scores.
 """
 
 from __future__ import annotations
@@ -23,8 +27,7 @@ import contextlib
 import copy
 import hashlib
 import json
-import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -38,22 +41,22 @@ from ppocompress.compress import (
 )
 from ppocompress.compress.data.calibration import watch_inputs
 from ppocompress.compress.measure.fidelity import fidelity_for
+from ppocompress.compress.models.architecture import LayerInfo
 from ppocompress.compress.ops.apply import compress_layer, torch_int8_for
 from ppocompress.compress.ops.importance import LayerImportance, kept_units
-from ppocompress.compress.ops.quantize import (
-    InputStatistics,
-)
+from ppocompress.compress.ops.quantize import InputStatistics
 from ppocompress.compress.recovery.lsq import projection_grams, refit_to_subset
 from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import get_runtime
 from ppocompress.errors import UserError
-from ppocompress.search.levels import Level
+from ppocompress.search.levels import DENSE, Level
+from ppocompress.search.plan import Plan, level_names
+from ppocompress.search.reward import quality_lost
 
 LOW_FIDELITY, HIGH_FIDELITY = 64, 256  # calibration passages a plan is scored on
-# A causal LM's score costs a forward pass with the full vocabulary per token (SmolLM2:
-# about 1.5 s for 500 tokens on 2 cores; passages are cut at fidelity.CAUSAL_MAX_LENGTH
-# tokens), so it is scored on fewer passages, and its one-off sensitivities (30 layers x
-# 24 levels) on fewer still.
+# A causal LM's score costs a forward pass with the full vocabulary per token (passages are
+# cut at fidelity.CAUSAL_MAX_LENGTH tokens), so it is scored on fewer passages, and its
+# one-off sensitivities (a plan per layer and level) on fewer still.
 CAUSAL_PROBE, CAUSAL_LOW_FIDELITY, CAUSAL_HIGH_FIDELITY = 4, 8, 32
 
 
@@ -65,11 +68,28 @@ def fidelity_passages(causal: bool) -> dict[str, int]:
     return {"probe": LOW_FIDELITY, "low": LOW_FIDELITY, "high": HIGH_FIDELITY}
 
 
-Qualities = Callable[[list[list[int]], str], Iterable[float]]  # (plans, fidelity) -> their qualities, in order
+Qualities = Callable[[list[Plan], str], Iterable[float]]  # (plans, fidelity) -> their qualities, in order
 
 
-def reward_from_fidelity(fidelity: float) -> float:
-    return -math.log(max(1.0 - fidelity, 1e-6))
+def compression_plan(plan: Plan, menu: Sequence[Level], table: Sequence[LayerInfo],
+                     scores: Sequence[LayerImportance] | None = None, int8_head: bool = False) -> CompressionPlan:
+    """The engine's plan for a search plan: each layer, at its level, keeps its top attention
+    groups and FFN neurons by `scores`; without scores (pricing: which units a layer keeps
+    does not change its cost) the first ones. int8_head: a causal LM's output head in int8."""
+    return CompressionPlan([layer_plan(info, menu[level], None if scores is None else scores[index])
+                            for index, (info, level) in enumerate(zip(table, plan))], int8_head=int8_head)
+
+
+def layer_plan(info: LayerInfo, level: Level, score: LayerImportance | None = None) -> LayerPlan:
+    """What one layer keeps at `level` (see compression_plan)."""
+    groups, neurons = kept_units(info, _by_position(info) if score is None else score, level.group_keep, level.neuron_keep)
+    return LayerPlan(keep_groups=groups, keep_neurons=neurons, drop=level.drop, int8=level.int8 and not level.drop)
+
+
+def _by_position(info: LayerInfo) -> LayerImportance:
+    """Scores that rank a layer's units by position, so that the first ones are kept."""
+    return LayerImportance(torch.arange(info.kv_heads, 0, -1, dtype=torch.float64),
+                           torch.arange(info.ffn, 0, -1, dtype=torch.float64), block_influence=0.0)
 
 
 class PlanEvaluator:
@@ -106,38 +126,28 @@ class PlanEvaluator:
         # Two evaluators with the same identity give every plan the same reward.
         self.identity = hashlib.sha256(json.dumps({
             "model": dense.source, "config": dense.config_scalars(),
-            "menu": [level.name for level in menu], "texts": self.texts, "recovery": recovery,
-            "recovery_texts": (recovery_texts or calibration) if recovery == Recovery.LSQ else None, "int8": self.runtime.int8_kind,
+            "menu": level_names(menu), "texts": self.texts, "recovery": recovery,
+            "recovery_texts": (recovery_texts or calibration) if recovery == Recovery.LSQ else None,
+            "int8": self.runtime.int8_kind,
         }, sort_keys=True).encode()).hexdigest()[:16]
 
-    def kept(self, index: int, level_index: int) -> tuple[list[int] | None, list[int] | None]:
-        """The attention groups and FFN neurons layer `index` keeps at a level (None: all),
-        the top ones by importance."""
-        level = self.menu[level_index]
-        return kept_units(self.table[index], self.scores[index], level.group_keep, level.neuron_keep)
-
-    def plan_layer(self, index: int, level_index: int) -> LayerPlan:
-        """What layer `index` keeps at a level: the top attention groups and FFN neurons by importance."""
-        level = self.menu[level_index]
-        groups, neurons = self.kept(index, level_index)
-        return LayerPlan(keep_groups=groups, keep_neurons=neurons, drop=level.drop, int8=level.int8 and not level.drop)
-
-    def plan(self, levels: list[int]) -> CompressionPlan:
-        """The CompressionPlan for a list of levels, as the evaluator scores it."""
-        return CompressionPlan([self.plan_layer(index, level) for index, level in enumerate(levels)], int8_head=self.int8_head)
+    def plan(self, plan: Plan) -> CompressionPlan:
+        """The engine's plan for a search plan, as the evaluator scores it: each layer keeps
+        its top attention groups and FFN neurons by importance."""
+        return compression_plan(plan, self.menu, self.table, self.scores, self.int8_head)
 
     def layer(self, index: int, level_index: int) -> nn.Module:
         """Layer `index` compressed to menu level `level_index`, built on first use."""
         key = (index, level_index)
         if key not in self._layers:
             dense_layer = self.dense_layers[index]
-            layer_plan = self.plan_layer(index, level_index)
+            kept = layer_plan(self.table[index], self.menu[level_index], self.scores[index])
             refit = None
             if self.grams is not None:
                 def refit(kind: str, projection: nn.Module, columns: torch.Tensor) -> None:
                     dense_projection = (self.adapter.attention_output if kind == "attn" else self.adapter.ffn_output)(dense_layer)
                     refit_to_subset(projection, dense_projection, self.grams[f"{index}.{kind}"], columns)
-            self._layers[key] = compress_layer(copy.deepcopy(dense_layer), layer_plan, self.adapter, self.head_dim, refit,
+            self._layers[key] = compress_layer(copy.deepcopy(dense_layer), kept, self.adapter, self.head_dim, refit,
                                                int8=lambda layer: self._int8(index, layer)).eval()
         return self._layers[key]
 
@@ -172,27 +182,27 @@ class PlanEvaluator:
             module_list[index] = self.dense_layers[index]
         return statistics
 
-    def quality(self, levels: list[int], fidelity: str = "low") -> float:
+    def quality(self, plan: Plan, fidelity: str = "low") -> float:
         """Fidelity to the dense model on the chosen calibration subset."""
-        with self.swapped(levels) as model:
+        with self.swapped(plan) as model:
             return self.fidelity[fidelity](model)
 
-    def qualities(self, plans: list[list[int]], fidelity: str = "low") -> Iterator[float]:
+    def qualities(self, plans: list[Plan], fidelity: str = "low") -> Iterator[float]:
         """quality() of each plan, one after another (search/scoring.py's Ray workers score them in parallel)."""
-        return (self.quality(levels, fidelity) for levels in plans)
+        return (self.quality(plan, fidelity) for plan in plans)
 
     @contextlib.contextmanager
-    def swapped(self, levels: list[int]):
-        """The dense model with its layers replaced per `levels`, restored afterwards."""
+    def swapped(self, plan: Plan):
+        """The dense model with its layers replaced per `plan`, restored afterwards."""
         model = self.dense.model
         module_list = self.adapter.layers(model)
         original = list(module_list)
         config = model.config
         saved = {name: copy.copy(getattr(config, name, None)) for name in ("num_hidden_layers", "layer_types")}
-        kept = [i for i, level in enumerate(levels) if not self.menu[level].drop]
+        kept = [i for i, level in enumerate(plan) if not self.menu[level].drop]
         head = getattr(model, "lm_head", None)
         try:
-            _replace(module_list, [self.layer(i, levels[i]) for i in kept])
+            _replace(module_list, [self.layer(i, plan[i]) for i in kept])
             self.adapter.set_num_layers(model, kept)
             if self._head is not None:
                 model.lm_head = self._head
@@ -213,32 +223,48 @@ def _replace(module_list: nn.ModuleList, layers: list[nn.Module]) -> None:
     module_list.extend(layers)
 
 
+def sensitivity_evaluations(num_layers: int, num_levels: int) -> int:
+    """The plans sensitivity_table scores: each layer at each level but the dense one."""
+    return num_layers * (num_levels - 1)
+
+
+def drop_pair_evaluations(num_layers: int) -> int:
+    """The plans drop_pair_table scores: each pair of layers dropped."""
+    return num_layers * (num_layers - 1) // 2
+
+
+def sensitivity_table(qualities: Qualities, num_layers: int, num_levels: int, fidelity: str = "probe",
+                      rows: list[list[float]] | None = None, on_layer=None) -> list[list[float]]:
+    """Quality lost when only one layer is compressed, for every (layer, level): the
+    one-off measurements the agent observes. sensitivity_evaluations, done once, a layer's
+    levels as one batch of qualities(plans, fidelity). `rows`: the layers already measured
+    (an interrupted table), extended in place; on_layer(rows) after each layer, so that a
+    caller can save them."""
+    dense = Plan.uniform(DENSE, num_layers)
+    return _measure_rows(qualities, num_layers,
+                         lambda layer: [dense.with_levels({layer: level}) for level in range(1, num_levels)],
+                         fidelity, rows, on_layer, first=[0.0])
+
+
 def drop_pair_table(qualities: Qualities, num_layers: int, drop: int, fidelity: str = "probe",
                     rows: list[list[float]] | None = None, on_row=None) -> list[list[float]]:
     """Quality lost when exactly two layers are dropped, for every pair: row i holds the
     pairs (i, j) for j > i, one batch of qualities(plans, fidelity) a row: what the
     one-off drops added up miss (a layer's input is another layer's output once its
     neighbour is gone). `rows` and on_row(rows) as for sensitivity_table."""
+    dense = Plan.uniform(DENSE, num_layers)
+    return _measure_rows(qualities, num_layers - 1, lambda first: [dense.with_levels({first: drop, second: drop})
+                                                                   for second in range(first + 1, num_layers)],
+                         fidelity, rows, on_row)
+
+
+def _measure_rows(qualities: Qualities, count: int, plans_of: Callable[[int], list[Plan]], fidelity: str,
+                  rows: list[list[float]] | None, on_row, first: list[float] = ()) -> list[list[float]]:
+    """Rows len(rows) to count - 1 of a table of quality lost: row r is `first`, then the
+    loss of each of plans_of(r), scored as one batch; on_row(rows) after each."""
     rows = [] if rows is None else rows
-    for first in range(len(rows), num_layers - 1):
-        plans = [[drop if i in (first, second) else 0 for i in range(num_layers)] for second in range(first + 1, num_layers)]
-        rows.append([1.0 - quality for quality in qualities(plans, fidelity)])
+    for row in range(len(rows), count):
+        rows.append([*first, *(quality_lost(quality) for quality in qualities(plans_of(row), fidelity))])
         if on_row is not None:
             on_row(rows)
-    return rows
-
-
-def sensitivity_table(qualities: Qualities, num_layers: int, num_levels: int, fidelity: str = "probe",
-                      rows: list[list[float]] | None = None, on_layer=None) -> list[list[float]]:
-    """Quality lost when only one layer is compressed, for every (layer, level): the
-    one-off measurements the agent observes. (levels - 1) x layers evaluations, done once,
-    a layer's levels as one batch of qualities(plans, fidelity). `rows`: the layers
-    already measured (an interrupted table), extended in place; on_layer(rows) after each
-    layer, so that a caller can save them."""
-    rows = [] if rows is None else rows
-    for layer in range(len(rows), num_layers):
-        plans = [[level if i == layer else 0 for i in range(num_layers)] for level in range(1, num_levels)]
-        rows.append([0.0, *(1.0 - quality for quality in qualities(plans, fidelity))])
-        if on_layer is not None:
-            on_layer(rows)
     return rows

@@ -14,34 +14,34 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from ppocompress.compress.measure.timing import DEFAULT_THREADS
 from ppocompress.search.env import CompressionEnv
-from ppocompress.search.job import (
-    DEFAULT_TARGET_SPEEDUP,
-    CompressSettings,
-    compression_env,
-    plan_scorer,
-)
 from ppocompress.search.prepare import prepare
+from ppocompress.search.searching import compression_env, plan_scorer
+from ppocompress.search.settings import DEFAULT_TARGET_SPEEDUP, CompressSettings
 from ppocompress.search.state import SearchState
 
+_DEFAULTS = CompressSettings()  # make_env's defaults are the command's, defined there once
 
-def make_env(model: str | None = None, target_speedup: float | None = None, target_size: float | None = None,
-             family_speedups: list[float] | None = None, family_sizes: list[float] | None = None,
-             cost: str = "measured", runtime: str = "auto", text: str | Path | None = None, recovery: str = "lsq",
-             threads: int = DEFAULT_THREADS, trust_remote_code: bool = False, log: Callable[[str], None] = print) -> CompressionEnv:
+
+def make_env(model: str | None = _DEFAULTS.model, target_speedup: float | None = None,
+             target_size: float | None = _DEFAULTS.target_size,
+             target_set_speedups: list[float] | None = _DEFAULTS.target_set_speedups,
+             target_set_sizes: list[float] | None = _DEFAULTS.target_set_sizes, cost: str = _DEFAULTS.cost,
+             runtime: str = _DEFAULTS.runtime, text: str | Path | None = _DEFAULTS.text, recovery: str = _DEFAULTS.recovery,
+             threads: int = _DEFAULTS.threads, trust_remote_code: bool = _DEFAULTS.trust_remote_code,
+             log: Callable[[str], None] = print) -> CompressionEnv:
     """A CompressionEnv for `model` (default: the embedded all-MiniLM-L6-v2) and one target
-    (default: a 5x speedup, as `ppocompress compress`), or a family's targets taken in
+    (default: a 5x speedup, as `ppocompress compress`), or a target set's targets taken in
     turn by episode. cost="measured" times the dense model and a latency table on the
     serving runtime first (minutes; the table is cached), "flops" prices by parameters.
     recovery: plans are scored after least-squares recovery when it includes "lsq", as the
     search scores them. Each distinct plan is evaluated once, then its reward is reused.
     A bad argument raises UserError before anything is loaded."""
-    if target_speedup is None and target_size is None and family_speedups is None and family_sizes is None:
+    if target_speedup is None and target_size is None and target_set_speedups is None and target_set_sizes is None:
         target_speedup = DEFAULT_TARGET_SPEEDUP
     settings = CompressSettings(model=model, target_speedup=target_speedup, target_size=target_size,
-                                family_speedups=family_speedups, family_sizes=family_sizes, cost=cost, runtime=runtime,
-                                text=None if text is None else str(text), recovery=recovery, threads=threads,
+                                target_set_speedups=target_set_speedups, target_set_sizes=target_set_sizes, cost=cost,
+                                runtime=runtime, text=None if text is None else str(text), recovery=recovery, threads=threads,
                                 trust_remote_code=trust_remote_code)
     settings.validate()
     state = SearchState(asdict(settings))  # in memory: it holds the one-off measurements and the evaluations

@@ -4,12 +4,23 @@ One Discrete menu rather than a MultiDiscrete (heads, ffn, int8, drop) action: t
 of a layer is a property of the whole combination (int8 and pruning do not add up), so
 a menu lets the latency table price each choice exactly, and masking an over-budget
 choice is masking one entry instead of reasoning about combinations of sub-actions.
+
+Level is the one place that knows a level's fields and its names: the display name
+("h50-f75-int8"), read back with Level.from_name, and the short one of the terminal
+summary ("h50f75q"). Nothing else builds or parses them.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import asdict, dataclass
+
+INT8_KEPT_SHARE = 0.6  # how much of a layer an int8 level counts as keeping, in the plans' heatmaps
+SHORT_NAME_KEY = "h/f: % of attention groups / FFN neurons kept, q: int8, -: dropped"
+KEPT_SHARE_KEY = f"brighter = more of the layer kept; int8 counts as {INT8_KEPT_SHARE:g}"
+DROP_NAME = "drop"
+_NAME = re.compile(r"h(\d+)-f(\d+)(-int8)?")
 
 
 @dataclass(frozen=True)
@@ -21,10 +32,34 @@ class Level:
 
     @property
     def name(self) -> str:
+        """"h50-f75-int8": % of attention groups and of FFN neurons kept, and int8; "drop"."""
         if self.drop:
-            return "drop"
+            return DROP_NAME
         parts = [f"h{round(self.group_keep * 100)}", f"f{round(self.neuron_keep * 100)}"]
         return "-".join(parts) + ("-int8" if self.int8 else "")
+
+    @classmethod
+    def from_name(cls, name: str) -> "Level":
+        """The level a name says (its fractions as the name rounds them); ValueError for a name
+        no level has."""
+        if name == DROP_NAME:
+            return cls(drop=True)
+        match = _NAME.fullmatch(name)
+        if match is None:
+            raise ValueError(f"{name!r} is not the name of a level")
+        return cls(int(match[1]) / 100, int(match[2]) / 100, int8=match[3] is not None)
+
+    @property
+    def short_name(self) -> str:
+        """The name in a few characters (see SHORT_NAME_KEY): "h50f25q", "-" for a dropped layer."""
+        return "-" if self.drop else self.name.replace("-int8", "q").replace("-", "")
+
+    @property
+    def kept_share(self) -> float:
+        """How much of the layer the level keeps, 0 to 1, for a heatmap's colour (KEPT_SHARE_KEY)."""
+        if self.drop:
+            return 0.0
+        return (self.group_keep + self.neuron_keep) / 2 * (INT8_KEPT_SHARE if self.int8 else 1.0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +87,10 @@ def default_menu(allow_drop: bool = True, allow_int8: bool = True, groups: int |
     if allow_drop:
         menu.append(Level(drop=True))
     return menu
+
+
+DENSE = 0  # the menu's index of the dense level (default_menu lists it first)
+DENSE_INT8_LEVEL = Level(int8=True)  # every unit kept, in int8: what quantizing alone gives
 
 
 def drop_index(menu: list[Level]) -> int | None:

@@ -11,41 +11,46 @@ from pathlib import Path
 
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text, read_json_object
+from ppocompress.rl import PPO
 from ppocompress.search.levels import Level
+from ppocompress.search.plan import Plan, level_names
 
-MENU_FILE = "menu.json"
-PLANS_FILE = "plans.json"  # {"scored_with": PlanEvaluator.identity, "rewards": {SearchState.key: reward}}
+MENU_FILE = "menu.json"  # {"levels": the menu's level names}
+PLANS_FILE = "plans.json"  # {"scored_with": PlanEvaluator.identity, "rewards": {Plan.key(): reward}}
+POLICY_HINT = "pass the policy folder of a compress run's --out"
 
 
-def save_policy(agent, directory: Path, menu: list[Level], rewards: dict[str, float], scored_with: str) -> None:
+def save_policy(agent, directory: Path, menu: list[Level], rewards: dict[Plan, float], scored_with: str) -> None:
     agent.save(directory)
-    atomic_write_text(directory / MENU_FILE, json.dumps({"levels": [level.name for level in menu]}))
-    atomic_write_text(directory / PLANS_FILE, json.dumps({"scored_with": scored_with, "rewards": rewards}))
+    atomic_write_text(directory / MENU_FILE, json.dumps({"levels": level_names(menu)}))
+    atomic_write_text(directory / PLANS_FILE, json.dumps({"scored_with": scored_with,
+                                                          "rewards": {plan.key(): reward for plan, reward in rewards.items()}}))
 
 
-def scored_plans(directory: Path, scored_with: str) -> dict[str, float] | None:
+def scored_plans(directory: Path, scored_with: str) -> dict[Plan, float] | None:
     """The rewards of the plans the policy's run scored, if they were scored as this run
     scores them (same model, menu, calibration text, recovery and int8); else None."""
     path = Path(directory) / PLANS_FILE
     if not path.is_file():
         return None
-    saved = read_json_object(path, "search policy plans", "pass the policy folder of a compress run's --out")
+    saved = read_json_object(path, "search policy plans", POLICY_HINT)
     rewards = saved.get("rewards")
     if saved.get("scored_with") != scored_with or not isinstance(rewards, dict):
         return None
-    return {str(key): float(reward) for key, reward in rewards.items()}
+    try:
+        return {Plan.from_key(str(key)): float(reward) for key, reward in rewards.items()}
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{path} does not hold plans and their rewards ({exc}); {POLICY_HINT}") from None
 
 
 def load_policy(directory: Path, menu: list[Level]):
     """The saved agent; a UserError unless it chooses among the levels of `menu` (a run
     loads it once as soon as it knows its model's menu, before any long step)."""
-    from ppocompress.rl import PPO
-
     directory = Path(directory)
     if not (directory / MENU_FILE).is_file():
-        raise UserError(f"{directory} holds no search policy (no {MENU_FILE}); pass the policy folder of a compress run's --out")
-    saved = read_json_object(directory / MENU_FILE, "search policy menu", "pass the policy folder of a compress run's --out").get("levels")
-    names = [level.name for level in menu]
+        raise UserError(f"{directory} holds no search policy (no {MENU_FILE}); {POLICY_HINT}")
+    saved = read_json_object(directory / MENU_FILE, "search policy menu", POLICY_HINT).get("levels")
+    names = level_names(menu)
     if saved != names:
         count = len(saved) if isinstance(saved, list) else 0
         raise UserError(f"the policy in {directory} chooses among {count} levels, this model's menu has {len(names)} "

@@ -1,7 +1,7 @@
-"""Everything a search needs before its first plan evaluation: the model and text,
-importance, the serving runtime, the latency table anchored to dense PyTorch, the plan
-evaluator and the one-off sensitivities. Each expensive result is kept in the search
-state, so a resumed run neither re-measures nor changes its budget."""
+"""Everything a search needs before its first plan evaluation, in order: the model, text
+and menu; importance; the serving runtime; the latency table anchored to dense PyTorch;
+the plan evaluator; the one-off sensitivities. Each expensive result is kept in the search
+state's measurements, so a resumed run neither re-measures nor changes its evaluations."""
 
 from __future__ import annotations
 
@@ -11,21 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
-from ppocompress.compress import (
-    CompressionPlan,
-    LayerPlan,
-    LoadedModel,
-    apply_plan,
-    layer_table,
-    load_model,
-)
+from ppocompress.compress import CompressionPlan, LayerPlan, LoadedModel, apply_plan, layer_table, load_model
 from ppocompress.compress.data.text import TextSplits, load_splits, subset
 from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
 from ppocompress.compress.ops.importance import LayerImportance, importance_scores
@@ -41,31 +28,33 @@ from ppocompress.search.cost_table import (
     table_cache_path,
     table_setup,
 )
-from ppocompress.search.env import check_reachable
-from ppocompress.search.estimate import estimate
+from ppocompress.search.env import Target, check_reachable
+from ppocompress.search.estimate import Estimate, estimate
 from ppocompress.search.evaluator import (
     PlanEvaluator,
+    drop_pair_evaluations,
     drop_pair_table,
     fidelity_passages,
+    sensitivity_evaluations,
     sensitivity_table,
 )
-from ppocompress.search.levels import Level, default_menu, drop_index
+from ppocompress.search.levels import DENSE, Level, default_menu, drop_index
+from ppocompress.search.plan import Plan
 from ppocompress.search.policy import load_policy
+from ppocompress.search.progress import count_bar
+from ppocompress.search.reward import quality_lost
 from ppocompress.search.scoring import EvaluatorSpec, RayScorer, Scorer
-from ppocompress.search.state import SearchState
-from ppocompress.terminal import stderr_progress
-
-IMPORTANCE = "importance"  # state.extras: the importance scores and the seconds they took
-PARTIAL_SENSITIVITY = "sensitivity_rows"  # state.extras: the layers of the sensitivity table measured so far
-DROP_PAIRS = "drop_pairs"  # state.extras: drop_pair_table's rows
-PARTIAL_DROP_PAIRS = "drop_pair_rows"  # state.extras: its rows measured so far
+from ppocompress.search.settings import MEASURED, CompressSettings
+from ppocompress.search.state import Measurements, SearchState
 
 IMPORTANCE_PASSAGES = 256
-# A causal LM's least squares run on fewer passages: on SmolLM2, statistics of 960 took 2
-# minutes in the search, and a delivered plan's sequential refit on 1,024 took 6.
+# A causal LM's least squares run on fewer passages: their statistics are gathered over
+# every token, and a delivered plan's sequential refit runs the model over them again at
+# each stage, which on all the calibration text takes minutes even for a small decoder.
 CAUSAL_REFIT_PASSAGES = 256
 CAUSAL_VALIDATION_SHARE = 0.25  # of those, as many again for choosing each refit's ridge
 ANCHOR_ROUNDS = 3  # rounds of the dense timings taken at the start of every run
+AUTO = "auto"  # --runtime: the fastest dense int8 model's runtime when timed, else PREFERENCE's first
 PREFERENCE = ("openvino", "onnxruntime", "torch")  # --runtime auto without measuring (--cost flops)
 
 
@@ -78,69 +67,115 @@ class Prepared:
     runtime: str
     setup: TimingSetup  # how delivered models are timed
     cost: CostTable
-    evaluator: PlanEvaluator  # this machine's: it builds the delivered plans
+    evaluator: PlanEvaluator  # this process's: it builds the delivered plans
     scorer: Scorer  # who scores plans in the search: the evaluator, or Ray workers
     sensitivity: np.ndarray  # (layers, levels) quality lost when only that layer is compressed (relative_sensitivity)
-    drop_interaction: np.ndarray | None  # (layers, layers) what dropping both loses beyond their one-off drops (None: no drop level)
+    # (layers, layers) what dropping both loses beyond their one-off drops (None: no drop level)
+    drop_interaction: np.ndarray | None
     shared_loss: float  # quality lost by the plan every plan starts from (a causal LM's int8 output head)
     features: np.ndarray  # (layers, 2) block influence and importance spread
 
 
-def prepare(settings, state: SearchState, save_state, log, workers: int | None = None) -> Prepared:
-    """settings: a CompressSettings; save_state() writes `state` to disk; workers: Ray
-    workers to score plans on (inside scoring.ray_workers), None for this process."""
-    dense = load_model(settings.model, trust_remote_code=settings.trust_remote_code)
-    texts = subset(load_splits(settings.text), settings.calibration_texts, settings.evaluation_texts)
-    calibration = texts.calibration
-    menu = default_menu(groups=layer_table(dense.model)[0].kv_heads)
-    drop = drop_index(menu)
-    if settings.policy is not None:  # another menu or a damaged agent is refused now, not minutes later
-        load_policy(Path(settings.policy), menu)
-    targets = settings.targets()
-    setup = settings.timing(dense.is_causal)
-    measured = settings.cost == "measured" and targets[0].kind == "speedup"
+def prepare(settings: CompressSettings, state: SearchState, save_state, log, workers: int | None = None) -> Prepared:
+    """save_state() writes `state` to disk; workers: Ray workers to score plans on (inside
+    scoring.ray_workers), None for this process."""
+    dense, texts, menu = _load(settings)
+    targets, setup, calibration = settings.targets(), settings.timing(dense.is_causal), texts.calibration
+    measured = settings.cost == MEASURED and targets[0].kind == "speedup"
     if not measured:  # parameters scale like FLOPs per layer; int8 is priced by its discount
         cost = flops_table(dense, menu)
         check_reachable(cost, menu, targets)  # a measured table is checked once it is timed
-    if IMPORTANCE not in state.extras:
+    taken = state.measurements
+    scores = _importance(dense, calibration, taken, save_state, log)
+    if settings.runtime != AUTO and dense.is_causal and no_generation(get_runtime(settings.runtime)):
+        raise UserError(no_generation(get_runtime(settings.runtime)) + "; pass --runtime torch")
+    log(_duration(settings, state, dense, menu, setup, measured).line())
+    runtime = _serving_runtime(settings, dense, setup, calibration, measured, taken, save_state, log)
+    if measured:
+        cost = _latency_table(dense, menu, runtime, setup, calibration, taken.dense_ms, targets, log)
+    evaluator, scorer = _evaluator(settings, dense, menu, scores, calibration, runtime, workers, log)
+    sensitivity, interaction = _sensitivities(evaluator, scorer, menu, len(scores), taken, save_state, log)
+    features = np.array([[s.block_influence, float(s.neurons.std() / (s.neurons.mean() + 1e-12))] for s in scores])
+    return Prepared(dense, texts, scores, menu, runtime, setup, cost, evaluator, scorer, sensitivity, interaction,
+                    max(taken.sensitivity_baseline, 0.0), features)
+
+
+def _load(settings: CompressSettings) -> tuple[LoadedModel, TextSplits, list[Level]]:
+    """The dense model, the text splits and the model's menu of levels."""
+    dense = load_model(settings.model, trust_remote_code=settings.trust_remote_code)
+    texts = subset(load_splits(settings.text), settings.calibration_texts, settings.evaluation_texts)
+    menu = default_menu(groups=layer_table(dense.model)[0].kv_heads)
+    if settings.policy is not None:  # another menu or a damaged agent is refused now, not minutes later
+        load_policy(Path(settings.policy), menu)
+    return dense, texts, menu
+
+
+def _importance(dense: LoadedModel, calibration: list[str], taken: Measurements, save_state, log) -> list[LayerImportance]:
+    """Each layer's importance scores, measured once."""
+    if taken.importance is None:
         log(f"model {dense.source}: importance scores on {min(IMPORTANCE_PASSAGES, len(calibration))} calibration passages")
         start = time.monotonic()
         layers = importance_scores(dense, calibration[:IMPORTANCE_PASSAGES])
-        state.extras[IMPORTANCE] = {"seconds": time.monotonic() - start, "layers": [layer.to_dict() for layer in layers]}
+        taken.importance_seconds = time.monotonic() - start
+        taken.importance = [layer.to_dict() for layer in layers]
         save_state()
     else:
         log(f"model {dense.source}: importance scores from the saved state")
-    scores = [LayerImportance.from_dict(layer) for layer in state.extras[IMPORTANCE]["layers"]]
-    drop_pairs = 0 if drop is None else len(scores) * (len(scores) - 1) // 2  # plans drop_pair_table scores
-    if settings.runtime != "auto" and dense.is_causal and no_generation(get_runtime(settings.runtime)):
-        raise UserError(no_generation(get_runtime(settings.runtime)) + "; pass --runtime torch")
-    likely_runtime = state.extras.get("runtime", settings.runtime if settings.runtime != "auto" else preferred_runtime(dense.is_causal))
-    log(estimate(state.extras[IMPORTANCE]["seconds"], [s for s in settings.searchers() if s not in state.finished], settings.budget(dense.is_causal), len(menu),
-                 (0 if "sensitivity" in state.extras else len(scores) * (len(menu) - 1))
-                 + (0 if DROP_PAIRS in state.extras else drop_pairs),
-                 table_cached=table_cache_path(dense, menu, likely_runtime, table_setup(setup)).exists(),
-                 dense_timed="dense_ms" in state.extras, measured=measured, causal=dense.is_causal,
-                 distill_minutes=settings.distillation().minutes if Recovery(settings.recovery).distills else 0.0,
-                 targets=len(targets)).line())
-    if "runtime" not in state.extras:
+    return [LayerImportance.from_dict(layer) for layer in taken.importance]  # as a resumed run reads them
+
+
+def _duration(settings: CompressSettings, state: SearchState, dense: LoadedModel, menu: list[Level], setup: TimingSetup,
+              measured: bool) -> Estimate:
+    """How long what is left of the run will take."""
+    taken, layers = state.measurements, len(state.measurements.importance)
+    pairs_left = 0 if drop_index(menu) is None else drop_pair_evaluations(layers) - sum(map(len, taken.drop_pairs))
+    likely_runtime = taken.runtime or _asked_runtime(settings, dense.is_causal)
+    targets = settings.targets()
+    return estimate(taken.importance_seconds, [s for s in settings.searchers() if s not in state.finished],
+                    settings.max_evaluations(dense.is_causal), len(menu),
+                    sensitivity_evaluations(layers - len(taken.sensitivity), len(menu)) + pairs_left,
+                    table_cached=table_cache_path(dense, menu, likely_runtime, table_setup(setup)).exists(),
+                    dense_timed=taken.dense_ms is not None, measured=measured, causal=dense.is_causal,
+                    distill_minutes=settings.distillation().minutes if Recovery(settings.recovery).distills else 0.0,
+                    targets=len(targets))
+
+
+def _asked_runtime(settings: CompressSettings, causal: bool) -> str:
+    """The runtime --runtime names, or for auto the preferred one (what timing usually picks)."""
+    return settings.runtime if settings.runtime != AUTO else preferred_runtime(causal)
+
+
+def _serving_runtime(settings: CompressSettings, dense: LoadedModel, setup: TimingSetup, calibration: list[str],
+                     measured: bool, taken: Measurements, save_state, log) -> str:
+    """The runtime delivered models are served on, chosen once: with a measured cost, after
+    timing the dense model on each candidate (auto: the fastest dense int8 model's)."""
+    if taken.runtime is None:
         if measured:
-            candidates = ([settings.runtime] if settings.runtime != "auto"
+            candidates = ([settings.runtime] if settings.runtime != AUTO
                           else [r.name for r in available_runtimes(log, causal=dense.is_causal)])
-            timings = time_dense_variants(dense, candidates, replace(setup, rounds=ANCHOR_ROUNDS),
-                                          calibration[:CALIBRATION_FOR_TIMING], log)
-            state.extras["dense_ms"] = timings
-            state.extras["runtime"] = settings.runtime if settings.runtime != "auto" else fastest_int8(timings)
+            taken.dense_ms = time_dense_variants(dense, candidates, replace(setup, rounds=ANCHOR_ROUNDS),
+                                                 calibration[:CALIBRATION_FOR_TIMING], log)
+            taken.runtime = settings.runtime if settings.runtime != AUTO else fastest_int8(taken.dense_ms)
         else:
-            state.extras["runtime"] = settings.runtime if settings.runtime != "auto" else preferred_runtime(dense.is_causal)
+            taken.runtime = _asked_runtime(settings, dense.is_causal)
         save_state()
-    runtime = state.extras["runtime"]
-    get_runtime(runtime).require()
-    log(f"serving runtime: {runtime}")
-    if measured:
-        cost = measured_table(dense, menu, runtime, table_setup(setup), calibration, log=log)
-        timings = state.extras["dense_ms"]
-        cost = anchor_reference(cost, timings["torch"], timings[runtime], log=log)
-        check_reachable(cost, menu, targets)  # before the sensitivities
+    get_runtime(taken.runtime).require()
+    log(f"serving runtime: {taken.runtime}")
+    return taken.runtime
+
+
+def _latency_table(dense: LoadedModel, menu: list[Level], runtime: str, setup: TimingSetup, calibration: list[str],
+                   dense_ms: dict[str, float], targets: list[Target], log) -> CostTable:
+    """The measured latency table on `runtime`, anchored to the dense timings of this run."""
+    cost = measured_table(dense, menu, runtime, table_setup(setup), calibration, log=log)
+    cost = anchor_reference(cost, dense_ms["torch"], dense_ms[runtime], log=log)
+    check_reachable(cost, menu, targets)  # before the sensitivities
+    return cost
+
+
+def _evaluator(settings: CompressSettings, dense: LoadedModel, menu: list[Level], scores: list[LayerImportance],
+               calibration: list[str], runtime: str, workers: int | None, log) -> tuple[PlanEvaluator, Scorer]:
+    """This process's plan evaluator, and who scores the search's plans (it, or Ray workers)."""
     # The search prices least-squares recovery in when the delivery starts with it, refit on
     # calibration text apart from the passages plans are scored on.
     scored = fidelity_passages(dense.is_causal)["high"]
@@ -148,41 +183,39 @@ def prepare(settings, state: SearchState, save_state, log, workers: int | None =
                          recovery=Recovery.LSQ if Recovery(settings.recovery).refits else Recovery.NONE,
                          recovery_texts=refit_passages(calibration[scored:], dense.is_causal) or calibration, runtime=runtime)
     evaluator = spec.build(dense)
-    scorer = evaluator if workers is None else RayScorer(spec, workers, evaluator.identity)
-    if workers is not None:
-        log(f"plan evaluations on {workers} Ray workers")
-    if "sensitivity" not in state.extras:
-        log(f"sensitivity of {len(scores)} layers x {len(menu)} levels (once)")
-        with stderr_progress(TextColumn("[bold]  sensitivity"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"),
-                      TimeElapsedColumn()) as bar:
-            rows = state.extras.setdefault(PARTIAL_SENSITIVITY, [])  # layers measured before an interruption
-            task = bar.add_task("sensitivity", total=len(scores), completed=len(rows))
+    if workers is None:
+        return evaluator, evaluator
+    log(f"plan evaluations on {workers} Ray workers")
+    return evaluator, RayScorer(spec, workers, evaluator.identity)
+
+
+def _sensitivities(evaluator: PlanEvaluator, scorer: Scorer, menu: list[Level], layers: int, taken: Measurements,
+                   save_state, log) -> tuple[np.ndarray, np.ndarray | None]:
+    """The one-off sensitivities (relative_sensitivity) and, with a drop level, what pairs of
+    dropped layers lose beyond them (drop_interaction); each table measured once, row by row."""
+    if len(taken.sensitivity) < layers:
+        log(f"sensitivity of {layers} layers x {len(menu)} levels (once)")
+        with count_bar("sensitivity", "layers") as bar:
+            task = bar.add_task("sensitivity", total=layers, completed=len(taken.sensitivity))
 
             def measured_layer(done: list) -> None:
                 bar.update(task, completed=len(done))
                 save_state()
 
-            state.extras["sensitivity"] = sensitivity_table(scorer.qualities, len(scores), len(menu), rows=rows,
-                                                            on_layer=measured_layer)
-        del state.extras[PARTIAL_SENSITIVITY]
+            sensitivity_table(scorer.qualities, layers, len(menu), rows=taken.sensitivity, on_layer=measured_layer)
         save_state()
-    features = np.array([[s.block_influence, float(s.neurons.std() / (s.neurons.mean() + 1e-12))] for s in scores])
-    if "sensitivity_baseline" not in state.extras:
-        state.extras["sensitivity_baseline"] = 1.0 - evaluator.quality([0] * len(scores), "probe")
+    if taken.sensitivity_baseline is None:
+        taken.sensitivity_baseline = quality_lost(evaluator.quality(Plan.uniform(DENSE, layers), "probe"))
         save_state()
-    baseline = state.extras["sensitivity_baseline"]
-    sensitivity = relative_sensitivity(np.array(state.extras["sensitivity"]), baseline)
-    interaction = None
-    if drop is not None:
-        if DROP_PAIRS not in state.extras:
-            log(f"quality of the {drop_pairs} plans that drop two layers (once)")
-            rows = state.extras.setdefault(PARTIAL_DROP_PAIRS, [])
-            state.extras[DROP_PAIRS] = drop_pair_table(scorer.qualities, len(scores), drop, rows=rows, on_row=lambda _: save_state())
-            del state.extras[PARTIAL_DROP_PAIRS]
-            save_state()
-        interaction = drop_interaction(state.extras[DROP_PAIRS], baseline, sensitivity[:, drop])
-    return Prepared(dense, texts, scores, menu, runtime, setup, cost, evaluator, scorer, sensitivity, interaction,
-                    max(baseline, 0.0), features)
+    sensitivity = relative_sensitivity(np.array(taken.sensitivity), taken.sensitivity_baseline)
+    drop = drop_index(menu)
+    if drop is None:
+        return sensitivity, None
+    if len(taken.drop_pairs) < layers - 1:
+        log(f"quality of the {drop_pair_evaluations(layers)} plans that drop two layers (once)")
+        drop_pair_table(scorer.qualities, layers, drop, rows=taken.drop_pairs, on_row=lambda _: save_state())
+        save_state()
+    return sensitivity, drop_interaction(taken.drop_pairs, taken.sensitivity_baseline, sensitivity[:, drop])
 
 
 def drop_interaction(pairs: list[list[float]], baseline: float, drop_sensitivity: np.ndarray) -> np.ndarray:
@@ -198,13 +231,13 @@ def drop_interaction(pairs: list[list[float]], baseline: float, drop_sensitivity
 
 
 def relative_sensitivity(table: np.ndarray, baseline: float) -> np.ndarray:
-    """Each layer's own quality loss: the table less what the plan with every layer at
-    level 0 already loses. That is nothing for an encoder, but a causal LM's plans all
-    carry an int8 output head, whose loss (SmolLM2: 0.0018 of 0.0019 for one int8 layer)
-    would otherwise count once per compressed layer and make a few heavily pruned layers
+    """Each layer's own quality loss: the table less what the plan with every layer dense
+    already loses. That is nothing for an encoder, but a causal LM's plans all carry an
+    int8 output head, whose loss can be nearly all that one int8 layer is measured to lose:
+    it would otherwise count once per compressed layer and make a few heavily pruned layers
     look cheaper than many int8 ones."""
     relative = np.clip(table - baseline, 0.0, None)
-    relative[:, 0] = 0.0
+    relative[:, DENSE] = 0.0
     return relative
 
 
@@ -227,7 +260,8 @@ def all_int8(dense: LoadedModel) -> LoadedModel:
     return apply_plan(dense, CompressionPlan(layers, int8_head=dense.is_causal), quantize=False)
 
 
-def time_dense_variants(dense: LoadedModel, runtimes: list[str], setup: TimingSetup, calibration: list[str], log) -> dict[str, float]:
+def time_dense_variants(dense: LoadedModel, runtimes: list[str], setup: TimingSetup, calibration: list[str],
+                        log) -> dict[str, float]:
     """Dense PyTorch fp32 ("torch"), and on each runtime the dense model at its default
     precision (name) and with int8 in every layer ("name int8"), side by side, in ms."""
     with tempfile.TemporaryDirectory(prefix="ppocompress-dense-") as workdir:

@@ -11,8 +11,11 @@ from ppocompress.compress.measure.quality import HeldOutQuality
 from ppocompress.compress.measure.timing import LatencyResult, TimingSetup
 from ppocompress.compress.recovery.distillation import DistillReport
 from ppocompress.errors import UserError
-from ppocompress.fileio import read_json_object
 from ppocompress.search.env import Target
+from ppocompress.search.files import OUT_FOLDER, RESULT_FILE, RUN_AGAIN, TARGET_SET_FILE, read_versioned
+from ppocompress.search.levels import Level
+from ppocompress.search.plan import level_names, levels_from_names
+from ppocompress.search.recorder import Evaluation
 
 RESULT_FORMAT = "ppocompress.result/2"
 
@@ -28,8 +31,8 @@ class MeasuredModel(HeldOutQuality):
     speedup: float  # against dense PyTorch fp32, same rounds
     speedup_vs_dense_int8: float  # against the dense model on the serving runtime with int8
     size_bytes: int  # the served artifact on disk
-    levels: list[str] | None = None  # menu level per layer; None for the dense models
-    plan: dict | None = None
+    levels: tuple[Level, ...] | None = None  # the plan's level per layer (by name in result.json); None for the dense models
+    plan: dict | None = None  # the engine's plan (CompressionPlan.to_dict: the units each layer keeps)
     evaluations: int | None = None  # plan evaluations the searcher spent
     predicted_speedup: float | None = None  # by the latency table
     predicted_latency_ms: float | None = None
@@ -42,10 +45,14 @@ class MeasuredModel(HeldOutQuality):
         rounds = self.speedup_over_rounds or [self.speedup]
         return min(rounds), max(rounds)
 
+    def to_dict(self) -> dict:
+        return {**asdict(self), "levels": None if self.levels is None else level_names(self.levels)}
+
     @classmethod
     def from_dict(cls, data: dict) -> "MeasuredModel":
-        distillation = data.get("distillation")
+        distillation, levels = data.get("distillation"), data.get("levels")
         return cls(**{**data, "latency": LatencyResult(**data["latency"]),
+                      "levels": None if levels is None else levels_from_names(levels),
                       "distillation": None if distillation is None else DistillReport.from_dict(distillation)})
 
 
@@ -72,10 +79,10 @@ class CompressResult:
     searchers: dict[str, MeasuredModel]  # every searcher's best plan, delivered and measured
     dense: MeasuredModel  # dense, the runtime's default precision
     dense_int8: MeasuredModel  # dense, the runtime's int8: the no-effort alternative
-    sensitivity_evaluations: int  # shared by all searchers and outside their budgets
+    sensitivity_evaluations: int  # shared by all searchers and not counted in their evaluations
     latency_table: dict | None = None  # runtime and largest error on mixed plans; None for FLOPs
     curves: dict[str, list] = field(default_factory=dict)  # searcher -> [(evaluations, best reward)]
-    evaluated: dict[str, list] = field(default_factory=dict)  # searcher -> [(levels, reward, predicted speedup)]
+    evaluated: dict[str, list[Evaluation]] = field(default_factory=dict)  # searcher -> every plan it scored, in order
     warnings: list[str] = field(default_factory=list)
     generations: dict[str, list[str]] = field(default_factory=dict)  # causal LMs: "prompts", "dense", the delivered
     # Wall time of "preparation", "search" and this model's "delivery", summed over resumed
@@ -93,9 +100,18 @@ class CompressResult:
         return "exp(-KL) of next-token distributions" if self.causal else "cosine of embeddings"
 
     @property
+    def fidelity_short_name(self) -> str:
+        """"exp(-KL)" or "cosine", for an axis."""
+        return self.fidelity_name.split(" of ")[0]
+
+    @property
+    def target(self) -> Target:
+        return Target(self.target_kind, self.target_value)
+
+    @property
     def target_label(self) -> str:
         """"4x" or "size 0.5"."""
-        return Target(self.target_kind, self.target_value).label
+        return self.target.label
 
     @property
     def delivered(self) -> MeasuredModel:
@@ -115,51 +131,54 @@ class CompressResult:
         return f"{sum(self.run_seconds.values()) / 60:.1f} min ({phases})"
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data |= {"timing": asdict(self.timing), "reference_latency": asdict(self.reference_latency),
+                 "searchers": {name: model.to_dict() for name, model in self.searchers.items()},
+                 "dense": self.dense.to_dict(), "dense_int8": self.dense_int8.to_dict(),
+                 "evaluated": {name: [e.to_json() for e in evaluated] for name, evaluated in self.evaluated.items()}}
+        return json.dumps(data, indent=1)
 
     @classmethod
     def from_file(cls, path: Path) -> "CompressResult":
-        data = read_json_object(path, "run result", "pass the --out folder of ppocompress compress")
-        if data.get("format") != RESULT_FORMAT:
-            raise UserError(f"{path} is not a result this version reads (format {data.get('format')!r}, "
-                            f"expected {RESULT_FORMAT}); run ppocompress compress again")
+        data = read_versioned(path, "run result", RESULT_FORMAT, OUT_FOLDER, RUN_AGAIN)
         missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
         if missing:
-            raise UserError(f"{path} lacks the field {missing[0]!r}; run ppocompress compress again")
+            raise UserError(f"{path} lacks the field {missing[0]!r}; {RUN_AGAIN}")
         try:
-            return cls(**{**data, "timing": TimingSetup(**data["timing"]), "reference_latency": LatencyResult(**data["reference_latency"]),
+            return cls(**{**data, "timing": TimingSetup(**data["timing"]),
+                          "reference_latency": LatencyResult(**data["reference_latency"]),
                           "searchers": {k: MeasuredModel.from_dict(v) for k, v in data["searchers"].items()},
-                          "dense": MeasuredModel.from_dict(data["dense"]), "dense_int8": MeasuredModel.from_dict(data["dense_int8"])})
+                          "dense": MeasuredModel.from_dict(data["dense"]),
+                          "dense_int8": MeasuredModel.from_dict(data["dense_int8"]),
+                          "evaluated": {k: [Evaluation.from_json(e) for e in v] for k, v in data.get("evaluated", {}).items()}})
         except (TypeError, KeyError, AttributeError, ValueError) as exc:
-            raise UserError(f"{path} does not match the result schema ({exc}); run ppocompress compress again") from None
+            raise UserError(f"{path} does not match the result schema ({exc}); {RUN_AGAIN}") from None
 
 
-FAMILY_FORMAT = "ppocompress.family/1"
+TARGET_SET_FORMAT = "ppocompress.family/1"  # "family": the on-disk name (files.py)
 
 
 @dataclass
-class FamilyResult:
-    """A family run (`compress --targets ...`): one member per target, each delivered and
-    measured in its own folder with its own result.json; family.json names them."""
+class TargetSetResult:
+    """A target set's run (`compress --targets ...`): one member per target, each delivered
+    and measured in its own folder with its own result.json; TARGET_SET_FILE names them."""
 
     members: list[CompressResult]  # ascending targets
     folders: list[str]  # each member's folder in --out
-    evaluations: dict[str, int]  # searcher -> plan evaluations over the whole family
-    policy: str | None  # folder of PPO's saved policy in --out, if PPO ran
-    format: str = FAMILY_FORMAT
+    evaluations: dict[str, int]  # searcher -> plan evaluations over the whole target set
+    policy: str | None  # folder of the saved search policy in --out, if a policy searcher ran
+    format: str = TARGET_SET_FORMAT
 
     def to_json(self) -> str:
-        return json.dumps({"format": self.format, "folders": self.folders, "evaluations": self.evaluations, "policy": self.policy},
-                          indent=1)
+        return json.dumps({"format": self.format, "folders": self.folders, "evaluations": self.evaluations,
+                           "policy": self.policy}, indent=1)
 
     @classmethod
-    def from_dir(cls, out: Path) -> "FamilyResult":
-        data = read_json_object(out / "family.json", "family result", "pass the --out folder of ppocompress compress --targets")
-        if data.get("format") != FAMILY_FORMAT:
-            raise UserError(f"{out / 'family.json'} is not a family result this version reads (format {data.get('format')!r}); "
-                            "run ppocompress compress again")
+    def from_dir(cls, out: Path) -> "TargetSetResult":
+        path = out / TARGET_SET_FILE
+        data = read_versioned(path, "target set result", TARGET_SET_FORMAT, f"{OUT_FOLDER} --targets", RUN_AGAIN)
         missing = [name for name in ("folders", "evaluations", "policy") if name not in data]
         if missing:
-            raise UserError(f"{out / 'family.json'} lacks the field {missing[0]!r}; run ppocompress compress again")
-        members = [CompressResult.from_file(out / folder / "result.json") for folder in data["folders"]]
+            raise UserError(f"{path} lacks the field {missing[0]!r}; {RUN_AGAIN}")
+        members = [CompressResult.from_file(out / folder / RESULT_FILE) for folder in data["folders"]]
         return cls(members, data["folders"], data["evaluations"], data["policy"])

@@ -17,15 +17,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from ppocompress.cluster import connect, import_ray
 from ppocompress.compress import LoadedModel, load_model
 from ppocompress.compress.ops.importance import LayerImportance
 from ppocompress.errors import UserError
 from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.levels import Level
+from ppocompress.search.plan import Plan
 
 
 class Scorer(Protocol):
-    def qualities(self, plans: list[list[int]], fidelity: str = "low") -> Iterable[float]:
+    def qualities(self, plans: list[Plan], fidelity: str = "low") -> Iterable[float]:
         """Each plan's fidelity to the dense model, in the order of `plans`."""
 
 
@@ -58,8 +60,8 @@ class _Worker:
     def identity(self) -> str:
         return self.evaluator.identity
 
-    def quality(self, levels: list[int], fidelity: str) -> float:
-        return self.evaluator.quality(levels, fidelity)
+    def quality(self, plan: Plan, fidelity: str) -> float:
+        return self.evaluator.quality(plan, fidelity)
 
 
 class RayScorer:
@@ -69,11 +71,9 @@ class RayScorer:
     def __init__(self, spec: EvaluatorSpec, workers: int, identity: str):
         """identity: this machine's evaluator's; a worker whose evaluator differs (another
         model at the same path, another package version) is refused."""
+        ray = import_ray()  # Ray is optional: imported only here (the error says how to install it)
         from ray.util import ActorPool
 
-        from ppocompress.cluster import import_ray
-
-        ray = import_ray()
         actor = ray.remote(num_cpus=1)(_Worker)
         actors = [actor.remote(spec) for _ in range(workers)]
         found = set(ray.get([a.identity.remote() for a in actors]))
@@ -82,8 +82,8 @@ class RayScorer:
                             "on its node?); give every node the same model files and ppocompress")
         self.pool = ActorPool(actors)
 
-    def qualities(self, plans: list[list[int]], fidelity: str = "low") -> Iterator[float]:
-        return self.pool.map(lambda actor, levels: actor.quality.remote(levels, fidelity), plans)
+    def qualities(self, plans: list[Plan], fidelity: str = "low") -> Iterator[float]:
+        return self.pool.map(lambda actor, plan: actor.quality.remote(plan, fidelity), plans)
 
 
 @contextlib.contextmanager
@@ -94,7 +94,5 @@ def ray_workers(address: str | None) -> Iterator[int | None]:
     if address is None:
         yield None
         return
-    from ppocompress.cluster import connect
-
     with connect(address) as cpus:
         yield cpus

@@ -12,16 +12,19 @@ runtimes that generate with a KV cache.
 
 from __future__ import annotations
 
+import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ppocompress.compress.data.text import TextSplits
+from ppocompress.compress.commands.runtime_choice import check_runtime, runtimes_for
+from ppocompress.compress.data.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES, TextSplits, load_splits, subset
 from ppocompress.compress.measure.cost import count_parameters
 from ppocompress.compress.measure.quality import HeldOut, HeldOutQuality
-from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
+from ppocompress.compress.measure.timing import DEFAULT_THREADS, TimingSetup, measure_latencies
 from ppocompress.compress.models.families import layer_table
-from ppocompress.compress.models.loading import LoadedModel
+from ppocompress.compress.models.loading import LoadedModel, load_model
 from ppocompress.compress.ops.importance import (
     importance_scores,
     layers_to_drop,
@@ -29,7 +32,9 @@ from ppocompress.compress.ops.importance import (
 )
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.plan import CompressionPlan
+from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import get_runtime
+from ppocompress.fileio import atomic_write_text
 
 
 @dataclass
@@ -101,8 +106,46 @@ class VariantResult(HeldOutQuality):
         return asdict(self)
 
 
+@dataclass
+class BenchRun:
+    """A bench run: the dense model, the timing every variant shared, each variant on each runtime."""
+
+    model: str
+    causal: bool
+    timing: TimingSetup
+    variants: list[VariantResult]
+
+    def to_dict(self) -> dict:
+        """What --json writes."""
+        return {"model": self.model, "timing": self.timing.to_dict(), "variants": [r.to_dict() for r in self.variants]}
+
+
+def bench_command(model: str | None = None, text: Path | None = None, runtime: str = "auto", threads: int = DEFAULT_THREADS,
+                  batch_size: int = TimingSetup.batch_size, seq_len: int = TimingSetup.seq_len, rounds: int = TimingSetup.rounds,
+                  calibration_texts: int | None = None, evaluation_texts: int | None = None, trust_remote_code: bool = False,
+                  json_file: Path | None = None, log: Callable[[str], None] = print,
+                  progress: Callable[[str], None] = print) -> BenchRun:
+    """`ppocompress bench`: the default variants of the model's kind on each runtime --runtime
+    names (auto: each available one, those skipped named to `log`), their progress told to
+    `progress`; with `json_file`, the run is written there too. Every option is checked
+    before the model loads. A causal LM is timed decoding, whatever batch_size says."""
+    setup = TimingSetup(batch_size=batch_size, seq_len=seq_len, threads=threads, rounds=rounds)
+    check_runtime(runtime)
+    texts = subset(load_splits(text), calibration_texts or CALIBRATION_PASSAGES, evaluation_texts or EVALUATION_PASSAGES)
+    dense = load_model(model, trust_remote_code=trust_remote_code)
+    names = runtimes_for(runtime, dense.is_causal, log)
+    if dense.is_causal:
+        setup = replace(TimingSetup.for_model(True, threads), rounds=rounds)
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)  # one that cannot be made fails before the long run
+    run = BenchRun(dense.source, dense.is_causal, setup, run_bench(dense, texts, names, setup=setup, log=progress))
+    if json_file is not None:
+        atomic_write_text(json_file, json.dumps(run.to_dict(), indent=1))
+    return run
+
+
 def run_bench(dense: LoadedModel, texts: TextSplits, runtimes: list[str], variants: list[Variant] | None = None,
-              recovery: str = "lsq", setup: TimingSetup = TimingSetup(), log=print) -> list[VariantResult]:
+              recovery: str = Recovery.LSQ, setup: TimingSetup = TimingSetup(), log=print) -> list[VariantResult]:
     """variants: default_variants for the model's kind when None."""
     variants = default_variants(dense.is_causal) if variants is None else variants
     log(f"importance scores on {len(texts.calibration)} calibration passages")
@@ -115,7 +158,7 @@ def run_bench(dense: LoadedModel, texts: TextSplits, runtimes: list[str], varian
         for i, variant in enumerate(variants):
             plan = variant.plan_for(dense, scores)
             prunes = any(p.keep_groups is not None or p.keep_neurons is not None or p.drop for p in plan.layers)
-            fp32 = compress(dense, plan, recovery if prunes else "none", texts.calibration, quantize=False,
+            fp32 = compress(dense, plan, recovery if prunes else Recovery.NONE, texts.calibration, quantize=False,
                             validation=texts.validation)
             for name in runtimes:
                 runtime = get_runtime(name)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ppocompress.compress.data.text import TextSplits
+from ppocompress.compress.commands.runtime_choice import check_runtime, runtimes_for
+from ppocompress.compress.data.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES, TextSplits, load_splits, subset
+from ppocompress.compress.files.description import is_saved_model, saved_source
 from ppocompress.compress.files.saved import load
 from ppocompress.compress.files.sentence_transformers_folder import served_artifact
 from ppocompress.compress.measure.cost import count_parameters, model_flops
@@ -18,26 +21,139 @@ from ppocompress.compress.measure.quality import (
     judge_session,
     lee_correlation,
 )
-from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
-from ppocompress.compress.models.loading import LoadedModel
+from ppocompress.compress.measure.timing import DEFAULT_THREADS, LatencyResult, TimingSetup, measure_latencies
+from ppocompress.compress.models.loading import LoadedModel, load_model
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.plan import CompressionPlan
-from ppocompress.compress.recovery.distillation import DistillConfig
+from ppocompress.compress.recovery.distillation import DistillConfig, DistillReport
+from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import get_runtime, no_generation
 from ppocompress.errors import UserError
 
 
-def evaluate(dense: LoadedModel, texts: TextSplits, plan: CompressionPlan | None = None, recovery: str = "none",
+@dataclass
+class ModelMetrics:
+    """One model's measurements in an evaluation. What it has not (an encoder's perplexity,
+    a causal LM's cosines, latencies when not timed) is None, and left out of to_dict()."""
+
+    params: int
+    size_bytes: int
+    flops_per_sequence: int
+    # Encoders. The Lee correlation of the dense model in PyTorch, and of the judged model as its
+    # runtime runs it; the cosines and pair-similarity ranking compare its embeddings with dense PyTorch fp32's.
+    lee_pearson: float | None = None
+    lee_spearman: float | None = None
+    mean_cosine: float | None = None
+    min_cosine: float | None = None
+    pairsim_spearman: float | None = None
+    # Causal LMs: next-token distributions against dense PyTorch fp32's.
+    perplexity_dense: float | None = None
+    perplexity: float | None = None
+    kl_to_dense: float | None = None
+    top1_agreement: float | None = None
+    # Latency, timed side by side with dense PyTorch fp32; a generating model's tokens/s too.
+    latency_torch_fp32_ms: float | None = None  # the dense model's
+    latency_ms: float | None = None  # the judged model's, on the runtime
+    speedup: float | None = None  # of the judged model against dense PyTorch fp32
+    decode_tokens_per_s_torch_fp32: float | None = None  # the dense model's, beside a compressed one
+    prefill_tokens_per_s_torch_fp32: float | None = None
+    decode_tokens_per_s: float | None = None  # the judged model's
+    prefill_tokens_per_s: float | None = None
+
+    def to_dict(self) -> dict:
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+
+@dataclass(kw_only=True)
+class EvaluationReport:
+    """An evaluation on one runtime: the dense model, and the compressed one when a plan or a
+    delivered folder was given (the compressed one is then the model judged on the runtime)."""
+
+    model: str  # the dense model, as named
+    delivered: str | None = None  # the delivered folder judged, if one was
+    model_type: str
+    recovery: str | None  # how a plan's model was recovered; None without a plan, or for a delivered folder
+    runtime: str
+    timing: TimingSetup
+    evaluation_texts: int  # held-out passages the quality is measured on
+    dense: ModelMetrics
+    distillation: DistillReport | None = None
+    compressed: ModelMetrics | None = None
+    plan: CompressionPlan | None = None
+
+    @property
+    def judged(self) -> ModelMetrics:
+        """The metrics of the model exported for the runtime: the compressed one, else the dense one."""
+        return self.dense if self.compressed is None else self.compressed
+
+    def to_dict(self) -> dict:
+        """What --json prints: what this evaluation has not is left out, except `recovery` (null)."""
+        data = {**asdict(self), "dense": self.dense.to_dict()}
+        if self.compressed is not None:
+            data["compressed"] = self.compressed.to_dict()
+        return {name: value for name, value in data.items() if value is not None or name == "recovery"}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvaluationReport:
+        """The report to_dict() gave (what --json printed)."""
+        typed = {"timing": TimingSetup(**data["timing"]), "dense": ModelMetrics(**data["dense"])}
+        if "compressed" in data:
+            typed["compressed"] = ModelMetrics(**data["compressed"])
+        if "distillation" in data:
+            typed["distillation"] = DistillReport.from_dict(data["distillation"])
+        if "plan" in data:
+            typed["plan"] = CompressionPlan.from_dict(data["plan"])
+        return cls(**{**data, **typed})
+
+
+def evaluate_command(model: str | None = None, plan: Path | None = None, text: Path | None = None, recovery: str = Recovery.NONE,
+                     recover_minutes: float | None = None, runtime: str = "torch", latency: bool = True,
+                     threads: int = DEFAULT_THREADS, trust_remote_code: bool = False, dense_model: str | None = None,
+                     log: Callable[[str], None] = print) -> list[EvaluationReport]:
+    """`ppocompress evaluate`: a report for each runtime --runtime names (auto: each available
+    one, those skipped named to `log`). Every option is checked before the model loads.
+    `model` may be a delivered folder, judged against `dense_model` (default: the model its
+    compression.json names)."""
+    check_runtime(runtime)
+    TimingSetup(threads=threads)  # bad values fail before the model loads
+    recovery = Recovery.parse(recovery)
+    distillation = DistillConfig() if recover_minutes is None else DistillConfig(minutes=recover_minutes)
+    splits = load_splits(text)
+    texts = subset(splits, CALIBRATION_PASSAGES, EVALUATION_PASSAGES)
+    compression_plan = CompressionPlan.from_json_file(plan) if plan is not None else None
+    delivered, source = _dense_source(model, dense_model, plan is not None or recovery != Recovery.NONE)
+    dense = load_model(source, trust_remote_code=trust_remote_code)
+    setup = TimingSetup.for_model(dense.is_causal, threads)
+    names = runtimes_for(runtime, dense.is_causal, log)
+    return [evaluate(dense, texts, compression_plan, recovery, name, latency=latency, setup=setup, distillation=distillation,
+                     distill_texts=splits.calibration, delivered=delivered) for name in names]
+
+
+def _dense_source(model: str | None, dense_model: str | None, compresses: bool) -> tuple[Path | None, str | None]:
+    """(the delivered folder `model` is, if it is one; the dense model to load): a delivered
+    folder is judged against `dense_model`, by default the model it was compressed from."""
+    if model is not None and is_saved_model(Path(model)):
+        if compresses:
+            raise UserError(f"{model} is already compressed (and recovered); drop --plan and --recover, "
+                            "or pass the dense model as --model")
+        return Path(model), dense_model or saved_source(Path(model))
+    if dense_model is not None:
+        raise UserError("--dense is for a delivered --model folder (one with compression.json); drop it")
+    return None, model
+
+
+def evaluate(dense: LoadedModel, texts: TextSplits, plan: CompressionPlan | None = None, recovery: str = Recovery.NONE,
              runtime: str = "torch", latency: bool = True, setup: TimingSetup = TimingSetup(),
              distillation: DistillConfig = DistillConfig(), distill_texts: list[str] | None = None,
-             delivered: Path | None = None) -> dict:
+             delivered: Path | None = None) -> EvaluationReport:
     """Metrics of the dense model, and of the compressed one when a plan is given (or a
     delivered folder, judged from the files it serves `runtime` from); the candidate
     (compressed, else dense) is exported for `runtime` and judged as it runs there. Quality
     is measured on texts.evaluation; least squares fits texts.calibration, distillation
     `distill_texts` (default the same), both choosing on texts.validation."""
-    if dense.is_causal and no_generation(get_runtime(runtime)):
-        raise UserError(no_generation(get_runtime(runtime)) + "; pass --runtime torch")
+    served_on, torch_runtime = get_runtime(runtime), get_runtime("torch")
+    if dense.is_causal and no_generation(served_on):
+        raise UserError(no_generation(served_on) + "; pass --runtime torch")
     candidate = dense
     if delivered is not None:
         candidate = load(delivered)
@@ -45,35 +161,22 @@ def evaluate(dense: LoadedModel, texts: TextSplits, plan: CompressionPlan | None
     elif plan is not None:
         candidate = compress(dense, plan, recovery, texts.calibration, quantize=False, validation=texts.validation,
                              distillation=distillation, distill_texts=distill_texts, progress=True)
-    report: dict = {"model": dense.source, **({"delivered": str(delivered)} if delivered is not None else {}),
-                    "model_type": dense.model_type, "recovery": recovery if plan and delivered is None else None,
-                    "runtime": runtime, "timing": setup.to_dict(),
-                    "evaluation_texts": min(len(texts.evaluation), CAUSAL_HELD_OUT) if dense.is_causal else len(texts.evaluation)}
-    label = "compressed" if plan is not None else "dense"
     with tempfile.TemporaryDirectory(prefix="ppocompress-eval-") as workdir:
-        work = Path(workdir)
-        reference_dir = get_runtime("torch").export(dense, work / "reference", [])
+        reference_dir = torch_runtime.export(dense, Path(workdir) / "reference", [])
         artifact = (served(delivered, runtime) if delivered is not None
-                    else get_runtime(runtime).export(candidate, work / "candidate", texts.calibration))
-        report["dense"] = {"params": count_parameters(dense.model), "size_bytes": get_runtime("torch").size_bytes(reference_dir),
-                           "flops_per_sequence": model_flops(dense.model, setup.seq_len), **_lee(dense)}
-        if plan is not None:
-            if candidate.distillation is not None:
-                report["distillation"] = asdict(candidate.distillation)
-            report["compressed"] = {"params": count_parameters(candidate.model), "size_bytes": get_runtime(runtime).size_bytes(artifact),
-                                    "flops_per_sequence": model_flops(candidate.model, setup.seq_len)}
-            report["plan"] = plan.to_dict()
-        report[label].update(_fidelity(dense, candidate, get_runtime(runtime).session(artifact), texts.evaluation))
+                    else served_on.export(candidate, Path(workdir) / "candidate", texts.calibration))
+        judged = _fidelity(dense, candidate, served_on.session(artifact), texts.evaluation)
+        dense_metrics = _metrics(dense, torch_runtime.size_bytes(reference_dir), setup, **_lee(dense))
+        report = EvaluationReport(
+            model=dense.source, delivered=None if delivered is None else str(delivered), model_type=dense.model_type,
+            recovery=recovery if plan is not None and delivered is None else None, runtime=runtime, timing=setup,
+            evaluation_texts=min(len(texts.evaluation), CAUSAL_HELD_OUT) if dense.is_causal else len(texts.evaluation),
+            dense=dense_metrics if plan is not None else replace(dense_metrics, **judged),
+            distillation=None if plan is None else candidate.distillation, plan=plan,
+            compressed=None if plan is None else _metrics(candidate, served_on.size_bytes(artifact), setup, **judged))
         if latency:
-            measured = measure_latencies([("reference", reference_dir, "torch"), ("candidate", artifact, runtime)], setup)
-            report["dense"]["latency_torch_fp32_ms"] = measured["reference"].ms
-            report[label]["latency_ms"] = measured["candidate"].ms
-            report[label]["speedup"] = measured["reference"].ms / measured["candidate"].ms
-            if setup.generates:  # latencies are per decoded token; tokens/s is what users compare
-                for name, key in (("reference", "dense"), ("candidate", label)):
-                    decode, prefill = measured[name].tokens_per_s(setup)
-                    suffix = "_torch_fp32" if name == "reference" and plan is not None else ""
-                    report[key][f"decode_tokens_per_s{suffix}"], report[key][f"prefill_tokens_per_s{suffix}"] = decode, prefill
+            _add_latencies(report, measure_latencies([("reference", reference_dir, "torch"), ("candidate", artifact, runtime)],
+                                                     setup))
     return report
 
 
@@ -86,14 +189,19 @@ def served(delivered: Path, runtime: str) -> Path:
     return get_runtime(runtime).check_artifact(path)
 
 
-def _lee(model: LoadedModel) -> dict:
+def _metrics(model: LoadedModel, size_bytes: int, setup: TimingSetup, **quality: float) -> ModelMetrics:
+    return ModelMetrics(params=count_parameters(model.model), size_bytes=size_bytes,
+                        flops_per_sequence=model_flops(model.model, setup.seq_len), **quality)
+
+
+def _lee(model: LoadedModel) -> dict[str, float]:
     if model.is_causal:
         return {}
     return {f"lee_{k}": v for k, v in lee_correlation(model.model, model.tokenizer).items()}
 
 
-def _fidelity(dense: LoadedModel, candidate: LoadedModel, session, texts: list[str]) -> dict:
-    """How the candidate, as its runtime runs it, compares with dense PyTorch fp32."""
+def _fidelity(dense: LoadedModel, candidate: LoadedModel, session, texts: list[str]) -> dict[str, float]:
+    """How the candidate, as its runtime runs it, compares with dense PyTorch fp32 (ModelMetrics' fields)."""
     if dense.is_causal:  # as the torch runtime serves it: causal LMs generate there
         reference = NextTokenReference(dense.model, dense.tokenizer, texts[:CAUSAL_HELD_OUT])
         compared = reference.compare(session.model)
@@ -101,3 +209,16 @@ def _fidelity(dense: LoadedModel, candidate: LoadedModel, session, texts: list[s
                 "kl_to_dense": compared.kl, "top1_agreement": compared.top1_agreement}
     reference = embed(dense.model, dense.tokenizer, texts, max_length=HELD_OUT_MAX_LENGTH)
     return judge_session(session, dense.model, dense.tokenizer, texts, reference)
+
+
+def _add_latencies(report: EvaluationReport, measured: dict[str, LatencyResult]) -> None:
+    """The latencies of dense PyTorch fp32 ("reference") and of the judged model ("candidate"),
+    timed side by side; when a causal LM generates, its tokens/s too, which is what users compare."""
+    reference, candidate = measured["reference"], measured["candidate"]
+    report.dense.latency_torch_fp32_ms = reference.ms
+    report.judged.latency_ms, report.judged.speedup = candidate.ms, reference.ms / candidate.ms
+    if report.timing.generates:
+        if report.compressed is not None:
+            report.dense.decode_tokens_per_s_torch_fp32, report.dense.prefill_tokens_per_s_torch_fp32 = (
+                reference.tokens_per_s(report.timing))
+        report.judged.decode_tokens_per_s, report.judged.prefill_tokens_per_s = candidate.tokens_per_s(report.timing)

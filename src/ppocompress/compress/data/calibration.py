@@ -1,4 +1,5 @@
-"""Running a model over calibration text while watching chosen modules' inputs."""
+"""Running a model over text in batches (their defaults, the pad token they need), and
+watching chosen modules' inputs on calibration text."""
 
 from __future__ import annotations
 
@@ -7,11 +8,20 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+BATCH_SIZE = 32  # passages a forward pass over text takes at once, unless told otherwise
+MAX_LENGTH = 128  # tokens of a passage that a model sees; the rest is cut
+
 
 def by_length(texts: list[str]) -> list[int]:
-    """Indices of `texts`, shortest first: batches of similar lengths pad little, and the
-    passages a search scores, mixing short news and long reviews, ran a third slower unsorted."""
+    """Indices of `texts`, shortest first: batches of similar lengths pad little, which
+    matters when the sources mix short sentences and long passages."""
     return sorted(range(len(texts)), key=lambda i: len(texts[i]))
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Causal LM tokenizers (GPT-2, Llama) often have no pad token; batching needs one, and eos is the usual stand-in."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def batches(tokenizer, texts: list[str], batch_size: int, max_length: int) -> Iterator[dict]:
@@ -20,9 +30,10 @@ def batches(tokenizer, texts: list[str], batch_size: int, max_length: int) -> It
                         max_length=max_length)
 
 
-def forward(model: nn.Module, batch: dict):
-    """The model's forward on input ids and mask only (no token types, no cache)."""
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+def forward(model: nn.Module, batch: dict, **options):
+    """The model's forward on input ids and mask only (no token types, no cache), with
+    `options` such as output_hidden_states."""
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **options}
     if getattr(model.config, "is_decoder", False) or hasattr(model, "lm_head"):
         kwargs["use_cache"] = False
     return model(**kwargs)
@@ -34,8 +45,8 @@ def watch_inputs(
     texts: list[str],
     modules: dict[str, nn.Module],
     on_input: Callable[[str, torch.Tensor], None],
-    batch_size: int = 32,
-    max_length: int = 128,
+    batch_size: int = BATCH_SIZE,
+    max_length: int = MAX_LENGTH,
     stop_early: bool = False,
 ) -> None:
     """Calls on_input(name, rows) with each watched module's input, one row per real

@@ -1,9 +1,9 @@
 """English text for calibrating, validating and evaluating compressed models.
 
 The default text comes from files that the `gensim` wheel ships under
-gensim/test/test_data, found without importing gensim (`import gensim` takes most of a
-second; only the Wikipedia dump's parser is imported, when that source is read). Only
-natural English text is used: no stemmed, tokenised-keyword or non-English files.
+gensim/test/test_data, found without importing gensim, which is slow to import (only the
+Wikipedia dump's parser is imported, when that source is read). Only natural English
+text is used: no stemmed, tokenised-keyword or non-English files.
 
 Three sources, and three roles (`default_splits`; fixed, no random numbers, no passage
 in two lists):
@@ -59,7 +59,7 @@ _LABEL = re.compile(r"^__label__\S+\s+")  # the fastText label of pang_lee_polar
 
 
 def gensim_data_dir() -> Path:
-    """gensim's test_data folder, found without importing gensim (importing it takes about 0.8 s)."""
+    """gensim's test_data folder, found without importing gensim (see the module docstring)."""
     spec = importlib.util.find_spec("gensim")
     if spec is None or not spec.submodule_search_locations:
         raise UserError("the default text comes from the gensim package, which is not installed; pip install gensim")
@@ -287,7 +287,8 @@ def hf_dataset_texts(name: str, split: str = "train", column: str = "text", limi
         import datasets
     except ImportError:
         raise UserError(
-            f"reading the dataset {name} needs the datasets package; pip install datasets, or pass --text FILE (one passage per line)"
+            f"reading the dataset {name} needs the datasets package; pip install datasets, "
+            "or pass --text FILE (one passage per line)"
         ) from None
     try:
         rows = datasets.load_dataset(name, split=split, streaming=True)
@@ -300,8 +301,8 @@ def hf_dataset_texts(name: str, split: str = "train", column: str = "text", limi
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to reach or read the dataset is reported the same way
         raise UserError(
-            f"could not reach dataset {name} (split {split}): {type(exc).__name__}: {first_line(exc)}; the Hugging Face hub may be offline, "
-            "so pass --text FILE (one passage per line) instead"
+            f"could not reach dataset {name} (split {split}): {type(exc).__name__}: {first_line(exc)}; "
+            "the Hugging Face hub may be offline, so pass --text FILE (one passage per line) instead"
         ) from None
     if not texts:
         raise UserError(f"dataset {name} (split {split}) has no text in column {column!r}; pass --text FILE instead")

@@ -16,7 +16,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers.initialization import no_init_weights
 
+from ppocompress.compress.data.calibration import ensure_pad_token
 from ppocompress.compress.files.description import DESCRIPTION, FORMAT, read_description
 from ppocompress.compress.models.families import family
 from ppocompress.compress.models.loading import LoadedModel
@@ -63,15 +66,12 @@ def save(loaded: LoadedModel, directory: str | Path) -> Path:
 
 def load(directory: str | Path) -> LoadedModel:
     """Rebuilds a model written by save(); its outputs equal the saved model's."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-    from transformers.initialization import no_init_weights
-
     directory = Path(directory)
     meta = read_description(directory)
     base_config = dict(meta["base_config"])
     config = AutoConfig.for_model(**base_config)
     auto_class = AutoModelForCausalLM if family(meta["model_type"]).causal else AutoModel
-    with no_init_weights():  # every weight is read back below; random init took 4 s of a 5 s load
+    with no_init_weights():  # every weight is read back below, and random init would be most of the load's time
         model = auto_class.from_config(config)
     model.tie_weights()  # tied weights (GPT-2's lm_head and wte) are stored once
     plan = CompressionPlan.from_dict(meta["plan"])
@@ -79,8 +79,7 @@ def load(directory: str | Path) -> LoadedModel:
     load_state_tensors(model, load_file(str(directory / "model.safetensors")))
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     return LoadedModel(model, tokenizer, meta["model_type"], meta["source"], base_config, plan)
 
 
@@ -130,7 +129,8 @@ def load_state_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> No
             else:
                 continue  # tied to a tensor loaded under another name
             if value.shape != tensor.shape:
-                raise UserError(f"saved weight {full} has shape {tuple(value.shape)}, the plan gives {tuple(tensor.shape)}: the files do not match")
+                raise UserError(f"saved weight {full} has shape {tuple(value.shape)}, the plan gives {tuple(tensor.shape)}: "
+                                "the files do not match")
             with torch.no_grad():
                 tensor.copy_(value)
     if remaining:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ppocompress.compress.measure.quality import usable_positions
 from ppocompress.compress.models.loading import LoadedModel
+from ppocompress.compress.runtimes import get_runtime
 
 ST_MAX_SEQ_LENGTH = 256  # what all-MiniLM-L6-v2's own sentence-transformers config says
 FOLDERS = {"onnxruntime": "onnx", "openvino": "openvino"}  # runtime -> sub-folder sentence-transformers reads
@@ -29,8 +30,6 @@ def write_sentence_transformers_files(model: LoadedModel, directory: Path, calib
     model's `directory`. `model` is the fp32 pruned, recovered model (int8 where its plan
     says is applied by each runtime's export); served=(runtime, artifact) reuses an
     artifact already exported for that runtime instead of exporting it again."""
-    from ppocompress.compress.runtimes import get_runtime
-
     if model.is_causal:
         return  # sentence embeddings are for encoders
     directory = Path(directory)
@@ -60,8 +59,6 @@ def write_sentence_transformers_files(model: LoadedModel, directory: Path, calib
 def served_artifact(directory: Path, runtime: str) -> Path:
     """What a delivered folder serves `runtime` from: the folder itself for PyTorch (the
     exact pruned model), its onnx/ or openvino/ model otherwise."""
-    from ppocompress.compress.runtimes import get_runtime
-
     if runtime not in FOLDERS:
         return Path(directory)
     return Path(directory) / FOLDERS[runtime] / get_runtime(runtime).artifact_name

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ppocompress.compress.models.architecture import weight_matrix
 from ppocompress.compress.models.families import layer_table
 from ppocompress.compress.ops.quantize import is_int8_linear, is_packed_int8_linear
 from ppocompress.errors import UserError
@@ -78,6 +79,5 @@ def model_flops(model: nn.Module, seq_len: int) -> int:
     per_token = sum(row.flops_per_token for row in layer_table(model, seq_len))
     head = model.get_output_embeddings()  # None for a bare encoder
     if head is not None:
-        weight = head.weight() if callable(head.weight) else head.weight  # int8 Linear: a method
-        per_token += 2 * weight.numel()
+        per_token += 2 * weight_matrix(head).numel()
     return per_token * seq_len

@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from ppocompress.compress.data.calibration import MAX_LENGTH
 from ppocompress.compress.measure.quality import NextTokenReference, embed
 from ppocompress.compress.models.loading import LoadedModel
 
@@ -23,13 +24,14 @@ CAUSAL_MAX_LENGTH = 64  # tokens of a passage a causal LM is scored on (most sen
 class EmbeddingFidelity:
     """Mean cosine to the dense model's sentence embeddings of `texts`."""
 
-    def __init__(self, dense: LoadedModel, texts: list[str]):
+    def __init__(self, dense: LoadedModel, texts: list[str], max_length: int = MAX_LENGTH):
         self.tokenizer = dense.tokenizer
         self.texts = texts
-        self.reference = embed(dense.model, dense.tokenizer, texts)
+        self.max_length = max_length
+        self.reference = embed(dense.model, dense.tokenizer, texts, max_length=max_length)
 
     def __call__(self, model: nn.Module) -> float:
-        candidate = embed(model, self.tokenizer, self.texts)
+        candidate = embed(model, self.tokenizer, self.texts, max_length=self.max_length)
         return float((candidate * self.reference).sum(dim=1).mean())
 
     @staticmethod
@@ -39,12 +41,11 @@ class EmbeddingFidelity:
 
 class NextTokenFidelity:
     """exp(-mean KL(dense || model)) over the real tokens of `texts`; the dense
-    log-probabilities are kept in float16 (32 passages of about 30 tokens, 95 MB for
-    SmolLM2's 49,152 words)."""
+    log-probabilities, one row of the vocabulary's size per token, are kept in float16."""
 
-    def __init__(self, dense: LoadedModel, texts: list[str]):
+    def __init__(self, dense: LoadedModel, texts: list[str], max_length: int = CAUSAL_MAX_LENGTH):
         self.texts = texts
-        self.reference = NextTokenReference(dense.model, dense.tokenizer, texts, max_length=CAUSAL_MAX_LENGTH, dtype=torch.float16)
+        self.reference = NextTokenReference(dense.model, dense.tokenizer, texts, max_length=max_length, dtype=torch.float16)
 
     def __call__(self, model: nn.Module) -> float:
         return math.exp(-self.reference.compare(model).kl)
@@ -57,6 +58,8 @@ class NextTokenFidelity:
 Fidelity = EmbeddingFidelity | NextTokenFidelity
 
 
-def fidelity_for(dense: LoadedModel, texts: list[str]) -> Fidelity:
-    """The fidelity measure for the dense model's kind, on `texts`."""
-    return NextTokenFidelity(dense, texts) if dense.is_causal else EmbeddingFidelity(dense, texts)
+def fidelity_for(dense: LoadedModel, texts: list[str], max_length: int | None = None) -> Fidelity:
+    """The fidelity measure for the dense model's kind, on `texts` cut to `max_length`
+    tokens (None: the kind's default)."""
+    kind = NextTokenFidelity if dense.is_causal else EmbeddingFidelity
+    return kind(dense, texts) if max_length is None else kind(dense, texts, max_length)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppocompress.compress.runtimes import RUNTIMES, get_runtime
 from ppocompress.errors import UserError
 
 # In BERT-style vocabularies the first ids are [PAD], [unused...] and other special
@@ -42,8 +43,6 @@ def time_calls(run: Callable[[], object], warmup: int, repeats: int) -> list[flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ppocompress.compress.runtimes import RUNTIMES, get_runtime
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runtime", choices=list(RUNTIMES), required=True)
     parser.add_argument("--target", type=Path, required=True)

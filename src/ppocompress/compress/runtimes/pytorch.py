@@ -1,4 +1,5 @@
-"""PyTorch eager: the reference every speedup is measured against (fp32), and dynamic int8."""
+"""PyTorch eager: the reference every speedup is measured against (fp32), and torch's own
+int8 (dynamic for encoders, int8 weights only for causal LMs; see ops/quantize.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ppocompress.compress.files.description import is_saved_model
 from ppocompress.compress.runtimes.base import Runtime
 from ppocompress.errors import UserError
 
@@ -26,7 +28,7 @@ class TorchSession:
 
         if threads is not None:
             torch.set_num_threads(threads)
-        self.loaded = load(artifact) if (artifact / "compression.json").is_file() else load_model(str(artifact))
+        self.loaded = load(artifact) if is_saved_model(artifact) else load_model(str(artifact))
         self.model = self.loaded.model.eval()
         self.vocab_size = int(self.model.config.vocab_size)
         self._token_types = takes_token_type_ids(self.model)
@@ -68,7 +70,7 @@ class TorchRuntime(Runtime):
     artifact_name = "model"
 
     def int8_as_served_(self, layer, dense, input_statistics) -> None:
-        from ppocompress.compress.ops.quantize import torch_int8_for
+        from ppocompress.compress.ops.apply import torch_int8_for
 
         torch_int8_for(dense)(layer)
 
@@ -84,7 +86,8 @@ class TorchRuntime(Runtime):
 
     def check_artifact(self, path: Path) -> Path:
         if not path.is_dir():
-            raise UserError(f"{path} is not a model directory; the torch runtime runs a directory saved by ppocompress or save_pretrained")
+            raise UserError(f"{path} is not a model directory; "
+                            "the torch runtime runs a directory saved by ppocompress or save_pretrained")
         return path
 
     def session(self, artifact: Path, threads: int | None = None) -> TorchSession:

@@ -1,0 +1,111 @@
+"""What `ppocompress compress` is asked for: CompressSettings, checked before anything
+long starts (a bad value is one UserError line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ppocompress.compress.data.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES
+from ppocompress.compress.measure.timing import DEFAULT_THREADS, TimingSetup
+from ppocompress.compress.models.loading import resolve_source
+from ppocompress.compress.recovery.distillation import DistillConfig
+from ppocompress.compress.recovery.method import Recovery
+from ppocompress.compress.runtimes import CHOICES as RUNTIME_CHOICES
+from ppocompress.errors import UserError
+from ppocompress.search.env import Target
+from ppocompress.search.policy import POLICY_HINT
+from ppocompress.search.searchers import DEFAULT_SEARCHER, SEARCHERS, get_searcher, policy_searchers
+
+# Above what the dense int8 model reaches on the fastest runtime: the default asks for
+# more than quantizing alone gives.
+DEFAULT_TARGET_SPEEDUP = 5.0
+# Evaluations per searcher. A causal LM's cost several times an encoder's, so it is given
+# fewer, which keeps a default decoder run within the length of a sitting.
+DEFAULT_EVALS = {False: 200, True: 100}
+TARGET_SET_RUNS = 2  # a target set's default evaluations, per searcher: those of this many single-target runs
+MEASURED, FLOPS = "measured", "flops"  # --cost: a latency table timed on the serving runtime, or FLOPs
+
+
+@dataclass
+class CompressSettings:
+    model: str | None = None
+    target_speedup: float | None = DEFAULT_TARGET_SPEEDUP
+    target_size: float | None = None
+    target_set_speedups: list[float] | None = None  # --targets: a model per speedup, from one search
+    target_set_sizes: list[float] | None = None  # --target-sizes
+    policy: str | None = None  # a saved search policy the policy searcher starts from
+    searcher: str = DEFAULT_SEARCHER
+    # Evaluations per searcher (a target set: over all its targets); None: DEFAULT_EVALS, TARGET_SET_RUNS times for a set
+    evals: int | None = None
+    recovery: Recovery = Recovery.LSQ
+    recover_minutes: float | None = None  # how long a distillation may take; None: DistillConfig's default
+    seed: int = 0
+    baselines: bool = True
+    threads: int = DEFAULT_THREADS
+    text: str | None = None
+    cost: str = MEASURED
+    runtime: str = "auto"
+    trust_remote_code: bool = False
+    calibration_texts: int = CALIBRATION_PASSAGES
+    evaluation_texts: int = EVALUATION_PASSAGES
+
+    def targets(self) -> list[Target]:
+        """The target, or the target set's (ascending, each once); every value checked."""
+        given = {"speedup": self.target_speedup, "size": self.target_size}
+        sets = {"speedup": self.target_set_speedups, "size": self.target_set_sizes}
+        if sum(v is not None for v in (*given.values(), *sets.values())) != 1:
+            raise UserError("give exactly one of --target-speedup, --target-size, --targets and --target-sizes")
+        kind = next(k for k in given if given[k] is not None or sets[k] is not None)
+        values = sets[kind] if sets[kind] is not None else [given[kind]]
+        if not values:
+            raise UserError("--targets and --target-sizes need at least one value")
+        targets = [Target(kind, value) for value in sorted(set(values))]
+        for target in targets:
+            target.budget(1.0)  # the value's own range
+        return targets
+
+    @property
+    def is_target_set(self) -> bool:
+        """Asked for a target set (--targets, --target-sizes), even of one target."""
+        return self.target_set_speedups is not None or self.target_set_sizes is not None
+
+    def searchers(self) -> list[str]:
+        """The chosen searcher first, then the baselines on as many evaluations."""
+        return [self.searcher] + ([s for s in SEARCHERS if s != self.searcher] if self.baselines else [])
+
+    def max_evaluations(self, causal: bool) -> int:
+        """Evaluations each searcher may make (over the whole target set)."""
+        if self.evals is not None:
+            return self.evals
+        return DEFAULT_EVALS[causal] * (TARGET_SET_RUNS if self.is_target_set else 1)
+
+    def distillation(self) -> DistillConfig:
+        """How each delivered plan is distilled (if the recovery distills)."""
+        if self.recover_minutes is None:
+            return DistillConfig(seed=self.seed)
+        return DistillConfig(minutes=self.recover_minutes, seed=self.seed)
+
+    def timing(self, causal: bool) -> TimingSetup:
+        return TimingSetup.for_model(causal, self.threads)
+
+    def validate(self) -> None:
+        self.targets()
+        if self.policy is not None and self.searcher not in policy_searchers():
+            starts = " or ".join(policy_searchers())
+            raise UserError(f"--policy starts the {starts} searcher; drop it or use --searcher {starts} (got {self.searcher})")
+        if self.policy is not None and not Path(self.policy).is_dir():
+            raise UserError(f"--policy {self.policy} is not a folder; {POLICY_HINT}")
+        self.timing(causal=False)
+        if self.seed < 0:
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
+        resolve_source(self.model)  # a mistyped path fails here, not after minutes
+        get_searcher(self.searcher)
+        if self.evals is not None and self.evals < 1:
+            raise UserError(f"--evals must be >= 1, got {self.evals}")
+        if self.cost not in (MEASURED, FLOPS):
+            raise UserError(f"--cost must be {MEASURED} or {FLOPS}, got {self.cost!r}")
+        Recovery.parse(self.recovery)
+        self.distillation()
+        if self.runtime not in RUNTIME_CHOICES:
+            raise UserError(f"unknown runtime {self.runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
