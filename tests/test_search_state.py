@@ -116,3 +116,20 @@ def test_a_result_naming_a_level_no_menu_has_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="does not match the result schema") as refused:
         CompressResult.from_file(tmp_path / "result.json")
     assert len(str(refused.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_another_versions_interrupted_state_is_neither_overwritten_nor_resumed(job_inputs, tmp_path, capsys, resume):
+    from ppocompress.cli import main
+
+    model_dir, text = job_inputs
+    out = tmp_path / "run"
+    out.mkdir()
+    old = json.dumps({"format": "ppocompress.search-state/1", "settings": {}, "evaluations": {"0,0": 1.0},
+                      "finished": {}, "extras": {"sensitivity": [[0.0]]}})
+    (out / "state.json").write_text(old)
+    code = main(["compress", "--model", str(model_dir), "--text", str(text), "--cost", "flops", "--evals", "4",
+                 "--out", str(out), *(["--resume"] if resume else [])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "ppocompress.search-state/1" in err[0]
+    assert (out / "state.json").read_text() == old

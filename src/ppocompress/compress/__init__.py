@@ -3,8 +3,8 @@
 Knows nothing of reinforcement learning; the search (ppocompress.search) drives it.
 The names below load on first use, so that a latency worker, which imports one runtime
 module of this package, does not pay for torch and transformers. For the same reason
-runtimes/*, measure/timing.py and measure/latency_worker.py import the rest of the
-engine (and torch) only inside the functions that need it.
+runtimes/*, measure/timing.py and measure/latency_worker.py import torch, transformers
+and the modules that need them only inside the functions that use them.
 """
 
 from __future__ import annotations

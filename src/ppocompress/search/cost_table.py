@@ -34,7 +34,7 @@ from scipy.optimize import nnls
 from ppocompress.compress import LoadedModel, apply_plan, layer_table
 from ppocompress.compress.measure.cost import model_flops
 from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
-from ppocompress.compress.runtimes import get_runtime
+from ppocompress.compress.runtimes import REFERENCE, get_runtime
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text, cache_dir
 from ppocompress.search.evaluator import compression_plan
@@ -160,7 +160,7 @@ def measured_table(dense: LoadedModel, menu: list[Level], runtime: str, setup: T
         work = Path(workdir)
         log(f"measuring the latency table on {runtime}: {len(plans) + 1} models x {setup.rounds} rounds "
             f"(once; cached in {cache})")
-        targets = [("reference", get_runtime("torch").export(dense, work / "reference", []), "torch")]
+        targets = [("reference", get_runtime(REFERENCE).export(dense, work / "reference", []), REFERENCE)]
         for n, (label, plan) in enumerate(plans.items()):
             # which units a layer keeps does not change its cost; an int8 head as the search's plans have
             model = apply_plan(dense, compression_plan(plan, menu, table, int8_head=dense.is_causal), quantize=False)

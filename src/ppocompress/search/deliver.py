@@ -16,7 +16,7 @@ from ppocompress.compress.measure.timing import LatencyResult, measure_latencies
 from ppocompress.compress.models.loading import LoadedModel
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.recovery.method import Recovery
-from ppocompress.compress.runtimes import Runtime, get_runtime
+from ppocompress.compress.runtimes import REFERENCE, Runtime, get_runtime
 from ppocompress.fileio import move_into_place, staging_dir
 from ppocompress.search.env import Target
 from ppocompress.search.evaluator import sensitivity_evaluations
@@ -35,7 +35,6 @@ UNQUIET_SPREAD = 0.25  # (p90 - p10) / p10 of a model's timings above which the 
 
 PROMPTS = ("The capital of France is", "Once upon a time, in a small village,", "The best way to learn a new language is")
 GENERATED_TOKENS = 40
-REFERENCE = "torch"  # dense PyTorch fp32, which every speedup is against: its runtime, and its name among the timed models
 DENSE, DENSE_INT8 = "dense", "dense int8"  # the dense alternatives on the serving runtime, by name
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ppocompress.cluster import check_address
 from ppocompress.errors import UserError
-from ppocompress.fileio import atomic_write_text, output_dir, remove_leftovers
+from ppocompress.fileio import atomic_write_text, output_dir, read_json_object, remove_leftovers
 from ppocompress.search.deliver import deliver
 from ppocompress.search.env import Target
 from ppocompress.search.files import POLICY_DIR, RESULT_FILE, STATE_FILE, TARGET_SET_FILE
@@ -35,7 +35,7 @@ from ppocompress.search.results import CompressResult, TargetSetResult
 from ppocompress.search.scoring import ray_workers
 from ppocompress.search.searching import Results, finalists, search, target_set_evaluations
 from ppocompress.search.settings import CompressSettings
-from ppocompress.search.state import SearchState
+from ppocompress.search.state import STATE_FORMAT, STATE_FORMAT_NAME, SearchState
 
 
 def run_compress(settings: CompressSettings, out: Path, resume: bool = False, log=print,
@@ -89,10 +89,24 @@ def _run(settings: CompressSettings, out: Path, resume: bool, log, ray: str | No
 def _new_state(settings: CompressSettings, out: Path) -> SearchState:
     """A fresh state; refused where an interrupted run's measurements would be lost."""
     finished = out / (TARGET_SET_FILE if settings.is_target_set else RESULT_FILE)
-    if _worth_resuming(out / STATE_FILE) and not finished.exists():
-        raise UserError(f"{out} holds an interrupted run's measurements; add --resume to continue it, "
-                        f"or choose another --out (or delete {out / STATE_FILE}) to start afresh")
+    if not finished.exists():
+        if _worth_resuming(out / STATE_FILE):
+            raise UserError(f"{out} holds an interrupted run's measurements; add --resume to continue it, "
+                            f"or choose another --out (or delete {out / STATE_FILE}) to start afresh")
+        _refuse_another_versions_state(out / STATE_FILE)
     return SearchState(asdict(settings))
+
+
+def _refuse_another_versions_state(path: Path) -> None:
+    """A state another version of ppocompress wrote is not overwritten: its measurements
+    may be hours of work that version can still resume (a damaged state is, as before)."""
+    try:
+        written = read_json_object(path, "search state", "").get("format")
+    except UserError:
+        return
+    if isinstance(written, str) and written.startswith(STATE_FORMAT_NAME) and written != STATE_FORMAT:
+        raise UserError(f"{path} is an interrupted run's state from another version of ppocompress ({written}); "
+                        "resume it with that version, or choose another --out (or delete the file) to start afresh")
 
 
 def _resumed_state(settings: CompressSettings, out: Path) -> SearchState:

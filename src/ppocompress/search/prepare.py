@@ -17,7 +17,7 @@ from ppocompress.compress.data.text import TextSplits, load_splits, subset
 from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
 from ppocompress.compress.ops.importance import LayerImportance, importance_scores
 from ppocompress.compress.recovery.method import Recovery
-from ppocompress.compress.runtimes import available_runtimes, get_runtime, no_generation
+from ppocompress.compress.runtimes import AUTO, REFERENCE, available_runtimes, get_runtime, no_generation
 from ppocompress.errors import UserError
 from ppocompress.search.cost_table import (
     CALIBRATION_FOR_TIMING,
@@ -54,7 +54,6 @@ IMPORTANCE_PASSAGES = 256
 CAUSAL_REFIT_PASSAGES = 256
 CAUSAL_VALIDATION_SHARE = 0.25  # of those, as many again for choosing each refit's ridge
 ANCHOR_ROUNDS = 3  # rounds of the dense timings taken at the start of every run
-AUTO = "auto"  # --runtime: the fastest dense int8 model's runtime when timed, else PREFERENCE's first
 PREFERENCE = ("openvino", "onnxruntime", "torch")  # --runtime auto without measuring (--cost flops)
 
 
@@ -168,7 +167,7 @@ def _latency_table(dense: LoadedModel, menu: list[Level], runtime: str, setup: T
                    dense_ms: dict[str, float], targets: list[Target], log) -> CostTable:
     """The measured latency table on `runtime`, anchored to the dense timings of this run."""
     cost = measured_table(dense, menu, runtime, table_setup(setup), calibration, log=log)
-    cost = anchor_reference(cost, dense_ms["torch"], dense_ms[runtime], log=log)
+    cost = anchor_reference(cost, dense_ms[REFERENCE], dense_ms[runtime], log=log)
     check_reachable(cost, menu, targets)  # before the sensitivities
     return cost
 
@@ -262,15 +261,15 @@ def all_int8(dense: LoadedModel) -> LoadedModel:
 
 def time_dense_variants(dense: LoadedModel, runtimes: list[str], setup: TimingSetup, calibration: list[str],
                         log) -> dict[str, float]:
-    """Dense PyTorch fp32 ("torch"), and on each runtime the dense model at its default
+    """Dense PyTorch fp32 (REFERENCE), and on each runtime the dense model at its default
     precision (name) and with int8 in every layer ("name int8"), side by side, in ms."""
     with tempfile.TemporaryDirectory(prefix="ppocompress-dense-") as workdir:
         work = Path(workdir)
-        targets = [("torch", get_runtime("torch").export(dense, work / "torch", []), "torch")]
+        targets = [(REFERENCE, get_runtime(REFERENCE).export(dense, work / REFERENCE, []), REFERENCE)]
         int8 = all_int8(dense)
         for name in runtimes:
             runtime = get_runtime(name)
-            if name != "torch":
+            if name != REFERENCE:
                 targets.append((name, runtime.export(dense, work / name, calibration), name))
             targets.append((f"{name} int8", runtime.export(int8, work / f"{name}-int8", calibration), name))
         log(f"timing the dense model on {', '.join(runtimes)}: {len(targets)} models x {setup.rounds} rounds")

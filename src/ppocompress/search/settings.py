@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ppocompress.compress.commands.runtime_choice import check_runtime
 from ppocompress.compress.data.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES
 from ppocompress.compress.measure.timing import DEFAULT_THREADS, TimingSetup
 from ppocompress.compress.models.loading import resolve_source
 from ppocompress.compress.recovery.distillation import DistillConfig
 from ppocompress.compress.recovery.method import Recovery
-from ppocompress.compress.runtimes import CHOICES as RUNTIME_CHOICES
+from ppocompress.compress.runtimes import AUTO
 from ppocompress.errors import UserError
 from ppocompress.search.env import Target
 from ppocompress.search.policy import POLICY_HINT
@@ -45,7 +46,7 @@ class CompressSettings:
     threads: int = DEFAULT_THREADS
     text: str | None = None
     cost: str = MEASURED
-    runtime: str = "auto"
+    runtime: str = AUTO  # --runtime: the fastest dense int8 model's runtime when timed, else prepare.PREFERENCE's first
     trust_remote_code: bool = False
     calibration_texts: int = CALIBRATION_PASSAGES
     evaluation_texts: int = EVALUATION_PASSAGES
@@ -107,5 +108,4 @@ class CompressSettings:
             raise UserError(f"--cost must be {MEASURED} or {FLOPS}, got {self.cost!r}")
         Recovery.parse(self.recovery)
         self.distillation()
-        if self.runtime not in RUNTIME_CHOICES:
-            raise UserError(f"unknown runtime {self.runtime!r}; use one of {', '.join(RUNTIME_CHOICES)}")
+        check_runtime(self.runtime)

@@ -21,7 +21,8 @@ from ppocompress.search.files import read_versioned
 from ppocompress.search.plan import Plan
 from ppocompress.search.recorder import SearchResult
 
-STATE_FORMAT = "ppocompress.search-state/2"
+STATE_FORMAT_NAME = "ppocompress.search-state/"  # then the version
+STATE_FORMAT = STATE_FORMAT_NAME + "2"
 START_AFRESH = "start without --resume"
 
 

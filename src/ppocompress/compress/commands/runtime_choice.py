@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ppocompress.compress.runtimes import CHOICES, available_runtimes, get_runtime, no_generation
+from ppocompress.compress.runtimes import AUTO, CHOICES, available_runtimes, get_runtime, no_generation
 from ppocompress.errors import UserError
 
 
@@ -18,7 +18,7 @@ def runtimes_for(choice: str, causal: bool, log: Callable[[str], None] = print) 
     """--runtime NAME: that one (a UserError if it cannot run here, or cannot serve a causal
     LM); auto: every one that can, each one that cannot named in a line to `log`."""
     check_runtime(choice)
-    if choice == "auto":
+    if choice == AUTO:
         return [runtime.name for runtime in available_runtimes(log=log, causal=causal)]
     runtime = get_runtime(choice)
     runtime.require()

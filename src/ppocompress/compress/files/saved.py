@@ -34,8 +34,6 @@ from ppocompress.compress.plan import CompressionPlan
 from ppocompress.errors import UserError
 from ppocompress.fileio import move_into_place, staging_dir
 
-SPARSE_SUFFIXES = (".sparse_mask", ".sparse_values")
-
 
 def save(loaded: LoadedModel, directory: str | Path) -> Path:
     """Writes the model to directory atomically: a staging folder renamed into place."""

@@ -9,7 +9,9 @@ from ppocompress.compress.runtimes.pytorch import TorchRuntime
 from ppocompress.errors import UserError
 
 RUNTIMES: dict[str, Runtime] = {runtime.name: runtime for runtime in (TorchRuntime(), OnnxRuntime(), OpenVinoRuntime())}
-CHOICES = ("auto", *RUNTIMES)  # what --runtime accepts
+AUTO = "auto"  # --runtime: the command chooses (search/prepare.py, commands/runtime_choice.py)
+CHOICES = (AUTO, *RUNTIMES)  # what --runtime accepts
+REFERENCE = "torch"  # dense PyTorch fp32 on this runtime is what every speedup is against
 
 
 def get_runtime(name: str) -> Runtime:
