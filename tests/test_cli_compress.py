@@ -17,11 +17,12 @@ from ppocompress.compress.files.sentence_transformers_folder import (
 )
 from ppocompress.compress.measure.timing import TimingSetup
 from ppocompress.compress.pipeline import compress
+from ppocompress.compress.plan import Precision
 from ppocompress.compress.runtimes import get_runtime
 
 
 def test_evaluate_reports_quality_and_cost_of_a_plan(tiny_dir, text_file, tmp_path, capsys):
-    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(24)), int8=True), LayerPlan(drop=True),
+    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(24)), weights=Precision.INT8), LayerPlan(drop=True),
                             LayerPlan(keep_groups=[0, 1])])
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(plan.to_json())
@@ -89,7 +90,7 @@ def test_binary_text_file_is_rejected(tiny_dir, tmp_path, capsys):
 @pytest.mark.slow  # a dozen latency subprocesses
 def test_run_bench_measures_each_variant_side_by_side(tiny_dir):
     dense = load_model(str(tiny_dir))
-    variants = [Variant("dense"), Variant("int8", int8=True), Variant("ffn -50%", neuron_keep=0.5)]
+    variants = [Variant("dense"), Variant("int8", weights=Precision.INT8), Variant("ffn -50%", neuron_keep=0.5)]
     setup = TimingSetup(batch_size=4, seq_len=16, rounds=1, repeats=2, warmup=1)
     results = run_bench(dense, splits_from_texts(SHORT_LINES), ["torch", "onnxruntime"], variants, setup=setup,
                         log=lambda _: None)
@@ -106,7 +107,7 @@ def test_run_bench_measures_each_variant_side_by_side(tiny_dir):
 def delivered_dir(tiny_dir, tmp_path_factory):
     """A folder as compress delivers it: the pruned model saved for PyTorch, with its
     ONNX and OpenVINO models beside."""
-    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(24)), int8=True), LayerPlan(drop=True),
+    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(24)), weights=Precision.INT8), LayerPlan(drop=True),
                             LayerPlan(keep_groups=[0, 1])])
     pruned = compress(load_model(str(tiny_dir)), plan, "none", SHORT_LINES, quantize=False)
     folder = get_runtime("torch").export(pruned, tmp_path_factory.mktemp("delivered"), [])

@@ -22,6 +22,7 @@ from ppocompress.compress import (
 )
 from ppocompress.compress.models.loading import resolve_source
 from ppocompress.compress.ops.quantize import WeightInt8Linear, is_int8_linear
+from ppocompress.compress.plan import Precision
 from ppocompress.errors import UserError
 
 
@@ -104,7 +105,7 @@ def test_dropping_layers_removes_them(tiny):
 def test_save_and_load_give_identical_outputs(tiny, tmp_path):
     table = layer_table(tiny.model)
     plan = mixed_plan(table)
-    plan.layers[0].int8 = True
+    plan.layers[0].weights = Precision.INT8
     plan.layers[-1].sparsity = 0.5
     plan.layers[1].drop = True
     compressed = apply_plan(tiny, plan)
@@ -132,7 +133,7 @@ def test_gqa_pruning_keeps_the_query_to_kv_mapping(tmp_path):
 
 def test_int8_is_per_channel_and_smaller(tiny, tmp_path):
     table = layer_table(tiny.model)
-    plan = CompressionPlan([LayerPlan(int8=True) for _ in table])
+    plan = CompressionPlan([LayerPlan(weights=Precision.INT8) for _ in table])
     compressed = apply_plan(tiny, plan)
     quantized = [m for m in compressed.model.modules() if is_int8_linear(m)]
     adapter = adapter_for(compressed.model)
@@ -148,7 +149,7 @@ def test_int8_is_per_channel_and_smaller(tiny, tmp_path):
 
 
 def test_plan_json_round_trip(tmp_path):
-    plan = CompressionPlan([LayerPlan(keep_groups=[0, 2], keep_neurons=[1, 5, 7], int8=True), LayerPlan(drop=True),
+    plan = CompressionPlan([LayerPlan(keep_groups=[0, 2], keep_neurons=[1, 5, 7], weights=Precision.INT8), LayerPlan(drop=True),
                             LayerPlan(sparsity=0.25)])
     path = tmp_path / "plan.json"
     path.write_text(plan.to_json())

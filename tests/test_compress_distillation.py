@@ -16,6 +16,7 @@ from ppocompress.compress import (
     load_model,
 )
 from ppocompress.compress.pipeline import compress
+from ppocompress.compress.plan import Precision
 from ppocompress.compress.recovery import distillation as distillation_module
 from ppocompress.compress.recovery.distillation import DistillConfig, distill
 from ppocompress.errors import UserError
@@ -36,7 +37,7 @@ def _pruned(kind: str, tmp_path, drop_last: bool = False):
     layers = [LayerPlan(keep_neurons=list(range(info.ffn // 4))) for info in table]
     if drop_last:
         layers[-1] = LayerPlan(drop=True)
-    student = apply_plan(dense, CompressionPlan(layers, int8_head=False), quantize=False)
+    student = apply_plan(dense, CompressionPlan(layers), quantize=False)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in adapter_for(student.model).layers(student.model).parameters():
@@ -102,7 +103,8 @@ def test_a_checkpoint_of_another_plan_is_not_resumed(tmp_path):
 
 def test_lsq_then_distill_through_compress_and_bad_settings(tmp_path):
     dense, _ = _pruned("bert", tmp_path)
-    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(info.ffn // 2)), int8=True) for info in layer_table(dense.model)])
+    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(info.ffn // 2)), weights=Precision.INT8)
+                            for info in layer_table(dense.model)])
     compressed = compress(dense, plan, "lsq+distill", TEXTS, validation=VALIDATION, distillation=CONFIG)
     report = compressed.distillation
     assert 1 <= report.steps <= CONFIG.steps and report.best_fidelity >= report.validation[0][1]

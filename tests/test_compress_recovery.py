@@ -23,6 +23,7 @@ from ppocompress.compress.ops.importance import (
     plan_from_scores,
 )
 from ppocompress.compress.pipeline import compress
+from ppocompress.compress.plan import Precision
 from ppocompress.compress.recovery.lsq import (
     DEFAULT_RIDGE,
     RIDGES,
@@ -67,11 +68,11 @@ def test_activation_scores_rank_a_silenced_neuron_last(tmp_path):
 def test_plan_from_scores_keeps_the_top_fraction(tiny):
     table = layer_table(tiny.model)
     scores = importance_scores(tiny, TEXTS[:16])
-    plan = plan_from_scores(table, scores, [0.5] * len(table), [0.25] * len(table), int8=[True] * len(table))
+    plan = plan_from_scores(table, scores, [0.5] * len(table), [0.25] * len(table), weights=[Precision.INT8] * len(table))
     for info, score, lp in zip(table, scores, plan.layers):
         assert len(lp.keep_groups) == max(1, round(info.kv_heads / 2))
         expected = sorted(torch.topk(score.neurons, len(lp.keep_neurons)).indices.tolist())
-        assert lp.keep_neurons == expected and lp.int8
+        assert lp.keep_neurons == expected and lp.weights == Precision.INT8
     plan.validate(table, causal=tiny.is_causal)
 
 
@@ -135,7 +136,7 @@ def test_held_out_error_from_statistics_is_the_squared_error_less_a_constant():
 def test_recovery_then_int8_quantizes_after_refit(tmp_path):
     loaded = load_model(str(save_tiny_model("bert", tmp_path / "bert")))
     table = layer_table(loaded.model)
-    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(info.ffn // 2)), int8=True) for info in table])
+    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(info.ffn // 2)), weights=Precision.INT8) for info in table])
     compressed = compress(loaded, plan, "lsq", TEXTS)
     fidelity = embedding_fidelity(embed(loaded.model, loaded.tokenizer, TEXTS[:8]),
                                   embed(compressed.model, compressed.tokenizer, TEXTS[:8]))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from compress_models import sample_batch
-from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan
+from ppocompress.compress import CompressionPlan, LayerPlan, Precision, apply_plan
 from ppocompress.compress.models.families import adapter_for
 from ppocompress.compress.ops import quantize
 from ppocompress.compress.ops.quantize import (
@@ -69,7 +69,7 @@ def test_int8_in_the_planned_layers_shrinks_the_model_and_stays_close(tiny_model
     dense = tiny_model("bert")
     runtime = get_runtime(name)
     fp = runtime.export(dense, tmp_path / "fp", CALIBRATION)
-    int8 = apply_plan(dense, CompressionPlan([LayerPlan(int8=True)] * 3), quantize=False)
+    int8 = apply_plan(dense, CompressionPlan([LayerPlan(weights=Precision.INT8)] * 3), quantize=False)
     quantized = runtime.export(int8, tmp_path / "int8", CALIBRATION)
     assert runtime.size_bytes(quantized) < runtime.size_bytes(fp)
     got, expected = _run(runtime, quantized, dense), _reference(dense)
@@ -82,7 +82,7 @@ def test_openvino_quantizes_only_the_planned_layers(tiny_model, tmp_path):
     import openvino as ov
 
     dense = tiny_model("bert")
-    plan = CompressionPlan([LayerPlan(), LayerPlan(int8=True), LayerPlan(drop=True)])
+    plan = CompressionPlan([LayerPlan(), LayerPlan(weights=Precision.INT8), LayerPlan(drop=True)])
     model = apply_plan(dense, plan, quantize=False)
     assert int8_layers(model) == [1]
     artifact = get_runtime("openvino").export(model, tmp_path, CALIBRATION)
@@ -93,7 +93,7 @@ def test_openvino_quantizes_only_the_planned_layers(tiny_model, tmp_path):
 
 
 def test_static_int8_needs_calibration_text(tiny_model, tmp_path):
-    int8 = apply_plan(tiny_model("bert"), CompressionPlan([LayerPlan(int8=True)] * 3), quantize=False)
+    int8 = apply_plan(tiny_model("bert"), CompressionPlan([LayerPlan(weights=Precision.INT8)] * 3), quantize=False)
     with pytest.raises(UserError, match="calibration text"):
         get_runtime("openvino").export(int8, tmp_path, [])
 
@@ -103,7 +103,7 @@ def test_a_runtime_that_is_not_installed_is_reported_in_one_line_and_skipped(mon
     lines = []
     names = [r.name for r in available_runtimes(log=lines.append)]
     assert "openvino" not in names and "torch" in names
-    assert lines == ["skipping runtime openvino: openvino is not installed (pip install openvino nncf)"]
+    assert lines == ["skipping runtime openvino: openvino is not installed (pip install openvino openvino-genai nncf)"]
     with pytest.raises(UserError, match="not installed"):
         RUNTIMES["openvino"].require()
     with pytest.raises(UserError, match="unknown runtime"):

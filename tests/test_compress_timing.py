@@ -17,7 +17,7 @@ from ppocompress.compress.measure.timing import (
 )
 from ppocompress.compress.models.loading import load_model
 from ppocompress.compress.ops.apply import apply_plan
-from ppocompress.compress.plan import CompressionPlan, LayerPlan
+from ppocompress.compress.plan import CompressionPlan, LayerPlan, Precision
 from ppocompress.errors import UserError
 
 SMALL = TimingSetup(batch_size=4, seq_len=16, rounds=1, repeats=3, warmup=1)
@@ -42,7 +42,7 @@ def test_workers_time_torch_and_onnxruntime_targets(tiny_targets):
 
 def test_a_compressed_directory_with_compression_json_is_timed(tmp_path, tiny_targets):
     directory, _ = tiny_targets
-    plan = CompressionPlan([LayerPlan(int8=True), LayerPlan(keep_groups=[0, 1]), LayerPlan(drop=True)])
+    plan = CompressionPlan([LayerPlan(weights=Precision.INT8), LayerPlan(keep_groups=[0, 1]), LayerPlan(drop=True)])
     compressed = save(apply_plan(load_model(str(directory)), plan), tmp_path / "compressed")
     assert len(run_worker(compressed, "torch", SMALL)["times_ms"]) == SMALL.repeats
 

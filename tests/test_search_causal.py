@@ -15,7 +15,7 @@ import torch
 import ppocompress
 from compress_models import save_tiny_model
 from ppocompress.cli import main
-from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
+from ppocompress.compress import CompressionPlan, LayerPlan, Precision, apply_plan, load_model
 from ppocompress.compress.commands.bench import Variant, run_bench
 from ppocompress.compress.data.text import splits_from_texts
 from ppocompress.compress.files.saved import save
@@ -39,8 +39,8 @@ from ppocompress.search.results import CompressResult
 TEXTS = [f"the {w} of the town changed a lot over {n} years, said {name}" for n, (w, name) in
          enumerate(zip(["river", "market", "school", "road", "music", "bridge", "church", "harbour"] * 6,
                        ["ann", "bob", "carl"] * 16))]
-PLAN = CompressionPlan([LayerPlan(keep_groups=[0, 2], keep_neurons=list(range(24)), int8=True), LayerPlan(drop=True),
-                        LayerPlan(int8=True)], int8_head=True)
+PLAN = CompressionPlan([LayerPlan(keep_groups=[0, 2], keep_neurons=list(range(24)), weights=Precision.INT8), LayerPlan(drop=True),
+                        LayerPlan(weights=Precision.INT8)], head=Precision.INT8)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_the_evaluator_scores_causal_plans_by_kl_and_puts_the_head_back(llama):
     assert isinstance(evaluator.fidelity["low"], NextTokenFidelity)
     head = llama.model.lm_head
     dense = Plan.uniform(0, 3)
-    assert evaluator.plan(dense).int8_head
+    assert evaluator.plan(dense).head == Precision.INT8
     int8_only = evaluator.quality(dense)  # the int8 head alone
     drop = next(i for i, level in enumerate(menu) if level.drop)
     dropped = evaluator.quality(Plan.of([0, drop, 0]))
@@ -160,8 +160,8 @@ def test_bench_refuses_a_runtime_that_cannot_generate(llama_dir, tmp_path, capsy
 
 @pytest.mark.slow  # decode timing in worker processes for 4 models
 def test_bench_times_a_causal_lms_variants_decoding(llama):
-    variants = [Variant("dense"), Variant("int8", int8=True), Variant("KV groups -1/3", group_keep=2 / 3),
-                Variant("drop 1 layer int8", drop=1, int8=True)]
+    variants = [Variant("dense"), Variant("int8", weights=Precision.INT8), Variant("KV groups -1/3", group_keep=2 / 3),
+                Variant("drop 1 layer int8", drop=1, weights=Precision.INT8)]
     setup = TimingSetup(batch_size=1, seq_len=16, new_tokens=8, repeats=2, warmup=1, rounds=1, threads=1)
     results = run_bench(llama, splits_from_texts(TEXTS), ["torch"], variants, setup=setup, log=lambda _: None)
     by_name = {r.name: r for r in results}
@@ -184,10 +184,10 @@ def test_compress_a_tiny_llama_end_to_end(llama_dir, tmp_path, capsys):
     delivered = result.delivered
     assert delivered.kl_heldout >= 0 and 0 < delivered.top1_agreement <= 1 and delivered.perplexity_heldout > 0
     assert result.dense.kl_heldout == pytest.approx(0.0, abs=1e-6) and result.dense.perplexity_heldout > 0
-    assert delivered.latency.prefill_ms > 0 and delivered.plan["int8_head"]
+    assert delivered.latency.prefill_ms > 0 and delivered.plan["head"] == "int8"
     assert len(result.generations["dense"]) == len(result.generations["prompts"]) == len(result.generations["ppo"])
     reloaded = ppocompress.load(out / "model")
-    assert reloaded.is_causal and reloaded.plan.int8_head
+    assert reloaded.is_causal and reloaded.plan.head == Precision.INT8
     page = (out / "report.html").read_text()
     assert "Greedy generations" in page and "tokens/s decode" in page
     summary = capsys.readouterr().out.splitlines()
@@ -206,7 +206,7 @@ def test_evaluate_a_causal_plan_reports_tokens_per_second(llama_dir, tmp_path, c
     assert compressed["kl_to_dense"] > 0 and 0 < compressed["top1_agreement"] <= 1
     assert compressed["decode_tokens_per_s"] > 0 and compressed["prefill_tokens_per_s"] > 0
     assert report["dense"]["decode_tokens_per_s_torch_fp32"] > 0
-    assert report["timing"]["new_tokens"] == 128 and copy.deepcopy(report["plan"])["int8_head"]
+    assert report["timing"]["new_tokens"] == 128 and copy.deepcopy(report["plan"])["head"] == "int8"
 
 
 @pytest.mark.slow  # the real SmolLM2-135M: converted from the wheel's GGUF once (about 30 s), then cached
@@ -220,7 +220,7 @@ def test_the_real_smollm2_prunes_generates_and_reloads(tmp_path):
     table_groups = [None] * 30
     table_groups[3] = [0, 2]  # one of 3 KV groups (and its 3 query heads) removed
     plan = CompressionPlan([LayerPlan(keep_groups=table_groups[i], keep_neurons=list(range(1152)) if i == 5 else None,
-                                      drop=i == 27, int8=True) for i in range(30)], int8_head=True)
+                                      drop=i == 27, weights=Precision.INT8) for i in range(30)], head=Precision.INT8)
     small = apply_plan(dense, plan)
     reference = NextTokenReference(dense.model, dense.tokenizer, texts)
     assert reference.compare(small.model).perplexity < 3 * fluent  # a mild plan, no recovery: still a language model

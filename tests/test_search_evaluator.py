@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from compress_models import outputs, sample_batch, save_tiny_model
-from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
+from ppocompress.compress import CompressionPlan, LayerPlan, Precision, apply_plan, load_model
 from ppocompress.compress.measure.timing import TimingSetup
 from ppocompress.compress.ops.importance import importance_scores
 from ppocompress.search import default_menu
@@ -123,13 +123,14 @@ def test_the_engine_plan_keeps_the_top_units_by_importance_or_the_first_ones_for
     half = level_index(group_keep=0.5, neuron_keep=0.5, int8=True)
     drop = level_index(drop=True)
     plan = Plan.of([half, drop, 0])
-    scored, priced = evaluator.plan(plan), compression_plan(plan, MENU, evaluator.table, int8_head=evaluator.int8_head)
+    scored, priced = evaluator.plan(plan), compression_plan(plan, MENU, evaluator.table, head=evaluator.head)
     top = evaluator.scores[0]
     assert scored.layers[0].keep_groups == sorted(torch.topk(top.groups, 2).indices.tolist())
     assert scored.layers[0].keep_neurons == sorted(torch.topk(top.neurons, 24).indices.tolist())
     assert priced.layers[0].keep_groups == [0, 1] and priced.layers[0].keep_neurons == list(range(24))
     for layers in (scored.layers, priced.layers):
-        assert layers[0].int8 and layers[1].drop and not layers[1].int8 and layers[2].keep_groups is None
+        assert layers[0].weights == Precision.INT8 and layers[2].keep_groups is None
+        assert layers[1].drop and layers[1].weights == Precision.FLOAT
 
 
 def test_flops_table_prices_levels(tiny):

@@ -84,7 +84,7 @@ def measured(name: str, plan: Plan | None = None) -> MeasuredModel:
                           size_bytes=1000, cosine_heldout=0.99, cosine_heldout_min=0.9, lee_pearson=0.8,
                           speedup_over_rounds=[2.0, 2.1])
     if plan is not None:
-        model.levels, model.plan, model.evaluations = plan.chosen(MENU), {"layers": [], "int8_head": False}, 2
+        model.levels, model.plan, model.evaluations = plan.chosen(MENU), {"layers": [], "head": "float"}, 2
         model.distillation = DistillReport(steps=3, validation=[(0, 0.9), (3, 0.95)], stopped="budget")
     return model
 

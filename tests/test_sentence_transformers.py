@@ -10,7 +10,7 @@ from sentence_transformers import SentenceTransformer
 
 import ppocompress
 from compress_models import save_tiny_model
-from ppocompress.compress import CompressionPlan, LayerPlan, apply_plan, load_model
+from ppocompress.compress import CompressionPlan, LayerPlan, Precision, apply_plan, load_model
 from ppocompress.compress.files.sentence_transformers_folder import (
     write_sentence_transformers_files,
 )
@@ -23,32 +23,12 @@ CALIBRATION = [f"passage {i} about {w} and the way it shapes the day" for i, w i
                enumerate(["rain", "maps", "songs", "bread", "ships", "clocks", "trees", "coins"] * 4)]
 
 
-def _let_optimum_intel_import() -> None:
-    """optimum-intel 2.2.0 declares transformers < 5.6 and, with a newer one,
-    fails at import on three names of vision models that transformers renamed. The
-    feature-extraction path never touches them; they are pointed at their new names or at
-    a stub that refuses, so the real loader runs. Remove once optimum-intel supports the
-    transformers this project pins."""
-    from transformers.models.qwen2_vl import modeling_qwen2_vl
-    from transformers.models.qwen3_5 import modeling_qwen3_5
-    from transformers.models.qwen3_vl import modeling_qwen3_vl
-
-    def unsupported(*args, **kwargs):
-        raise NotImplementedError("not available with this transformers version")
-
-    if not hasattr(modeling_qwen2_vl, "VisionRotaryEmbedding"):
-        modeling_qwen2_vl.VisionRotaryEmbedding = modeling_qwen2_vl.Qwen2VLVisionRotaryEmbedding
-    for vision_model in (modeling_qwen3_vl.Qwen3VLVisionModel, modeling_qwen3_5.Qwen3_5VisionModel):
-        if not hasattr(vision_model, "rot_pos_emb"):
-            vision_model.rot_pos_emb = unsupported
-
-
 @pytest.fixture(scope="module")
 def delivered(tmp_path_factory):
     """A tiny BERT pruned differently per layer, int8 in one layer, saved as a delivery is."""
     root = tmp_path_factory.mktemp("st")
     dense = load_model(str(save_tiny_model("bert", root / "dense")))
-    plan = CompressionPlan([LayerPlan(keep_groups=[0, 2], int8=True), LayerPlan(keep_neurons=list(range(20))),
+    plan = CompressionPlan([LayerPlan(keep_groups=[0, 2], weights=Precision.INT8), LayerPlan(keep_neurons=list(range(20))),
                             LayerPlan(drop=True)])
     model = apply_plan(dense, plan, quantize=False)
     directory = get_runtime("torch").export(model, root, [])  # int8 layers quantized, reloads with ppocompress.load
@@ -59,9 +39,8 @@ def delivered(tmp_path_factory):
 @pytest.mark.parametrize("backend, runtime, artifact", [("onnx", "onnxruntime", "onnx/model.onnx"),
                                                         ("openvino", "openvino", "openvino/openvino_model.xml")])
 def test_sentence_transformers_encodes_as_ppocompress_does(delivered, backend, runtime, artifact, monkeypatch):
+    """Loaded exactly as README tells users to, with nothing patched."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    if backend == "openvino":
-        _let_optimum_intel_import()
     directory, model = delivered
     st = SentenceTransformer(str(directory), backend=backend, device="cpu")
     theirs = torch.from_numpy(st.encode(SENTENCES))

@@ -13,7 +13,7 @@ import importlib
 
 _EXPORTS = {
     "EMBEDDED_DEFAULT": "models.loading", "LoadedModel": "models.loading", "load_model": "models.loading",
-    "CompressionPlan": "plan", "LayerPlan": "plan",
+    "CompressionPlan": "plan", "LayerPlan": "plan", "Precision": "plan",
     "LayerInfo": "models.architecture", "adapter_for": "models.families", "layer_table": "models.families",
     "apply_plan": "ops.apply", "load": "files.saved", "save": "files.saved", "compress": "pipeline",
 }

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from ppocompress.compress.models.architecture import LayerInfo
 from ppocompress.errors import UserError
 from ppocompress.fileio import read_json_object
+
+
+class Precision(str, Enum):
+    """How a layer's weights are stored and served."""
+
+    FLOAT = "float"  # the runtime's floating point: fp32 on PyTorch and ONNX Runtime, bf16 or fp16 on OpenVINO
+    INT8 = "int8"  # 8 bits, a scale per output channel (see ops/quantize.py)
+    INT4 = "int4"  # 4 bits, asymmetric, a scale and zero point per group of inputs; OpenVINO only
 
 
 @dataclass
@@ -22,16 +31,16 @@ class LayerPlan:
     keep_groups: list[int] | None = None  # attention groups (KV heads; = heads without GQA)
     keep_neurons: list[int] | None = None  # FFN neurons
     drop: bool = False  # remove the whole layer
-    int8: bool = False  # int8 weights with per-channel scales on the layer's Linear layers (see ops/quantize.py)
+    weights: Precision = Precision.FLOAT  # of the layer's Linear layers
     sparsity: float = 0.0  # unstructured magnitude sparsity; saves size only, no CPU speed
 
 
 @dataclass
 class CompressionPlan:
     layers: list[LayerPlan] = field(default_factory=list)
-    # A causal LM's output head in int8 weights too: every generated token reads it, and in a
-    # small LM it is a large share of the weights, for little loss of quality.
-    int8_head: bool = False
+    # A causal LM's output head (and, where it is tied to it, the input embedding): every
+    # generated token reads it, and in a small LM it is a large share of the weights.
+    head: Precision = Precision.FLOAT
 
     @classmethod
     def dense(cls, num_layers: int) -> "CompressionPlan":
@@ -47,12 +56,20 @@ class CompressionPlan:
 
     def int8_layers(self) -> list[int]:
         """Indices, among the kept layers, of the layers marked int8."""
-        return [i for i, layer in enumerate(self.kept_layers()) if layer.int8]
+        return self.layers_in(Precision.INT8)
+
+    def layers_in(self, precision: Precision) -> list[int]:
+        """Indices, among the kept layers, of the layers whose weights are in `precision`."""
+        return [i for i, layer in enumerate(self.kept_layers()) if layer.weights == precision]
+
+    def uses(self, precision: Precision) -> bool:
+        """Whether any kept layer or the head is in `precision`."""
+        return bool(self.layers_in(precision)) or self.head == precision
 
     def validate(self, table: list[LayerInfo], causal: bool) -> None:
         """Raise UserError unless this plan fits a model with this layer table."""
-        if self.int8_head and not causal:
-            raise UserError("int8_head is for causal language models (their output head); set it to false")
+        if self.head != Precision.FLOAT and not causal:
+            raise UserError("head is for causal language models (their output head); set it to \"float\"")
         if len(self.layers) != len(table):
             raise UserError(f"the plan has {len(self.layers)} layers but the model has {len(table)}; "
                             "make the plan for this model")
@@ -72,13 +89,15 @@ class CompressionPlan:
                 raise UserError(f"{where}: sparsity must be in [0, 1), got {layer.sparsity}")
 
     def to_dict(self) -> dict:
-        return {"layers": [asdict(layer) for layer in self.layers], "int8_head": self.int8_head}
+        layers = [{**asdict(layer), "weights": layer.weights.value} for layer in self.layers]
+        return {"layers": layers, "head": self.head.value}
 
     @classmethod
     def from_dict(cls, data: dict) -> "CompressionPlan":
         try:
-            return cls([LayerPlan(**layer) for layer in data["layers"]], int8_head=bool(data.get("int8_head", False)))
-        except (KeyError, TypeError) as exc:
+            layers = [LayerPlan(**_layer_fields(layer)) for layer in data["layers"]]
+            return cls(layers, head=_precision(data.get("head"), data.get("int8_head")))
+        except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"not a compression plan ({exc}); expected {{\"layers\": [{{\"keep_groups\": ..., ...}}]}}") from None
 
     def to_json(self) -> str:
@@ -90,3 +109,20 @@ class CompressionPlan:
         if "plan" in data:  # a result.json or compression.json holds one
             data = data["plan"]
         return cls.from_dict(data)
+
+
+def _layer_fields(layer: dict) -> dict:
+    """A layer's fields, its precision parsed; plans written before precisions had an
+    int8 flag instead, read as int8 or float."""
+    fields = dict(layer)
+    fields["weights"] = _precision(fields.get("weights"), fields.pop("int8", None))
+    return fields
+
+
+def _precision(value: str | None, int8_flag: bool | None) -> Precision:
+    if value is None:
+        return Precision.INT8 if int8_flag else Precision.FLOAT
+    try:
+        return Precision(value)
+    except ValueError:
+        raise ValueError(f"unknown precision {value!r}, use one of {', '.join(p.value for p in Precision)}") from None

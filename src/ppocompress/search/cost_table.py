@@ -37,7 +37,7 @@ from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
 from ppocompress.compress.runtimes import REFERENCE, get_runtime
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text, cache_dir
-from ppocompress.search.evaluator import compression_plan
+from ppocompress.search.evaluator import compression_plan, searched_head
 from ppocompress.search.levels import DENSE, Level, drop_index
 from ppocompress.search.plan import Plan
 
@@ -163,7 +163,7 @@ def measured_table(dense: LoadedModel, menu: list[Level], runtime: str, setup: T
         targets = [("reference", get_runtime(REFERENCE).export(dense, work / "reference", []), REFERENCE)]
         for n, (label, plan) in enumerate(plans.items()):
             # which units a layer keeps does not change its cost; an int8 head as the search's plans have
-            model = apply_plan(dense, compression_plan(plan, menu, table, int8_head=dense.is_causal), quantize=False)
+            model = apply_plan(dense, compression_plan(plan, menu, table, head=searched_head(dense)), quantize=False)
             targets.append((label, get_runtime(runtime).export(model, work / f"model{n}", calibration[:CALIBRATION_FOR_TIMING]),
                             runtime))
         measured = measure_latencies(targets, setup)

@@ -36,13 +36,14 @@ from ppocompress.compress import (
     CompressionPlan,
     LayerPlan,
     LoadedModel,
+    Precision,
     adapter_for,
     layer_table,
 )
 from ppocompress.compress.data.calibration import watch_inputs
 from ppocompress.compress.measure.fidelity import fidelity_for
 from ppocompress.compress.models.architecture import LayerInfo
-from ppocompress.compress.ops.apply import compress_layer, torch_int8_for
+from ppocompress.compress.ops.apply import compress_layer
 from ppocompress.compress.ops.importance import LayerImportance, kept_units
 from ppocompress.compress.ops.quantize import InputStatistics
 from ppocompress.compress.recovery.lsq import projection_grams, refit_to_subset
@@ -72,18 +73,25 @@ Qualities = Callable[[list[Plan], str], Iterable[float]]  # (plans, fidelity) ->
 
 
 def compression_plan(plan: Plan, menu: Sequence[Level], table: Sequence[LayerInfo],
-                     scores: Sequence[LayerImportance] | None = None, int8_head: bool = False) -> CompressionPlan:
+                     scores: Sequence[LayerImportance] | None = None, head: Precision = Precision.FLOAT) -> CompressionPlan:
     """The engine's plan for a search plan: each layer, at its level, keeps its top attention
     groups and FFN neurons by `scores`; without scores (pricing: which units a layer keeps
-    does not change its cost) the first ones. int8_head: a causal LM's output head in int8."""
+    does not change its cost) the first ones. head: the precision of a causal LM's output head."""
     return CompressionPlan([layer_plan(info, menu[level], None if scores is None else scores[index])
-                            for index, (info, level) in enumerate(zip(table, plan))], int8_head=int8_head)
+                            for index, (info, level) in enumerate(zip(table, plan))], head=head)
+
+
+def searched_head(dense: LoadedModel) -> Precision:
+    """The output head every searched plan of this model carries: int8 for a causal LM
+    (see CompressionPlan.head), float for an encoder, which has none."""
+    return Precision.INT8 if dense.is_causal else Precision.FLOAT
 
 
 def layer_plan(info: LayerInfo, level: Level, score: LayerImportance | None = None) -> LayerPlan:
     """What one layer keeps at `level` (see compression_plan)."""
     groups, neurons = kept_units(info, _by_position(info) if score is None else score, level.group_keep, level.neuron_keep)
-    return LayerPlan(keep_groups=groups, keep_neurons=neurons, drop=level.drop, int8=level.int8 and not level.drop)
+    weights = Precision.INT8 if level.int8 and not level.drop else Precision.FLOAT
+    return LayerPlan(keep_groups=groups, keep_neurons=neurons, drop=level.drop, weights=weights)
 
 
 def _by_position(info: LayerInfo) -> LayerImportance:
@@ -119,9 +127,8 @@ class PlanEvaluator:
         self.texts = {name: calibration[:count] for name, count in passages.items()}
         by_count = {count: fidelity_for(dense, calibration[:count]) for count in sorted(set(passages.values()))}
         self.fidelity = {name: by_count[count] for name, count in passages.items()}
-        # A causal LM's searched plans all carry an int8 output head (see CompressionPlan).
-        self.int8_head = dense.is_causal
-        self._head = self._int8_head() if self.int8_head else None
+        self.head = searched_head(dense)
+        self._head = self._int8_head() if self.head == Precision.INT8 else None
         self._layers: dict[tuple[int, int], nn.Module] = {}
         # Two evaluators with the same identity give every plan the same reward.
         self.identity = hashlib.sha256(json.dumps({
@@ -134,7 +141,7 @@ class PlanEvaluator:
     def plan(self, plan: Plan) -> CompressionPlan:
         """The engine's plan for a search plan, as the evaluator scores it: each layer keeps
         its top attention groups and FFN neurons by importance."""
-        return compression_plan(plan, self.menu, self.table, self.scores, self.int8_head)
+        return compression_plan(plan, self.menu, self.table, self.scores, self.head)
 
     def layer(self, index: int, level_index: int) -> nn.Module:
         """Layer `index` compressed to menu level `level_index`, built on first use."""
@@ -154,8 +161,9 @@ class PlanEvaluator:
     def _int8_head(self) -> nn.Module:
         """The causal LM's output head in int8 as the serving runtime computes it."""
         if not self.runtime.generates:
-            raise UserError("causal LMs are served on the torch runtime; pass --runtime torch")
-        return torch_int8_for(self.dense.model)(copy.deepcopy(self.dense.model.lm_head))
+            raise UserError(f"causal LMs cannot be served on {self.runtime.name}; pass --runtime openvino or torch")
+        head = copy.deepcopy(self.dense.model.lm_head)
+        return self.runtime.int8_as_served_(head, self.dense.model, lambda _: {})
 
     def _int8(self, index: int, layer: nn.Module) -> None:
         """int8 as the serving runtime computes it: its own kernels (torch), ranges per call

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppocompress.compress import CompressionPlan, LayerPlan, LoadedModel, apply_plan, layer_table, load_model
+from ppocompress.compress import CompressionPlan, LayerPlan, LoadedModel, Precision, apply_plan, layer_table, load_model
 from ppocompress.compress.data.text import TextSplits, load_splits, subset
 from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
 from ppocompress.compress.ops.importance import LayerImportance, importance_scores
@@ -35,6 +35,7 @@ from ppocompress.search.evaluator import (
     drop_pair_evaluations,
     drop_pair_table,
     fidelity_passages,
+    searched_head,
     sensitivity_evaluations,
     sensitivity_table,
 )
@@ -255,8 +256,8 @@ def preferred_runtime(causal: bool = False) -> str:
 def all_int8(dense: LoadedModel) -> LoadedModel:
     """The dense model with every layer (and a causal LM's output head) marked int8 (fp32
     weights until a runtime quantizes)."""
-    layers = [LayerPlan(int8=True) for _ in range(dense.model.config.num_hidden_layers)]
-    return apply_plan(dense, CompressionPlan(layers, int8_head=dense.is_causal), quantize=False)
+    layers = [LayerPlan(weights=Precision.INT8) for _ in range(dense.model.config.num_hidden_layers)]
+    return apply_plan(dense, CompressionPlan(layers, head=searched_head(dense)), quantize=False)
 
 
 def time_dense_variants(dense: LoadedModel, runtimes: list[str], setup: TimingSetup, calibration: list[str],

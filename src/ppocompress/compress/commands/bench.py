@@ -31,7 +31,7 @@ from ppocompress.compress.ops.importance import (
     plan_from_scores,
 )
 from ppocompress.compress.pipeline import compress
-from ppocompress.compress.plan import CompressionPlan
+from ppocompress.compress.plan import CompressionPlan, Precision
 from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import get_runtime
 from ppocompress.fileio import atomic_write_text
@@ -43,7 +43,8 @@ class Variant:
     group_keep: float = 1.0  # fraction of attention groups kept in every layer
     neuron_keep: float = 1.0  # fraction of FFN neurons kept in every layer
     drop: int = 0  # whole layers removed (least block influence first)
-    int8: bool = False
+    weights: Precision = Precision.FLOAT  # of every kept layer
+    head: Precision | None = None  # a causal LM's output head; None: as the layers
     plan: CompressionPlan | None = None  # a given plan instead of the uniform fields
 
     def plan_for(self, dense: LoadedModel, scores) -> CompressionPlan:
@@ -52,14 +53,14 @@ class Variant:
         table = layer_table(dense.model)
         n = len(table)
         dropped = set(layers_to_drop(scores, self.drop)) if self.drop else set()
-        plan = plan_from_scores(table, scores, [self.group_keep] * n, [self.neuron_keep] * n, int8=[self.int8] * n,
+        plan = plan_from_scores(table, scores, [self.group_keep] * n, [self.neuron_keep] * n, weights=[self.weights] * n,
                                 drop=[j in dropped for j in range(n)])
-        return replace(plan, int8_head=self.int8 and dense.is_causal)  # a decoder's int8 covers its output head
+        return replace(plan, head=(self.head or self.weights) if dense.is_causal else Precision.FLOAT)
 
 
 VARIANTS = [
     Variant("dense"),
-    Variant("int8", int8=True),
+    Variant("int8", weights=Precision.INT8),
     Variant("heads -25%", group_keep=0.75),
     Variant("heads -50%", group_keep=0.5),
     Variant("ffn -25%", neuron_keep=0.75),
@@ -67,23 +68,24 @@ VARIANTS = [
     Variant("drop 1 layer", drop=1),
     Variant("drop 2 layers", drop=2),
     Variant("heads -50% ffn -50%", group_keep=0.5, neuron_keep=0.5),
-    Variant("ffn -50% int8", neuron_keep=0.5, int8=True),
-    Variant("heads -50% ffn -50% int8", group_keep=0.5, neuron_keep=0.5, int8=True),
-    Variant("drop 2 layers int8", drop=2, int8=True),
+    Variant("ffn -50% int8", neuron_keep=0.5, weights=Precision.INT8),
+    Variant("heads -50% ffn -50% int8", group_keep=0.5, neuron_keep=0.5, weights=Precision.INT8),
+    Variant("drop 2 layers int8", drop=2, weights=Precision.INT8),
 ]
 
 
-# Decoders: int8 weights (with the output head), whole KV groups of few (SmolLM2 has 3), layers.
+# Decoders: int8 or int4 weights (int4 on OpenVINO only), whole KV groups of few (SmolLM2 has 3), layers.
 CAUSAL_VARIANTS = [
     Variant("dense"),
-    Variant("int8", int8=True),
+    Variant("int8", weights=Precision.INT8),
+    Variant("int4", weights=Precision.INT4, head=Precision.INT8),  # head in int8, as NNCF's int4 default keeps it
     Variant("KV groups -1/3", group_keep=2 / 3),
     Variant("ffn -25%", neuron_keep=0.75),
     Variant("ffn -50%", neuron_keep=0.5),
     Variant("drop 2 layers", drop=2),
-    Variant("ffn -25% int8", neuron_keep=0.75, int8=True),
-    Variant("drop 2 layers int8", drop=2, int8=True),
-    Variant("drop 4 layers int8", drop=4, int8=True),
+    Variant("ffn -25% int8", neuron_keep=0.75, weights=Precision.INT8),
+    Variant("drop 2 layers int8", drop=2, weights=Precision.INT8),
+    Variant("drop 4 layers int8", drop=4, weights=Precision.INT8),
 ]
 
 
@@ -162,6 +164,9 @@ def run_bench(dense: LoadedModel, texts: TextSplits, runtimes: list[str], varian
                             validation=texts.validation)
             for name in runtimes:
                 runtime = get_runtime(name)
+                if plan.uses(Precision.INT4) and not runtime.serves_int4:
+                    log(f"[{i + 1}/{len(variants)}] {variant.name}: not on {name}, which does not serve int4 weights")
+                    continue
                 log(f"[{i + 1}/{len(variants)}] {variant.name} on {name}")
                 artifact = runtime.export(fp32, work / f"variant{i}-{name}", texts.calibration)
                 quality = held_out.judge(runtime.session(artifact))

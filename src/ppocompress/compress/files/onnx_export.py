@@ -48,10 +48,23 @@ class _ExportWrapper(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        mask = _additive_mask(attention_mask, self.causal, self.model.dtype)
         if self.causal:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        return self.model(input_ids=input_ids, attention_mask=mask, **extra).last_hidden_state
+
+
+def _additive_mask(attention_mask: torch.Tensor, causal: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The (batch, 1, query, key) additive mask the model would build from the 2-D one.
+    It is passed ready-made because transformers' own mask builder reads the sequence length
+    as a Python number, which the TorchScript tracer hands it as a tensor; a 4-D mask is
+    used as it is. Positions come from a cumulative sum so the graph keeps a dynamic length."""
+    keep = attention_mask[:, None, None, :].bool()
+    if causal:
+        position = torch.ones_like(attention_mask[0]).cumsum(0)
+        keep = keep & (position[None, :] <= position[:, None])
+    return torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, torch.finfo(dtype).min)
 
 
 def export_onnx(model: nn.Module, tokenizer, path: str | Path, opset: int = 17) -> Path:

@@ -30,7 +30,7 @@ from ppocompress.compress.ops.quantize import (
     is_packed_int8_linear,
     load_int8_tensors,
 )
-from ppocompress.compress.plan import CompressionPlan
+from ppocompress.compress.plan import CompressionPlan, Precision
 from ppocompress.errors import UserError
 from ppocompress.fileio import move_into_place, staging_dir
 
@@ -40,7 +40,7 @@ def save(loaded: LoadedModel, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     plan = loaded.plan if loaded.plan is not None else CompressionPlan.dense(loaded.model.config.num_hidden_layers)
-    if (plan.int8_layers() or plan.int8_head) and not any(is_int8_linear(m) for m in loaded.model.modules()):
+    if plan.uses(Precision.INT8) and not any(is_int8_linear(m) for m in loaded.model.modules()):
         # load() quantizes the int8-marked layers before reading the weights back.
         raise ValueError("the plan marks int8 layers but the model holds none; quantize it first "
                          "(apply_plan(quantize=True), or the torch runtime's export)")

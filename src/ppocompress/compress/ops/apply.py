@@ -13,7 +13,7 @@ from ppocompress.compress.models.architecture import FamilyAdapter
 from ppocompress.compress.models.families import adapter_for, family_of, layer_table
 from ppocompress.compress.models.loading import LoadedModel
 from ppocompress.compress.ops.quantize import torch_int8_
-from ppocompress.compress.plan import CompressionPlan, LayerPlan
+from ppocompress.compress.plan import CompressionPlan, LayerPlan, Precision
 from ppocompress.errors import UserError
 
 
@@ -53,7 +53,7 @@ def compress_layer(layer: nn.Module, plan: LayerPlan, adapter: FamilyAdapter, he
     if plan.sparsity > 0:
         for module in adapter.attention_modules(layer) + adapter.ffn_modules(layer):
             magnitude_sparsify_(module.weight, plan.sparsity)
-    if plan.int8 and int8 is not None:
+    if plan.weights == Precision.INT8 and int8 is not None:
         int8(conv1d_to_linear_(layer))
     return layer
 
@@ -67,7 +67,7 @@ def restructure(model: nn.Module, plan: CompressionPlan, quantize: bool = True) 
         if not layer_plan.drop:
             compress_layer(layer, layer_plan, adapter, head_dim, int8=torch_int8_for(model) if quantize else None)
     adapter.drop_layers(model, [i for i, p in enumerate(plan.layers) if p.drop])
-    if quantize and plan.int8_head:
+    if quantize and plan.head == Precision.INT8:
         quantize_head_(model)
 
 
@@ -76,9 +76,9 @@ def quantize_planned_layers(model: nn.Module, plan: CompressionPlan) -> None:
     adapter = adapter_for(model)
     int8 = torch_int8_for(model)
     for layer, layer_plan in zip(adapter.layers(model), plan.kept_layers()):
-        if layer_plan.int8:
+        if layer_plan.weights == Precision.INT8:
             int8(conv1d_to_linear_(layer))
-    if plan.int8_head:
+    if plan.head == Precision.INT8:
         quantize_head_(model)
 
 

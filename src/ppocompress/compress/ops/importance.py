@@ -25,7 +25,7 @@ from ppocompress.compress.data.calibration import (
 from ppocompress.compress.models.architecture import LayerInfo
 from ppocompress.compress.models.families import adapter_for, layer_table
 from ppocompress.compress.models.loading import LoadedModel
-from ppocompress.compress.plan import CompressionPlan, LayerPlan
+from ppocompress.compress.plan import CompressionPlan, LayerPlan, Precision
 from ppocompress.errors import UserError
 
 METHODS = ("magnitude", "activation")
@@ -122,7 +122,7 @@ def plan_from_scores(
     scores: list[LayerImportance],
     group_keep: list[float],
     neuron_keep: list[float],
-    int8: list[bool] | None = None,
+    weights: list[Precision] | None = None,
     drop: list[bool] | None = None,
 ) -> CompressionPlan:
     """Keeps, in each layer, the top fraction of groups and neurons by score."""
@@ -134,7 +134,7 @@ def plan_from_scores(
                 keep_groups=groups,
                 keep_neurons=neurons,
                 drop=bool(drop[i]) if drop else False,
-                int8=bool(int8[i]) if int8 else False,
+                weights=weights[i] if weights else Precision.FLOAT,
             )
         )
     return CompressionPlan(layers)

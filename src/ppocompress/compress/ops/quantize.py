@@ -219,3 +219,31 @@ def _replace_linears(module: nn.Module, make) -> nn.Module:
             parent = module.get_submodule(parent_name) if parent_name else module
             setattr(parent, attribute, make(child, name))
     return module
+
+
+def asymmetric_weights(weight: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
+    """`weight` rounded as NNCF's data-free asymmetric weight compression stores it: per
+    output channel (group_size None) or per group of `group_size` inputs, the range
+    [min, max] mapped onto 2**bits levels with an integer zero point."""
+    rows, columns = weight.shape
+    group = columns if group_size is None else group_size
+    if columns % group:
+        raise ValueError(f"a group of {group} inputs does not divide a width of {columns}")
+    grouped = weight.detach().float().reshape(rows, columns // group, group)
+    low = grouped.amin(dim=-1, keepdim=True).clamp(max=0.0)
+    high = grouped.amax(dim=-1, keepdim=True).clamp(min=0.0)
+    levels = 2 ** bits - 1
+    scale = ((high - low) / levels).clamp(min=1e-12)
+    zero_point = torch.round(-low / scale).clamp(0, levels)
+    quantized = (torch.round(grouped / scale) + zero_point).clamp(0, levels)
+    return ((quantized - zero_point) * scale).reshape(rows, columns).to(weight.dtype)
+
+
+def simulate_weight_compression_(module: nn.Module, bits: int, group_size: int | None = None) -> nn.Module:
+    """Every Linear inside `module` with its weights rounded as `asymmetric_weights` does,
+    in place; inputs stay in floating point, as weight-only compression serves them."""
+    def rounded(linear: nn.Linear, name: str) -> nn.Linear:
+        linear.weight.data = asymmetric_weights(linear.weight, bits, group_size)
+        return linear
+
+    return _replace_linears(module, rounded)

@@ -33,6 +33,7 @@ class Runtime:
     install_hint: str
     int8_kind: str  # names how its int8 computes (int8_as_served_) in a search's identity
     generates = False  # runs a causal LM with a KV cache (its Session has generate_timed)
+    serves_int4 = False  # int4 weights, in a causal LM's layers and head
     artifact_name: str  # what export writes in its directory, and session loads
 
     def missing(self) -> str | None:
@@ -46,6 +47,13 @@ class Runtime:
         if reason is not None:
             raise UserError(reason)
 
+    def check_plan(self, model: LoadedModel) -> None:
+        """A UserError when this runtime cannot serve `model`'s plan as it says."""
+        from ppocompress.compress.plan import Precision
+
+        if model.plan is not None and model.plan.uses(Precision.INT4) and not (self.serves_int4 and model.is_causal):
+            raise UserError(f"{self.name} does not serve int4 weights; int4 is for decoders on openvino (--runtime openvino)")
+
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
         """Writes `model` (fp32, pruned and recovered) for this runtime into `directory`,
         int8 in the layers its plan marks; returns the artifact that `session` loads.
@@ -53,9 +61,10 @@ class Runtime:
         raise NotImplementedError
 
     def int8_as_served_(self, layer: nn.Module, dense: nn.Module,
-                        input_statistics: Callable[[nn.Module], dict[str, InputStatistics]]) -> None:
+                        input_statistics: Callable[[nn.Module], dict[str, InputStatistics]]) -> nn.Module:
         """Makes `layer`'s Linear layers compute int8 as this runtime does, in place, so
-        that a search scores a plan as it will be served. `dense` is the model the layer
+        that a search scores a plan as it will be served; returns `layer` (a new module
+        when `layer` is itself a Linear). `dense` is the model the layer
         belongs to; `input_statistics(layer)` gives calibrated input ranges, for runtimes
         that calibrate them."""
         raise NotImplementedError

@@ -66,14 +66,15 @@ class OnnxRuntime(Runtime):
     int8_kind = "dynamic"  # input ranges measured on every call
     artifact_name = "model.onnx"
 
-    def int8_as_served_(self, layer, dense, input_statistics) -> None:
+    def int8_as_served_(self, layer, dense, input_statistics):
         from ppocompress.compress.ops.quantize import simulate_int8_
 
-        simulate_int8_(layer)
+        return simulate_int8_(layer)
 
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
         from ppocompress.compress.files.onnx_export import export_onnx, quantize_onnx_int8
 
+        self.check_plan(model)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         layers = int8_layers(model)

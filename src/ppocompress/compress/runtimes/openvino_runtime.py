@@ -1,9 +1,11 @@
-"""OpenVINO: the exported graph converted to OpenVINO IR; layers not marked int8 run at the
-CPU's default inference precision (bf16 where the CPU has it, else fp32), int8 layers
-are NNCF static int8 (transformer preset) with activation ranges calibrated on text.
-
+"""OpenVINO. An encoder: the exported graph converted to OpenVINO IR; layers not marked int8
+run at the CPU's default inference precision (bf16 where the CPU has it, else fp32), int8
+layers are NNCF static int8 (transformer preset) with activation ranges calibrated on text.
 The per-layer choice goes through NNCF's ignored scope: the nodes of every layer the plan
-keeps in floating point are ignored, found by the family's graph layer names."""
+keeps in floating point are ignored, found by the family's graph layer names.
+
+A causal LM: a folder OpenVINO GenAI's LLMPipeline generates from, each layer's weights
+int8 or int4 where its plan says (openvino_llm.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ppocompress.compress.runtimes.base import Runtime, graph_feeds, int8_layers
+from ppocompress.compress.runtimes.openvino_llm import OpenVinoLlmSession, export_llm, is_llm_artifact
 from ppocompress.errors import UserError
 
 if TYPE_CHECKING:
@@ -48,8 +51,10 @@ class OpenVinoSession:
 class OpenVinoRuntime(Runtime):
     name = "openvino"
     package = "openvino"
-    install_hint = "pip install openvino nncf"
-    int8_kind = "static"  # input ranges calibrated on text
+    install_hint = "pip install openvino openvino-genai nncf"
+    int8_kind = "static"  # input ranges calibrated on text (an encoder's; a decoder's int8 is weights only)
+    generates = True  # a causal LM through OpenVINO GenAI
+    serves_int4 = True
     artifact_name = "openvino_model.xml"  # what sentence-transformers and optimum-intel look for
 
     def missing(self) -> str | None:
@@ -61,16 +66,22 @@ class OpenVinoRuntime(Runtime):
                 return "openvino has no CPU device on this machine"
         return reason
 
-    def int8_as_served_(self, layer, dense, input_statistics) -> None:
-        from ppocompress.compress.ops.quantize import simulate_int8_
+    def int8_as_served_(self, layer, dense, input_statistics):
+        from ppocompress.compress.models.families import family_of
+        from ppocompress.compress.ops.quantize import simulate_int8_, simulate_weight_compression_
 
-        simulate_int8_(layer, input_statistics(layer))
+        if family_of(dense).causal:  # weights only, as NNCF compresses an LLM's
+            return simulate_weight_compression_(layer, bits=8)
+        return simulate_int8_(layer, input_statistics(layer))
 
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
         import openvino as ov
 
         from ppocompress.compress.files.onnx_export import export_onnx
 
+        self.check_plan(model)
+        if model.is_causal:
+            return export_llm(model, Path(directory))
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         onnx_path = export_onnx(model.model, model.tokenizer, directory / "graph.onnx")
@@ -90,8 +101,11 @@ class OpenVinoRuntime(Runtime):
                             "the openvino runtime runs one exported by ppocompress")
         return path
 
-    def session(self, artifact: Path, threads: int | None = None) -> OpenVinoSession:
-        return OpenVinoSession(self.check_artifact(Path(artifact)), threads)
+    def session(self, artifact: Path, threads: int | None = None) -> OpenVinoSession | OpenVinoLlmSession:
+        artifact = self.check_artifact(Path(artifact))
+        if is_llm_artifact(artifact):
+            return OpenVinoLlmSession(artifact, threads)
+        return OpenVinoSession(artifact, threads)
 
     def size_bytes(self, artifact: Path) -> int:
         return Path(artifact).stat().st_size + Path(artifact).with_suffix(".bin").stat().st_size

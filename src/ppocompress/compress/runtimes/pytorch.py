@@ -56,7 +56,7 @@ class TorchSession:
             out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
             prefilled = time.perf_counter()
             for _ in range(new_tokens):
-                out = self.model(input_ids=out.logits[:, -1:].argmax(-1), cache=out.cache, use_cache=True)
+                out = self.model(input_ids=out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values, use_cache=True)
             end = time.perf_counter()
         return prefilled - start, end - prefilled
 
@@ -69,16 +69,18 @@ class TorchRuntime(Runtime):
     generates = True
     artifact_name = "model"
 
-    def int8_as_served_(self, layer, dense, input_statistics) -> None:
+    def int8_as_served_(self, layer, dense, input_statistics):
         from ppocompress.compress.ops.apply import torch_int8_for
 
-        torch_int8_for(dense)(layer)
+        return torch_int8_for(dense)(layer)
 
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
         from ppocompress.compress.files.saved import save
         from ppocompress.compress.ops.apply import quantize_planned_layers
+        from ppocompress.compress.plan import Precision
 
-        if model.plan is not None and (model.plan.int8_layers() or model.plan.int8_head):
+        self.check_plan(model)
+        if model.plan is not None and model.plan.uses(Precision.INT8):
             model = copy.copy(model)
             model.model = copy.deepcopy(model.model)
             quantize_planned_layers(model.model, model.plan)
