@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ppocompress.compress import CompressionPlan, load_model
+from ppocompress.compress import CompressionPlan, Precision, load_model
 from ppocompress.compress.commands.bench import Variant
 from ppocompress.compress.data.text import (
     CALIBRATION_PASSAGES,
@@ -56,8 +56,8 @@ PLANS_DIR = Path(__file__).parent / "plans"
 # Every plan in plans/ (minilm-NAME.json) is NAME here: the PPO plans at 5x and 6x, and the
 # plans of all four searchers at 6x (seeds 0 and 1) for how well lsq ranks plans for distillation.
 PLANS = {
-    "uniform-75": Variant("uniform 75/75", group_keep=0.75, neuron_keep=0.75, int8=True),
-    "uniform-50": Variant("uniform 50/50", group_keep=0.5, neuron_keep=0.5, int8=True),
+    "uniform-75": Variant("uniform 75/75", group_keep=0.75, neuron_keep=0.75, weights=Precision.INT8),
+    "uniform-50": Variant("uniform 50/50", group_keep=0.5, neuron_keep=0.5, weights=Precision.INT8),
     **{path.stem.removeprefix("minilm-"): Variant(path.stem.removeprefix("minilm-").replace("-", " "),
                                                   plan=CompressionPlan.from_json_file(path))
        for path in sorted(PLANS_DIR.glob("minilm-*.json"))},

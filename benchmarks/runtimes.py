@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ppocompress.compress import CompressionPlan, load_model
+from ppocompress.compress import CompressionPlan, Precision, load_model
 from ppocompress.compress.commands.bench import Variant, run_bench
 from ppocompress.compress.data.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES, load_splits, subset
 from ppocompress.compress.measure.timing import TimingSetup
@@ -28,9 +28,9 @@ def main() -> None:
     parser.add_argument("--plan", type=Path, help="a result.json whose delivered plan to include")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    variants = [Variant("dense"), Variant("dense int8", int8=True),
-                Variant("uniform 75/75 int8", group_keep=0.75, neuron_keep=0.75, int8=True),
-                Variant("uniform 50/50 int8", group_keep=0.5, neuron_keep=0.5, int8=True)]
+    variants = [Variant("dense"), Variant("dense int8", weights=Precision.INT8),
+                Variant("uniform 75/75 int8", group_keep=0.75, neuron_keep=0.75, weights=Precision.INT8),
+                Variant("uniform 50/50 int8", group_keep=0.5, neuron_keep=0.5, weights=Precision.INT8)]
     if args.plan is not None:
         data = json.loads(args.plan.read_text())
         delivered = data["searchers"][data["searcher"]]

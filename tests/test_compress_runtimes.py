@@ -1,6 +1,6 @@
 """The runtimes: each exports a pruned model with int8 where its plan says, loads it and runs
 it close to PyTorch fp32; OpenVINO's per-layer int8 goes through NNCF's ignored scope; the
-search simulates static int8 as calibrated ranges; each runtime's int8_as_served_ gives a
+search simulates static int8 as calibrated ranges; each runtime's weights_as_served_ gives a
 layer the int8 that runtime computes."""
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def test_torch_serves_int8_with_its_own_kernels(tiny_model, family, kind):
     """Encoders get torch.ao's dynamic int8 Linear, causal LMs the int8-weight kernel."""
     loaded = tiny_model(family)
     layer, linears = _first_layer(loaded)
-    get_runtime("torch").int8_as_served_(layer, loaded.model, _no_statistics)
+    get_runtime("torch").weights_as_served_(layer, Precision.INT8, loaded.model, _no_statistics)
     served = [layer.get_submodule(name) for name in linears]
     if kind == "dynamic":
         assert all(is_packed_int8_linear(m) for m in served)
@@ -174,7 +174,7 @@ def test_onnxruntime_serves_int8_as_dynamic_simulated_int8(tiny_model):
     """ONNX Runtime's int8 is simulated with each call's input range: no smoothing, no fixed range."""
     loaded = tiny_model("bert")
     layer, linears = _first_layer(loaded)
-    get_runtime("onnxruntime").int8_as_served_(layer, loaded.model, _no_statistics)
+    get_runtime("onnxruntime").weights_as_served_(layer, Precision.INT8, loaded.model, _no_statistics)
     for name, linear in linears.items():
         served = layer.get_submodule(name)
         assert isinstance(served, SimulatedInt8Linear) and served.smooth is None and served.input_range is None
@@ -195,7 +195,7 @@ def test_openvino_serves_int8_as_static_simulated_int8_with_the_given_statistics
         asked.append(of_layer)
         return statistics
 
-    get_runtime("openvino").int8_as_served_(layer, loaded.model, input_statistics)
+    get_runtime("openvino").weights_as_served_(layer, Precision.INT8, loaded.model, input_statistics)
     assert asked == [layer]
     for name, linear in linears.items():
         served, expected = layer.get_submodule(name), SimulatedInt8Linear(linear, statistics[name])

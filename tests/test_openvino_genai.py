@@ -5,6 +5,9 @@ exactly as README tells users to, and with float weights it generates PyTorch's 
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import openvino as ov
 import openvino_genai
@@ -153,3 +156,29 @@ def test_the_real_smollm2_in_a_mixed_plan_generates_in_genai_as_in_optimum(tmp_p
     config.max_new_tokens = config.min_new_tokens = NEW_TOKENS
     config.apply_chat_template = False
     assert pipe.generate("The capital of France is", config) == model.tokenizer.decode(tokens)
+
+
+def test_readmes_decoder_loading_lines_run_on_a_delivered_folder(dense, tmp_path, monkeypatch, capsys):
+    """The lines README gives users, run as they are, from a folder laid out as delivered."""
+    _, folder = _deliver(dense, MIXED_PLAN, tmp_path / "runs" / "compress" / "model" / "openvino")
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("<!-- readme:decoder-loading -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(textwrap.dedent(block), {})
+    assert capsys.readouterr().out.strip()  # the generated text was printed
+
+
+def test_nncfs_mixed_precision_puts_int4_on_the_ratio_asked(dense, tmp_path):
+    from ppocompress.compress.runtimes.openvino_llm import export_nncf_mixed
+
+    texts = [f"passage {i} on the river and the mill" for i in range(8)]
+    sizes = {}
+    for ratio in (0.0, 0.5, 1.0):
+        folder = export_nncf_mixed(dense, tmp_path / f"r{ratio}", ratio, texts).parent
+        types = _weight_types(folder)
+        int4 = sum("u4" in types.get(f"model.layers.{i}.{linear}", set()) for i in range(3)
+                   for linear in ("self_attn.q_proj", "mlp.up_proj", "mlp.down_proj"))
+        sizes[ratio] = (folder / "openvino_model.bin").stat().st_size
+        assert (int4 == 0) if ratio == 0 else (int4 == 9 if ratio == 1 else 0 < int4 < 9)
+        assert types["lm_head"] == {"u8"}  # NNCF keeps the head in int8
+    assert sizes[1.0] < sizes[0.5] < sizes[0.0]

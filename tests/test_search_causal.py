@@ -29,6 +29,7 @@ from ppocompress.compress.models.embedded import smollm2_gguf
 from ppocompress.compress.ops.importance import importance_scores
 from ppocompress.compress.ops.quantize import WeightInt8Linear
 from ppocompress.compress.runtimes import get_runtime
+from ppocompress.compress.runtimes.pytorch import TorchSession
 from ppocompress.errors import UserError
 from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.levels import default_menu, group_fractions
@@ -71,8 +72,8 @@ def test_a_pruned_int8_llama_generates_with_its_cache_and_reloads_the_same(llama
     assert compressed.model.model.embed_tokens.weight.dtype == torch.float32  # the input embedding stays
     reloaded = ppocompress.load(save(compressed, tmp_path / "saved"))
     prompts = ["the river of the town", "said ann"]
-    generated = greedy_generations(compressed.model, compressed.tokenizer, prompts, new_tokens=6)
-    assert generated == greedy_generations(reloaded.model, reloaded.tokenizer, prompts, new_tokens=6)
+    generated = greedy_generations(TorchSession.of(compressed), compressed.tokenizer, prompts, new_tokens=6)
+    assert generated == greedy_generations(TorchSession.of(reloaded), reloaded.tokenizer, prompts, new_tokens=6)
     batch = llama.tokenizer(prompts, return_tensors="pt", padding=True)
     with torch.inference_mode():
         before = compressed.model(**batch).logits
@@ -226,9 +227,9 @@ def test_the_real_smollm2_prunes_generates_and_reloads(tmp_path):
     assert reference.compare(small.model).perplexity < 3 * fluent  # a mild plan, no recovery: still a language model
     reloaded = ppocompress.load(save(small, tmp_path / "smollm2-small"))
     prompt = ["The capital of France is"]
-    generated = greedy_generations(small.model, small.tokenizer, prompt, new_tokens=12)
-    assert generated == greedy_generations(reloaded.model, reloaded.tokenizer, prompt, new_tokens=12)
-    assert "Paris" in greedy_generations(dense.model, dense.tokenizer, prompt, new_tokens=12)[0]
+    generated = greedy_generations(TorchSession.of(small), small.tokenizer, prompt, new_tokens=12)
+    assert generated == greedy_generations(TorchSession.of(reloaded), reloaded.tokenizer, prompt, new_tokens=12)
+    assert "Paris" in greedy_generations(TorchSession.of(dense), dense.tokenizer, prompt, new_tokens=12)[0]
 
 
 def test_sensitivities_are_each_layers_own_loss_beyond_the_shared_int8_head():

@@ -8,6 +8,7 @@ from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ppocompress.compress import Precision
 from ppocompress.errors import UserError
 from ppocompress.search import CompressionEnv, CostTable, Target, default_menu
 from ppocompress.search.reward import one_by_one
@@ -23,7 +24,7 @@ def synthetic_table(num_layers: int = 6) -> CostTable:
             per_level.append(0.0)
             continue
         cost = 0.35 * level.group_keep + 0.65 * level.neuron_keep
-        per_level.append(cost / (2.5 if level.int8 else 1.0))
+        per_level.append(cost / (2.5 if level.weights == Precision.INT8 else 1.0))
     return CostTable("flops", base=0.1 * num_layers * per_level[0] / 0.9, per_level=per_level, num_layers=num_layers)
 
 

@@ -12,6 +12,7 @@ from ppocompress.compress.measure.timing import TimingSetup
 from ppocompress.compress.ops.importance import importance_scores
 from ppocompress.search import default_menu
 from ppocompress.search.cost_table import (
+    PRECISIONS,
     CostTable,
     anchor_reference,
     flops_table,
@@ -52,7 +53,7 @@ def test_dense_plan_has_quality_one(evaluator):
 
 
 def test_swapped_model_equals_the_applied_plan_and_restores(tiny, evaluator):
-    half = level_index(group_keep=0.5, neuron_keep=0.5, int8=False)
+    half = level_index(group_keep=0.5, neuron_keep=0.5, weights=Precision.FLOAT)
     drop = level_index(drop=True)
     plan = Plan.of([half, drop, 0])
     batch = sample_batch(tiny.tokenizer)
@@ -70,12 +71,12 @@ def test_swapped_model_equals_the_applied_plan_and_restores(tiny, evaluator):
 
 
 def test_layers_are_built_once(evaluator):
-    level = level_index(group_keep=0.25, neuron_keep=0.25, int8=True)
+    level = level_index(group_keep=0.25, neuron_keep=0.25, weights=Precision.INT8)
     assert evaluator.layer(1, level) is evaluator.layer(1, level)
 
 
 def test_fidelities_use_their_own_subsets(evaluator):
-    plan = Plan.uniform(level_index(group_keep=0.25, neuron_keep=0.25, int8=False), 3)
+    plan = Plan.uniform(level_index(group_keep=0.25, neuron_keep=0.25, weights=Precision.FLOAT), 3)
     low, high = evaluator.quality(plan, "low"), evaluator.quality(plan, "high")
     assert low < 1.0 and high < 1.0 and low != high
     assert len(evaluator.fidelity["high"].texts) == 48
@@ -83,7 +84,7 @@ def test_fidelities_use_their_own_subsets(evaluator):
 
 def test_sensitivity_is_zero_for_dense_and_positive_for_heavy_levels(evaluator):
     table = sensitivity_table(evaluator.qualities, len(evaluator.table), len(evaluator.menu))
-    heavy = level_index(group_keep=0.25, neuron_keep=0.25, int8=True)
+    heavy = level_index(group_keep=0.25, neuron_keep=0.25, weights=Precision.INT8)
     assert len(table) == 3 and all(len(row) == len(MENU) for row in table)
     assert all(row[0] == 0.0 and row[heavy] > 0.0 for row in table)
 
@@ -120,7 +121,7 @@ def test_fidelity_from_reward_undoes_reward_from_fidelity(fidelity):
 
 
 def test_the_engine_plan_keeps_the_top_units_by_importance_or_the_first_ones_for_pricing(evaluator):
-    half = level_index(group_keep=0.5, neuron_keep=0.5, int8=True)
+    half = level_index(group_keep=0.5, neuron_keep=0.5, weights=Precision.INT8)
     drop = level_index(drop=True)
     plan = Plan.of([half, drop, 0])
     scored, priced = evaluator.plan(plan), compression_plan(plan, MENU, evaluator.table, head=evaluator.head)
@@ -136,8 +137,8 @@ def test_the_engine_plan_keeps_the_top_units_by_importance_or_the_first_ones_for
 def test_flops_table_prices_levels(tiny):
     table = flops_table(tiny, MENU)
     dense, drop = table.per_level[0], table.per_level[level_index(drop=True)]
-    half = table.per_level[level_index(group_keep=0.5, neuron_keep=0.5, int8=False)]
-    half_int8 = table.per_level[level_index(group_keep=0.5, neuron_keep=0.5, int8=True)]
+    half = table.per_level[level_index(group_keep=0.5, neuron_keep=0.5, weights=Precision.FLOAT)]
+    half_int8 = table.per_level[level_index(group_keep=0.5, neuron_keep=0.5, weights=Precision.INT8)]
     assert drop == 0.0 and half_int8 < half < dense and table.base >= 0  # encoders: no head to count
     assert table.speedup([0, 0, 0]) == pytest.approx(1.0)
 
@@ -160,9 +161,10 @@ def test_measured_table_is_fitted_to_a_few_models_and_cached(tiny, tmp_path):
 
 def test_level_costs_follow_the_time_model():
     """A level's cost is linear in the fractions it keeps, per precision; dropping is free."""
-    theta = np.array([1.0, 2.0, 3.0, 0.5, 1.0, 1.5])
-    for level in MENU:
-        expected = 0.0 if level.drop else (theta[3:] if level.int8 else theta[:3]) @ [1.0, level.group_keep, level.neuron_keep]
+    theta = np.array([1.0, 2.0, 3.0, 0.5, 1.0, 1.5, 0.25, 0.5, 0.75])  # float, int8, int4
+    for level in default_menu(precisions=tuple(PRECISIONS)):
+        own = theta[3 * PRECISIONS.index(level.weights):][:3]
+        expected = 0.0 if level.drop else own @ [1.0, level.group_keep, level.neuron_keep]
         assert level_features(level) @ theta == pytest.approx(expected)
 
 

@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ppocompress.compress import Precision
 from ppocompress.search.levels import SHORT_NAME_KEY, Level, default_menu
 from ppocompress.search.plan import Plan, level_names, levels_from_names
 
-MENUS = [default_menu(groups=groups) for groups in (None, 1, 2, 3, 4, 12)] + [default_menu(allow_drop=False, allow_int8=False)]
+MENUS = [default_menu(groups=groups) for groups in (None, 1, 2, 3, 4, 12)] + [
+    default_menu(allow_drop=False, precisions=(Precision.FLOAT,)), default_menu(precisions=tuple(Precision), groups=3)]
 
 
 @st.composite
@@ -51,19 +53,19 @@ def test_a_levels_name_gives_back_its_level_and_names_no_other(menu):
     assert len(set(names)) == len(menu)
     for level in menu:
         read = Level.from_name(level.name)
-        assert read.name == level.name and read.drop == level.drop and read.int8 == level.int8
+        assert read.name == level.name and read.drop == level.drop and read.weights == level.weights
         assert read.group_keep == pytest.approx(level.group_keep, abs=0.005)
         assert read.neuron_keep == pytest.approx(level.neuron_keep, abs=0.005)
 
 
 def test_levels_know_their_short_names_and_how_much_they_keep():
-    assert Level(0.5, 0.25, int8=True).short_name == "h50f25q" and Level(drop=True).short_name == "-"
+    assert Level(0.5, 0.25, weights=Precision.INT8).short_name == "h50f25q" and Level(drop=True).short_name == "-"
     assert Level().short_name == "h100f100" and all(part in SHORT_NAME_KEY for part in ("h/f", "q", "-"))
     assert Level().kept_share == 1.0 and Level(drop=True).kept_share == 0.0
-    assert Level(0.5, 1.0).kept_share == 0.75 and Level(0.5, 1.0, int8=True).kept_share == pytest.approx(0.45)
+    assert Level(0.5, 1.0).kept_share == 0.75 and Level(0.5, 1.0, weights=Precision.INT8).kept_share == pytest.approx(0.45)
 
 
-@pytest.mark.parametrize("bad", ["", "h50", "h50-f", "x50-f50", "h50-f50-int4", "drop-int8", "H50-F50"])
+@pytest.mark.parametrize("bad", ["", "h50", "h50-f", "x50-f50", "h50-f50-int2", "drop-int8", "H50-F50"])
 def test_a_name_no_level_has_is_refused(bad):
     with pytest.raises(ValueError):
         Level.from_name(bad)

@@ -111,7 +111,7 @@ def test_a_result_naming_a_level_no_menu_has_is_refused_in_one_line(tmp_path):
         reference_latency=LatencyResult("torch", 20.0, 19.0, 20.0, 21.0, 30), dense_lee_pearson=None, dense_size_bytes=1,
         searchers={"ppo": measured("ppo", Plan.of([0, 1, 2]))}, dense=measured("dense"), dense_int8=measured("dense int8"),
         sensitivity_evaluations=0).to_json())
-    result["searchers"]["ppo"]["levels"][1] = "h50-f50-int4"
+    result["searchers"]["ppo"]["levels"][1] = "h50-f50-int2"
     (tmp_path / "result.json").write_text(json.dumps(result))
     with pytest.raises(UserError, match="does not match the result schema") as refused:
         CompressResult.from_file(tmp_path / "result.json")

@@ -16,12 +16,13 @@ def _latency(p10: float, p90: float) -> LatencyResult:
     return LatencyResult("onnxruntime", p10, p10, (p10 + p90) / 2, p90, 30)
 
 
-def _result(speedup: float, vs_int8: float, reference: LatencyResult, delivered: LatencyResult, rounds=None):
+def _result(speedup: float, vs_int8: float, reference: LatencyResult, delivered: LatencyResult, rounds=None,
+            alternatives=None):
     rounds = rounds or [speedup]
     model = SimpleNamespace(speedup=speedup, speedup_vs_dense_int8=vs_int8, predicted_speedup=5.06, latency=delivered,
-                            speedup_range=lambda: (min(rounds), max(rounds)))
+                            speedup_range=lambda: (min(rounds), max(rounds)), fidelity=0.95)
     return SimpleNamespace(delivered=model, target_kind="speedup", target_value=5.0, runtime="onnxruntime",
-                           reference_latency=reference)
+                           reference_latency=reference, alternatives=alternatives or {}, fidelity_short_name="exp(-KL)")
 
 
 def test_a_quiet_run_that_meets_its_target_has_no_warning():
@@ -52,3 +53,14 @@ def test_a_round_by_round_speedup_pairs_the_rounds_of_the_reference_and_the_mode
     model = summarise([[20.0, 20.0], [50.0, 50.0], [25.0, 25.0]], "onnxruntime", "median")
     assert reference.round_ms == [100.5, 201.0, 100.0]
     assert speedups_over_rounds(reference, model) == [100.5 / 20.0, 201.0 / 50.0, 100.0 / 25.0]
+
+
+def test_an_alternative_as_fast_and_better_is_named_one_slower_or_worse_is_not():
+    better = SimpleNamespace(speedup=5.0, fidelity=0.97)
+    slower = SimpleNamespace(speedup=4.0, fidelity=0.99)
+    worse = SimpleNamespace(speedup=6.0, fidelity=0.90)
+    alternatives = {"nncf mixed": better, "dense int8": slower, "dense int4": worse}
+    warnings = target_warnings(_result(5.1, 1.9, _latency(345, 360), _latency(68, 70), alternatives=alternatives))
+    assert len(warnings) == 1
+    assert warnings[0].startswith("nncf mixed is as fast (5.00x) and keeps more quality than the delivered model "
+                                  "(exp(-KL) 0.9700 against 0.9500)")

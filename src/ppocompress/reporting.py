@@ -69,7 +69,7 @@ def print_compress(result) -> None:
     quality = quality_columns(result.causal)
     for column in ("model", "predicted", "speedup", "vs int8", *(header for header, _, _ in quality), "MB"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    rows = [*result.searchers.values(), result.dense_int8, result.dense]
+    rows = [*result.searchers.values(), *result.alternatives.values(), result.dense_int8, result.dense]
     for row in rows:
         name = row.name + (" *" if row.name == result.searcher else "")
         table.add_row(name, _fmt(row.predicted_speedup, ".2f"), _fmt(row.speedup, ".2f") + "x",

@@ -1,11 +1,11 @@
 """What each level of each layer costs: a latency table measured once and cached.
 
 Layers of the supported families share one shape, so a layer's time is modelled from
-what it keeps: for floating point and for int8 each, a fixed cost plus a cost per
-fraction of attention groups kept plus a cost per fraction of FFN neurons kept (matrix
-products scale with their widths). Those six numbers and a base outside the layers are
+what it keeps: for each precision of the weights (floating point, int8, int4), a fixed
+cost plus a cost per fraction of attention groups kept plus a cost per fraction of FFN
+neurons kept (matrix products scale with their widths). Those numbers and a base outside the layers are
 the non-negative least-squares fit to a dozen whole models timed on the serving runtime
-(dense, one layer, uniform levels at both precisions, random mixed plans), each in its
+(dense, one layer, uniform levels at each precision, random mixed plans), each in its
 own process in interleaved rounds; every menu level is then priced from the fit. The fit's
 error on the mixed plans is kept with the table (predicted and measured speedups must
 agree). Fewer models, each a better witness, make the table far cheaper than timing every
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import nnls
 
-from ppocompress.compress import LoadedModel, apply_plan, layer_table
+from ppocompress.compress import LoadedModel, Precision, apply_plan, layer_table
 from ppocompress.compress.measure.cost import model_flops
 from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
 from ppocompress.compress.runtimes import REFERENCE, get_runtime
@@ -41,9 +41,10 @@ from ppocompress.search.evaluator import compression_plan, searched_head
 from ppocompress.search.levels import DENSE, Level, drop_index
 from ppocompress.search.plan import Plan
 
-# How much faster the FLOPs table prices an int8 GEMM than fp32 (a FLOPs table has no
-# timings to learn it from; a measured table needs no such guess).
-INT8_FLOP_DISCOUNT = 2.5
+# How much faster the FLOPs table prices a GEMM in each precision than fp32 (a FLOPs table
+# has no timings to learn it from; a measured table needs no such guess).
+FLOP_DISCOUNT = {Precision.FLOAT: 1.0, Precision.INT8: 2.5, Precision.INT4: 3.5}
+PRECISIONS = tuple(Precision)  # the order of the per-precision unknowns of the time model
 
 
 @dataclass
@@ -93,7 +94,7 @@ def flops_table(dense: LoadedModel, menu: list[Level], seq_len: int = 64) -> Cos
             continue
         compressed = apply_plan(dense, compression_plan(Plan.uniform(index, num_layers), menu, table), quantize=False)
         per_layer = sum(info.flops_per_token for info in layer_table(compressed.model, seq_len)) / num_layers * seq_len
-        per_level.append(per_layer / (INT8_FLOP_DISCOUNT if level.int8 else 1.0))
+        per_level.append(per_layer / FLOP_DISCOUNT[level.weights])
     base = model_flops(dense.model, seq_len) - per_level[DENSE] * num_layers
     return CostTable("flops", float(base), per_level, num_layers)
 
@@ -114,10 +115,10 @@ def table_setup(setup: TimingSetup) -> TimingSetup:
 
 def level_features(level: Level) -> np.ndarray:
     """A level's unknowns in the per-layer time model: [1, groups kept, neurons kept] for
-    floating point, then the same for int8; all zero when the layer is dropped."""
-    features = np.zeros(6)
+    each of PRECISIONS in turn, set for the level's; all zero when the layer is dropped."""
+    features = np.zeros(3 * len(PRECISIONS))
     if not level.drop:
-        offset = 3 if level.int8 else 0
+        offset = 3 * PRECISIONS.index(level.weights)
         features[offset: offset + 3] = (1.0, level.group_keep, level.neuron_keep)
     return features
 
@@ -130,9 +131,9 @@ def timing_plans(menu: list[Level], num_layers: int) -> dict[str, Plan]:
         raise UserError("a measured latency table needs a menu with a drop level (to time a one-layer model)")
     kept = [i for i, level in enumerate(menu) if not level.drop]
     plans = {"one layer": Plan.uniform(drop, num_layers).with_levels({0: DENSE})}
-    for int8 in (False, True):
+    for precision in dict.fromkeys(menu[i].weights for i in kept):
         for groups, neurons in UNIFORM_TIMED:
-            level = min((i for i in kept if menu[i].int8 == int8),
+            level = min((i for i in kept if menu[i].weights == precision),
                         key=lambda i: abs(menu[i].group_keep - groups) + abs(menu[i].neuron_keep - neurons))
             plans[f"uniform {menu[level].name}"] = Plan.uniform(level, num_layers)
     rng = np.random.default_rng(0)

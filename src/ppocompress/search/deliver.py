@@ -9,7 +9,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ppocompress.compress import Precision
 from ppocompress.compress.data.text import load_splits
+from ppocompress.compress.files.openvino_genai_folder import LLM_FOLDER
 from ppocompress.compress.files.sentence_transformers_folder import write_sentence_transformers_files
 from ppocompress.compress.measure.quality import HeldOut, HeldOutQuality, greedy_generations
 from ppocompress.compress.measure.timing import LatencyResult, measure_latencies, speedups_over_rounds
@@ -22,7 +24,7 @@ from ppocompress.search.env import Target
 from ppocompress.search.evaluator import sensitivity_evaluations
 from ppocompress.search.files import RECOVERY_CHECKPOINTS
 from ppocompress.search.plan import Plan
-from ppocompress.search.prepare import CAUSAL_VALIDATION_SHARE, Prepared, all_int8, refit_passages
+from ppocompress.search.prepare import CAUSAL_VALIDATION_SHARE, Prepared, all_in, all_int8, refit_passages
 from ppocompress.search.recorder import SearchResult
 from ppocompress.search.results import CompressResult, MeasuredModel
 from ppocompress.search.settings import CompressSettings
@@ -36,6 +38,7 @@ UNQUIET_SPREAD = 0.25  # (p90 - p10) / p10 of a model's timings above which the 
 PROMPTS = ("The capital of France is", "Once upon a time, in a small village,", "The best way to learn a new language is")
 GENERATED_TOKENS = 40
 DENSE, DENSE_INT8 = "dense", "dense int8"  # the dense alternatives on the serving runtime, by name
+DENSE_INT4, NNCF_MIXED = "dense int4", "nncf mixed"  # and where it serves int4 (see CompressResult.alternatives)
 
 
 @dataclass
@@ -61,6 +64,8 @@ def deliver(prepared: Prepared, settings: CompressSettings, target: Target, fina
         artifacts = {DENSE: runtime.export(prepared.dense, staging / "dense", prepared.texts.calibration),
                      DENSE_INT8: runtime.export(all_int8(prepared.dense), staging / "dense-int8", prepared.texts.calibration)}
         recovered = _recover(prepared, settings, finals, runtime, staging, out, artifacts, log)
+        if prepared.dense.is_causal and runtime.serves_int4:
+            _export_int4_alternatives(prepared, runtime, artifacts, artifacts[settings.searcher], staging, log)
         measures = _measure(prepared, settings, runtime, torch_dense, artifacts, held_out, log)
         _move_delivered(prepared, recovered[settings.searcher], runtime, artifacts[settings.searcher], staging, out)
     finally:
@@ -72,6 +77,7 @@ def deliver(prepared: Prepared, settings: CompressSettings, target: Target, fina
         searchers={name: _measured(name, measures, runtime, prepared, plan, results[name], recovered[name])
                    for name, plan in finals.items()},
         dense=_measured(DENSE, measures, runtime), dense_int8=_measured(DENSE_INT8, measures, runtime),
+        alternatives={name: _measured(name, measures, runtime) for name in (DENSE_INT4, NNCF_MIXED) if name in artifacts},
         sensitivity_evaluations=sensitivity_evaluations(len(prepared.scores), len(prepared.menu)),
         latency_table=({"runtime": prepared.cost.runtime, "largest_error_on_mixed_plans": prepared.cost.fit_error()}
                        if prepared.cost.unit == "ms" else None),
@@ -99,6 +105,21 @@ def _recover(prepared: Prepared, settings: CompressSettings, finals: dict[str, P
     return recovered
 
 
+def _export_int4_alternatives(prepared: Prepared, runtime: Runtime, artifacts: dict[str, Path], delivered: Path,
+                              staging: Path, log) -> None:
+    """Dense int4 (head int8), and NNCF's own mixed precision with its int4 share set to
+    give the delivered model's weight bytes (as near as its share can: a pruned plan may be
+    smaller than all-int4)."""
+    from ppocompress.compress.runtimes.openvino_llm import export_nncf_mixed
+
+    calibration = prepared.texts.calibration
+    artifacts[DENSE_INT4] = runtime.export(all_in(prepared.dense, Precision.INT4), staging / "dense-int4", calibration)
+    int8, int4, target = (runtime.size_bytes(path) for path in (artifacts[DENSE_INT8], artifacts[DENSE_INT4], delivered))
+    ratio = min(max((int8 - target) / (int8 - int4), 0.0), 1.0)
+    log(f"NNCF's mixed precision at the delivered model's weight bytes: int4 on {ratio:.0%} of the layers' weights")
+    artifacts[NNCF_MIXED] = export_nncf_mixed(prepared.dense, staging / "nncf-mixed", ratio, calibration)
+
+
 def _measure(prepared: Prepared, settings: CompressSettings, runtime: Runtime, torch_dense: Path, artifacts: dict[str, Path],
              held_out: HeldOut, log) -> _Measures:
     """Every model's held-out quality and size on the serving runtime, a causal LM's greedy
@@ -109,7 +130,7 @@ def _measure(prepared: Prepared, settings: CompressSettings, runtime: Runtime, t
         session = runtime.session(artifact)
         quality[name] = held_out.judge(session)
         if prepared.dense.is_causal and name in (DENSE, settings.searcher):  # the text a user would see, side by side
-            generations[name] = greedy_generations(session.model, prepared.dense.tokenizer, list(PROMPTS), GENERATED_TOKENS)
+            generations[name] = greedy_generations(session, prepared.dense.tokenizer, list(PROMPTS), GENERATED_TOKENS)
     if generations:
         generations["prompts"] = list(PROMPTS)
     sizes = {name: runtime.size_bytes(artifact) for name, artifact in artifacts.items()}
@@ -122,10 +143,13 @@ def _measure(prepared: Prepared, settings: CompressSettings, runtime: Runtime, t
 
 def _move_delivered(prepared: Prepared, chosen: LoadedModel, runtime: Runtime, served: Path, staging: Path, out: Path) -> None:
     """The chosen searcher's model into out/model: PyTorch files that ppocompress.load
-    reloads, beside an encoder's sentence-transformers files for the served artifact."""
+    reloads, beside an encoder's sentence-transformers files for the served artifact, or a
+    decoder's OpenVINO GenAI folder (openvino/) when OpenVINO serves it."""
     model_dir = get_runtime(REFERENCE).export(chosen, staging / "delivered", [])
     if not prepared.dense.is_causal:
         write_sentence_transformers_files(chosen, model_dir, prepared.texts.calibration, served=(runtime.name, served))
+    elif runtime.name == "openvino":
+        shutil.copytree(served.parent, model_dir / LLM_FOLDER)
     move_into_place(model_dir, out / "model")
     shutil.rmtree(out / RECOVERY_CHECKPOINTS, ignore_errors=True)
 
@@ -170,4 +194,9 @@ def target_warnings(result: CompressResult) -> list[str]:
     if delivered.speedup_vs_dense_int8 < 1.0:
         warnings.append(f"the delivered model is slower than the dense int8 model on {result.runtime} "
                         f"({delivered.speedup_vs_dense_int8:.2f}x); ship that instead or ask for a higher target")
+    for name, alternative in result.alternatives.items():
+        if alternative.speedup >= delivered.speedup * (1 - TARGET_TOLERANCE) and alternative.fidelity > delivered.fidelity:
+            warnings.append(f"{name} is as fast ({alternative.speedup:.2f}x) and keeps more quality than the delivered "
+                            f"model ({result.fidelity_short_name} {alternative.fidelity:.4f} against {delivered.fidelity:.4f}); "
+                            "ship it instead")
     return warnings

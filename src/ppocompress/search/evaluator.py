@@ -90,7 +90,7 @@ def searched_head(dense: LoadedModel) -> Precision:
 def layer_plan(info: LayerInfo, level: Level, score: LayerImportance | None = None) -> LayerPlan:
     """What one layer keeps at `level` (see compression_plan)."""
     groups, neurons = kept_units(info, _by_position(info) if score is None else score, level.group_keep, level.neuron_keep)
-    weights = Precision.INT8 if level.int8 and not level.drop else Precision.FLOAT
+    weights = Precision.FLOAT if level.drop else level.weights
     return LayerPlan(keep_groups=groups, keep_neurons=neurons, drop=level.drop, weights=weights)
 
 
@@ -155,7 +155,7 @@ class PlanEvaluator:
                     dense_projection = (self.adapter.attention_output if kind == "attn" else self.adapter.ffn_output)(dense_layer)
                     refit_to_subset(projection, dense_projection, self.grams[f"{index}.{kind}"], columns)
             self._layers[key] = compress_layer(copy.deepcopy(dense_layer), kept, self.adapter, self.head_dim, refit,
-                                               int8=lambda layer: self._int8(index, layer)).eval()
+                                               quantize=lambda layer, precision: self._as_served(index, layer, precision)).eval()
         return self._layers[key]
 
     def _int8_head(self) -> nn.Module:
@@ -163,12 +163,14 @@ class PlanEvaluator:
         if not self.runtime.generates:
             raise UserError(f"causal LMs cannot be served on {self.runtime.name}; pass --runtime openvino or torch")
         head = copy.deepcopy(self.dense.model.lm_head)
-        return self.runtime.int8_as_served_(head, self.dense.model, lambda _: {})
+        return self.runtime.weights_as_served_(head, Precision.INT8, self.dense.model, lambda _: {})
 
-    def _int8(self, index: int, layer: nn.Module) -> None:
-        """int8 as the serving runtime computes it: its own kernels (torch), ranges per call
-        (dynamic), or ranges calibrated on the passages plans are scored on (static)."""
-        self.runtime.int8_as_served_(layer, self.dense.model, lambda layer: self._input_statistics(index, layer))
+    def _as_served(self, index: int, layer: nn.Module, precision: Precision) -> None:
+        """int8 or int4 as the serving runtime computes it: its own kernels (torch), ranges per
+        call (dynamic), ranges calibrated on the passages plans are scored on (static), or
+        the weights alone rounded (a decoder on OpenVINO)."""
+        self.runtime.weights_as_served_(layer, precision, self.dense.model,
+                                        lambda layer: self._input_statistics(index, layer))
 
     def _input_statistics(self, index: int, layer: nn.Module) -> dict[str, InputStatistics]:
         """Each Linear's per-channel input range in `layer`, placed at `index` in the

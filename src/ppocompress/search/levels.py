@@ -6,37 +6,43 @@ a menu lets the latency table price each choice exactly, and masking an over-bud
 choice is masking one entry instead of reasoning about combinations of sub-actions.
 
 Level is the one place that knows a level's fields and its names: the display name
-("h50-f75-int8"), read back with Level.from_name, and the short one of the terminal
-summary ("h50f75q"). Nothing else builds or parses them.
+("h50-f75-int8", "h50-f75-int4"), read back with Level.from_name, and the short one of
+the terminal summary ("h50f75q", "h50f75q4"). Nothing else builds or parses them.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-INT8_KEPT_SHARE = 0.6  # how much of a layer an int8 level counts as keeping, in the plans' heatmaps
-SHORT_NAME_KEY = "h/f: % of attention groups / FFN neurons kept, q: int8, -: dropped"
-KEPT_SHARE_KEY = f"brighter = more of the layer kept; int8 counts as {INT8_KEPT_SHARE:g}"
+from ppocompress.compress import Precision
+
+# How much of a layer a level in each precision counts as keeping, in the plans' heatmaps.
+KEPT_SHARE = {Precision.FLOAT: 1.0, Precision.INT8: 0.6, Precision.INT4: 0.35}
+SHORT_SUFFIX = {Precision.FLOAT: "", Precision.INT8: "q", Precision.INT4: "q4"}
+SHORT_NAME_KEY = "h/f: % of attention groups / FFN neurons kept, q: int8, q4: int4, -: dropped"
+KEPT_SHARE_KEY = (f"brighter = more of the layer kept; int8 counts as {KEPT_SHARE[Precision.INT8]:g}, "
+                  f"int4 as {KEPT_SHARE[Precision.INT4]:g}")
 DROP_NAME = "drop"
-_NAME = re.compile(r"h(\d+)-f(\d+)(-int8)?")
+_NAME = re.compile(r"h(\d+)-f(\d+)(?:-(int8|int4))?")
 
 
 @dataclass(frozen=True)
 class Level:
     group_keep: float = 1.0  # fraction of attention groups kept
     neuron_keep: float = 1.0  # fraction of FFN neurons kept
-    int8: bool = False
+    weights: Precision = Precision.FLOAT
     drop: bool = False  # remove the layer entirely (the other fields are then ignored)
 
     @property
     def name(self) -> str:
-        """"h50-f75-int8": % of attention groups and of FFN neurons kept, and int8; "drop"."""
+        """"h50-f75-int8": % of attention groups and of FFN neurons kept, and the weights'
+        precision when not floating point; "drop"."""
         if self.drop:
             return DROP_NAME
-        parts = [f"h{round(self.group_keep * 100)}", f"f{round(self.neuron_keep * 100)}"]
-        return "-".join(parts) + ("-int8" if self.int8 else "")
+        name = f"h{round(self.group_keep * 100)}-f{round(self.neuron_keep * 100)}"
+        return name if self.weights == Precision.FLOAT else f"{name}-{self.weights.value}"
 
     @classmethod
     def from_name(cls, name: str) -> "Level":
@@ -47,22 +53,25 @@ class Level:
         match = _NAME.fullmatch(name)
         if match is None:
             raise ValueError(f"{name!r} is not the name of a level")
-        return cls(int(match[1]) / 100, int(match[2]) / 100, int8=match[3] is not None)
+        return cls(int(match[1]) / 100, int(match[2]) / 100, weights=Precision(match[3] or Precision.FLOAT))
 
     @property
     def short_name(self) -> str:
         """The name in a few characters (see SHORT_NAME_KEY): "h50f25q", "-" for a dropped layer."""
-        return "-" if self.drop else self.name.replace("-int8", "q").replace("-", "")
+        if self.drop:
+            return "-"
+        return f"h{round(self.group_keep * 100)}f{round(self.neuron_keep * 100)}{SHORT_SUFFIX[self.weights]}"
 
     @property
     def kept_share(self) -> float:
         """How much of the layer the level keeps, 0 to 1, for a heatmap's colour (KEPT_SHARE_KEY)."""
         if self.drop:
             return 0.0
-        return (self.group_keep + self.neuron_keep) / 2 * (INT8_KEPT_SHARE if self.int8 else 1.0)
+        return (self.group_keep + self.neuron_keep) / 2 * KEPT_SHARE[self.weights]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"group_keep": self.group_keep, "neuron_keep": self.neuron_keep, "weights": self.weights.value,
+                "drop": self.drop}
 
 
 KEEP_FRACTIONS = (1.0, 0.75, 0.5, 0.25)
@@ -77,12 +86,17 @@ def group_fractions(groups: int | None) -> tuple[float, ...]:
     return tuple(k / groups for k in range(groups, 0, -1))
 
 
-def default_menu(allow_drop: bool = True, allow_int8: bool = True, groups: int | None = None) -> list[Level]:
-    """Dense first; every combination of kept groups (see group_fractions) and neurons,
-    with and without int8; then dropping the layer."""
+ENCODER_PRECISIONS = (Precision.FLOAT, Precision.INT8)  # int4 does not pay at an encoder's batch sizes
+DECODER_PRECISIONS = (Precision.FLOAT, Precision.INT8, Precision.INT4)  # where the runtime serves int4
+
+
+def default_menu(allow_drop: bool = True, precisions: tuple[Precision, ...] = ENCODER_PRECISIONS,
+                 groups: int | None = None) -> list[Level]:
+    """Dense first; every combination of kept groups (see group_fractions) and neurons, in
+    each of `precisions`; then dropping the layer."""
     menu = [
-        Level(group_keep=g, neuron_keep=f, int8=q)
-        for q, g, f in itertools.product((False, True) if allow_int8 else (False,), group_fractions(groups), KEEP_FRACTIONS)
+        Level(group_keep=g, neuron_keep=f, weights=w)
+        for w, g, f in itertools.product(precisions, group_fractions(groups), KEEP_FRACTIONS)
     ]
     if allow_drop:
         menu.append(Level(drop=True))
@@ -90,7 +104,8 @@ def default_menu(allow_drop: bool = True, allow_int8: bool = True, groups: int |
 
 
 DENSE = 0  # the menu's index of the dense level (default_menu lists it first)
-DENSE_INT8_LEVEL = Level(int8=True)  # every unit kept, in int8: what quantizing alone gives
+DENSE_INT8_LEVEL = Level(weights=Precision.INT8)  # every unit kept, in int8: what quantizing alone gives
+DENSE_INT4_LEVEL = Level(weights=Precision.INT4)
 
 
 def drop_index(menu: list[Level]) -> int | None:

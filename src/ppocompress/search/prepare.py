@@ -39,7 +39,14 @@ from ppocompress.search.evaluator import (
     sensitivity_evaluations,
     sensitivity_table,
 )
-from ppocompress.search.levels import DENSE, Level, default_menu, drop_index
+from ppocompress.search.levels import (
+    DECODER_PRECISIONS,
+    DENSE,
+    ENCODER_PRECISIONS,
+    Level,
+    default_menu,
+    drop_index,
+)
 from ppocompress.search.plan import Plan
 from ppocompress.search.policy import load_policy
 from ppocompress.search.progress import count_bar
@@ -90,7 +97,7 @@ def prepare(settings: CompressSettings, state: SearchState, save_state, log, wor
     if settings.runtime != AUTO and dense.is_causal and no_generation(get_runtime(settings.runtime)):
         raise UserError(no_generation(get_runtime(settings.runtime)) + "; pass --runtime torch")
     log(_duration(settings, state, dense, menu, setup, measured).line())
-    runtime = _serving_runtime(settings, dense, setup, calibration, measured, taken, save_state, log)
+    runtime = _serving_runtime(settings, dense, menu, setup, calibration, measured, taken, save_state, log)
     if measured:
         cost = _latency_table(dense, menu, runtime, setup, calibration, taken.dense_ms, targets, log)
     evaluator, scorer = _evaluator(settings, dense, menu, scores, calibration, runtime, workers, log)
@@ -104,7 +111,7 @@ def _load(settings: CompressSettings) -> tuple[LoadedModel, TextSplits, list[Lev
     """The dense model, the text splits and the model's menu of levels."""
     dense = load_model(settings.model, trust_remote_code=settings.trust_remote_code)
     texts = subset(load_splits(settings.text), settings.calibration_texts, settings.evaluation_texts)
-    menu = default_menu(groups=layer_table(dense.model)[0].kv_heads)
+    menu = model_menu(dense, _asked_runtime(settings, dense.is_causal))
     if settings.policy is not None:  # another menu or a damaged agent is refused now, not minutes later
         load_policy(Path(settings.policy), menu)
     return dense, texts, menu
@@ -140,19 +147,29 @@ def _duration(settings: CompressSettings, state: SearchState, dense: LoadedModel
                     targets=len(targets))
 
 
+def model_menu(dense: LoadedModel, runtime: str) -> list[Level]:
+    """The menu of levels for this model served on `runtime`: int4 for a decoder on a
+    runtime that serves it, int8 and floating point otherwise."""
+    int4 = dense.is_causal and get_runtime(runtime).serves_int4
+    return default_menu(precisions=DECODER_PRECISIONS if int4 else ENCODER_PRECISIONS,
+                        groups=layer_table(dense.model)[0].kv_heads)
+
+
 def _asked_runtime(settings: CompressSettings, causal: bool) -> str:
     """The runtime --runtime names, or for auto the preferred one (what timing usually picks)."""
     return settings.runtime if settings.runtime != AUTO else preferred_runtime(causal)
 
 
-def _serving_runtime(settings: CompressSettings, dense: LoadedModel, setup: TimingSetup, calibration: list[str],
-                     measured: bool, taken: Measurements, save_state, log) -> str:
+def _serving_runtime(settings: CompressSettings, dense: LoadedModel, menu: list[Level], setup: TimingSetup,
+                     calibration: list[str], measured: bool, taken: Measurements, save_state, log) -> str:
     """The runtime delivered models are served on, chosen once: with a measured cost, after
-    timing the dense model on each candidate (auto: the fastest dense int8 model's)."""
+    timing the dense model on each candidate (auto: the fastest dense int8 model's, among
+    the runtimes that serve every precision of the menu)."""
     if taken.runtime is None:
         if measured:
+            int4 = any(level.weights == Precision.INT4 for level in menu)
             candidates = ([settings.runtime] if settings.runtime != AUTO
-                          else [r.name for r in available_runtimes(log, causal=dense.is_causal)])
+                          else [r.name for r in available_runtimes(log, causal=dense.is_causal) if r.serves_int4 or not int4])
             taken.dense_ms = time_dense_variants(dense, candidates, replace(setup, rounds=ANCHOR_ROUNDS),
                                                  calibration[:CALIBRATION_FOR_TIMING], log)
             taken.runtime = settings.runtime if settings.runtime != AUTO else fastest_int8(taken.dense_ms)
@@ -256,7 +273,13 @@ def preferred_runtime(causal: bool = False) -> str:
 def all_int8(dense: LoadedModel) -> LoadedModel:
     """The dense model with every layer (and a causal LM's output head) marked int8 (fp32
     weights until a runtime quantizes)."""
-    layers = [LayerPlan(weights=Precision.INT8) for _ in range(dense.model.config.num_hidden_layers)]
+    return all_in(dense, Precision.INT8)
+
+
+def all_in(dense: LoadedModel, precision: Precision) -> LoadedModel:
+    """The dense model with every layer's weights marked `precision`, and a causal LM's
+    output head int8 (as NNCF's int4 keeps it too); fp32 until a runtime exports it."""
+    layers = [LayerPlan(weights=precision) for _ in range(dense.model.config.num_hidden_layers)]
     return apply_plan(dense, CompressionPlan(layers, head=searched_head(dense)), quantize=False)
 
 

@@ -93,7 +93,7 @@ def _models_table(result: CompressResult) -> str:
     columns = ("model", "runtime", "evaluations", "predicted speedup", "speedup", "over rounds", "vs dense int8",
                *(("prefill speedup",) if prefill else ()), *(f"{header} held-out" for header, _, _ in quality), "size MB")
     rows = []
-    for row in [*result.searchers.values(), result.dense_int8, result.dense]:
+    for row in [*result.searchers.values(), *result.alternatives.values(), result.dense_int8, result.dense]:
         name = row.name + (" (delivered)" if row.name == result.searcher else "")
         cells = (name, row.runtime, row.evaluations, row.predicted_speedup, f"{row.speedup:.2f}x",
                  "{:.2f}-{:.2f}x".format(*row.speedup_range()), f"{row.speedup_vs_dense_int8:.2f}x",

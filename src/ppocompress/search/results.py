@@ -81,6 +81,9 @@ class CompressResult:
     dense_int8: MeasuredModel  # dense, the runtime's int8: the no-effort alternative
     sensitivity_evaluations: int  # shared by all searchers and not counted in their evaluations
     latency_table: dict | None = None  # runtime and largest error on mixed plans; None for FLOPs
+    # More alternatives with no search, where the runtime serves int4 (decoders on OpenVINO):
+    # dense int4, and NNCF's own mixed precision at the delivered plan's weight bytes.
+    alternatives: dict[str, MeasuredModel] = field(default_factory=dict)
     curves: dict[str, list] = field(default_factory=dict)  # searcher -> [(evaluations, best reward)]
     evaluated: dict[str, list[Evaluation]] = field(default_factory=dict)  # searcher -> every plan it scored, in order
     warnings: list[str] = field(default_factory=list)
@@ -135,6 +138,7 @@ class CompressResult:
         data |= {"timing": asdict(self.timing), "reference_latency": asdict(self.reference_latency),
                  "searchers": {name: model.to_dict() for name, model in self.searchers.items()},
                  "dense": self.dense.to_dict(), "dense_int8": self.dense_int8.to_dict(),
+                 "alternatives": {name: model.to_dict() for name, model in self.alternatives.items()},
                  "evaluated": {name: [e.to_json() for e in evaluated] for name, evaluated in self.evaluated.items()}}
         return json.dumps(data, indent=1)
 
@@ -150,6 +154,7 @@ class CompressResult:
                           "searchers": {k: MeasuredModel.from_dict(v) for k, v in data["searchers"].items()},
                           "dense": MeasuredModel.from_dict(data["dense"]),
                           "dense_int8": MeasuredModel.from_dict(data["dense_int8"]),
+                          "alternatives": {k: MeasuredModel.from_dict(v) for k, v in data.get("alternatives", {}).items()},
                           "evaluated": {k: [Evaluation.from_json(e) for e in v] for k, v in data.get("evaluated", {}).items()}})
         except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise UserError(f"{path} does not match the result schema ({exc}); {RUN_AGAIN}") from None

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from ppocompress.compress.models.loading import LoadedModel
 
+LLM_FOLDER = "openvino"  # a delivered decoder's GenAI folder, inside the delivered model folder
 MODEL_FILE = "openvino_model.xml"  # the names LLMPipeline and OVModelForCausalLM look for
 TOKENIZER_FILE = "openvino_tokenizer.xml"
 DETOKENIZER_FILE = "openvino_detokenizer.xml"
@@ -81,8 +82,13 @@ def kv_shapes(model: nn.Module) -> list[tuple[int, int]]:
     return shapes
 
 
+def past_names(layers: int) -> list[str]:
+    return [f"past_key_values.{i}.{part}" for i in range(layers) for part in ("key", "value")]
+
+
 def trace(model: nn.Module) -> ov.Model:
-    """The stateful step graph of `model` (float weights, as the modules hold them)."""
+    """The step graph of `model` (float weights, as the modules hold them), its cache still
+    explicit inputs and outputs (make_stateful hides them)."""
     import openvino as ov
 
     shapes = kv_shapes(model)
@@ -93,26 +99,46 @@ def trace(model: nn.Module) -> ov.Model:
     for heads, size in shapes:
         example += [torch.zeros(1, heads, _TRACE_PAST, size)] * 2
         inputs += [ov.PartialShape([-1, heads, -1, size])] * 2
+    # transformers repeats the KV groups before SDPA; tracing SDPA's own enable_gqa instead
+    # made decode and prefill slower on OpenVINO's CPU plugin (docs/design-notes.md).
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Python values it freezes: shapes fixed per layer anyway
         graph = ov.convert_model(_StepWrapper(model.eval()), example_input=tuple(example), input=inputs)
-    past_names = [f"past_key_values.{i}.{part}" for i in range(len(shapes)) for part in ("key", "value")]
-    present_names = [name.replace("past_key_values", "present") for name in past_names]
-    for port, name in zip(graph.inputs, ["input_ids", "attention_mask", "position_ids", "beam_idx", *past_names]):
+    past = past_names(len(shapes))
+    for port, name in zip(graph.inputs, ["input_ids", "attention_mask", "position_ids", "beam_idx", *past]):
         port.get_tensor().set_names({name})
-    for port, name in zip(graph.outputs, ["logits", *present_names]):
+    for port, name in zip(graph.outputs, ["logits", *[_present(name) for name in past]]):
         port.get_tensor().set_names({name})
-    _make_stateful(graph, dict(zip(past_names, present_names)))
     return graph
 
 
-def _make_stateful(graph: ov.Model, past_to_present: dict[str, str]) -> None:
+def _present(past_name: str) -> str:
+    return past_name.replace("past_key_values", "present")
+
+
+def step_feeds(graph: ov.Model, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The inputs of a traced (not yet stateful) graph for a prompt with no cache: what a
+    data-aware weight compression runs its calibration text through."""
+    ids = np.asarray(input_ids, dtype=np.int64)
+    batch, length = ids.shape
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(length, dtype=np.int64)[None],
+             "beam_idx": np.arange(batch, dtype=np.int32)}
+    for port in graph.inputs:
+        name = port.get_any_name()
+        if name.startswith("past_key_values"):
+            _, heads, _, size = port.get_partial_shape()
+            feeds[name] = np.zeros((batch, heads.get_length(), 0, size.get_length()), np.float32)
+    return feeds
+
+
+def make_stateful(graph: ov.Model) -> None:
     """Turns each past input / present output pair into a variable, whose first read in a
     sequence is an empty cache (batch rows as input_ids has, no positions yet)."""
     from openvino import opset13
     from openvino._offline_transformations import apply_make_stateful_transformation
 
-    apply_make_stateful_transformation(graph, past_to_present)
+    past = [port.get_any_name() for port in graph.inputs if port.get_any_name().startswith("past_key_values")]
+    apply_make_stateful_transformation(graph, {name: _present(name) for name in past})
     ids = graph.input("input_ids")
     batch = opset13.gather(opset13.shape_of(ids, output_type="i64"), opset13.constant([0]), opset13.constant(0))
     for op in graph.get_ops():

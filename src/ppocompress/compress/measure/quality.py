@@ -212,16 +212,21 @@ class NextTokenReference:
         if self.tokens == 0:
             raise ValueError("comparing next tokens needs texts of at least one token")
 
-    def _log_probs(self, model: nn.Module, batch) -> torch.Tensor:
-        """Next-token log-probabilities at the real positions, [tokens, vocabulary], in self.dtype."""
-        model.eval()
-        device = _device(model)
-        with torch.inference_mode():
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                           use_cache=False).logits
-        return F.log_softmax(logits[batch["attention_mask"].to(device).bool()].float(), dim=-1).cpu().to(self.dtype)
+    def _log_probs(self, model, batch) -> torch.Tensor:
+        """Next-token log-probabilities at the real positions, [tokens, vocabulary], in
+        self.dtype, of a PyTorch model or a runtime's session (ids and mask in, logits out)."""
+        if isinstance(model, nn.Module):
+            model.eval()
+            device = _device(model)
+            with torch.inference_mode():
+                logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                               use_cache=False).logits.cpu()
+        else:
+            logits = torch.from_numpy(np.asarray(model(batch["input_ids"].numpy(), batch["attention_mask"].numpy())))
+        return F.log_softmax(logits[batch["attention_mask"].bool()].float(), dim=-1).to(self.dtype)
 
-    def compare(self, model: nn.Module) -> NextTokenComparison:
+    def compare(self, model) -> NextTokenComparison:
+        """KL to the reference, top-1 agreement and perplexity of a model or session."""
         kl, agree, nll, predicted = 0.0, 0, 0.0, 0
         for batch, reference in zip(self.batches, self.log_probs):
             log_probs = self._log_probs(model, batch).float()
@@ -241,17 +246,14 @@ class NextTokenReference:
         return NextTokenComparison(max(kl / self.tokens, 0.0), agree / self.tokens, math.exp(nll / predicted))
 
 
-def greedy_generations(model: nn.Module, tokenizer, prompts: list[str], new_tokens: int = 40) -> list[str]:
-    """Each prompt continued by greedy decoding with the KV cache: the text a user would
-    see, to judge coherence that no metric captures."""
-    model.eval()
+def greedy_generations(session, tokenizer, prompts: list[str], new_tokens: int = 40) -> list[str]:
+    """Each prompt continued by greedy decoding with the KV cache on a generating runtime's
+    session (greedy_tokens): the text a user would see, to judge coherence that no metric
+    captures."""
     outputs = []
-    with torch.inference_mode():
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(_device(model))
-            generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
-                                       pad_token_id=tokenizer.pad_token_id)
-            outputs.append(tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True))
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="np")["input_ids"]
+        outputs.append(tokenizer.decode(session.greedy_tokens(ids, new_tokens), skip_special_tokens=True))
     return outputs
 
 
@@ -292,7 +294,7 @@ class HeldOut:
     def judge(self, session) -> HeldOutQuality:
         """The quality of a runtime session's model."""
         if self.dense.is_causal:
-            compared = self.reference.compare(session.model)
+            compared = self.reference.compare(session)
             return HeldOutQuality(kl_heldout=compared.kl, top1_agreement=compared.top1_agreement,
                                   perplexity_heldout=compared.perplexity)
         judged = judge_session(session, self.dense.model, self.dense.tokenizer, self.texts, self.reference)

@@ -34,11 +34,12 @@ Refit = Callable[[str, nn.Module, torch.Tensor], None]  # (kind "attn" or "ffn",
 
 
 def compress_layer(layer: nn.Module, plan: LayerPlan, adapter: FamilyAdapter, head_dim: int, refit: Refit | None = None,
-                   int8: Callable[[nn.Module], object] | None = None) -> nn.Module:
+                   quantize: Callable[[nn.Module, Precision], object] | None = None) -> nn.Module:
     """Applies one layer's plan in place and returns the layer: attention groups and FFN
-    neurons removed, each pruned output projection refit (recovery), sparsity, then int8
-    through `int8` when the plan marks it. The one path both the search's layer database
-    and a delivered model go through (dropping is the model's business, not the layer's)."""
+    neurons removed, each pruned output projection refit (recovery), sparsity, then its
+    weights through `quantize(layer, precision)` when the plan gives them a precision. The
+    one path both the search's layer database and a delivered model go through (dropping
+    is the model's business, not the layer's)."""
     if plan.keep_groups is not None:
         groups = sorted(plan.keep_groups)
         columns = adapter.attention_output_columns(layer, groups, head_dim)
@@ -53,19 +54,21 @@ def compress_layer(layer: nn.Module, plan: LayerPlan, adapter: FamilyAdapter, he
     if plan.sparsity > 0:
         for module in adapter.attention_modules(layer) + adapter.ffn_modules(layer):
             magnitude_sparsify_(module.weight, plan.sparsity)
-    if plan.weights == Precision.INT8 and int8 is not None:
-        int8(conv1d_to_linear_(layer))
+    if plan.weights != Precision.FLOAT and quantize is not None:
+        quantize(conv1d_to_linear_(layer), plan.weights)
     return layer
 
 
 def restructure(model: nn.Module, plan: CompressionPlan, quantize: bool = True) -> None:
     """Applies plan to model in place (also used to rebuild a saved model's shapes);
-    quantize=False leaves int8-marked layers in fp32 for recovery or a runtime's export."""
+    quantize=False leaves int8-marked layers in fp32 for recovery or a runtime's export.
+    PyTorch has no int4 kernels: int4-marked layers stay in fp32 here, and the openvino
+    runtime's export compresses them."""
     adapter = adapter_for(model)
     head_dim = adapter.head_dim(model)
     for layer, layer_plan in zip(adapter.layers(model), plan.layers):
         if not layer_plan.drop:
-            compress_layer(layer, layer_plan, adapter, head_dim, int8=torch_int8_for(model) if quantize else None)
+            compress_layer(layer, layer_plan, adapter, head_dim, quantize=_torch_int8(model) if quantize else None)
     adapter.drop_layers(model, [i for i, p in enumerate(plan.layers) if p.drop])
     if quantize and plan.head == Precision.INT8:
         quantize_head_(model)
@@ -85,6 +88,11 @@ def quantize_planned_layers(model: nn.Module, plan: CompressionPlan) -> None:
 def quantize_head_(model: nn.Module) -> None:
     """A causal LM's output head in int8 weights (untied from the input embedding, which stays)."""
     model.lm_head = torch_int8_for(model)(model.lm_head)
+
+
+def _torch_int8(model: nn.Module) -> Callable[[nn.Module, Precision], nn.Module]:
+    int8 = torch_int8_for(model)
+    return lambda layer, precision: int8(layer)  # int8 is the one precision PyTorch quantizes
 
 
 def torch_int8_for(model: nn.Module) -> Callable[[nn.Module], nn.Module]:

@@ -221,6 +221,20 @@ def _replace_linears(module: nn.Module, make) -> nn.Module:
     return module
 
 
+INT4_GROUP_SIZE = 64  # inputs per int4 scale
+MIN_INT4_GROUP_SIZE = 8  # smaller groups than this and the layer stays in floating point
+
+
+def int4_group_size(width: int) -> int | None:
+    """The group an int4 weight of `width` inputs is compressed in, as NNCF adjusts it:
+    INT4_GROUP_SIZE where it divides the width, else the largest power of two that does
+    (None below MIN_INT4_GROUP_SIZE: not compressed)."""
+    if width % INT4_GROUP_SIZE == 0:
+        return INT4_GROUP_SIZE
+    power = width & -width
+    return power if power >= MIN_INT4_GROUP_SIZE else None
+
+
 def asymmetric_weights(weight: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
     """`weight` rounded as NNCF's data-free asymmetric weight compression stores it: per
     output channel (group_size None) or per group of `group_size` inputs, the range
@@ -239,11 +253,15 @@ def asymmetric_weights(weight: torch.Tensor, bits: int, group_size: int | None =
     return ((quantized - zero_point) * scale).reshape(rows, columns).to(weight.dtype)
 
 
-def simulate_weight_compression_(module: nn.Module, bits: int, group_size: int | None = None) -> nn.Module:
-    """Every Linear inside `module` with its weights rounded as `asymmetric_weights` does,
-    in place; inputs stay in floating point, as weight-only compression serves them."""
+def simulate_weight_compression_(module: nn.Module, bits: int) -> nn.Module:
+    """Every Linear inside `module` with its weights rounded as `asymmetric_weights` does
+    (8 bits per output channel, 4 bits in groups of int4_group_size), in place; inputs stay
+    in floating point, as weight-only compression serves them."""
     def rounded(linear: nn.Linear, name: str) -> nn.Linear:
-        linear.weight.data = asymmetric_weights(linear.weight, bits, group_size)
+        if bits == 8:
+            linear.weight.data = asymmetric_weights(linear.weight, 8)
+        elif (group := int4_group_size(linear.in_features)) is not None:
+            linear.weight.data = asymmetric_weights(linear.weight, 4, group)
         return linear
 
     return _replace_linears(module, rounded)

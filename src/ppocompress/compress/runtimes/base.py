@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from ppocompress.compress.models.loading import LoadedModel
     from ppocompress.compress.ops.quantize import InputStatistics
+    from ppocompress.compress.plan import Precision
 
 
 class Session(Protocol):
@@ -31,7 +32,7 @@ class Runtime:
     name: str
     package: str  # the module that must be importable
     install_hint: str
-    int8_kind: str  # names how its int8 computes (int8_as_served_) in a search's identity
+    int8_kind: str  # names how its int8 computes (weights_as_served_) in a search's identity
     generates = False  # runs a causal LM with a KV cache (its Session has generate_timed)
     serves_int4 = False  # int4 weights, in a causal LM's layers and head
     artifact_name: str  # what export writes in its directory, and session loads
@@ -60,11 +61,11 @@ class Runtime:
         Static int8 calibrates its activation ranges on `calibration`."""
         raise NotImplementedError
 
-    def int8_as_served_(self, layer: nn.Module, dense: nn.Module,
-                        input_statistics: Callable[[nn.Module], dict[str, InputStatistics]]) -> nn.Module:
-        """Makes `layer`'s Linear layers compute int8 as this runtime does, in place, so
-        that a search scores a plan as it will be served; returns `layer` (a new module
-        when `layer` is itself a Linear). `dense` is the model the layer
+    def weights_as_served_(self, layer: nn.Module, precision: Precision, dense: nn.Module,
+                           input_statistics: Callable[[nn.Module], dict[str, InputStatistics]]) -> nn.Module:
+        """Makes `layer`'s Linear layers compute in `precision` (int8 or int4) as this
+        runtime does, in place, so that a search scores a plan as it will be served;
+        returns `layer` (a new module when `layer` is itself a Linear). `dense` is the model the layer
         belongs to; `input_statistics(layer)` gives calibrated input ranges, for runtimes
         that calibrate them."""
         raise NotImplementedError

@@ -66,9 +66,12 @@ class OnnxRuntime(Runtime):
     int8_kind = "dynamic"  # input ranges measured on every call
     artifact_name = "model.onnx"
 
-    def int8_as_served_(self, layer, dense, input_statistics):
+    def weights_as_served_(self, layer, precision, dense, input_statistics):
         from ppocompress.compress.ops.quantize import simulate_int8_
+        from ppocompress.compress.plan import Precision
 
+        if precision != Precision.INT8:
+            raise UserError(f"the onnxruntime runtime serves int8 weights, not {precision.value}")
         return simulate_int8_(layer)
 
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:

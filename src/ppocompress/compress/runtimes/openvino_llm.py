@@ -25,8 +25,7 @@ if TYPE_CHECKING:
     from ppocompress.compress.models.loading import LoadedModel
     from ppocompress.compress.plan import CompressionPlan
 
-INT4_GROUP_SIZE = 64  # inputs per int4 scale; where a width is not a multiple, NNCF takes a smaller divisor
-_MIN_INT4_GROUP_SIZE = 8
+AWQ_PASSAGES = 64  # calibration passages int4's data-aware compression runs
 # The traced graph names nodes after module paths; "__module.model" is the trace wrapper's.
 _LAYER = r"__module\.model\.model\.layers\.{index}\..*"
 _HEAD = (r"__module\.model\.lm_head/.*", r"__module\.model\.model\.embed_tokens/.*")
@@ -39,33 +38,48 @@ def is_llm_artifact(artifact: Path) -> bool:
     return (Path(artifact).parent / TOKENIZER_FILE).is_file()
 
 
-def export_llm(model: LoadedModel, directory: Path) -> Path:
-    """Writes `model` as an LLMPipeline folder in `directory`, its weights as its plan says."""
-    from ppocompress.compress.files.openvino_genai_folder import save_openvino_genai, trace
+def export_llm(model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
+    """Writes `model` as an LLMPipeline folder in `directory`, its weights as its plan says
+    (int4 data-aware on `calibration` when there is text: AWQ and scale estimation)."""
+    from ppocompress.compress.files.openvino_genai_folder import make_stateful, save_openvino_genai, trace
     from ppocompress.compress.plan import CompressionPlan
 
     plan = model.plan or CompressionPlan.dense(model.model.config.num_hidden_layers)
-    graph = compress_weights(trace(model.model), plan)
+    graph = trace(model.model)
+    graph = compress_weights(graph, plan, calibration_dataset(graph, model.tokenizer, calibration))
+    make_stateful(graph)
     return save_openvino_genai(model, graph, Path(directory))
 
 
-def compress_weights(graph: ov.Model, plan: CompressionPlan) -> ov.Model:
-    """int8 and int4 weights where `plan` puts them (the head: output head and, tied to it,
-    the input embedding), the rest left in floating point."""
+def calibration_dataset(graph: ov.Model, tokenizer, texts: list[str]):
+    """NNCF's dataset of calibration passages for a traced (not yet stateful) graph; None
+    without text."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    from ppocompress.compress.data.calibration import MAX_LENGTH
+    from ppocompress.compress.files.openvino_genai_folder import step_feeds
+
+    if not texts:
+        return None
+    samples = [tokenizer(text, truncation=True, max_length=MAX_LENGTH, return_tensors="np")["input_ids"]
+               for text in texts[:AWQ_PASSAGES]]
+    return nncf.Dataset(samples, lambda ids: step_feeds(graph, ids))
+
+
+def compress_weights(graph: ov.Model, plan: CompressionPlan, dataset=None) -> ov.Model:
+    """int8 and int4 weights where `plan` puts them (the head: output head and, tied to it,
+    the input embedding), the rest left in floating point; int4 data-aware (AWQ, scale
+    estimation) with a dataset."""
+    import nncf
 
     from ppocompress.compress.plan import Precision
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     kept = len(plan.kept_layers())
     passes = {Precision.INT8: dict(mode=nncf.CompressWeightsMode.INT8_ASYM),
-              # all_layers: the head too when the plan says so (NNCF keeps it in int8 otherwise).
-              Precision.INT4: dict(mode=nncf.CompressWeightsMode.INT4_ASYM, ratio=1.0, group_size=INT4_GROUP_SIZE,
-                                   all_layers=True, backup_mode=nncf.BackupMode.NONE,
-                                   advanced_parameters=AdvancedCompressionParameters(
-                                       group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
-                                       min_adjusted_group_size=_MIN_INT4_GROUP_SIZE))}
+              # all_layers: the head too when the plan says so (NNCF keeps it in int8 otherwise);
+              # a width no group of at least MIN_INT4_GROUP_SIZE divides stays in floating point.
+              Precision.INT4: dict(_int4_settings(dataset), ratio=1.0, all_layers=True, backup_mode=nncf.BackupMode.NONE)}
     for precision, settings in passes.items():
         chosen = set(plan.layers_in(precision))
         if not chosen and plan.head != precision:
@@ -77,6 +91,22 @@ def compress_weights(graph: ov.Model, plan: CompressionPlan) -> ov.Model:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             graph = nncf.compress_weights(graph, ignored_scope=nncf.IgnoredScope(patterns=ignored, validate=False), **settings)
     return graph
+
+
+def _int4_settings(dataset) -> dict:
+    """NNCF's int4 as ppocompress asks for it: asymmetric in groups of INT4_GROUP_SIZE inputs
+    (smaller where a width needs it, see quantize.int4_group_size), data-aware with a dataset."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    from ppocompress.compress.ops.quantize import INT4_GROUP_SIZE, MIN_INT4_GROUP_SIZE
+
+    settings = dict(mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=INT4_GROUP_SIZE,
+                    advanced_parameters=AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
+                                                                      min_adjusted_group_size=MIN_INT4_GROUP_SIZE))
+    if dataset is not None:
+        settings.update(dataset=dataset, awq=True, scale_estimation=True, subset_size=AWQ_PASSAGES)
+    return settings
 
 
 class OpenVinoLlmSession:
@@ -103,20 +133,27 @@ class OpenVinoLlmSession:
                  "beam_idx": np.arange(batch, dtype=np.int32)}
         return self.request.infer(feeds)["logits"].copy()
 
-    def generate(self, input_ids: np.ndarray, new_tokens: int):
-        """Greedy generation of exactly `new_tokens` tokens after the prompt, by LLMPipeline."""
+    def generate(self, input_ids: np.ndarray, new_tokens: int, exactly: bool = False):
+        """Greedy generation of up to (exactly: exactly) `new_tokens` tokens after the
+        prompt, by LLMPipeline."""
         import openvino as ov
         import openvino_genai
 
         if self._pipeline is None:
             self._pipeline = openvino_genai.LLMPipeline(str(self.folder), "CPU", **self.config)
         config = openvino_genai.GenerationConfig()
-        config.max_new_tokens = config.min_new_tokens = new_tokens
+        config.max_new_tokens = new_tokens
+        if exactly:  # past the end-of-sequence token, as a timing needs
+            config.min_new_tokens = new_tokens
         config.do_sample = False
         config.apply_chat_template = False  # the prompt is token ids, not a chat
         ids = np.asarray(input_ids, dtype=np.int64)
         inputs = openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
         return self._pipeline.generate(inputs, config)
+
+    def greedy_tokens(self, input_ids: np.ndarray, new_tokens: int) -> list[int]:
+        """Up to `new_tokens` greedy tokens after the prompt (one sequence)."""
+        return list(self.generate(input_ids, new_tokens).tokens[0])
 
     def generate_timed(self, input_ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
         """(prefill s, decode s) as LLMPipeline measures them: the time to the first token,
@@ -124,5 +161,29 @@ class OpenVinoLlmSession:
         per token is what GenAI's users read as TPOT)."""
         if len(input_ids) != 1:
             raise UserError("LLMPipeline generation is timed at batch 1")
-        metrics = self.generate(input_ids, new_tokens).perf_metrics
+        metrics = self.generate(input_ids, new_tokens, exactly=True).perf_metrics
         return metrics.get_ttft().mean / 1000.0, metrics.get_tpot().mean * new_tokens / 1000.0
+
+
+def export_nncf_mixed(model: LoadedModel, directory: Path, ratio: float, calibration: list[str]) -> Path:
+    """NNCF's own mixed precision, the alternative a searched plan is measured against:
+    int4 on the share `ratio` of the layers' weights that its data-aware sensitivity ranks
+    least sensitive, int8 on the rest and on the embedding and head, AWQ and scale
+    estimation on `calibration`."""
+    import nncf
+
+    from ppocompress.compress.files.openvino_genai_folder import make_stateful, save_openvino_genai, trace
+
+    if model.plan is not None:
+        raise UserError("NNCF's mixed precision is applied to the dense model")
+    graph = trace(model.model)
+    dataset = calibration_dataset(graph, model.tokenizer, calibration)
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        if ratio > 0:
+            graph = nncf.compress_weights(graph, ratio=ratio, **_int4_settings(dataset),
+                                          sensitivity_metric=nncf.SensitivityMetric.HESSIAN_INPUT_ACTIVATION)
+        else:  # NNCF reads a ratio of 0 as its default, 1
+            graph = nncf.compress_weights(graph, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    make_stateful(graph)
+    return save_openvino_genai(model, graph, Path(directory))

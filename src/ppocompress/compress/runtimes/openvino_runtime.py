@@ -66,12 +66,15 @@ class OpenVinoRuntime(Runtime):
                 return "openvino has no CPU device on this machine"
         return reason
 
-    def int8_as_served_(self, layer, dense, input_statistics):
+    def weights_as_served_(self, layer, precision, dense, input_statistics):
         from ppocompress.compress.models.families import family_of
         from ppocompress.compress.ops.quantize import simulate_int8_, simulate_weight_compression_
+        from ppocompress.compress.plan import Precision
 
         if family_of(dense).causal:  # weights only, as NNCF compresses an LLM's
-            return simulate_weight_compression_(layer, bits=8)
+            return simulate_weight_compression_(layer, bits=8 if precision == Precision.INT8 else 4)
+        if precision != Precision.INT8:
+            raise UserError(f"the openvino runtime serves an encoder's weights in int8, not {precision.value}")
         return simulate_int8_(layer, input_statistics(layer))
 
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
@@ -81,7 +84,7 @@ class OpenVinoRuntime(Runtime):
 
         self.check_plan(model)
         if model.is_causal:
-            return export_llm(model, Path(directory))
+            return export_llm(model, Path(directory), calibration)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         onnx_path = export_onnx(model.model, model.tokenizer, directory / "graph.onnx")

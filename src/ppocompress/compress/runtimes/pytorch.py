@@ -22,14 +22,25 @@ class TorchSession:
     def __init__(self, artifact: Path, threads: int | None):
         import torch
 
-        from ppocompress.compress.files.onnx_export import takes_token_type_ids
         from ppocompress.compress.files.saved import load
         from ppocompress.compress.models.loading import load_model
 
         if threads is not None:
             torch.set_num_threads(threads)
-        self.loaded = load(artifact) if is_saved_model(artifact) else load_model(str(artifact))
-        self.model = self.loaded.model.eval()
+        self._use(load(artifact) if is_saved_model(artifact) else load_model(str(artifact)))
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> "TorchSession":
+        """A session on a model in memory."""
+        session = cls.__new__(cls)
+        session._use(loaded)
+        return session
+
+    def _use(self, loaded: LoadedModel) -> None:
+        from ppocompress.compress.files.onnx_export import takes_token_type_ids
+
+        self.loaded = loaded
+        self.model = loaded.model.eval()
         self.vocab_size = int(self.model.config.vocab_size)
         self._token_types = takes_token_type_ids(self.model)
 
@@ -44,6 +55,16 @@ class TorchSession:
             if self.loaded.is_causal:
                 return self.model(**inputs, use_cache=False).logits.float().numpy()
             return self.model(**inputs).last_hidden_state.float().numpy()
+
+    def greedy_tokens(self, input_ids: np.ndarray, new_tokens: int) -> list[int]:
+        """Up to `new_tokens` greedy tokens after the prompt (one sequence), by HF generate."""
+        import torch
+
+        ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64))
+        with torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+                                      pad_token_id=self.loaded.tokenizer.pad_token_id)
+        return out[0, ids.shape[1]:].tolist()
 
     def generate_timed(self, input_ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
         """(prefill s, decode s): the prompt in one pass, then `new_tokens` greedy tokens one
@@ -69,9 +90,12 @@ class TorchRuntime(Runtime):
     generates = True
     artifact_name = "model"
 
-    def int8_as_served_(self, layer, dense, input_statistics):
+    def weights_as_served_(self, layer, precision, dense, input_statistics):
         from ppocompress.compress.ops.apply import torch_int8_for
+        from ppocompress.compress.plan import Precision
 
+        if precision != Precision.INT8:
+            raise UserError(f"the torch runtime serves int8 weights, not {precision.value}")
         return torch_int8_for(dense)(layer)
 
     def export(self, model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
@@ -79,7 +103,8 @@ class TorchRuntime(Runtime):
         from ppocompress.compress.ops.apply import quantize_planned_layers
         from ppocompress.compress.plan import Precision
 
-        self.check_plan(model)
+        # No check_plan: this folder is also the reloadable copy of a plan served elsewhere,
+        # and holds its int4 layers in fp32 (restructure).
         if model.plan is not None and model.plan.uses(Precision.INT8):
             model = copy.copy(model)
             model.model = copy.deepcopy(model.model)
