@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,15 @@ AWQ_PASSAGES = 64  # calibration passages int4's data-aware compression runs
 # The traced graph names nodes after module paths; "__module.model" is the trace wrapper's.
 _LAYER = r"__module\.model\.model\.layers\.{index}\..*"
 _HEAD = (r"__module\.model\.lm_head/.*", r"__module\.model\.model\.embed_tokens/.*")
+
+
+@contextlib.contextmanager
+def quiet_nncf() -> Iterator[None]:
+    """NNCF's log lines (one for every node it skips) and its progress bars kept off the
+    terminal, which ours own."""
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def is_llm_artifact(artifact: Path) -> bool:
@@ -74,7 +84,6 @@ def compress_weights(graph: ov.Model, plan: CompressionPlan, dataset=None) -> ov
 
     from ppocompress.compress.plan import Precision
 
-    logging.getLogger("nncf").setLevel(logging.ERROR)
     kept = len(plan.kept_layers())
     passes = {Precision.INT8: dict(mode=nncf.CompressWeightsMode.INT8_ASYM),
               # all_layers: the head too when the plan says so (NNCF keeps it in int8 otherwise);
@@ -87,8 +96,7 @@ def compress_weights(graph: ov.Model, plan: CompressionPlan, dataset=None) -> ov
         ignored = [_LAYER.format(index=i) for i in range(kept) if i not in chosen]
         if plan.head != precision:
             ignored += _HEAD
-        # NNCF draws its own progress bars; ours own the terminal.
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with quiet_nncf():
             graph = nncf.compress_weights(graph, ignored_scope=nncf.IgnoredScope(patterns=ignored, validate=False), **settings)
     return graph
 
@@ -178,8 +186,7 @@ def export_nncf_mixed(model: LoadedModel, directory: Path, ratio: float, calibra
         raise UserError("NNCF's mixed precision is applied to the dense model")
     graph = trace(model.model)
     dataset = calibration_dataset(graph, model.tokenizer, calibration)
-    logging.getLogger("nncf").setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with quiet_nncf():
         if ratio > 0:
             graph = nncf.compress_weights(graph, ratio=ratio, **_int4_settings(dataset),
                                           sensitivity_metric=nncf.SensitivityMetric.HESSIAN_INPUT_ACTIVATION)

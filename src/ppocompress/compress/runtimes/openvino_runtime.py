@@ -9,16 +9,13 @@ int8 or int4 where its plan says (openvino_llm.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ppocompress.compress.runtimes.base import Runtime, graph_feeds, int8_layers
-from ppocompress.compress.runtimes.openvino_llm import OpenVinoLlmSession, export_llm, is_llm_artifact
+from ppocompress.compress.runtimes.openvino_llm import OpenVinoLlmSession, export_llm, is_llm_artifact, quiet_nncf
 from ppocompress.errors import UserError
 
 if TYPE_CHECKING:
@@ -123,7 +120,6 @@ def _quantize(graph, model: LoadedModel, layers: list[int], calibration: list[st
 
     if not calibration:
         raise UserError("static int8 needs calibration text to set its activation ranges")
-    logging.getLogger("nncf").setLevel(logging.ERROR)  # it logs every node it skips
     floating = [i for i in range(len(model.plan.kept_layers())) if i not in set(layers)]
     graph_family = family(model.model_type)
     ignored = nncf.IgnoredScope(patterns=[f".*{graph_family.graph_layer_pattern(i).pattern}.*" for i in floating], validate=False)
@@ -134,8 +130,7 @@ def _quantize(graph, model: LoadedModel, layers: list[int], calibration: list[st
     def feeds(sample) -> dict:
         return {name: np.asarray(sample.get(name, np.zeros_like(sample["input_ids"])), dtype=np.int64) for name in inputs}
 
-    # NNCF draws its own progress bars; ours own the terminal.
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with quiet_nncf():
         return nncf.quantize(graph, nncf.Dataset(samples, feeds), model_type=nncf.ModelType.TRANSFORMER,
                              subset_size=len(samples), ignored_scope=ignored)
 
