@@ -48,22 +48,25 @@ class _ExportWrapper(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        mask = _additive_mask(attention_mask, self.causal, self.model.dtype)
+        causal_positions = torch.ones_like(attention_mask[:1]).cumsum(1) - 1 if self.causal else None
+        mask = additive_mask(attention_mask, self.model.dtype, causal_positions)
         if self.causal:
             return self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         return self.model(input_ids=input_ids, attention_mask=mask, **extra).last_hidden_state
 
 
-def _additive_mask(attention_mask: torch.Tensor, causal: bool, dtype: torch.dtype) -> torch.Tensor:
-    """The (batch, 1, query, key) additive mask the model would build from the 2-D one.
-    It is passed ready-made because transformers' own mask builder reads the sequence length
-    as a Python number, which the TorchScript tracer hands it as a tensor; a 4-D mask is
-    used as it is. Positions come from a cumulative sum so the graph keeps a dynamic length."""
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype, query_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """The (batch, 1, query, key) additive mask the model would build from the 2-D one: a key
+    is seen when it is not padding and, given the queries' positions (batch, query), not
+    after the query (causal). It is passed ready-made because transformers' own mask
+    builder reads lengths as Python numbers, which the TorchScript tracer hands it as
+    tensors; a 4-D mask is used as it is. Key positions come from a cumulative sum so the
+    graph keeps a dynamic length."""
     keep = attention_mask[:, None, None, :].bool()
-    if causal:
-        position = torch.ones_like(attention_mask[0]).cumsum(0)
-        keep = keep & (position[None, :] <= position[:, None])
+    if query_positions is not None:
+        key_positions = torch.ones_like(attention_mask[0]).cumsum(0) - 1
+        keep = keep & (key_positions[None, None, None, :] <= query_positions[:, None, :, None])
     return torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, torch.finfo(dtype).min)
 
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ppocompress.compress.files.onnx_export import additive_mask
+
 if TYPE_CHECKING:
     import openvino as ov
 
@@ -58,19 +60,10 @@ class _StepWrapper(nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, beam_idx, *past):
         pairs = [(past[i].index_select(0, beam_idx), past[i + 1].index_select(0, beam_idx)) for i in range(0, len(past), 2)]
         cache = _PastCache(pairs)
-        mask = _causal_mask(attention_mask, position_ids, self.model.dtype)
+        mask = additive_mask(attention_mask, self.model.dtype, position_ids)
         logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                             past_key_values=cache, use_cache=True).logits
         return (logits, *[tensor for pair in cache.present for tensor in pair])
-
-
-def _causal_mask(attention_mask: torch.Tensor, position_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The (batch, 1, new, all) additive mask: a key is seen when it is not padding and not
-    after the query's position. Built here because transformers' builder reads lengths as
-    Python numbers, which tracing turns into tensors; a 4-D mask is used as it is."""
-    key_position = torch.ones_like(attention_mask[0]).cumsum(0) - 1
-    keep = attention_mask[:, None, None, :].bool() & (key_position[None, None, None, :] <= position_ids[:, None, :, None])
-    return torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, torch.finfo(dtype).min)
 
 
 def kv_shapes(model: nn.Module) -> list[tuple[int, int]]:

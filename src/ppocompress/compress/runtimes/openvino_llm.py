@@ -51,12 +51,20 @@ def is_llm_artifact(artifact: Path) -> bool:
 def export_llm(model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
     """Writes `model` as an LLMPipeline folder in `directory`, its weights as its plan says
     (int4 data-aware on `calibration` when there is text: AWQ and scale estimation)."""
-    from ppocompress.compress.files.openvino_genai_folder import make_stateful, save_openvino_genai, trace
     from ppocompress.compress.plan import CompressionPlan
 
     plan = model.plan or CompressionPlan.dense(model.model.config.num_hidden_layers)
+    return _export(model, directory, calibration, lambda graph, dataset: compress_weights(graph, plan, dataset))
+
+
+def _export(model: LoadedModel, directory: Path, calibration: list[str], compress) -> Path:
+    """The one way to an LLMPipeline folder: traced, weights compressed by
+    `compress(graph, calibration dataset)` while the cache is still explicit (data-aware
+    compression runs the graph), made stateful, saved with tokenizers and configs."""
+    from ppocompress.compress.files.openvino_genai_folder import make_stateful, save_openvino_genai, trace
+
     graph = trace(model.model)
-    graph = compress_weights(graph, plan, calibration_dataset(graph, model.tokenizer, calibration))
+    graph = compress(graph, calibration_dataset(graph, model.tokenizer, calibration))
     make_stateful(graph)
     return save_openvino_genai(model, graph, Path(directory))
 
@@ -180,17 +188,14 @@ def export_nncf_mixed(model: LoadedModel, directory: Path, ratio: float, calibra
     estimation on `calibration`."""
     import nncf
 
-    from ppocompress.compress.files.openvino_genai_folder import make_stateful, save_openvino_genai, trace
-
     if model.plan is not None:
         raise UserError("NNCF's mixed precision is applied to the dense model")
-    graph = trace(model.model)
-    dataset = calibration_dataset(graph, model.tokenizer, calibration)
-    with quiet_nncf():
-        if ratio > 0:
-            graph = nncf.compress_weights(graph, ratio=ratio, **_int4_settings(dataset),
-                                          sensitivity_metric=nncf.SensitivityMetric.HESSIAN_INPUT_ACTIVATION)
-        else:  # NNCF reads a ratio of 0 as its default, 1
-            graph = nncf.compress_weights(graph, mode=nncf.CompressWeightsMode.INT8_ASYM)
-    make_stateful(graph)
-    return save_openvino_genai(model, graph, Path(directory))
+
+    def mixed(graph, dataset):
+        with quiet_nncf():
+            if ratio > 0:
+                return nncf.compress_weights(graph, ratio=ratio, **_int4_settings(dataset),
+                                             sensitivity_metric=nncf.SensitivityMetric.HESSIAN_INPUT_ACTIVATION)
+            return nncf.compress_weights(graph, mode=nncf.CompressWeightsMode.INT8_ASYM)  # NNCF reads ratio 0 as 1
+
+    return _export(model, directory, calibration, mixed)
