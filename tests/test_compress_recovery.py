@@ -16,10 +16,12 @@ from ppocompress.compress import (
     layer_table,
     load_model,
 )
+from ppocompress.compress.data.calibration import watch_inputs
 from ppocompress.compress.measure.quality import embed, embedding_fidelity
 from ppocompress.compress.ops.importance import (
     importance_scores,
     layers_to_drop,
+    output_weight,
     plan_from_scores,
 )
 from ppocompress.compress.pipeline import compress
@@ -27,6 +29,7 @@ from ppocompress.compress.plan import Precision
 from ppocompress.compress.recovery.lsq import (
     DEFAULT_RIDGE,
     RIDGES,
+    _apply,
     _held_out_error,
     projection_grams,
     refit_projections,
@@ -193,3 +196,33 @@ def test_refit_from_dense_statistics_equals_the_sequential_refit_of_a_first_laye
     assert torch.allclose(module.weight, expected.weight, rtol=1e-3, atol=1e-4)
     if expected.bias is not None:
         assert torch.allclose(module.bias, expected.bias, rtol=1e-3, atol=1e-4)
+
+
+def test_each_refit_solves_least_squares_on_the_inputs_the_whole_compressed_model_gives_it(tiny):
+    """Refit layer by layer from recorded calls, a projection must satisfy the ridge normal
+    equations on its inputs in a full forward pass of the refit model (a dropped layer and
+    an earlier refit before it), against the dense projection's outputs in a full dense
+    pass. (A layer's projections are refit together, from one pass: its FFN sees the
+    attention output before the attention's refit, so its FFN is not checked here.)"""
+    table = layer_table(tiny.model)
+    plan = CompressionPlan([LayerPlan(keep_neurons=list(range(0, table[0].ffn, 2))), LayerPlan(drop=True),
+                            LayerPlan(keep_groups=[0], keep_neurons=list(range(table[2].ffn // 2)))])
+    pruned = apply_plan(tiny, plan, quantize=False)
+    refit_projections(tiny, pruned, TEXTS, ridge=DEFAULT_RIDGE)
+    small, dense = adapter_for(pruned.model), adapter_for(tiny.model)
+    for name, projection, source in [("0.ffn", small.ffn_output(small.layers(pruned.model)[0]),
+                                      dense.ffn_output(dense.layers(tiny.model)[0])),
+                                     ("2.attn", small.attention_output(small.layers(pruned.model)[1]),
+                                      dense.attention_output(dense.layers(tiny.model)[2]))]:
+        inputs, targets = [], []
+        watch_inputs(pruned.model, pruned.tokenizer, TEXTS, {name: projection}, lambda _, x: inputs.append(x))
+        watch_inputs(tiny.model, tiny.tokenizer, TEXTS, {name: source}, lambda _, x: targets.append(_apply(source, x)))
+        x = torch.cat(inputs).double()
+        ridge = DEFAULT_RIDGE * (x * x).sum(0).mean()
+        weights = output_weight(projection).T.double()
+        if projection.bias is not None:  # the bias is the weight of a column of ones
+            x = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+            weights = torch.cat([weights, projection.bias.detach()[None].double()])
+        y, gram = torch.cat(targets).double(), x.T @ x
+        residual = (gram + ridge * torch.eye(len(gram), dtype=torch.float64)) @ weights - x.T @ y
+        assert residual.abs().max().item() < 1e-4 * (x.T @ y).abs().max().item(), name

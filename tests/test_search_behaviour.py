@@ -1,6 +1,7 @@
-"""The reorganisation of the code changed no behaviour: the same seed on the same tiny model
-scores the same plans in the same order, with the same rewards, and every searcher ends
-with the same plan as the code before it (tests/golden/search_behaviour.json)."""
+"""Changes to the code change no behaviour unless meant to: the same seed on the same tiny
+model scores the same plans in the same order, with the same rewards, and every searcher
+ends with the same plan as recorded (tests/golden/search_behaviour.json; search_behaviour.py
+says when it was last recorded)."""
 
 from __future__ import annotations
 

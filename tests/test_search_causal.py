@@ -34,7 +34,7 @@ from ppocompress.errors import UserError
 from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.levels import default_menu, group_fractions
 from ppocompress.search.plan import Plan
-from ppocompress.search.prepare import relative_sensitivity
+from ppocompress.search.prepare import drop_interaction, relative_sensitivity
 from ppocompress.search.results import CompressResult
 
 TEXTS = [f"the {w} of the town changed a lot over {n} years, said {name}" for n, (w, name) in
@@ -240,5 +240,24 @@ def test_sensitivities_are_each_layers_own_loss_beyond_the_shared_int8_head():
     raw = np.array([[0.0, 0.0019, 0.08, 0.9], [0.0, 0.0021, 0.05, 0.2]])
     relative = relative_sensitivity(raw, baseline=0.0018)
     assert relative[:, 0].tolist() == [0.0, 0.0]
-    assert relative[0, 1] == pytest.approx(0.0001) and relative[1, 2] == pytest.approx(0.0482)
-    assert (relative >= 0).all() and relative_sensitivity(raw, 0.0).tolist() == raw.tolist()
+    # on the KL scale, -log(1 - lost): about the quality lost itself while it is small
+    assert relative[0, 1] == pytest.approx(math.log(0.9982 / 0.9981)) and relative[1, 2] == pytest.approx(math.log(0.9982 / 0.95))
+    assert (relative >= 0).all() and relative_sensitivity(raw, 0.0) == pytest.approx(-np.log1p(-raw))
+
+
+def test_layers_that_each_lose_nearly_everything_add_up_on_the_kl_scale_not_to_a_saving():
+    """Quality lost saturates at 1: two dropped decoder layers that each lose 99% and
+    together 99.99% have KLs that add up exactly (4.6 + 4.6 = 9.2), so their pair adds
+    nothing, where quality lost itself would have made the pair look 0.98 cheaper."""
+    table = np.array([[0.0, 0.99], [0.0, 0.99]])
+    sensitivity = relative_sensitivity(table, baseline=0.0)
+    interaction = drop_interaction([[0.9999]], 0.0, sensitivity[:, 1])
+    assert interaction[0, 1] == pytest.approx(0.0, abs=1e-9) and sensitivity[0, 1] == pytest.approx(-math.log(0.01))
+
+
+def test_a_causal_lm_s_default_target_is_a_speedup_over_dense_int8_an_encoder_s_over_pytorch(tmp_path):
+    from ppocompress.search.settings import DEFAULT_DECODER_INT8_SPEEDUP, DEFAULT_TARGET_SPEEDUP, default_target
+
+    assert default_target(str(save_tiny_model("llama", tmp_path / "llama"))) == {
+        "target_int8_speedup": DEFAULT_DECODER_INT8_SPEEDUP}
+    assert default_target(str(save_tiny_model("bert", tmp_path / "bert"))) == {"target_speedup": DEFAULT_TARGET_SPEEDUP}

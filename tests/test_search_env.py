@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from ppocompress.compress import Precision
 from ppocompress.errors import UserError
 from ppocompress.search import CompressionEnv, CostTable, Target, default_menu
+from ppocompress.search.env import budgets
+from ppocompress.search.levels import DENSE_INT8_LEVEL
 from ppocompress.search.reward import one_by_one
 
 MENU = default_menu()
@@ -119,6 +121,16 @@ def test_unreachable_target_is_a_user_error():
         make_env(Target("speedup", 0.5))
 
 
+def test_a_target_against_dense_int8_budgets_the_dense_int8_cost_over_its_value():
+    table = synthetic_table()
+    int8 = MENU.index(DENSE_INT8_LEVEL)
+    env = make_env(Target("int8-speedup", 1.5))
+    assert env.budget == pytest.approx(table.total([int8] * table.num_layers) / 1.5)
+    assert Target("int8-speedup", 1.5).label == "1.5x int8"
+    with pytest.raises(UserError, match="--target-int8-speedup must be >= 1"):
+        make_env(Target("int8-speedup", 0.9))
+
+
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), num_layers=st.integers(2, 8))
 def test_shaped_rewards_add_up_to_the_true_reward(seed, num_layers):
@@ -145,8 +157,9 @@ def test_the_estimate_adds_the_loss_every_plan_shares():
     env.sensitivity[:] = 1e-4
     env.sensitivity[:, 0] = 0.0
     env.shared_loss = 2e-3
-    assert env.estimated_reward([0] * 6) == pytest.approx(-np.log(2e-3))
-    assert env.estimated_reward([1] + [0] * 5) == pytest.approx(-np.log(2.1e-3))
+    # losses add up as KLs; the reward is of the quality lost that their sum means
+    assert env.estimated_reward([0] * 6) == pytest.approx(-np.log(-np.expm1(-2e-3)))
+    assert env.estimated_reward([1] + [0] * 5) == pytest.approx(-np.log(-np.expm1(-2.1e-3)))
 
 
 def test_the_estimate_adds_what_each_pair_of_dropped_layers_loses_beyond_their_own_drops():
@@ -170,7 +183,7 @@ def test_the_estimate_adds_what_each_pair_of_dropped_layers_loses_beyond_their_o
 def test_a_target_set_env_takes_its_targets_in_turn_and_shows_each_budget():
     targets = [Target("speedup", 1.5), Target("speedup", 3.0)]
     env = make_env(targets)
-    shares = [t.budget(env.cost.reference_total) / env.cost.dense_total for t in targets]
+    shares = [budget / env.cost.dense_total for budget in budgets(env.cost, MENU, targets)]
     seen = [env.reset()[0][2] for _ in range(4)]
     assert seen == pytest.approx(shares * 2)
     observation, _ = env.reset(options={"target": 1})

@@ -11,6 +11,7 @@ from ppocompress.compress import CompressionPlan, LayerPlan, Precision, apply_pl
 from ppocompress.compress.measure.timing import TimingSetup
 from ppocompress.compress.ops.importance import importance_scores
 from ppocompress.search import default_menu
+from ppocompress.search import evaluator as evaluator_module
 from ppocompress.search.cost_table import (
     PRECISIONS,
     CostTable,
@@ -68,6 +69,34 @@ def test_swapped_model_equals_the_applied_plan_and_restores(tiny, evaluator):
     assert torch.allclose(swapped, outputs(apply_plan(tiny, applied).model, batch), atol=1e-5)
     assert torch.equal(outputs(tiny.model, batch), before)  # the dense model is back
     assert len(tiny.model.encoder.layer) == 3 and tiny.model.config.num_hidden_layers == 3
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_replaying_the_dense_layers_before_a_plan_s_first_compressed_one_changes_no_quality(family, tmp_path, monkeypatch):
+    model = load_model(str(save_tiny_model(family, tmp_path / family)))
+    scores = importance_scores(model, TEXTS[:32])
+    runtime = "torch" if family == "llama" else "onnxruntime"
+    replaying = PlanEvaluator(model, MENU, scores, TEXTS, low_fidelity=16, high_fidelity=48, runtime=runtime)
+    half, drop = level_index(group_keep=0.5, neuron_keep=0.5, weights=Precision.INT8), level_index(drop=True)
+    plans = [Plan.of([0, half, 0]), Plan.of([0, 0, drop]), Plan.of([half, 0, 0]), Plan.of([0, drop, half])]
+    replayed = [replaying.quality(plan, fidelity) for plan in plans for fidelity in ("probe", "low", "low")]
+    monkeypatch.setattr(evaluator_module, "REPLAYED", ())
+    computing = PlanEvaluator(model, MENU, scores, TEXTS, low_fidelity=16, high_fidelity=48, runtime=runtime)
+    assert replayed == [computing.quality(plan, fidelity) for plan in plans for fidelity in ("probe", "low", "low")]
+    assert set(replaying._recorded) == {"probe", "low"} and not computing._recorded
+
+
+def test_the_layer_database_keeps_the_most_recently_used_layers_within_its_bytes(tiny, monkeypatch):
+    evaluator = PlanEvaluator(tiny, MENU, importance_scores(tiny, TEXTS[:32]), TEXTS, low_fidelity=16, high_fidelity=48)
+    one = sum(t.numel() * t.element_size() for t in evaluator.layer(0, 1).parameters())
+    monkeypatch.setattr(evaluator_module, "LAYER_CACHE_BYTES", int(2.5 * one))
+    plan = Plan.of([1, 1, 1])
+    first = evaluator.quality(plan)
+    assert list(evaluator._layers) == [(1, 1), (2, 1)]  # layer 0's level 1, used first, made room
+    evaluator.layer(1, 1)
+    evaluator.layer(0, 1)  # built again: layer 2's is now the least recently used
+    assert list(evaluator._layers) == [(1, 1), (0, 1)]
+    assert evaluator.quality(plan) == first
 
 
 def test_layers_are_built_once(evaluator):

@@ -17,6 +17,7 @@ from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.job import CompressSettings, run_compress
 from ppocompress.search.levels import default_menu
 from ppocompress.search.results import CompressResult, TargetSetResult
+from ppocompress.search.searchers import SEARCHERS
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +129,7 @@ def test_a_target_set_is_one_ppo_run_and_per_target_baselines_on_as_many_evaluat
         assert all(speedup >= float(label[:-1]) - 1e-9 for speedup in speedups.values())
         assert evaluations["ppo"] <= 24 and all(evaluations[name] <= 12 for name in ("uniform", "random", "evolutionary"))
     state = json.loads((tmp_path / "family" / "state.json").read_text())
-    assert set(state["finished"]) == {"ppo", *(f"{name} {label}" for name in ("uniform", "random", "evolutionary")
+    assert set(state["finished"]) == {"ppo", *(f"{name} {label}" for name in ("uniform", "random", "evolutionary", "estimate")
                                                for label in ("1.2x", "1.5x"))}
     saved = json.loads((tmp_path / "family" / "family.json").read_text())
     assert saved["folders"] == ["target-1.2x", "target-1.5x"] and saved["policy"] == "policy"
@@ -170,7 +171,7 @@ def test_a_target_set_run_delivers_a_model_per_target_and_its_policy_starts_a_ne
     target_set = TargetSetResult.from_dir(out)
     assert [m.target_value for m in target_set.members] == [1.2, 1.5] and target_set.folders == ["target-1.2x", "target-1.5x"]
     for folder, member in zip(target_set.folders, target_set.members):
-        assert set(member.searchers) == {"ppo", "uniform", "random", "evolutionary"}
+        assert set(member.searchers) == set(SEARCHERS)
         assert (out / folder / "model").is_dir() and (out / folder / "report.html").exists()
     assert target_set.evaluations["ppo"] <= 16 and target_set.evaluations["evolutionary"] <= 16
     for name in ("report.html", "family_pareto.png", "family_plans.png"):
@@ -207,3 +208,21 @@ def test_a_damaged_policy_is_refused_before_the_first_long_step(setup, tmp_path)
     with pytest.raises(UserError, match="is damaged"):
         run_compress(settings(model_dir, text, policy=str(policy)), tmp_path / "out", log=logged.append)
     assert not any("importance" in line for line in logged) and not (tmp_path / "out").exists()
+
+
+def test_searchers_that_found_the_same_plan_share_one_recovered_model_and_its_measurements(setup, tmp_path, monkeypatch):
+    model_dir, text = setup
+    real_finalists = job_module.finalists
+
+    def all_ppo_s(scorer, results, labels, log):
+        finals = real_finalists(scorer, results, labels, log)
+        return {label: dict.fromkeys(plans, plans["ppo"]) for label, plans in finals.items()}
+
+    monkeypatch.setattr(job_module, "finalists", all_ppo_s)
+    lines = []
+    result, = run_compress(settings(model_dir, text, evals=6, baselines=True), tmp_path / "run", log=lines.append)
+    assert sum("recovery lsq, export" in line for line in lines) == 1
+    assert {f"{name}: the same plan as ppo" for name in ("uniform", "random", "evolutionary", "estimate")} <= set(lines)
+    ppo = result.searchers["ppo"]
+    for name, model in result.searchers.items():
+        assert model.latency == ppo.latency and model.cosine_heldout == ppo.cosine_heldout and model.plan == ppo.plan, name

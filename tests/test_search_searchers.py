@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ppocompress.errors import UserError
-from ppocompress.search import baselines, ppo_search
+from ppocompress.search import baselines, on_estimate, ppo_search
 from ppocompress.search.env import CompressionEnv, Target
 from ppocompress.search.plan import Plan
 from ppocompress.search.policy import load_policy, save_policy, scored_plans
@@ -85,6 +85,15 @@ def test_evolutionary_starts_from_the_best_uniform_plan():
     evolutionary = run_searcher("evolutionary", factory(target), one_by_one(score), max_evaluations=300, seed=0)
     assert uniform.best_plan in [e.plan for e in evolutionary.evaluated]
     assert evolutionary.best_reward >= uniform.best_reward
+
+
+def test_the_estimate_searcher_scores_one_plan_the_added_up_losses_rank_first():
+    target = Target("speedup", 2.0)
+    estimate = run_searcher("estimate", factory(target), one_by_one(score), max_evaluations=300, seed=0)
+    uniform = run_searcher("uniform", factory(target), one_by_one(score), max_evaluations=300, seed=0)
+    assert estimate.evaluations == 1
+    # The synthetic quality is the estimate's own sum, so the estimate's optimum beats every uniform plan.
+    assert estimate.best_reward > uniform.best_reward
 
 
 def test_unknown_searcher_is_a_user_error():
@@ -171,7 +180,7 @@ def test_the_estimate_search_keeps_the_target_and_leaves_no_one_or_two_layer_cha
     rng = np.random.default_rng(seed)
     start = next(plan for plan in (Plan.of(rng.integers(0, len(MENU), NUM_LAYERS)) for _ in range(10_000))
                  if env.is_valid_plan(plan) and env.cost.total(plan) < 0.8 * env.budget)
-    plan = ppo_search._improve_on_estimate(env, start, 0)
+    plan = on_estimate.improve_on_estimate(env, start, 0)
     assert env.is_valid_plan(plan) and estimated_loss(env, plan) < estimated_loss(env, start)
     changes = [(layer, level) for layer in range(NUM_LAYERS) for level in range(len(MENU))]
     neighbours = [moved(plan, a) for a in changes] + [moved(plan, a, b) for a in changes for b in changes if a[0] < b[0]]
@@ -195,9 +204,9 @@ def test_the_estimate_search_improves_a_plan_that_no_single_layer_change_improve
         while single_changes_help(singles_only):
             singles_only = max((moved(singles_only, c) for c in changes if env.is_valid_plan(moved(singles_only, c))),
                                key=lambda n: -estimated_loss(env, n))
-        if ppo_search._improve_on_estimate(env, singles_only, 0) != singles_only:
+        if on_estimate.improve_on_estimate(env, singles_only, 0) != singles_only:
             break
-    plan = ppo_search._improve_on_estimate(env, singles_only, 0)
+    plan = on_estimate.improve_on_estimate(env, singles_only, 0)
     assert not single_changes_help(singles_only)
     assert env.is_valid_plan(plan) and estimated_loss(env, plan) < estimated_loss(env, singles_only)
 
@@ -265,10 +274,11 @@ def test_a_target_set_run_first_scores_the_estimates_best_plan_for_its_first_tar
 
 
 def test_the_registry_names_each_searcher_with_how_it_runs_and_what_it_keeps():
-    assert list(SEARCHERS) == ["ppo", "uniform", "random", "evolutionary"]  # the delivered one first, then the baselines
+    # the delivered one first, then the baselines
+    assert list(SEARCHERS) == ["ppo", "uniform", "random", "evolutionary", "estimate"]
     assert all(name == searcher.name and callable(searcher.run) for name, searcher in SEARCHERS.items())
     assert [name for name, s in SEARCHERS.items() if s.whole_target_set] == ["ppo"] == policy_searchers()
-    assert [name for name, s in SEARCHERS.items() if s.plan_per_level] == ["uniform"]
+    assert {name: s.most_per_target(37) for name, s in SEARCHERS.items() if s.most_per_target} == {"uniform": 37, "estimate": 1}
     assert get_searcher("random") is SEARCHERS["random"]
     with pytest.raises(UserError, match="unknown searcher 'annealing'; use one of ppo, uniform, random, evolutionary"):
         get_searcher("annealing")

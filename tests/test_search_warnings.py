@@ -17,11 +17,11 @@ def _latency(p10: float, p90: float) -> LatencyResult:
 
 
 def _result(speedup: float, vs_int8: float, reference: LatencyResult, delivered: LatencyResult, rounds=None,
-            alternatives=None):
+            alternatives=None, target=("speedup", 5.0)):
     rounds = rounds or [speedup]
     model = SimpleNamespace(speedup=speedup, speedup_vs_dense_int8=vs_int8, predicted_speedup=5.06, latency=delivered,
                             speedup_range=lambda: (min(rounds), max(rounds)), fidelity=0.95)
-    return SimpleNamespace(delivered=model, target_kind="speedup", target_value=5.0, runtime="onnxruntime",
+    return SimpleNamespace(delivered=model, target_kind=target[0], target_value=target[1], runtime="onnxruntime",
                            reference_latency=reference, alternatives=alternatives or {}, fidelity_short_name="exp(-KL)")
 
 
@@ -40,6 +40,13 @@ def test_a_short_target_and_a_delivery_slower_than_int8_are_both_named():
     assert len(warnings) == 2
     assert warnings[0].startswith("measured 3.00x against dense PyTorch fp32, short of the 5x target by 40%")
     assert "slower than the dense int8 model on onnxruntime (0.90x)" in warnings[1]
+
+
+def test_a_target_against_dense_int8_is_checked_against_the_dense_int8_model():
+    met = _result(3.0, 1.42, _latency(345, 350), _latency(115, 117), target=("int8-speedup", 1.4))
+    assert target_warnings(met) == []
+    short = target_warnings(_result(5.1, 1.2, _latency(345, 350), _latency(68, 70), target=("int8-speedup", 1.4)))
+    assert short == ["measured 1.20x against the dense int8 model on onnxruntime, short of the 1.4x target by 14%"]
 
 
 def test_a_speedup_that_moves_from_round_to_round_is_a_busy_machine_too():

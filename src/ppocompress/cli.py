@@ -189,13 +189,15 @@ def bench(
 def compress_command(
     model: ModelOption = None,
     target_speedup: Annotated[Optional[float], typer.Option(help="Speedup against dense PyTorch fp32 the plan must reach "
-                                                                 "(by the latency table). Default 5.0.")] = None,
+                                                                 "(by the latency table). An encoder's default: 5.0.")] = None,
+    target_int8_speedup: Annotated[Optional[float], typer.Option(help="Or: speedup against the dense int8 model on the "
+                                                                      "serving runtime. A causal LM's default: 1.4.")] = None,
     target_size: Annotated[Optional[float], typer.Option(help="Or: size fraction of the dense model the plan must "
                                                               "fit in.")] = None,
     targets: Annotated[Optional[str], typer.Option(help="Or: a family of speedups, e.g. 2,3,4,5,6: one PPO search for all, "
                                                         "a model each in OUT/target-<N>x/.")] = None,
     target_sizes: Annotated[Optional[str], typer.Option(help="Or: a family of size fractions, e.g. 0.3,0.5.")] = None,
-    searcher: Annotated[str, typer.Option(help="ppo, uniform, random or evolutionary.")] = "ppo",
+    searcher: Annotated[str, typer.Option(help="ppo, uniform, random, evolutionary or estimate.")] = "ppo",
     evals: Annotated[Optional[int], typer.Option(help="Plan evaluations each searcher may make (for a family, in all). "
                                                       "Default 200 for an encoder, 100 for a causal LM (each costs more); "
                                                       "twice that for a family.")] = None,
@@ -219,7 +221,8 @@ def compress_command(
     """Search a per-layer compression plan with PPO, then deliver the compressed model, measured."""
     from ppocompress.search.job import STATE_FILE, run_compress
 
-    settings = _compress_settings(model=model, target_speedup=target_speedup, target_size=target_size, targets=targets,
+    settings = _compress_settings(model=model, target_speedup=target_speedup, target_int8_speedup=target_int8_speedup,
+                                  target_size=target_size, targets=targets,
                                   target_sizes=target_sizes, policy=policy, searcher=searcher, evals=evals, recovery=recovery,
                                   recover_minutes=recover_minutes, seed=seed, baselines=baselines, threads=threads, text=text,
                                   cost=cost, runtime=runtime, trust_remote_code=trust_remote_code)
@@ -233,16 +236,18 @@ def compress_command(
     _print_compressed(results, settings.is_target_set, out)
 
 
-def _compress_settings(*, model: str | None, target_speedup: float | None, target_size: float | None, targets: str | None,
+def _compress_settings(*, model: str | None, target_speedup: float | None, target_int8_speedup: float | None,
+                       target_size: float | None, targets: str | None,
                        target_sizes: str | None, policy: Path | None, searcher: str, evals: int | None, recovery: str,
                        recover_minutes: float | None, seed: int, baselines: bool, threads: int, text: Path | None, cost: str,
                        runtime: str, trust_remote_code: bool):
-    """compress' options as the search's CompressSettings; no target given means the default speedup."""
-    from ppocompress.search.settings import DEFAULT_TARGET_SPEEDUP, CompressSettings
+    """compress' options as the search's CompressSettings; no target given means the model's default target."""
+    from ppocompress.search.settings import CompressSettings, default_target
 
-    if all(t is None for t in (target_speedup, target_size, targets, target_sizes)):
-        target_speedup = DEFAULT_TARGET_SPEEDUP
-    settings = CompressSettings(model=model, target_speedup=target_speedup, target_size=target_size,
+    given = {"target_speedup": target_speedup, "target_int8_speedup": target_int8_speedup, "target_size": target_size}
+    if all(t is None for t in (*given.values(), targets, target_sizes)):
+        given = {**dict.fromkeys(given), **default_target(model, trust_remote_code)}
+    settings = CompressSettings(model=model, **given,
                                 target_set_speedups=_numbers(targets, "--targets"),
                                 target_set_sizes=_numbers(target_sizes, "--target-sizes"),
                                 policy=None if policy is None else str(policy), searcher=searcher,

@@ -108,6 +108,14 @@ CALIBRATION_FOR_TIMING = 16  # passages static int8 calibrates on; ranges do not
 TABLE_NEW_TOKENS = 32
 
 
+def timing_calibration(dense: LoadedModel, calibration: list[str]) -> list[str]:
+    """The text a model exported only to be timed is calibrated on: an encoder's static
+    int8 needs ranges (CALIBRATION_FOR_TIMING passages); a decoder's weights are compressed
+    data-free, since data-aware int4 (AWQ) changes the weights' values, not their speed,
+    and takes longer than the timing."""
+    return [] if dense.is_causal else calibration[:CALIBRATION_FOR_TIMING]
+
+
 def table_setup(setup: TimingSetup) -> TimingSetup:
     """How the latency table times models: as `setup`, generating fewer tokens."""
     return replace(setup, new_tokens=min(setup.new_tokens, TABLE_NEW_TOKENS))
@@ -165,7 +173,7 @@ def measured_table(dense: LoadedModel, menu: list[Level], runtime: str, setup: T
         for n, (label, plan) in enumerate(plans.items()):
             # which units a layer keeps does not change its cost; an int8 head as the search's plans have
             model = apply_plan(dense, compression_plan(plan, menu, table, head=searched_head(dense)), quantize=False)
-            targets.append((label, get_runtime(runtime).export(model, work / f"model{n}", calibration[:CALIBRATION_FOR_TIMING]),
+            targets.append((label, get_runtime(runtime).export(model, work / f"model{n}", timing_calibration(dense, calibration)),
                             runtime))
         measured = measure_latencies(targets, setup)
     features = np.array([[1.0, *sum(level_features(level) for level in plan.chosen(menu))] for plan in plans.values()])

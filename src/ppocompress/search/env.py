@@ -40,41 +40,61 @@ from gymnasium import spaces
 from ppocompress.errors import UserError
 from ppocompress.rl.rollout import PENDING_REWARD
 from ppocompress.search.cost_table import CostTable
-from ppocompress.search.levels import DENSE, Level
+from ppocompress.search.levels import DENSE, DENSE_INT8_LEVEL, Level
 from ppocompress.search.plan import Plan
-from ppocompress.search.reward import PlansScorer, reward_from_loss
+from ppocompress.search.reward import PlansScorer, lost_from_additive, reward_from_loss
 
 SHAPING_FLOOR = 1e-3  # quality drop below which the shaping estimate stops rewarding (cosine 0.999)
 BUDGET_TOLERANCE = 1e-9  # a plan's cost may exceed its budget by this much (float sums of layer costs)
 
 
+SPEEDUP, INT8_SPEEDUP, SIZE = "speedup", "int8-speedup", "size"  # the kinds of target
+TARGET_OPTIONS = {SPEEDUP: "--target-speedup", INT8_SPEEDUP: "--target-int8-speedup", SIZE: "--target-size"}
+
+
 @dataclass
 class Target:
-    kind: str  # "speedup" (total cost <= dense / value) or "size" (total <= dense * value)
+    """kind SPEEDUP: the plan's cost at most dense PyTorch fp32's / value; INT8_SPEEDUP: at
+    most the dense int8 model's on the serving runtime / value (what quantizing alone gives
+    is the bar a decoder's search must clear); SIZE: at most the dense model's x value."""
+
+    kind: str
     value: float
 
     @property
     def label(self) -> str:
-        """"4x" or "size 0.5"."""
-        return f"{self.value:g}x" if self.kind == "speedup" else f"size {self.value:g}"
+        """"4x", "1.4x int8" or "size 0.5"."""
+        return {SPEEDUP: f"{self.value:g}x", INT8_SPEEDUP: f"{self.value:g}x int8"}.get(self.kind, f"size {self.value:g}")
 
     @property
     def description(self) -> str:
-        """"4x speedup" or "size 0.5"."""
-        return f"{self.label} speedup" if self.kind == "speedup" else self.label
+        """"4x speedup", "1.4x int8 speedup" or "size 0.5"."""
+        return self.label if self.kind == SIZE else f"{self.label} speedup"
 
-    def budget(self, dense_total: float) -> float:
+    def budget(self, reference_total: float, int8_total: float | None) -> float:
+        """The most a plan may cost: reference_total is dense PyTorch fp32's (or the dense
+        model's size), int8_total the dense int8 model's on the serving runtime (None: a
+        menu without int8)."""
+        option = TARGET_OPTIONS.get(self.kind)
+        if option is None:
+            raise UserError(f"unknown target kind {self.kind!r}")
         if not math.isfinite(self.value):
-            raise UserError(f"--target-{self.kind} must be a finite number, got {self.value}")
-        if self.kind == "speedup":
-            if self.value < 1.0:
-                raise UserError(f"--target-speedup must be >= 1, got {self.value}")
-            return dense_total / self.value
-        if self.kind == "size":
+            raise UserError(f"{option} must be a finite number, got {self.value}")
+        if self.kind == SIZE:
             if not 0.0 < self.value <= 1.0:
                 raise UserError(f"--target-size must be a fraction in (0, 1], got {self.value}")
-            return dense_total * self.value
-        raise UserError(f"unknown target kind {self.kind!r}")
+            return reference_total * self.value
+        if self.value < 1.0:
+            raise UserError(f"{option} must be >= 1, got {self.value}")
+        if self.kind == INT8_SPEEDUP and int8_total is None:
+            raise UserError(f"{option} needs a menu with a dense int8 level; use --target-speedup")
+        return (reference_total if self.kind == SPEEDUP else int8_total) / self.value
+
+
+def budgets(cost: CostTable, menu: list[Level], targets: list[Target]) -> list[float]:
+    """Each target's budget in the cost table's units."""
+    int8_total = (cost.total([menu.index(DENSE_INT8_LEVEL)] * cost.num_layers) if DENSE_INT8_LEVEL in menu else None)
+    return [target.budget(cost.reference_total, int8_total) for target in targets]
 
 
 def check_reachable(cost: CostTable, menu: list[Level], targets: list[Target]) -> None:
@@ -83,10 +103,10 @@ def check_reachable(cost: CostTable, menu: list[Level], targets: list[Target]) -
     cheapest level overall."""
     cheapest_kept = min(c for c, level in zip(cost.per_level, menu) if not level.drop)
     lowest = cost.base + cheapest_kept + (cost.num_layers - 1) * min(cost.per_level)
-    for target in targets:
-        if lowest > target.budget(cost.reference_total) + BUDGET_TOLERANCE:
-            raise UserError(f"target {target.kind} {target.value:g} cannot be met: the most compressed plan reaches "
-                            f"{cost.reference_total / lowest:.2f}x by the cost table; ask for less")
+    for target, budget in zip(targets, budgets(cost, menu, targets)):
+        if lowest > budget + BUDGET_TOLERANCE:
+            raise UserError(f"target {target.description} cannot be met: the most compressed plan reaches "
+                            f"{cost.reference_total / lowest:.2f}x dense PyTorch fp32 by the cost table; ask for less")
 
 
 class CompressionEnv(gym.Env):
@@ -118,7 +138,7 @@ class CompressionEnv(gym.Env):
         self.defer_rewards = False
         self._pending: list[Plan] = []
         self.num_layers = cost.num_layers
-        self.budgets = [t.budget(cost.reference_total) for t in self.targets]
+        self.budgets = budgets(cost, menu, self.targets)
         self.cheapest = min(cost.per_level)
         self.cheapest_kept = min(c for c, level in zip(cost.per_level, menu) if not level.drop)
         check_reachable(cost, menu, self.targets)
@@ -215,8 +235,9 @@ class CompressionEnv(gym.Env):
         return self.cost.total(plan) <= budget + BUDGET_TOLERANCE and any(not self.menu[i].drop for i in plan)
 
     def estimated_loss(self, levels: Sequence[int]) -> float:
-        """The quality lost if the layers' one-off drops and their dropped pairs' extras
-        added up and the later layers stayed dense. `levels`: a plan, or the first layers' levels."""
+        """The quality lost, on reward.additive_loss's scale, if the layers' one-off drops and
+        their dropped pairs' extras added up and the later layers stayed dense. `levels`: a
+        plan, or the first layers' levels."""
         levels = list(levels)
         dropped = np.flatnonzero(self.drops[levels]) if levels else []
         pairs = self.drop_interaction[np.ix_(dropped, dropped)].sum() / 2 if len(dropped) > 1 else 0.0
@@ -224,7 +245,7 @@ class CompressionEnv(gym.Env):
 
     def estimated_reward(self, levels: Sequence[int]) -> float:
         """The reward estimated_loss gives (floored)."""
-        return reward_from_loss(self.estimated_loss(levels), SHAPING_FLOOR)
+        return reward_from_loss(lost_from_additive(self.estimated_loss(levels)), SHAPING_FLOOR)
 
     # --- helpers ------------------------------------------------------------------
     def _observation(self) -> np.ndarray:

@@ -27,6 +27,7 @@ import contextlib
 import copy
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -54,6 +55,9 @@ from ppocompress.search.levels import DENSE, Level
 from ppocompress.search.plan import Plan, level_names
 from ppocompress.search.reward import quality_lost
 
+# The compressed layers kept for plans to come (a database of every layer at every level of
+# SmolLM2's menu would take 15 GB); a layer built again costs a fraction of its evaluation.
+LAYER_CACHE_BYTES = 2 * 2**30
 LOW_FIDELITY, HIGH_FIDELITY = 64, 256  # calibration passages a plan is scored on
 # A causal LM's score costs a forward pass with the full vocabulary per token (passages are
 # cut at fidelity.CAUSAL_MAX_LENGTH tokens), so it is scored on fewer passages, and its
@@ -68,6 +72,11 @@ def fidelity_passages(causal: bool) -> dict[str, int]:
         return {"probe": CAUSAL_PROBE, "low": CAUSAL_LOW_FIDELITY, "high": CAUSAL_HIGH_FIDELITY}
     return {"probe": LOW_FIDELITY, "low": LOW_FIDELITY, "high": HIGH_FIDELITY}
 
+
+# The fidelities whose passages' dense layer outputs are kept to be replayed (see _Replay):
+# those of the many cheap evaluations, not the finalists' larger subset, whose outputs
+# would take hundreds of MB.
+REPLAYED = ("probe", "low")
 
 Qualities = Callable[[list[Plan], str], Iterable[float]]  # (plans, fidelity) -> their qualities, in order
 
@@ -129,7 +138,8 @@ class PlanEvaluator:
         self.fidelity = {name: by_count[count] for name, count in passages.items()}
         self.head = searched_head(dense)
         self._head = self._int8_head() if self.head == Precision.INT8 else None
-        self._layers: dict[tuple[int, int], nn.Module] = {}
+        self._layers: OrderedDict[tuple[int, int], nn.Module] = OrderedDict()  # least recently used first
+        self._recorded: dict[str, list[list]] = {}  # fidelity -> each dense layer's outputs, call by call
         # Two evaluators with the same identity give every plan the same reward.
         self.identity = hashlib.sha256(json.dumps({
             "model": dense.source, "config": dense.config_scalars(),
@@ -144,9 +154,12 @@ class PlanEvaluator:
         return compression_plan(plan, self.menu, self.table, self.scores, self.head)
 
     def layer(self, index: int, level_index: int) -> nn.Module:
-        """Layer `index` compressed to menu level `level_index`, built on first use."""
+        """Layer `index` compressed to menu level `level_index`, built on first use and kept
+        while the layers built since take less than LAYER_CACHE_BYTES."""
         key = (index, level_index)
-        if key not in self._layers:
+        if key in self._layers:
+            self._layers.move_to_end(key)
+        else:
             dense_layer = self.dense_layers[index]
             kept = layer_plan(self.table[index], self.menu[level_index], self.scores[index])
             refit = None
@@ -156,7 +169,19 @@ class PlanEvaluator:
                     refit_to_subset(projection, dense_projection, self.grams[f"{index}.{kind}"], columns)
             self._layers[key] = compress_layer(copy.deepcopy(dense_layer), kept, self.adapter, self.head_dim, refit,
                                                quantize=lambda layer, precision: self._as_served(index, layer, precision)).eval()
+            self._forget_beyond(LAYER_CACHE_BYTES)
         return self._layers[key]
+
+    def _forget_beyond(self, limit: int) -> None:
+        """Drops the least recently used layers until the rest take at most `limit` bytes."""
+        sizes = {key: sum(t.numel() * t.element_size() for t in (*layer.parameters(), *layer.buffers()))
+                 for key, layer in self._layers.items()}
+        total = sum(sizes.values())
+        for key in list(self._layers)[:-1]:
+            if total <= limit:
+                return
+            total -= sizes[key]
+            del self._layers[key]
 
     def _int8_head(self) -> nn.Module:
         """The causal LM's output head in int8 as the serving runtime computes it."""
@@ -194,25 +219,48 @@ class PlanEvaluator:
 
     def quality(self, plan: Plan, fidelity: str = "low") -> float:
         """Fidelity to the dense model on the chosen calibration subset."""
-        with self.swapped(plan) as model:
+        with self.swapped(plan, self._dense_outputs(fidelity)) as model:
             return self.fidelity[fidelity](model)
+
+    def _dense_outputs(self, fidelity: str) -> list[list] | None:
+        """What each dense layer returned, call by call, while the `fidelity` passages were
+        scored with every layer dense (recorded once; None for a fidelity not REPLAYED)."""
+        if fidelity not in REPLAYED:
+            return None
+        if fidelity not in self._recorded:
+            outputs: list[list] = [[] for _ in self.dense_layers]
+            with self.swapped(Plan.uniform(DENSE, len(self.dense_layers))) as model:
+                hooks = [layer.register_forward_hook(lambda _m, _a, out, i=i: outputs[i].append(_detached(out)))
+                         for i, layer in enumerate(self.adapter.layers(model))]
+                try:
+                    self.fidelity[fidelity](model)
+                finally:
+                    for hook in hooks:
+                        hook.remove()
+            self._recorded[fidelity] = outputs
+        return self._recorded[fidelity]
 
     def qualities(self, plans: list[Plan], fidelity: str = "low") -> Iterator[float]:
         """quality() of each plan, one after another (search/scoring.py's Ray workers score them in parallel)."""
         return (self.quality(plan, fidelity) for plan in plans)
 
     @contextlib.contextmanager
-    def swapped(self, plan: Plan):
-        """The dense model with its layers replaced per `plan`, restored afterwards."""
+    def swapped(self, plan: Plan, dense_outputs: list[list] | None = None):
+        """The dense model with its layers replaced per `plan`, restored afterwards; with
+        the dense layers' recorded outputs (_dense_outputs), the layers before the plan's
+        first compressed one replay them instead of computing them."""
         model = self.dense.model
         module_list = self.adapter.layers(model)
         original = list(module_list)
         config = model.config
         saved = {name: copy.copy(getattr(config, name, None)) for name in ("num_hidden_layers", "layer_types")}
         kept = [i for i, level in enumerate(plan) if not self.menu[level].drop]
+        first_compressed = next((i for i, level in enumerate(plan) if level != DENSE), len(plan))
         head = getattr(model, "lm_head", None)
         try:
-            _replace(module_list, [self.layer(i, plan[i]) for i in kept])
+            _replace(module_list, [_Replay(self.dense_layers[i], dense_outputs[i])
+                                   if dense_outputs is not None and i < first_compressed else self.layer(i, plan[i])
+                                   for i in kept])
             self.adapter.set_num_layers(model, kept)
             if self._head is not None:
                 model.lm_head = self._head
@@ -225,6 +273,36 @@ class PlanEvaluator:
                 if value is not None:
                     setattr(config, name, value)
             self.adapter.set_num_layers(model, list(range(len(original))))  # layer_idx back in place
+
+
+class _Replay(nn.Module):
+    """A dense layer that returns, call by call, what it returned when the same passages
+    were scored with every layer dense: the same result as computing it, for none of the
+    work. A one-off sensitivity's plan changes one layer, so on average half of a forward
+    pass is replayed. Other attributes are the layer's (a model's loop may read some)."""
+
+    def __init__(self, layer: nn.Module, outputs: list):
+        super().__init__()
+        self.layer, self.outputs, self.calls = layer, outputs, 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.outputs[self.calls - 1]
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("layer"), name)
+
+
+def _detached(output):
+    """A layer's output (a tensor, or a tuple holding tensors) kept apart from autograd."""
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, tuple):
+        return tuple(_detached(item) for item in output)
+    return output
 
 
 def _replace(module_list: nn.ModuleList, layers: list[nn.Module]) -> None:

@@ -17,29 +17,30 @@ from pathlib import Path
 from ppocompress.search.env import CompressionEnv
 from ppocompress.search.prepare import prepare
 from ppocompress.search.searching import compression_env, plan_scorer
-from ppocompress.search.settings import DEFAULT_TARGET_SPEEDUP, CompressSettings
+from ppocompress.search.settings import CompressSettings, default_target
 from ppocompress.search.state import SearchState
 
 _DEFAULTS = CompressSettings()  # make_env's defaults are the command's, defined there once
 
 
 def make_env(model: str | None = _DEFAULTS.model, target_speedup: float | None = None,
-             target_size: float | None = _DEFAULTS.target_size,
+             target_int8_speedup: float | None = None, target_size: float | None = _DEFAULTS.target_size,
              target_set_speedups: list[float] | None = _DEFAULTS.target_set_speedups,
              target_set_sizes: list[float] | None = _DEFAULTS.target_set_sizes, cost: str = _DEFAULTS.cost,
              runtime: str = _DEFAULTS.runtime, text: str | Path | None = _DEFAULTS.text, recovery: str = _DEFAULTS.recovery,
              threads: int = _DEFAULTS.threads, trust_remote_code: bool = _DEFAULTS.trust_remote_code,
              log: Callable[[str], None] = print) -> CompressionEnv:
     """A CompressionEnv for `model` (default: the embedded all-MiniLM-L6-v2) and one target
-    (default: a 5x speedup, as `ppocompress compress`), or a target set's targets taken in
+    (default: `ppocompress compress`'s for the model, see settings.default_target), or a target set's targets taken in
     turn by episode. cost="measured" times the dense model and a latency table on the
     serving runtime first (minutes; the table is cached), "flops" prices by parameters.
     recovery: plans are scored after least-squares recovery when it includes "lsq", as the
     search scores them. Each distinct plan is evaluated once, then its reward is reused.
     A bad argument raises UserError before anything is loaded."""
-    if target_speedup is None and target_size is None and target_set_speedups is None and target_set_sizes is None:
-        target_speedup = DEFAULT_TARGET_SPEEDUP
-    settings = CompressSettings(model=model, target_speedup=target_speedup, target_size=target_size,
+    given = {"target_speedup": target_speedup, "target_int8_speedup": target_int8_speedup, "target_size": target_size}
+    if all(value is None for value in (*given.values(), target_set_speedups, target_set_sizes)):
+        given = {**dict.fromkeys(given), **default_target(model, trust_remote_code)}
+    settings = CompressSettings(model=model, **given,
                                 target_set_speedups=target_set_speedups, target_set_sizes=target_set_sizes, cost=cost,
                                 runtime=runtime, text=None if text is None else str(text), recovery=recovery, threads=threads,
                                 trust_remote_code=trust_remote_code)

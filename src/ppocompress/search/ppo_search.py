@@ -12,7 +12,8 @@ import math
 import numpy as np
 
 from ppocompress.rl import PPO, PPOConfig
-from ppocompress.search.env import BUDGET_TOLERANCE, CompressionEnv
+from ppocompress.search.env import CompressionEnv
+from ppocompress.search.on_estimate import improve_on_estimate
 from ppocompress.search.plan import Plan
 from ppocompress.search.recorder import Recorder, SearchRun
 from ppocompress.search.reward import one_by_one
@@ -27,7 +28,6 @@ LEARNING_STEPS_PER_EVALUATION = 4  # an agent's most steps: this many episodes p
 RESTART_SEED_STEP = 1000  # agent k's seed: the run's seed + k times this
 EPISODES_PER_UPDATE = 32
 MINIBATCHES = 3
-IMPROVEMENT = 1e-9  # the least drop in estimated loss a move on the estimate must bring (else rounding could cycle)
 
 
 def ppo_search(run: SearchRun) -> None:
@@ -120,50 +120,11 @@ def _greedy_plan(agent, env: CompressionEnv, target: int = 0) -> Plan:
 def _estimated_best_plan(agent, env: CompressionEnv, target: int) -> Plan:
     """The agent's plan for the target set's `target`-th target, with no evaluation: its
     greedy plan, walked on the free estimate, then improved on that estimate
-    (_improve_on_estimate). A policy overshoots a target it was not trained on (its plan
+    (on_estimate.improve_on_estimate). A policy overshoots a target it was not trained on (its plan
     for a neighbouring target meets it with room to spare), which the improvement spends."""
     probe = copy.copy(env)  # scores with the estimate: the plan is scored once it is final
     probe.score_plans = one_by_one(env.estimated_reward)
-    return _improve_on_estimate(env, _greedy_plan(agent, probe, target), target)
-
-
-def _improve_on_estimate(env: CompressionEnv, plan: Plan, target: int) -> Plan:
-    """Local search on the estimate: the change of one or two layers' levels that keeps
-    the target and lowers the estimated loss most, until none lowers it. One layer at a
-    time spends slack below the target; two trade a level for another (a dropped layer
-    kept, another compressed more), which one at a time cannot do within a tight budget."""
-    sensitivity = env.sensitivity.astype(np.float64)
-    cost = np.asarray(env.cost.per_level, dtype=np.float64)
-    kept = np.array([not level.drop for level in env.menu], dtype=int)
-    every_layer = np.arange(env.num_layers)
-    layer_of = np.repeat(every_layer, len(env.menu))  # of each flattened (layer, level) change
-    budget = env.budgets[target] + BUDGET_TOLERANCE
-    later_layer = layer_of[:, None] < layer_of[None, :]  # each pair of changes once, to two layers
-    interaction = env.drop_interaction[layer_of][:, layer_of]  # between the layers of two changes
-    levels = list(plan)
-    while True:
-        now = np.array(levels)
-        # per (layer, level), flattened: what moving that layer to that level changes
-        kept_change = (kept[None, :] - kept[now][:, None]).reshape(-1)
-        drop_change = -kept_change
-        # ... and the pairs with the layers dropped now
-        loss_change = ((sensitivity - sensitivity[every_layer, now][:, None]).reshape(-1)
-                       + drop_change * (env.drop_interaction @ (1 - kept[now]))[layer_of])
-        cost_change = (cost[None, :] - cost[now][:, None]).reshape(-1)
-        room, kept_now = budget - env.cost.total(levels), int(kept[now].sum())
-        single = np.where((cost_change <= room) & (kept_now + kept_change >= 1), loss_change, np.inf)
-        fits = ((cost_change[:, None] + cost_change[None, :] <= room)
-                & (kept_now + kept_change[:, None] + kept_change[None, :] >= 1)
-                & later_layer)
-        # two changes' loss, and the pair of their two layers (each change counted it against the other's old level)
-        joint = loss_change[:, None] + loss_change[None, :] + drop_change[:, None] * drop_change[None, :] * interaction
-        pair = np.where(fits, joint, np.inf)
-        best_single, best_pair = int(single.argmin()), int(pair.argmin())
-        if min(single[best_single], pair.flat[best_pair]) >= -IMPROVEMENT:
-            return Plan.of(levels)
-        moves = [best_single] if single[best_single] <= pair.flat[best_pair] else np.unravel_index(best_pair, pair.shape)
-        for move in moves:
-            levels[int(layer_of[move])] = int(move % len(env.menu))
+    return improve_on_estimate(env, _greedy_plan(agent, probe, target), target)
 
 
 def _until_converged(recorder: Recorder):

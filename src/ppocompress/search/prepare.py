@@ -20,15 +20,15 @@ from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import AUTO, REFERENCE, available_runtimes, get_runtime, no_generation
 from ppocompress.errors import UserError
 from ppocompress.search.cost_table import (
-    CALIBRATION_FOR_TIMING,
     CostTable,
     anchor_reference,
     flops_table,
     measured_table,
     table_cache_path,
     table_setup,
+    timing_calibration,
 )
-from ppocompress.search.env import Target, check_reachable
+from ppocompress.search.env import SIZE, Target, check_reachable
 from ppocompress.search.estimate import Estimate, estimate
 from ppocompress.search.evaluator import (
     PlanEvaluator,
@@ -50,7 +50,7 @@ from ppocompress.search.levels import (
 from ppocompress.search.plan import Plan
 from ppocompress.search.policy import load_policy
 from ppocompress.search.progress import count_bar
-from ppocompress.search.reward import quality_lost
+from ppocompress.search.reward import additive_loss, quality_lost
 from ppocompress.search.scoring import EvaluatorSpec, RayScorer, Scorer
 from ppocompress.search.settings import MEASURED, CompressSettings
 from ppocompress.search.state import Measurements, SearchState
@@ -76,10 +76,10 @@ class Prepared:
     cost: CostTable
     evaluator: PlanEvaluator  # this process's: it builds the delivered plans
     scorer: Scorer  # who scores plans in the search: the evaluator, or Ray workers
-    sensitivity: np.ndarray  # (layers, levels) quality lost when only that layer is compressed (relative_sensitivity)
+    sensitivity: np.ndarray  # (layers, levels) lost when only that layer is compressed (relative_sensitivity)
     # (layers, layers) what dropping both loses beyond their one-off drops (None: no drop level)
     drop_interaction: np.ndarray | None
-    shared_loss: float  # quality lost by the plan every plan starts from (a causal LM's int8 output head)
+    shared_loss: float  # lost by the plan every plan starts from (a causal LM's int8 output head), additive_loss's scale
     features: np.ndarray  # (layers, 2) block influence and importance spread
 
 
@@ -88,7 +88,7 @@ def prepare(settings: CompressSettings, state: SearchState, save_state, log, wor
     scoring.ray_workers), None for this process."""
     dense, texts, menu = _load(settings)
     targets, setup, calibration = settings.targets(), settings.timing(dense.is_causal), texts.calibration
-    measured = settings.cost == MEASURED and targets[0].kind == "speedup"
+    measured = settings.cost == MEASURED and targets[0].kind != SIZE
     if not measured:  # parameters scale like FLOPs per layer; int8 is priced by its discount
         cost = flops_table(dense, menu)
         check_reachable(cost, menu, targets)  # a measured table is checked once it is timed
@@ -104,7 +104,7 @@ def prepare(settings: CompressSettings, state: SearchState, save_state, log, wor
     sensitivity, interaction = _sensitivities(evaluator, scorer, menu, len(scores), taken, save_state, log)
     features = np.array([[s.block_influence, float(s.neurons.std() / (s.neurons.mean() + 1e-12))] for s in scores])
     return Prepared(dense, texts, scores, menu, runtime, setup, cost, evaluator, scorer, sensitivity, interaction,
-                    max(taken.sensitivity_baseline, 0.0), features)
+                    float(additive_loss(max(taken.sensitivity_baseline, 0.0))), features)
 
 
 def _load(settings: CompressSettings) -> tuple[LoadedModel, TextSplits, list[Level]]:
@@ -171,7 +171,7 @@ def _serving_runtime(settings: CompressSettings, dense: LoadedModel, menu: list[
             candidates = ([settings.runtime] if settings.runtime != AUTO
                           else [r.name for r in available_runtimes(log, causal=dense.is_causal) if r.serves_int4 or not int4])
             taken.dense_ms = time_dense_variants(dense, candidates, replace(setup, rounds=ANCHOR_ROUNDS),
-                                                 calibration[:CALIBRATION_FOR_TIMING], log)
+                                                 timing_calibration(dense, calibration), log)
             taken.runtime = settings.runtime if settings.runtime != AUTO else fastest_int8(taken.dense_ms)
         else:
             taken.runtime = _asked_runtime(settings, dense.is_causal)
@@ -236,24 +236,25 @@ def _sensitivities(evaluator: PlanEvaluator, scorer: Scorer, menu: list[Level], 
 
 
 def drop_interaction(pairs: list[list[float]], baseline: float, drop_sensitivity: np.ndarray) -> np.ndarray:
-    """A symmetric (layers, layers) table, zero on the diagonal: the quality two layers
-    dropped together lose (drop_pair_table's rows, less the baseline every plan carries)
-    beyond the sum of their one-off drops; negative where the pair loses less."""
+    """A symmetric (layers, layers) table, zero on the diagonal: what two layers dropped
+    together lose (drop_pair_table's rows, less the baseline every plan carries) beyond the
+    sum of their one-off drops (relative_sensitivity's), on reward.additive_loss's scale;
+    negative where the pair loses less."""
     layers = len(drop_sensitivity)
     table = np.zeros((layers, layers))
     for first, row in enumerate(pairs):
-        for second, loss in enumerate(row, start=first + 1):
-            table[first, second] = table[second, first] = (loss - baseline) - drop_sensitivity[first] - drop_sensitivity[second]
+        for second, loss in enumerate(additive_loss(np.array(row)) - additive_loss(baseline), start=first + 1):
+            table[first, second] = table[second, first] = loss - drop_sensitivity[first] - drop_sensitivity[second]
     return table
 
 
 def relative_sensitivity(table: np.ndarray, baseline: float) -> np.ndarray:
-    """Each layer's own quality loss: the table less what the plan with every layer dense
-    already loses. That is nothing for an encoder, but a causal LM's plans all carry an
-    int8 output head, whose loss can be nearly all that one int8 layer is measured to lose:
-    it would otherwise count once per compressed layer and make a few heavily pruned layers
-    look cheaper than many int8 ones."""
-    relative = np.clip(table - baseline, 0.0, None)
+    """Each layer's own quality loss, on reward.additive_loss's scale: the table's less what
+    the plan with every layer dense already loses. That is nothing for an encoder, but a
+    causal LM's plans all carry an int8 output head, whose loss can be nearly all that one
+    int8 layer is measured to lose: it would otherwise count once per compressed layer and
+    make a few heavily pruned layers look cheaper than many int8 ones."""
+    relative = np.clip(additive_loss(table) - additive_loss(baseline), 0.0, None)
     relative[:, DENSE] = 0.0
     return relative
 

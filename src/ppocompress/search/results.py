@@ -69,7 +69,7 @@ def quality_columns(causal: bool, detailed: bool = False) -> list[tuple[str, str
 class CompressResult:
     model: str
     runtime: str  # where the delivered model is served and the search priced plans
-    target_kind: str  # "speedup" or "size"
+    target_kind: str  # a Target's kind: "speedup", "int8-speedup" or "size"
     target_value: float
     searcher: str  # whose plan was delivered
     timing: TimingSetup

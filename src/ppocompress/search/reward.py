@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
+import numpy as np
+
 from ppocompress.search.plan import Plan
 
 PlansScorer = Callable[[list[Plan]], Iterable[float]]  # plans -> their rewards, in order
@@ -19,6 +21,19 @@ LOSS_FLOOR = 1e-6  # the least quality lost a reward counts, so that a perfect p
 
 def quality_lost(fidelity: float) -> float:
     return 1.0 - fidelity
+
+
+def additive_loss(lost):
+    """Quality lost (a number or an array) on the scale where layers' losses add up:
+    -log(fidelity), the KL itself for a causal LM, about 1 - cosine for an encoder. Quality
+    lost saturates at 1: one dropped decoder layer can lose nearly all of it, so one-off
+    losses added up, and pairs' extras, would be wrong by orders of magnitude."""
+    return -np.log1p(-np.minimum(lost, 1.0 - 1e-15))
+
+
+def lost_from_additive(total: float) -> float:
+    """The quality lost a total on additive_loss's scale means."""
+    return -math.expm1(-total)
 
 
 def reward_from_loss(loss: float, floor: float = LOSS_FLOOR) -> float:

@@ -2,7 +2,9 @@
 
 - ppo (ppo_search.py): our PPO on CompressionEnv, rehearsed on the free reward estimate;
   the searcher a run delivers by default;
-- uniform, random, evolutionary (baselines.py): what PPO is measured against.
+- uniform, random, evolutionary (baselines.py): what PPO is measured against;
+- estimate (on_estimate.py): the plan the one-off sensitivities added up pick, one
+  evaluation: what evaluating whole plans adds.
 Every plan any searcher scores goes through one Recorder (recorder.py), which counts
 evaluations (repeats are free), keeps the best plan and the history for the report.
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from ppocompress.errors import UserError
 from ppocompress.search import baselines
 from ppocompress.search.env import CompressionEnv
+from ppocompress.search.on_estimate import estimate_search
 from ppocompress.search.ppo_search import ppo_search
 from ppocompress.search.recorder import EvaluationsSpent, Recorder, SearchResult, SearchRun
 from ppocompress.search.reward import PlansScorer
@@ -31,14 +34,16 @@ class Searcher:
     run: Callable[[SearchRun], None]  # searches until EvaluationsSpent or it is done
     whole_target_set: bool  # searches every target of a set in one run (the others: a run per target)
     policy: bool  # learns a policy: saved after the run, and a saved one (--policy) can start it
-    plan_per_level: bool = False  # scores at most one plan per menu level and target, whatever its evaluations
+    # The most evaluations it makes per target, given the menu's levels (None: all it is allowed)
+    most_per_target: Callable[[int], int] | None = None
 
 
 SEARCHERS: dict[str, Searcher] = {searcher.name: searcher for searcher in (  # the delivered one first, then the baselines
     Searcher("ppo", ppo_search, whole_target_set=True, policy=True),
-    Searcher("uniform", baselines.uniform_search, whole_target_set=False, policy=False, plan_per_level=True),
+    Searcher("uniform", baselines.uniform_search, whole_target_set=False, policy=False, most_per_target=lambda levels: levels),
     Searcher("random", baselines.random_search, whole_target_set=False, policy=False),
     Searcher("evolutionary", baselines.evolutionary_search, whole_target_set=False, policy=False),
+    Searcher("estimate", estimate_search, whole_target_set=False, policy=False, most_per_target=lambda levels: 1),
 )}
 
 DEFAULT_SEARCHER = "ppo"  # the searcher whose plan a run delivers unless told otherwise

@@ -55,24 +55,33 @@ def watch_inputs(
     stop_early: modules are given in forward order; once the last one has been seen,
     the rest of the forward pass is skipped.
     """
-    current_mask: list[torch.Tensor] = []
+    current: dict[str, torch.Tensor] = {}  # the batch's real (non-padding) tokens, as "mask"
     last = list(modules)[-1]
 
     def hook_for(name: str):
         def hook(_module, args):
             x = args[0]
-            on_input(name, x[current_mask[0]].reshape(-1, x.shape[-1]).float())
+            on_input(name, x[current["mask"]].reshape(-1, x.shape[-1]).float())
             if stop_early and name == last:
                 raise _StopForward
 
         return hook
 
     handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in modules.items()]
+    _forward_over(model, tokenizer, texts, batch_size, max_length, handles,
+                  lambda batch: current.update(mask=batch["attention_mask"].bool()))
+
+
+def _forward_over(model: nn.Module, tokenizer, texts: list[str], batch_size: int, max_length: int, handles: list,
+                  before: Callable[[dict], None]) -> None:
+    """Forward passes over `texts` in batches, shortest first (less padding; every pass
+    over the same texts sees the same batches in the same order), before(batch) ahead of
+    each; a hook may end a pass early (_StopForward). `handles`, the hooks, are removed
+    at the end."""
     try:
         with torch.inference_mode():
-            # Shortest first (less padding); every pass over the same texts sees the same order.
             for batch in batches(tokenizer, [texts[i] for i in by_length(texts)], batch_size, max_length):
-                current_mask[:] = [batch["attention_mask"].bool()]
+                before(batch)
                 try:
                     forward(model, batch)
                 except _StopForward:
@@ -84,3 +93,59 @@ def watch_inputs(
 
 class _StopForward(Exception):
     """Raised from a hook to skip the layers after the ones being watched."""
+
+
+class LayerCalls:
+    """A model run over text one layer at a time: the first layer's input for every
+    batch, and the other arguments each layer was called with (masks, position
+    embeddings: per layer, since some families give layers different masks), recorded in
+    one forward pass. `run` then moves the batches' hidden states through one layer, so a
+    layer's inputs can be watched after the ones before it changed, without running those
+    again."""
+
+    def __init__(self, model: nn.Module, tokenizer, texts: list[str], layers: list[nn.Module], batch_size: int = BATCH_SIZE,
+                 max_length: int = MAX_LENGTH):
+        self.hidden: list[torch.Tensor] = []  # per batch: the input of the next layer to run
+        self.masks: list[torch.Tensor] = []  # per batch: the real (non-padding) tokens
+        self.arguments: list[list[tuple[tuple, dict]]] = [[] for _ in layers]  # [layer][batch]: (args after the first, kwargs)
+        last = len(layers) - 1
+
+        def hook_for(index: int):
+            def hook(_module, args, kwargs):
+                if index == 0:
+                    self.hidden.append(args[0])
+                self.arguments[index].append((args[1:], kwargs))
+                if index == last:
+                    raise _StopForward
+
+            return hook
+
+        handles = [layer.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, layer in enumerate(layers)]
+        _forward_over(model, tokenizer, texts, batch_size, max_length, handles,
+                      lambda batch: self.masks.append(batch["attention_mask"].bool()))
+
+    def run(self, layer: nn.Module, index: int, on_input: Callable[[str, torch.Tensor], None] | None = None,
+            modules: dict[str, nn.Module] | None = None, advance: bool = True) -> None:
+        """Runs `layer`, the model's `index`-th, on every batch: on_input(name, rows) sees
+        each of `modules`' inputs (one row per real token), and with `advance` its outputs
+        become the next layer's inputs."""
+        current: dict[str, torch.Tensor] = {}  # the batch's real tokens, as "mask"
+
+        def hook_for(name: str):
+            def hook(_module, args):
+                x = args[0]
+                on_input(name, x[current["mask"]].reshape(-1, x.shape[-1]).float())
+
+            return hook
+
+        handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in (modules or {}).items()]
+        try:
+            with torch.inference_mode():
+                for batch, (args, kwargs) in enumerate(self.arguments[index]):
+                    current["mask"] = self.masks[batch]
+                    output = layer(self.hidden[batch], *args, **kwargs)
+                    if advance:
+                        self.hidden[batch] = output if isinstance(output, torch.Tensor) else output[0]
+        finally:
+            for handle in handles:
+                handle.remove()

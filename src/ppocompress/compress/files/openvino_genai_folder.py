@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ppocompress.compress.files.genai_layout import DETOKENIZER_FILE, MODEL_FILE, TOKENIZER_FILE
 from ppocompress.compress.files.onnx_export import additive_mask
 
 if TYPE_CHECKING:
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
 
     from ppocompress.compress.models.loading import LoadedModel
 
-LLM_FOLDER = "openvino"  # a delivered decoder's GenAI folder, inside the delivered model folder
-MODEL_FILE = "openvino_model.xml"  # the names LLMPipeline and OVModelForCausalLM look for
-TOKENIZER_FILE = "openvino_tokenizer.xml"
-DETOKENIZER_FILE = "openvino_detokenizer.xml"
 _TRACE_PAST, _TRACE_NEW = 2, 3  # token counts of the example the graph is traced with
 
 

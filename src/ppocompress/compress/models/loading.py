@@ -77,10 +77,8 @@ def _looks_like_a_path(name: str) -> bool:
     return "/" in name and Path(name.split("/")[0]).is_dir()
 
 
-def load_model(name: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
-    """Loads model + tokenizer in eval mode, fp32, on the CPU."""
-    hf_logging.disable_progress_bar()  # our own progress display owns the terminal
-    source, display = resolve_source(name)
+def _config(source: str, display: str, trust_remote_code: bool):
+    """The model's config, of a supported family (else one UserError line)."""
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -90,6 +88,20 @@ def load_model(name: str | None = None, trust_remote_code: bool = False) -> Load
     if model_type not in FAMILIES:
         supported = ", ".join(sorted(FAMILIES))
         raise UserError(f"model {display!r} is a {model_type!r} model; supported architectures: {supported}")
+    return config
+
+
+def model_is_causal(name: str | None, trust_remote_code: bool = False) -> bool:
+    """Whether --model names a causal LM, from its config alone."""
+    return family(_config(*resolve_source(name), trust_remote_code).model_type).causal
+
+
+def load_model(name: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
+    """Loads model + tokenizer in eval mode, fp32, on the CPU."""
+    hf_logging.disable_progress_bar()  # our own progress display owns the terminal
+    source, display = resolve_source(name)
+    config = _config(source, display, trust_remote_code)
+    model_type = config.model_type
     auto_class = AutoModelForCausalLM if family(model_type).causal else AutoModel
     if Path(source).is_dir():
         _check_safetensors(Path(source))

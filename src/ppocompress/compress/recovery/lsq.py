@@ -4,7 +4,7 @@ distillation.py).
 refit_projections: closed-form refit of every pruned output projection (attention out,
 FFN down): given the inputs it sees inside the *compressed* model on calibration text,
 it is refit to reproduce what the *dense* projection outputs there. One dense pass, then
-one compressed pass per pruned layer, in order, collect X^T X and X^T Y; a
+one pass through the compressed model layer by layer, in order, collect X^T X and X^T Y; a
 ridge-regularised solve does the rest. The ridge strength is chosen per projection on
 validation text (a source the fit never saw) from RIDGES, by the error it leaves there.
 refit_to_subset is the cheap variant a search uses: from the dense model's input
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ppocompress.compress.data.calibration import BATCH_SIZE, MAX_LENGTH, watch_inputs
+from ppocompress.compress.data.calibration import BATCH_SIZE, MAX_LENGTH, LayerCalls, watch_inputs
 from ppocompress.compress.models.families import adapter_for
 from ppocompress.compress.models.loading import LoadedModel
 from ppocompress.compress.ops.importance import output_weight
@@ -44,21 +44,38 @@ def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[s
     if not targets:
         return {}
     texts_of = {part: passages for part, passages in (("fit", texts), ("validation", validation)) if passages}
-    dense_outputs = {part: _dense_outputs(dense, sources, passages, batch_size, max_length)
-                     for part, passages in texts_of.items()}
-    # After the dense pass, layer by layer, the compressed model: accumulate [X 1]^T [X 1] and [X 1]^T Y
-    # and solve. Going in order lets each refit see the inputs that the earlier refits
-    # produce; each pass stops once it has passed the layer it refits.
-    stages: dict[str, dict[str, nn.Module]] = {}
+    # The dense and the compressed model side by side, layer by layer, each from its layers'
+    # recorded inputs (LayerCalls): at a pruned layer, the dense projections' outputs Y and
+    # the compressed ones' inputs X give [X 1]^T [X 1] and [X 1]^T Y, solved; then the
+    # refit layer's outputs become the next layer's inputs. Going in order lets each refit
+    # see the inputs that the earlier refits produce, for one pass through each model in
+    # all, and only one layer's outputs are held at a time.
+    dense_layers = list(adapter_for(dense.model).layers(dense.model))
+    small_layers = list(adapter_for(compressed.model).layers(compressed.model))
+    position = {old: new for new, old in enumerate(compressed.plan.kept_indices())}  # dense layer -> compressed layer
+    stages: dict[int, dict[str, nn.Module]] = {}  # dense layer -> its pruned projections
     for name, module in targets.items():
-        stages.setdefault(name.split(".")[0], {})[name] = module
+        stages.setdefault(int(name.split(".")[0]), {})[name] = module
+    last = max(stages)
+    dense_calls = {part: LayerCalls(dense.model, dense.tokenizer, passages, dense_layers[:last + 1], batch_size, max_length)
+                   for part, passages in texts_of.items()}
+    small_calls = {part: LayerCalls(compressed.model, compressed.tokenizer, passages, small_layers[:position[last] + 1],
+                                    batch_size, max_length) for part, passages in texts_of.items()}
     chosen: dict[str, float] = {}
-    for stage in stages.values():
-        statistics = {part: _statistics(compressed, passages, stage, dense_outputs[part], batch_size, max_length)
-                      for part, passages in texts_of.items()}
-        for name, module in stage.items():
-            held_out = statistics["validation"][name] if len(ridges) > 1 else None
-            chosen[name] = _refit(module, statistics["fit"][name], held_out, ridges)
+    for old in range(last + 1):
+        stage = stages.get(old, {})
+        outputs = {part: _dense_outputs(dense_layers[old], old, calls, {name: sources[name] for name in stage})
+                   for part, calls in dense_calls.items()}  # and the dense inputs moved on through the layer
+        new = position.get(old)
+        if stage:
+            statistics = {part: _statistics(small_layers[new], new, calls, stage, outputs[part])
+                          for part, calls in small_calls.items()}
+            for name, module in stage.items():
+                held_out = statistics["validation"][name] if len(ridges) > 1 else None
+                chosen[name] = _refit(module, statistics["fit"][name], held_out, ridges)
+        if new is not None and old < last:
+            for calls in small_calls.values():
+                calls.run(small_layers[new], new)
     return chosen
 
 
@@ -82,15 +99,16 @@ def _pruned_projections(dense: LoadedModel, compressed: LoadedModel) -> tuple[di
     return targets, sources
 
 
-def _dense_outputs(dense: LoadedModel, sources: dict[str, nn.Module], texts: list[str], batch_size: int,
-                   max_length: int) -> dict[str, list[torch.Tensor]]:
-    """What each dense projection outputs on `texts`, token by token, a tensor per batch in order."""
+def _dense_outputs(layer: nn.Module, index: int, calls: LayerCalls,
+                   sources: dict[str, nn.Module]) -> dict[str, list[torch.Tensor]]:
+    """What each of `sources`, projections of the dense model's `index`-th layer, outputs
+    there, token by token, a tensor per batch in order; the calls move on through the layer."""
     outputs: dict[str, list[torch.Tensor]] = {name: [] for name in sources}
 
     def record(name: str, x: torch.Tensor) -> None:
         outputs[name].append(_apply(sources[name], x))
 
-    watch_inputs(dense.model, dense.tokenizer, texts, sources, record, batch_size, max_length)
+    calls.run(layer, index, record, sources)
     return outputs
 
 
@@ -114,10 +132,10 @@ def _refit(module: nn.Module, fit: Statistics, held_out: Statistics | None, ridg
     return chosen
 
 
-def _statistics(compressed: LoadedModel, texts: list[str], stage: dict[str, nn.Module],
-                dense_outputs: dict[str, list[torch.Tensor]], batch_size: int, max_length: int) -> dict[str, Statistics]:
-    """[X 1]^T [X 1] and [X 1]^T Y of each of the stage's projections, X its inputs in the
-    compressed model and Y the dense projection's outputs, on `texts`."""
+def _statistics(layer: nn.Module, index: int, calls: LayerCalls, stage: dict[str, nn.Module],
+                dense_outputs: dict[str, list[torch.Tensor]]) -> dict[str, Statistics]:
+    """[X 1]^T [X 1] and [X 1]^T Y of each of the stage's projections in `layer`, the
+    compressed model's `index`-th, X their inputs there and Y the dense projections' outputs."""
     gram: dict[str, torch.Tensor] = {}
     cross: dict[str, torch.Tensor] = {}
     cursor = dict.fromkeys(stage, 0)
@@ -130,7 +148,7 @@ def _statistics(compressed: LoadedModel, texts: list[str], stage: dict[str, nn.M
         gram[name] = gram.get(name, 0) + (xa.T @ xa).double()
         cross[name] = cross.get(name, 0) + (xa.T @ y).double()
 
-    watch_inputs(compressed.model, compressed.tokenizer, texts, stage, accumulate, batch_size, max_length, stop_early=True)
+    calls.run(layer, index, accumulate, stage, advance=False)
     return {name: (gram[name], cross[name]) for name in stage}
 
 

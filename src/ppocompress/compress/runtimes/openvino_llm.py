@@ -41,13 +41,6 @@ def quiet_nncf() -> Iterator[None]:
         yield
 
 
-def is_llm_artifact(artifact: Path) -> bool:
-    """Whether `artifact` is the model of an LLMPipeline folder (beside its tokenizer IR)."""
-    from ppocompress.compress.files.openvino_genai_folder import TOKENIZER_FILE
-
-    return (Path(artifact).parent / TOKENIZER_FILE).is_file()
-
-
 def export_llm(model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
     """Writes `model` as an LLMPipeline folder in `directory`, its weights as its plan says
     (int4 data-aware on `calibration` when there is text: AWQ and scale estimation)."""
@@ -134,20 +127,26 @@ class OpenVinoLlmSession:
 
         self.folder = Path(artifact).parent
         self.config = {"NUM_STREAMS": 1} | ({"INFERENCE_NUM_THREADS": threads} if threads is not None else {})
-        model = ov.Core().read_model(str(artifact))
-        self.vocab_size = model.output("logits").get_partial_shape()[-1].get_length()
-        self.request = ov.Core().compile_model(model, "CPU", self.config).create_infer_request()
+        self._model = ov.Core().read_model(str(artifact))
+        self.vocab_size = self._model.output("logits").get_partial_shape()[-1].get_length()
+        # Each compiled on first use: a timing needs only the pipeline, a quality only the
+        # request, and compiling the one not used would double a timing process's start.
+        self._request = None
         self._pipeline = None
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Logits of every position (right padding: positions count from the first token)."""
         input_ids = np.asarray(input_ids, dtype=np.int64)
         batch, length = input_ids.shape
-        self.request.reset_state()
+        if self._request is None:
+            import openvino as ov
+
+            self._request = ov.Core().compile_model(self._model, "CPU", self.config).create_infer_request()
+        self._request.reset_state()
         feeds = {"input_ids": input_ids, "attention_mask": np.asarray(attention_mask, dtype=np.int64),
                  "position_ids": np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy(),
                  "beam_idx": np.arange(batch, dtype=np.int32)}
-        return self.request.infer(feeds)["logits"].copy()
+        return self._request.infer(feeds)["logits"].copy()
 
     def generate(self, input_ids: np.ndarray, new_tokens: int, exactly: bool = False):
         """Greedy generation of up to (exactly: exactly) `new_tokens` tokens after the

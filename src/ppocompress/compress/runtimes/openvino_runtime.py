@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ppocompress.compress.files.genai_layout import is_llm_artifact
 from ppocompress.compress.runtimes.base import Runtime, graph_feeds, int8_layers
-from ppocompress.compress.runtimes.openvino_llm import OpenVinoLlmSession, export_llm, is_llm_artifact, quiet_nncf
+from ppocompress.compress.runtimes.openvino_llm import OpenVinoLlmSession, export_llm, quiet_nncf
 from ppocompress.errors import UserError
 
 if TYPE_CHECKING:
