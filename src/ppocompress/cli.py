@@ -242,14 +242,13 @@ def _compress_settings(*, model: str | None, target_speedup: float | None, targe
                        recover_minutes: float | None, seed: int, baselines: bool, threads: int, text: Path | None, cost: str,
                        runtime: str, trust_remote_code: bool):
     """compress' options as the search's CompressSettings; no target given means the model's default target."""
-    from ppocompress.search.settings import CompressSettings, default_target
+    from ppocompress.search.settings import CompressSettings, targets_or_default
 
-    given = {"target_speedup": target_speedup, "target_int8_speedup": target_int8_speedup, "target_size": target_size}
-    if all(t is None for t in (*given.values(), targets, target_sizes)):
-        given = {**dict.fromkeys(given), **default_target(model, trust_remote_code)}
-    settings = CompressSettings(model=model, **given,
-                                target_set_speedups=_numbers(targets, "--targets"),
-                                target_set_sizes=_numbers(target_sizes, "--target-sizes"),
+    asked = targets_or_default(model, trust_remote_code, target_speedup=target_speedup,
+                               target_int8_speedup=target_int8_speedup, target_size=target_size,
+                               target_set_speedups=_numbers(targets, "--targets"),
+                               target_set_sizes=_numbers(target_sizes, "--target-sizes"))
+    settings = CompressSettings(model=model, **asked,
                                 policy=None if policy is None else str(policy), searcher=searcher,
                                 evals=evals, recovery=recovery, recover_minutes=recover_minutes, seed=seed,
                                 baselines=baselines, threads=threads,

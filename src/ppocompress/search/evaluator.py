@@ -139,6 +139,7 @@ class PlanEvaluator:
         self.head = searched_head(dense)
         self._head = self._int8_head() if self.head == Precision.INT8 else None
         self._layers: OrderedDict[tuple[int, int], nn.Module] = OrderedDict()  # least recently used first
+        self._bytes: dict[tuple[int, int], int] = {}  # each kept layer's parameters and buffers
         self._recorded: dict[str, list[list]] = {}  # fidelity -> each dense layer's outputs, call by call
         # Two evaluators with the same identity give every plan the same reward.
         self.identity = hashlib.sha256(json.dumps({
@@ -167,21 +168,19 @@ class PlanEvaluator:
                 def refit(kind: str, projection: nn.Module, columns: torch.Tensor) -> None:
                     dense_projection = (self.adapter.attention_output if kind == "attn" else self.adapter.ffn_output)(dense_layer)
                     refit_to_subset(projection, dense_projection, self.grams[f"{index}.{kind}"], columns)
-            self._layers[key] = compress_layer(copy.deepcopy(dense_layer), kept, self.adapter, self.head_dim, refit,
-                                               quantize=lambda layer, precision: self._as_served(index, layer, precision)).eval()
+            layer = compress_layer(copy.deepcopy(dense_layer), kept, self.adapter, self.head_dim, refit,
+                                   quantize=lambda layer, precision: self._as_served(index, layer, precision)).eval()
+            self._layers[key] = layer
+            self._bytes[key] = sum(t.numel() * t.element_size() for t in (*layer.parameters(), *layer.buffers()))
             self._forget_beyond(LAYER_CACHE_BYTES)
         return self._layers[key]
 
     def _forget_beyond(self, limit: int) -> None:
         """Drops the least recently used layers until the rest take at most `limit` bytes."""
-        sizes = {key: sum(t.numel() * t.element_size() for t in (*layer.parameters(), *layer.buffers()))
-                 for key, layer in self._layers.items()}
-        total = sum(sizes.values())
         for key in list(self._layers)[:-1]:
-            if total <= limit:
+            if sum(self._bytes.values()) <= limit:
                 return
-            total -= sizes[key]
-            del self._layers[key]
+            del self._layers[key], self._bytes[key]
 
     def _int8_head(self) -> nn.Module:
         """The causal LM's output head in int8 as the serving runtime computes it."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from ppocompress.search.env import CompressionEnv
 from ppocompress.search.prepare import prepare
 from ppocompress.search.searching import compression_env, plan_scorer
-from ppocompress.search.settings import CompressSettings, default_target
+from ppocompress.search.settings import CompressSettings, targets_or_default
 from ppocompress.search.state import SearchState
 
 _DEFAULTS = CompressSettings()  # make_env's defaults are the command's, defined there once
@@ -37,11 +37,10 @@ def make_env(model: str | None = _DEFAULTS.model, target_speedup: float | None =
     recovery: plans are scored after least-squares recovery when it includes "lsq", as the
     search scores them. Each distinct plan is evaluated once, then its reward is reused.
     A bad argument raises UserError before anything is loaded."""
-    given = {"target_speedup": target_speedup, "target_int8_speedup": target_int8_speedup, "target_size": target_size}
-    if all(value is None for value in (*given.values(), target_set_speedups, target_set_sizes)):
-        given = {**dict.fromkeys(given), **default_target(model, trust_remote_code)}
-    settings = CompressSettings(model=model, **given,
-                                target_set_speedups=target_set_speedups, target_set_sizes=target_set_sizes, cost=cost,
+    asked = targets_or_default(model, trust_remote_code, target_speedup=target_speedup,
+                               target_int8_speedup=target_int8_speedup, target_size=target_size,
+                               target_set_speedups=target_set_speedups, target_set_sizes=target_set_sizes)
+    settings = CompressSettings(model=model, **asked, cost=cost,
                                 runtime=runtime, text=None if text is None else str(text), recovery=recovery, threads=threads,
                                 trust_remote_code=trust_remote_code)
     settings.validate()

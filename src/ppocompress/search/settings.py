@@ -122,3 +122,11 @@ def default_target(model: str | None, trust_remote_code: bool = False) -> dict[s
     if model_is_causal(model, trust_remote_code):
         return {"target_int8_speedup": DEFAULT_DECODER_INT8_SPEEDUP}
     return {"target_speedup": DEFAULT_TARGET_SPEEDUP}
+
+
+def targets_or_default(model: str | None, trust_remote_code: bool = False, **targets) -> dict:
+    """CompressSettings' target fields (`targets`, all of them) as asked, or the model's
+    default_target when none was."""
+    if any(value is not None for value in targets.values()):
+        return targets
+    return {**targets, **default_target(model, trust_remote_code)}

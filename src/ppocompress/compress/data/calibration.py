@@ -56,20 +56,25 @@ def watch_inputs(
     the rest of the forward pass is skipped.
     """
     current: dict[str, torch.Tensor] = {}  # the batch's real (non-padding) tokens, as "mask"
-    last = list(modules)[-1]
+    handles = _watch(modules, on_input, current, stop_after=list(modules)[-1] if stop_early else None)
+    _forward_over(model, tokenizer, texts, batch_size, max_length, handles,
+                  lambda batch: current.update(mask=batch["attention_mask"].bool()))
 
+
+def _watch(modules: dict[str, nn.Module], on_input: Callable[[str, torch.Tensor], None], current: dict[str, torch.Tensor],
+           stop_after: str | None = None) -> list:
+    """Hooks that call on_input(name, rows) with each module's input at the current batch's
+    real tokens (current["mask"]), and end the pass after module `stop_after`; their handles."""
     def hook_for(name: str):
         def hook(_module, args):
             x = args[0]
             on_input(name, x[current["mask"]].reshape(-1, x.shape[-1]).float())
-            if stop_early and name == last:
+            if name == stop_after:
                 raise _StopForward
 
         return hook
 
-    handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in modules.items()]
-    _forward_over(model, tokenizer, texts, batch_size, max_length, handles,
-                  lambda batch: current.update(mask=batch["attention_mask"].bool()))
+    return [module.register_forward_pre_hook(hook_for(name)) for name, module in modules.items()]
 
 
 def _forward_over(model: nn.Module, tokenizer, texts: list[str], batch_size: int, max_length: int, handles: list,
@@ -130,15 +135,7 @@ class LayerCalls:
         each of `modules`' inputs (one row per real token), and with `advance` its outputs
         become the next layer's inputs."""
         current: dict[str, torch.Tensor] = {}  # the batch's real tokens, as "mask"
-
-        def hook_for(name: str):
-            def hook(_module, args):
-                x = args[0]
-                on_input(name, x[current["mask"]].reshape(-1, x.shape[-1]).float())
-
-            return hook
-
-        handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in (modules or {}).items()]
+        handles = _watch(modules or {}, on_input, current)
         try:
             with torch.inference_mode():
                 for batch, (args, kwargs) in enumerate(self.arguments[index]):
