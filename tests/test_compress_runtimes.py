@@ -120,7 +120,7 @@ def test_dynamic_simulation_rounds_weights_to_onnx_runtimes_grid(monkeypatch, re
     steps = SimulatedInt8Linear(linear).weight / (linear.weight.abs().amax(dim=1, keepdim=True) / most)
     assert torch.allclose(steps, steps.round(), atol=1e-4) and int(steps.abs().round().max()) == most
     x = torch.randn(20, 64)
-    static = SimulatedInt8Linear(linear, InputStatistics(x.amin(dim=0), x.amax(dim=0)))
+    static = SimulatedInt8Linear(linear, InputStatistics(x.amin(dim=0), x.amax(dim=0), x))
     smoothed = linear.weight * static.smooth
     steps = static.weight / (smoothed.abs().amax(dim=1, keepdim=True) / quantize.INT8_WEIGHT_MAX)
     assert torch.allclose(steps, steps.round(), atol=1e-3) and int(steps.abs().round().max()) == quantize.INT8_WEIGHT_MAX
@@ -133,7 +133,7 @@ def test_static_simulation_smooths_and_fixes_the_input_range():
     torch.manual_seed(0)
     linear = torch.nn.Linear(4, 3).requires_grad_(False)
     x = torch.randn(50, 4) * torch.tensor([1.0, 10.0, 0.1, 3.0])
-    statistics = InputStatistics(x.amin(dim=0), x.amax(dim=0))
+    statistics = InputStatistics(x.amin(dim=0), x.amax(dim=0), x)
     static = SimulatedInt8Linear(linear, statistics)
     assert static.smooth is not None and static.smooth.shape == (4,)
     low, high = static.input_range
@@ -188,7 +188,8 @@ def test_openvino_serves_int8_as_static_simulated_int8_with_the_given_statistics
     layer, linears = _first_layer(loaded)
     generator = torch.Generator().manual_seed(0)
     statistics = {name: InputStatistics(-1 - torch.rand(m.in_features, generator=generator),
-                                        1 + torch.rand(m.in_features, generator=generator)) for name, m in linears.items()}
+                                        1 + torch.rand(m.in_features, generator=generator),
+                                        torch.zeros(1, m.in_features)) for name, m in linears.items()}
     asked = []
 
     def input_statistics(of_layer):

@@ -17,7 +17,7 @@ from optimum.intel import OVModelForCausalLM
 
 from compress_models import save_tiny_model
 from ppocompress.compress import CompressionPlan, LayerPlan, Precision, apply_plan, load_model
-from ppocompress.compress.ops.quantize import asymmetric_weights
+from ppocompress.compress.ops.weight_compression import asymmetric_weights
 from ppocompress.compress.runtimes import get_runtime
 
 NEW_TOKENS = 12

@@ -28,6 +28,8 @@ from ppocompress.compress.measure.timing import TimingSetup, run_worker
 from ppocompress.compress.models.embedded import smollm2_gguf
 from ppocompress.compress.ops.importance import importance_scores
 from ppocompress.compress.ops.quantize import WeightInt8Linear
+from ppocompress.compress.pipeline import compress
+from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import get_runtime
 from ppocompress.compress.runtimes.pytorch import TorchSession
 from ppocompress.errors import UserError
@@ -261,3 +263,16 @@ def test_a_causal_lm_s_default_target_is_a_speedup_over_dense_int8_an_encoder_s_
     assert default_target(str(save_tiny_model("llama", tmp_path / "llama"))) == {
         "target_int8_speedup": DEFAULT_DECODER_INT8_SPEEDUP}
     assert default_target(str(save_tiny_model("bert", tmp_path / "bert"))) == {"target_speedup": DEFAULT_TARGET_SPEEDUP}
+
+
+def test_a_decoder_s_least_squares_delivers_exactly_what_the_search_priced(llama):
+    menu = default_menu(groups=4)
+    names = [level.name for level in menu]
+    evaluator = PlanEvaluator(llama, menu, importance_scores(llama, TEXTS[:16]), TEXTS, low_fidelity=8, high_fidelity=16,
+                              recovery="lsq", recovery_texts=TEXTS[16:], runtime="torch")
+    plan = Plan.of([names.index("h50-f50"), names.index("h100-f100"), names.index("h100-f25")])
+    delivered = compress(llama, evaluator.plan(plan), Recovery.LSQ, TEXTS[16:])
+    unrecovered = compress(llama, evaluator.plan(plan), Recovery.NONE)
+    fidelity = evaluator.fidelity["high"]
+    assert fidelity(delivered.model) == pytest.approx(evaluator.quality(plan, "high"), rel=1e-5)
+    assert fidelity(delivered.model) != pytest.approx(fidelity(unrecovered.model), rel=1e-5)  # the refit did something

@@ -41,12 +41,13 @@ from ppocompress.compress import (
     adapter_for,
     layer_table,
 )
-from ppocompress.compress.data.calibration import watch_inputs
+from ppocompress.compress.data.calibration import input_statistics
 from ppocompress.compress.measure.fidelity import fidelity_for
 from ppocompress.compress.models.architecture import LayerInfo
 from ppocompress.compress.ops.apply import compress_layer
 from ppocompress.compress.ops.importance import LayerImportance, kept_units
 from ppocompress.compress.ops.quantize import InputStatistics
+from ppocompress.compress.ops.weight_compression import AWQ_PASSAGES, INT4_SIMULATION
 from ppocompress.compress.recovery.lsq import projection_grams, refit_to_subset
 from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import get_runtime
@@ -141,12 +142,14 @@ class PlanEvaluator:
         self._layers: OrderedDict[tuple[int, int], nn.Module] = OrderedDict()  # least recently used first
         self._bytes: dict[tuple[int, int], int] = {}  # each kept layer's parameters and buffers
         self._recorded: dict[str, list[list]] = {}  # fidelity -> each dense layer's outputs, call by call
+        self._statistics: dict[str, InputStatistics] | None = None  # "<layer>.<Linear>" -> its dense inputs
+        self._int4_texts = calibration[:AWQ_PASSAGES]  # what delivery's data-aware int4 fits to
         # Two evaluators with the same identity give every plan the same reward.
         self.identity = hashlib.sha256(json.dumps({
             "model": dense.source, "config": dense.config_scalars(),
             "menu": level_names(menu), "texts": self.texts, "recovery": recovery,
             "recovery_texts": (recovery_texts or calibration) if recovery == Recovery.LSQ else None,
-            "int8": self.runtime.int8_kind,
+            "int8": self.runtime.int8_kind, **({"int4": [INT4_SIMULATION, self._int4_texts]} if dense.is_causal else {}),
         }, sort_keys=True).encode()).hexdigest()[:16]
 
     def plan(self, plan: Plan) -> CompressionPlan:
@@ -169,7 +172,7 @@ class PlanEvaluator:
                     dense_projection = (self.adapter.attention_output if kind == "attn" else self.adapter.ffn_output)(dense_layer)
                     refit_to_subset(projection, dense_projection, self.grams[f"{index}.{kind}"], columns)
             layer = compress_layer(copy.deepcopy(dense_layer), kept, self.adapter, self.head_dim, refit,
-                                   quantize=lambda layer, precision: self._as_served(index, layer, precision)).eval()
+                                   quantize=lambda layer, precision: self._as_served(index, layer, precision, kept)).eval()
             self._layers[key] = layer
             self._bytes[key] = sum(t.numel() * t.element_size() for t in (*layer.parameters(), *layer.buffers()))
             self._forget_beyond(LAYER_CACHE_BYTES)
@@ -189,31 +192,51 @@ class PlanEvaluator:
         head = copy.deepcopy(self.dense.model.lm_head)
         return self.runtime.weights_as_served_(head, Precision.INT8, self.dense.model, lambda _: {})
 
-    def _as_served(self, index: int, layer: nn.Module, precision: Precision) -> None:
+    def _as_served(self, index: int, layer: nn.Module, precision: Precision, kept: LayerPlan) -> None:
         """int8 or int4 as the serving runtime computes it: its own kernels (torch), ranges per
         call (dynamic), ranges calibrated on the passages plans are scored on (static), or
-        the weights alone rounded (a decoder on OpenVINO)."""
-        self.runtime.weights_as_served_(layer, precision, self.dense.model,
-                                        lambda layer: self._input_statistics(index, layer))
+        weights alone, int4 fitted to the dense model's inputs (a decoder on OpenVINO)."""
+        def statistics(layer: nn.Module) -> dict[str, InputStatistics]:
+            if self.dense.is_causal:
+                return self._dense_statistics(index, kept)
+            return self._input_statistics(index, layer)
 
-    def _input_statistics(self, index: int, layer: nn.Module) -> dict[str, InputStatistics]:
-        """Each Linear's per-channel input range in `layer`, placed at `index` in the
-        otherwise dense model, over the low-fidelity passages (static int8 calibrates on
-        text likewise)."""
+        self.runtime.weights_as_served_(layer, precision, self.dense.model, statistics)
+
+    def _input_statistics(self, index: int, layer: nn.Module, texts: list[str] | None = None) -> dict[str, InputStatistics]:
+        """What each Linear in `layer`, placed at `index` in the otherwise dense model, sees
+        over `texts`, by default the low-fidelity passages (static int8 calibrates on text likewise)."""
         linears = {name: module for name, module in layer.named_modules() if isinstance(module, nn.Linear)}
-        statistics: dict[str, InputStatistics] = {}
-
-        def record(name: str, x: torch.Tensor) -> None:
-            seen = statistics.get(name)
-            statistics[name] = InputStatistics(x.amin(dim=0), x.amax(dim=0)) if seen is None else seen.update(x)
-
         module_list = self.adapter.layers(self.dense.model)
         module_list[index] = layer
         try:
             # Linears are listed in forward order, so the pass stops after this layer's last one.
-            watch_inputs(self.dense.model, self.dense.tokenizer, self.texts["low"], linears, record, stop_early=True)
+            return input_statistics(self.dense.model, self.dense.tokenizer, texts or self.texts["low"], linears, stop_early=True)
         finally:
             module_list[index] = self.dense_layers[index]
+
+    def _dense_statistics(self, index: int, kept: LayerPlan) -> dict[str, InputStatistics]:
+        """What each Linear of layer `index` sees in the dense model over the passages NNCF's
+        data-aware int4 fits to, cut to the inputs `kept` leaves. Exact for the projections
+        whose inputs a layer's own pruning only cuts (the attention's and FFN's inputs and
+        outputs); the FFN's input after pruned attention is the dense one, which recovery
+        restores as far as it can. One pass over the dense model, recorded on first use."""
+        if self._statistics is None:
+            linears = {f"{i}.{name}": module for i, layer in enumerate(self.dense_layers)
+                       for name, module in layer.named_modules() if isinstance(module, nn.Linear)}
+            self._statistics = input_statistics(self.dense.model, self.dense.tokenizer, self._int4_texts, linears)
+        dense_layer = self.dense_layers[index]
+        cut: dict[int, torch.Tensor] = {}  # id of a dense projection -> its inputs kept
+        if kept.keep_groups is not None:
+            cut[id(self.adapter.attention_output(dense_layer))] = self.adapter.attention_output_columns(
+                dense_layer, sorted(kept.keep_groups), self.head_dim)
+        if kept.keep_neurons is not None:
+            cut[id(self.adapter.ffn_output(dense_layer))] = torch.tensor(sorted(kept.keep_neurons))
+        statistics = {}
+        for name, module in dense_layer.named_modules():
+            if isinstance(module, nn.Linear):
+                seen = self._statistics[f"{index}.{name}"]
+                statistics[name] = seen.columns(cut[id(module)]) if id(module) in cut else seen
         return statistics
 
     def quality(self, plan: Plan, fidelity: str = "low") -> float:

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from ppocompress.compress.ops.quantize import InputStatistics
+
 BATCH_SIZE = 32  # passages a forward pass over text takes at once, unless told otherwise
 MAX_LENGTH = 128  # tokens of a passage that a model sees; the rest is cut
 
@@ -61,14 +63,41 @@ def watch_inputs(
                   lambda batch: current.update(mask=batch["attention_mask"].bool()))
 
 
+def input_statistics(model: nn.Module, tokenizer, texts: list[str], modules: dict[str, nn.Module],
+                     stop_early: bool = False) -> dict[str, InputStatistics]:
+    """What each of `modules` (Linear layers) saw as input over `texts`: per channel its
+    lowest and highest value, and per passage its mean over the passage's tokens. With
+    `stop_early`, as in watch_inputs."""
+    low: dict[str, torch.Tensor] = {}
+    high: dict[str, torch.Tensor] = {}
+    means: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+
+    def on_rows(name: str, x: torch.Tensor) -> None:
+        low[name] = torch.minimum(low[name], x.amin(dim=0)) if name in low else x.amin(dim=0)
+        high[name] = torch.maximum(high[name], x.amax(dim=0)) if name in high else x.amax(dim=0)
+
+    current: dict[str, torch.Tensor] = {}
+    # The per-passage hooks first: the other set ends the pass after the last module.
+    handles = _watch(modules, lambda name, rows: means[name].append(rows), current, per_passage=True)
+    handles += _watch(modules, on_rows, current, stop_after=list(modules)[-1] if stop_early else None)
+    _forward_over(model, tokenizer, texts, BATCH_SIZE, MAX_LENGTH, handles,
+                  lambda batch: current.update(mask=batch["attention_mask"].bool()))
+    return {name: InputStatistics(low[name], high[name], torch.cat(means[name])) for name in modules}
+
+
 def _watch(modules: dict[str, nn.Module], on_input: Callable[[str, torch.Tensor], None], current: dict[str, torch.Tensor],
-           stop_after: str | None = None) -> list:
+           stop_after: str | None = None, per_passage: bool = False) -> list:
     """Hooks that call on_input(name, rows) with each module's input at the current batch's
-    real tokens (current["mask"]), and end the pass after module `stop_after`; their handles."""
+    real tokens (current["mask"]), one row per token or, `per_passage`, the mean of each
+    passage's, and end the pass after module `stop_after`; their handles."""
     def hook_for(name: str):
         def hook(_module, args):
-            x = args[0]
-            on_input(name, x[current["mask"]].reshape(-1, x.shape[-1]).float())
+            x, mask = args[0], current["mask"]
+            if per_passage:
+                real = mask.unsqueeze(-1).to(x.dtype)
+                on_input(name, ((x * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)).float())
+            else:
+                on_input(name, x[mask].reshape(-1, x.shape[-1]).float())
             if name == stop_after:
                 raise _StopForward
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import platform
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -80,7 +80,7 @@ class WeightInt8Linear(nn.Module):
 
 def quantize_weights_int8_(module: nn.Module) -> nn.Module:
     """Replaces every nn.Linear inside module (or module itself) by a WeightInt8Linear, in place."""
-    return _replace_linears(module, lambda linear, _name: WeightInt8Linear(linear))
+    return replace_linears(module, lambda linear, _name: WeightInt8Linear(linear))
 
 
 def torch_int8_(module: nn.Module, weights_only: bool) -> nn.Module:
@@ -132,13 +132,21 @@ _STATISTIC_FLOOR = 1e-5
 
 @dataclass
 class InputStatistics:
-    """Per input channel, the lowest and highest value a Linear saw on calibration text."""
+    """What a Linear saw as input on calibration text: per channel the lowest and highest
+    value (static int8's ranges), and per passage the mean over its tokens, [passages,
+    channels] (the one statistic NNCF's data-aware int4 fits weights to)."""
 
     low: torch.Tensor
     high: torch.Tensor
+    means: torch.Tensor
+    # Weights (or rows) already compressed to fit these inputs, by group size, kind and a
+    # digest of their values: a search compresses a layer at many pruning levels, most of
+    # whose projections keep the same weights or a subset of the same rows on the same inputs.
+    fitted: dict[tuple[int, str, bytes], torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
-    def update(self, x: torch.Tensor) -> "InputStatistics":
-        return InputStatistics(torch.minimum(self.low, x.amin(dim=0)), torch.maximum(self.high, x.amax(dim=0)))
+    def columns(self, kept: torch.Tensor) -> "InputStatistics":
+        """The statistics of the input channels `kept`, as a pruned Linear sees them."""
+        return InputStatistics(self.low[kept], self.high[kept], self.means[:, kept])
 
 
 @functools.cache
@@ -205,10 +213,10 @@ def simulate_int8_(module: nn.Module, statistics: dict[str, InputStatistics] | N
     def simulated(linear: nn.Linear, name: str) -> SimulatedInt8Linear:
         return SimulatedInt8Linear(linear, None if statistics is None else statistics[name])
 
-    return _replace_linears(module, simulated)
+    return replace_linears(module, simulated)
 
 
-def _replace_linears(module: nn.Module, make) -> nn.Module:
+def replace_linears(module: nn.Module, make) -> nn.Module:
     """Every nn.Linear inside `module` replaced by make(linear, its name inside module); a
     Linear `module` itself is returned replaced."""
     if isinstance(module, nn.Linear):
@@ -219,49 +227,3 @@ def _replace_linears(module: nn.Module, make) -> nn.Module:
             parent = module.get_submodule(parent_name) if parent_name else module
             setattr(parent, attribute, make(child, name))
     return module
-
-
-INT4_GROUP_SIZE = 64  # inputs per int4 scale
-MIN_INT4_GROUP_SIZE = 8  # smaller groups than this and the layer stays in floating point
-
-
-def int4_group_size(width: int) -> int | None:
-    """The group an int4 weight of `width` inputs is compressed in, as NNCF adjusts it:
-    INT4_GROUP_SIZE where it divides the width, else the largest power of two that does
-    (None below MIN_INT4_GROUP_SIZE: not compressed)."""
-    if width % INT4_GROUP_SIZE == 0:
-        return INT4_GROUP_SIZE
-    power = width & -width
-    return power if power >= MIN_INT4_GROUP_SIZE else None
-
-
-def asymmetric_weights(weight: torch.Tensor, bits: int, group_size: int | None = None) -> torch.Tensor:
-    """`weight` rounded as NNCF's data-free asymmetric weight compression stores it: per
-    output channel (group_size None) or per group of `group_size` inputs, the range
-    [min, max] mapped onto 2**bits levels with an integer zero point."""
-    rows, columns = weight.shape
-    group = columns if group_size is None else group_size
-    if columns % group:
-        raise ValueError(f"a group of {group} inputs does not divide a width of {columns}")
-    grouped = weight.detach().float().reshape(rows, columns // group, group)
-    low = grouped.amin(dim=-1, keepdim=True).clamp(max=0.0)
-    high = grouped.amax(dim=-1, keepdim=True).clamp(min=0.0)
-    levels = 2 ** bits - 1
-    scale = ((high - low) / levels).clamp(min=1e-12)
-    zero_point = torch.round(-low / scale).clamp(0, levels)
-    quantized = (torch.round(grouped / scale) + zero_point).clamp(0, levels)
-    return ((quantized - zero_point) * scale).reshape(rows, columns).to(weight.dtype)
-
-
-def simulate_weight_compression_(module: nn.Module, bits: int) -> nn.Module:
-    """Every Linear inside `module` with its weights rounded as `asymmetric_weights` does
-    (8 bits per output channel, 4 bits in groups of int4_group_size), in place; inputs stay
-    in floating point, as weight-only compression serves them."""
-    def rounded(linear: nn.Linear, name: str) -> nn.Linear:
-        if bits == 8:
-            linear.weight.data = asymmetric_weights(linear.weight, 8)
-        elif (group := int4_group_size(linear.in_features)) is not None:
-            linear.weight.data = asymmetric_weights(linear.weight, 4, group)
-        return linear
-
-    return _replace_linears(module, rounded)

@@ -9,7 +9,11 @@ ridge-regularised solve does the rest. The ridge strength is chosen per projecti
 validation text (a source the fit never saw) from RIDGES, by the error it leaves there.
 refit_to_subset is the cheap variant a search uses: from the dense model's input
 statistics alone (projection_grams), one solve per projection, for any subset of heads
-or neurons. Both run on the fp32 pruned model, before int8 quantization.
+or neurons. refit_on_dense_inputs applies it to a whole pruned model: how a causal LM is
+recovered, because on one the sequential refit moves the next-token distributions
+further from the dense model's than no refit at all (docs/decoders.md), while the refit
+on dense inputs brings them closer, exactly as the search priced it. Both run on the
+fp32 pruned model, before int8 quantization.
 """
 
 from __future__ import annotations
@@ -77,6 +81,26 @@ def refit_projections(dense: LoadedModel, compressed: LoadedModel, texts: list[s
             for calls in small_calls.values():
                 calls.run(small_layers[new], new)
     return chosen
+
+
+def refit_on_dense_inputs(dense: LoadedModel, compressed: LoadedModel, texts: list[str]) -> dict[str, float]:
+    """Each pruned output projection of `compressed` refit by refit_to_subset on the dense
+    model's inputs over `texts`, with DEFAULT_RIDGE as the search prices it; returns the
+    ridges as refit_projections does."""
+    targets, sources = _pruned_projections(dense, compressed)
+    if not targets:
+        return {}
+    grams = projection_grams(dense, texts, only=set(targets))
+    adapter = adapter_for(dense.model)
+    head_dim = adapter.head_dim(dense.model)
+    dense_layers = adapter.layers(dense.model)
+    for name, module in targets.items():
+        index, kind = int(name.split(".")[0]), name.split(".")[1]
+        plan = compressed.plan.layers[index]
+        columns = (adapter.attention_output_columns(dense_layers[index], sorted(plan.keep_groups), head_dim) if kind == "attn"
+                   else torch.tensor(sorted(plan.keep_neurons)))
+        refit_to_subset(module, sources[name], grams[name], columns)
+    return dict.fromkeys(targets, DEFAULT_RIDGE)
 
 
 def _pruned_projections(dense: LoadedModel, compressed: LoadedModel) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
@@ -159,11 +183,12 @@ def _held_out_error(solution: torch.Tensor, gram: torch.Tensor, cross: torch.Ten
 
 
 def projection_grams(dense: LoadedModel, texts: list[str], batch_size: int = BATCH_SIZE,
-                     max_length: int = MAX_LENGTH) -> dict[str, torch.Tensor]:
+                     max_length: int = MAX_LENGTH, only: set[str] | None = None) -> dict[str, torch.Tensor]:
     """[X 1]^T [X 1] of the inputs X of every layer's output projections in the dense
-    model, keyed "<layer>.attn" and "<layer>.ffn". The dense outputs are [X 1] [W b]^T, so
-    these alone let refit_to_subset refit a projection to any subset of its inputs with
-    one solve: how a search prices recovery for many pruning levels without a pass each."""
+    model (or of those named in `only`), keyed "<layer>.attn" and "<layer>.ffn". The dense
+    outputs are [X 1] [W b]^T, so these alone let refit_to_subset refit a projection to any
+    subset of its inputs with one solve: how a search prices recovery for many pruning
+    levels without a pass each."""
     if not texts:
         raise UserError("least-squares recovery needs calibration text")
     adapter = adapter_for(dense.model)
@@ -171,6 +196,8 @@ def projection_grams(dense: LoadedModel, texts: list[str], batch_size: int = BAT
     for index, layer in enumerate(adapter.layers(dense.model)):
         modules[f"{index}.attn"] = adapter.attention_output(layer)
         modules[f"{index}.ffn"] = adapter.ffn_output(layer)
+    if only is not None:
+        modules = {name: module for name, module in modules.items() if name in only}
     grams: dict[str, torch.Tensor] = {}
 
     def accumulate(name: str, x: torch.Tensor) -> None:

@@ -3,7 +3,8 @@ layer's weights in the precision its plan gives (float, int8 or int4), compresse
 
 Float layers are stored in fp16 and computed at the CPU's default inference precision
 (bf16 where the CPU has it). int8 is asymmetric with a scale per output channel; int4 is
-asymmetric with a scale per group of inputs, as NNCF's data-free weight compression does.
+asymmetric with a scale per group of inputs, fitted to calibration text where there is
+some (AWQ, scale estimation; ops/weight_compression.py computes the same in float).
 The per-layer choice is one NNCF pass per precision, every other weight in its ignored
 scope."""
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from ppocompress.compress.models.loading import LoadedModel
     from ppocompress.compress.plan import CompressionPlan
 
-AWQ_PASSAGES = 64  # calibration passages int4's data-aware compression runs
 # The traced graph names nodes after module paths; "__module.model" is the trace wrapper's.
 _LAYER = r"__module\.model\.model\.layers\.{index}\..*"
 _HEAD = (r"__module\.model\.lm_head/.*", r"__module\.model\.model\.embed_tokens/.*")
@@ -69,6 +69,7 @@ def calibration_dataset(graph: ov.Model, tokenizer, texts: list[str]):
 
     from ppocompress.compress.data.calibration import MAX_LENGTH
     from ppocompress.compress.files.openvino_genai_folder import step_feeds
+    from ppocompress.compress.ops.weight_compression import AWQ_PASSAGES
 
     if not texts:
         return None
@@ -104,11 +105,11 @@ def compress_weights(graph: ov.Model, plan: CompressionPlan, dataset=None) -> ov
 
 def _int4_settings(dataset) -> dict:
     """NNCF's int4 as ppocompress asks for it: asymmetric in groups of INT4_GROUP_SIZE inputs
-    (smaller where a width needs it, see quantize.int4_group_size), data-aware with a dataset."""
+    (smaller where a width needs it, see weight_compression.int4_group_size), data-aware with a dataset."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
-    from ppocompress.compress.ops.quantize import INT4_GROUP_SIZE, MIN_INT4_GROUP_SIZE
+    from ppocompress.compress.ops.weight_compression import AWQ_PASSAGES, INT4_GROUP_SIZE, MIN_INT4_GROUP_SIZE
 
     settings = dict(mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=INT4_GROUP_SIZE,
                     advanced_parameters=AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,

@@ -65,12 +65,17 @@ class OpenVinoRuntime(Runtime):
         return reason
 
     def weights_as_served_(self, layer, precision, dense, input_statistics):
-        from ppocompress.compress.models.families import family_of
-        from ppocompress.compress.ops.quantize import simulate_int8_, simulate_weight_compression_
+        from ppocompress.compress.models.families import adapter_for, family_of
+        from ppocompress.compress.ops.quantize import simulate_int8_
+        from ppocompress.compress.ops.weight_compression import simulate_weight_compression_
         from ppocompress.compress.plan import Precision
 
-        if family_of(dense).causal:  # weights only, as NNCF compresses an LLM's
-            return simulate_weight_compression_(layer, bits=8 if precision == Precision.INT8 else 4)
+        if family_of(dense).causal:  # weights only, as NNCF compresses an LLM's; int4 data-aware
+            if precision == Precision.INT8:
+                return simulate_weight_compression_(layer, bits=8)
+            ffn_output = adapter_for(dense).ffn_output(layer)
+            awq = frozenset(name for name, module in layer.named_modules() if module is ffn_output)
+            return simulate_weight_compression_(layer, 4, input_statistics(layer), awq)
         if precision != Precision.INT8:
             raise UserError(f"the openvino runtime serves an encoder's weights in int8, not {precision.value}")
         return simulate_int8_(layer, input_statistics(layer))
