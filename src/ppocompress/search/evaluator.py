@@ -44,7 +44,7 @@ from ppocompress.compress import (
 from ppocompress.compress.data.calibration import input_statistics
 from ppocompress.compress.measure.fidelity import fidelity_for
 from ppocompress.compress.models.architecture import LayerInfo
-from ppocompress.compress.ops.apply import compress_layer
+from ppocompress.compress.ops.apply import compress_layer, kept_inputs
 from ppocompress.compress.ops.importance import LayerImportance, kept_units
 from ppocompress.compress.ops.quantize import InputStatistics
 from ppocompress.compress.ops.weight_compression import AWQ_PASSAGES, INT4_SIMULATION
@@ -226,12 +226,9 @@ class PlanEvaluator:
                        for name, module in layer.named_modules() if isinstance(module, nn.Linear)}
             self._statistics = input_statistics(self.dense.model, self.dense.tokenizer, self._int4_texts, linears)
         dense_layer = self.dense_layers[index]
-        cut: dict[int, torch.Tensor] = {}  # id of a dense projection -> its inputs kept
-        if kept.keep_groups is not None:
-            cut[id(self.adapter.attention_output(dense_layer))] = self.adapter.attention_output_columns(
-                dense_layer, sorted(kept.keep_groups), self.head_dim)
-        if kept.keep_neurons is not None:
-            cut[id(self.adapter.ffn_output(dense_layer))] = torch.tensor(sorted(kept.keep_neurons))
+        projection = {"attn": self.adapter.attention_output, "ffn": self.adapter.ffn_output}
+        cut = {id(projection[kind](dense_layer)): columns  # id of a dense projection -> its inputs kept
+               for kind, columns in kept_inputs(dense_layer, kept, self.adapter, self.head_dim).items()}
         statistics = {}
         for name, module in dense_layer.named_modules():
             if isinstance(module, nn.Linear):

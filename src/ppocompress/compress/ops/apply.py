@@ -40,23 +40,32 @@ def compress_layer(layer: nn.Module, plan: LayerPlan, adapter: FamilyAdapter, he
     weights through `quantize(layer, precision)` when the plan gives them a precision. The
     one path both the search's layer database and a delivered model go through (dropping
     is the model's business, not the layer's)."""
+    inputs = kept_inputs(layer, plan, adapter, head_dim)
     if plan.keep_groups is not None:
-        groups = sorted(plan.keep_groups)
-        columns = adapter.attention_output_columns(layer, groups, head_dim)
-        adapter.prune_attention(layer, groups, head_dim)
+        adapter.prune_attention(layer, sorted(plan.keep_groups), head_dim)
         if refit is not None:
-            refit("attn", adapter.attention_output(layer), columns)
+            refit("attn", adapter.attention_output(layer), inputs["attn"])
     if plan.keep_neurons is not None:
-        neurons = sorted(plan.keep_neurons)
-        adapter.prune_ffn(layer, neurons)
+        adapter.prune_ffn(layer, sorted(plan.keep_neurons))
         if refit is not None:
-            refit("ffn", adapter.ffn_output(layer), torch.tensor(neurons))
+            refit("ffn", adapter.ffn_output(layer), inputs["ffn"])
     if plan.sparsity > 0:
         for module in adapter.attention_modules(layer) + adapter.ffn_modules(layer):
             magnitude_sparsify_(module.weight, plan.sparsity)
     if plan.weights != Precision.FLOAT and quantize is not None:
         quantize(conv1d_to_linear_(layer), plan.weights)
     return layer
+
+
+def kept_inputs(layer: nn.Module, plan: LayerPlan, adapter: FamilyAdapter, head_dim: int) -> dict[str, torch.Tensor]:
+    """The input columns of the unpruned `layer`'s output projections that `plan` keeps,
+    keyed "attn" and "ffn" for the ones it prunes."""
+    kept = {}
+    if plan.keep_groups is not None:
+        kept["attn"] = adapter.attention_output_columns(layer, sorted(plan.keep_groups), head_dim)
+    if plan.keep_neurons is not None:
+        kept["ffn"] = torch.tensor(sorted(plan.keep_neurons))
+    return kept
 
 
 def restructure(model: nn.Module, plan: CompressionPlan, quantize: bool = True) -> None:

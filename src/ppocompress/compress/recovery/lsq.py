@@ -25,6 +25,7 @@ from transformers.pytorch_utils import Conv1D
 from ppocompress.compress.data.calibration import BATCH_SIZE, MAX_LENGTH, LayerCalls, watch_inputs
 from ppocompress.compress.models.families import adapter_for
 from ppocompress.compress.models.loading import LoadedModel
+from ppocompress.compress.ops.apply import kept_inputs
 from ppocompress.compress.ops.importance import output_weight
 from ppocompress.errors import UserError
 
@@ -95,10 +96,8 @@ def refit_on_dense_inputs(dense: LoadedModel, compressed: LoadedModel, texts: li
     head_dim = adapter.head_dim(dense.model)
     dense_layers = adapter.layers(dense.model)
     for name, module in targets.items():
-        index, kind = int(name.split(".")[0]), name.split(".")[1]
-        plan = compressed.plan.layers[index]
-        columns = (adapter.attention_output_columns(dense_layers[index], sorted(plan.keep_groups), head_dim) if kind == "attn"
-                   else torch.tensor(sorted(plan.keep_neurons)))
+        index, kind = name.split(".")
+        columns = kept_inputs(dense_layers[int(index)], compressed.plan.layers[int(index)], adapter, head_dim)[kind]
         refit_to_subset(module, sources[name], grams[name], columns)
     return dict.fromkeys(targets, DEFAULT_RIDGE)
 
