@@ -1,22 +1,111 @@
-"""SmolLM2-135M (the embedded decoder) at decode-speedup targets 1.5x, 2x and 3x.
+"""SmolLM2-135M (the embedded decoder) on OpenVINO GenAI, at speedup targets against its
+own dense int8 model: three between dense int8's speed and dense int4's, one beyond.
 
-benchmarks/searchers.py with the decoder's arguments: dense, dense int8 weights (the
-no-effort alternative), uniform, random, evolutionary and PPO on equal evaluations, each
-searcher's plan recovered and timed side by side: decode and prefill speedups against
-dense PyTorch fp32, held-out KL and perplexity. Any of searchers.py's options may follow
-(they override these), e.g. --seeds 0,1,2.
+Per seed, one `ppocompress compress --target-int8-speedups ...` run: PPO searches the
+target set once; evolutionary, uniform, random and the estimate-only plan search each
+target on an equal share of as many evaluations. Every searcher's plan is recovered
+(least squares), compressed as NNCF does, judged on held-out text and timed side by side
+with dense PyTorch fp32, and with the no-search alternatives: dense int8, dense int4 and
+NNCF's own mixed precision at the delivered (PPO's) plan's weight bytes. Finished runs
+stay in --work, so an interrupted benchmark continues, in a later session too.
 
-    python benchmarks/decoder.py [--targets 1.5,2,3] [--seeds 0]
+Prints each run's summary, then per target the mean over the seeds run of held-out
+perplexity, KL and top-1, weight MB and the measured decode speedup against dense int8,
+and whether PPO's perplexity is below each rival's: NNCF mixed (at PPO's bytes), the
+estimate-only plan and the evolutionary searcher's. Writes benchmarks/results/decoder.{txt,json}.
+
+    python benchmarks/decoder.py [--targets 1.1,1.2,1.25,1.4] [--seeds 0,1,2] [--work DIR]
 """
 
 from __future__ import annotations
 
+import argparse
+import statistics
+import subprocess
 import sys
+import time
+from pathlib import Path
 
-from searchers import main
+from ppocompress.search.results import MeasuredModel, TargetSetResult
+from publish import publish
+from searchers import _compact, _minutes, _table
 
-DECODER_ARGUMENTS = ["--model", "smollm2", "--targets", "1.5,2,3", "--seeds", "0", "--name", "decoder"]
+MODEL = "smollm2"
+RIVALS = ("nncf mixed", "estimate", "evolutionary")  # what PPO must beat at every target
+ROWS = ("ppo", "evolutionary", "estimate", "uniform", "random", "nncf mixed", "dense int4", "dense int8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="1.1,1.2,1.25,1.4", help="speedups against the dense int8 model")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--work", type=Path, default=Path("runs") / "bench-decoder")
+    args = parser.parse_args()
+    runs: dict[int, TargetSetResult] = {}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        out = args.work / f"seed{seed}"
+        if not (out / "family.json").exists():  # else finished in an earlier benchmark run
+            code = _run(["--model", MODEL, "--target-int8-speedups", args.targets, "--seed", str(seed), "--out", str(out)],
+                        out)
+            if code != 0:
+                return code
+        runs[seed] = TargetSetResult.from_dir(out)
+        print(f"seed {seed}: {_minutes(out)}", flush=True)
+    text = "".join(_table(member, seed) for seed, run in runs.items() for member in run.members)
+    publish("decoder", text + "\n" + _summary(runs), {
+        "targets": args.targets, "seeds": list(runs),
+        "runs": [{"seed": seed, "evaluations": run.evaluations, "members": [_compact(m) for m in run.members]}
+                 for seed, run in runs.items()]})
+    return 0
+
+
+def _run(arguments: list[str], out: Path) -> int:
+    """One `ppocompress compress`, resumed where an earlier one stopped; its wall time kept beside it."""
+    command = [sys.executable, "-m", "ppocompress.cli", "compress", *arguments]
+    if (out / "state.json").exists():
+        command.append("--resume")
+    print("+", " ".join(command), flush=True)
+    start = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True)
+    sys.stderr.write(done.stderr[-2000:])
+    if done.returncode == 0:
+        (out / "wall_time_s.txt").write_text(f"{time.monotonic() - start:.0f}\n")
+    return done.returncode
+
+
+def _models(member) -> dict[str, MeasuredModel]:
+    """Every model a run's member measured, by its row name."""
+    return {**member.searchers, **member.alternatives, "dense int8": member.dense_int8}
+
+
+def _summary(runs: dict[int, TargetSetResult]) -> str:
+    """Per target, each model's means over the seeds, and PPO against its rivals."""
+    lines = []
+    members = [run.members for run in runs.values()]
+    for index, first in enumerate(members[0]):
+        per_seed = [_models(run[index]) for run in members]
+        dense_ppl = statistics.mean(run[index].dense.perplexity_heldout for run in members)
+        lines.append(f"target {first.target_label}, {len(per_seed)} seed(s); dense perplexity {dense_ppl:.2f}")
+        lines.append(f"  {'model':<13} {'ppl':>15} {'ratio':>6} {'KL':>7} {'top-1':>6} {'MB':>6} {'vs int8':>8} {'prefill':>8}")
+        mean_ppl = {}
+        for name in ROWS:
+            measured = [models[name] for models in per_seed if name in models]
+            if not measured:
+                continue
+            ppl = [m.perplexity_heldout for m in measured]
+            mean_ppl[name] = statistics.mean(ppl)
+            spread = statistics.stdev(ppl) if len(ppl) > 1 else 0.0
+            prefill = statistics.mean(run[index].prefill_speedup(models[name]) for run, models in zip(members, per_seed)
+                                      if name in models)
+            lines.append(f"  {name:<13} {mean_ppl[name]:>8.2f} +- {spread:<4.2f} {mean_ppl[name] / dense_ppl:>6.3f} "
+                         f"{statistics.mean(m.kl_heldout for m in measured):>7.4f} "
+                         f"{statistics.mean(m.top1_agreement for m in measured):>6.3f} "
+                         f"{statistics.mean(m.size_bytes for m in measured) / 1e6:>6.1f} "
+                         f"{statistics.mean(m.speedup_vs_dense_int8 for m in measured):>7.2f}x {prefill:>7.2f}x")
+        verdicts = [f"{'below' if mean_ppl['ppo'] < mean_ppl[r] else 'NOT below'} {r}" for r in RIVALS if r in mean_ppl]
+        lines.append(f"  PPO's mean perplexity: {', '.join(verdicts)}")
+    return "\n".join(lines) + "\n"
+
 
 if __name__ == "__main__":
-    sys.argv[1:1] = DECODER_ARGUMENTS
     sys.exit(main())

@@ -10,7 +10,6 @@ Prints per target and searcher the mean and spread of held-out quality over the 
 and writes benchmarks/results/NAME.{txt,json}.
 
     python benchmarks/searchers.py [--targets 4,5,6] [--seeds 0,1,2] [--evals 200] [--work DIR]
-    python benchmarks/decoder.py    (the same for SmolLM2 at 1.5x, 2x and 3x)
 """
 
 from __future__ import annotations

@@ -122,6 +122,7 @@ def test_the_factory_defaults_are_those_of_ppocompress_compress():
     ({}, [Target("speedup", DEFAULT_TARGET_SPEEDUP)]),  # no target: the 5x of `ppocompress compress`
     (dict(target_size=0.5), [Target("size", 0.5)]),
     (dict(target_set_speedups=[3.0, 1.5]), [Target("speedup", 1.5), Target("speedup", 3.0)]),  # a target set, taken in turn
+    (dict(target_set_int8_speedups=[1.3, 1.1]), [Target("int8-speedup", 1.1), Target("int8-speedup", 1.3)]),
 ])
 def test_the_env_is_built_for_the_targets_ppocompress_compress_would_search(given, targets, monkeypatch):
     class Stop(Exception):

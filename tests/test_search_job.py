@@ -153,6 +153,8 @@ def test_a_target_set_is_one_ppo_run_and_per_target_baselines_on_as_many_evaluat
     (["--targets", "2,x"], "takes numbers"),
     (["--targets", "2,3", "--target-speedup", "3"], "exactly one of"),
     (["--targets", "0.5,2"], "must be >= 1"),
+    (["--target-int8-speedups", "1.2,0.9"], "--target-int8-speedup must be >= 1"),
+    (["--target-int8-speedups", "1.2", "--targets", "3"], "exactly one of"),
     (["--policy", "no/such/folder"], "is not a folder"),
     (["--policy", ".", "--searcher", "evolutionary"], "starts the ppo searcher"),
 ])
@@ -226,3 +228,11 @@ def test_searchers_that_found_the_same_plan_share_one_recovered_model_and_its_me
     ppo = result.searchers["ppo"]
     for name, model in result.searchers.items():
         assert model.latency == ppo.latency and model.cosine_heldout == ppo.cosine_heldout and model.plan == ppo.plan, name
+
+
+def test_each_member_of_a_target_set_has_a_folder_of_its_own_named_by_its_target():
+    from ppocompress.search.env import Target
+    from ppocompress.search.job import member_folder
+
+    assert [member_folder(Target(kind, value)) for kind, value in
+            (("speedup", 4.0), ("int8-speedup", 1.2), ("size", 0.5))] == ["target-4x", "target-1.2x-int8", "target-size-0.5"]

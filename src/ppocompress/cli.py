@@ -191,11 +191,13 @@ def compress_command(
     target_speedup: Annotated[Optional[float], typer.Option(help="Speedup against dense PyTorch fp32 the plan must reach "
                                                                  "(by the latency table). An encoder's default: 5.0.")] = None,
     target_int8_speedup: Annotated[Optional[float], typer.Option(help="Or: speedup against the dense int8 model on the "
-                                                                      "serving runtime. A causal LM's default: 1.4.")] = None,
+                                                                      "serving runtime. A causal LM's default: 1.2.")] = None,
     target_size: Annotated[Optional[float], typer.Option(help="Or: size fraction of the dense model the plan must "
                                                               "fit in.")] = None,
     targets: Annotated[Optional[str], typer.Option(help="Or: a family of speedups, e.g. 2,3,4,5,6: one PPO search for all, "
                                                         "a model each in OUT/target-<N>x/.")] = None,
+    target_int8_speedups: Annotated[Optional[str], typer.Option(help="Or: a family of speedups against the dense int8 "
+                                                                     "model, e.g. 1.1,1.2,1.4.")] = None,
     target_sizes: Annotated[Optional[str], typer.Option(help="Or: a family of size fractions, e.g. 0.3,0.5.")] = None,
     searcher: Annotated[str, typer.Option(help="ppo, uniform, random, evolutionary or estimate.")] = "ppo",
     evals: Annotated[Optional[int], typer.Option(help="Plan evaluations each searcher may make (for a family, in all). "
@@ -223,7 +225,8 @@ def compress_command(
 
     settings = _compress_settings(model=model, target_speedup=target_speedup, target_int8_speedup=target_int8_speedup,
                                   target_size=target_size, targets=targets,
-                                  target_sizes=target_sizes, policy=policy, searcher=searcher, evals=evals, recovery=recovery,
+                                  target_int8_speedups=target_int8_speedups, target_sizes=target_sizes, policy=policy,
+                                  searcher=searcher, evals=evals, recovery=recovery,
                                   recover_minutes=recover_minutes, seed=seed, baselines=baselines, threads=threads, text=text,
                                   cost=cost, runtime=runtime, trust_remote_code=trust_remote_code)
     try:
@@ -238,7 +241,8 @@ def compress_command(
 
 def _compress_settings(*, model: str | None, target_speedup: float | None, target_int8_speedup: float | None,
                        target_size: float | None, targets: str | None,
-                       target_sizes: str | None, policy: Path | None, searcher: str, evals: int | None, recovery: str,
+                       target_int8_speedups: str | None, target_sizes: str | None, policy: Path | None, searcher: str,
+                       evals: int | None, recovery: str,
                        recover_minutes: float | None, seed: int, baselines: bool, threads: int, text: Path | None, cost: str,
                        runtime: str, trust_remote_code: bool):
     """compress' options as the search's CompressSettings; no target given means the model's default target."""
@@ -247,6 +251,7 @@ def _compress_settings(*, model: str | None, target_speedup: float | None, targe
     asked = targets_or_default(model, trust_remote_code, target_speedup=target_speedup,
                                target_int8_speedup=target_int8_speedup, target_size=target_size,
                                target_set_speedups=_numbers(targets, "--targets"),
+                               target_set_int8_speedups=_numbers(target_int8_speedups, "--target-int8-speedups"),
                                target_set_sizes=_numbers(target_sizes, "--target-sizes"))
     settings = CompressSettings(model=model, **asked,
                                 policy=None if policy is None else str(policy), searcher=searcher,

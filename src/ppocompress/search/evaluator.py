@@ -143,6 +143,9 @@ class PlanEvaluator:
         self._bytes: dict[tuple[int, int], int] = {}  # each kept layer's parameters and buffers
         self._recorded: dict[str, list[list]] = {}  # fidelity -> each dense layer's outputs, call by call
         self._statistics: dict[str, InputStatistics] | None = None  # "<layer>.<Linear>" -> its dense inputs
+        # ("<layer>.<Linear>", inputs kept) -> its dense inputs cut to those, kept so that the
+        # rows fitted to them (InputStatistics.fitted) are found again when a layer is rebuilt
+        self._cut: dict[tuple[str, tuple[int, ...]], InputStatistics] = {}
         self._int4_texts = calibration[:AWQ_PASSAGES]  # what delivery's data-aware int4 fits to
         # Two evaluators with the same identity give every plan the same reward.
         self.identity = hashlib.sha256(json.dumps({
@@ -232,9 +235,16 @@ class PlanEvaluator:
         statistics = {}
         for name, module in dense_layer.named_modules():
             if isinstance(module, nn.Linear):
-                seen = self._statistics[f"{index}.{name}"]
-                statistics[name] = seen.columns(cut[id(module)]) if id(module) in cut else seen
+                key = f"{index}.{name}"
+                statistics[name] = self._cut_to(key, cut[id(module)]) if id(module) in cut else self._statistics[key]
         return statistics
+
+    def _cut_to(self, key: str, columns: torch.Tensor) -> InputStatistics:
+        """The dense inputs of Linear `key` ("<layer>.<name>") cut to `columns`, made once."""
+        kept = tuple(columns.tolist())
+        if (key, kept) not in self._cut:
+            self._cut[key, kept] = self._statistics[key].columns(columns)
+        return self._cut[key, kept]
 
     def quality(self, plan: Plan, fidelity: str = "low") -> float:
         """Fidelity to the dense model on the chosen calibration subset."""

@@ -26,7 +26,8 @@ _DEFAULTS = CompressSettings()  # make_env's defaults are the command's, defined
 def make_env(model: str | None = _DEFAULTS.model, target_speedup: float | None = None,
              target_int8_speedup: float | None = None, target_size: float | None = _DEFAULTS.target_size,
              target_set_speedups: list[float] | None = _DEFAULTS.target_set_speedups,
-             target_set_sizes: list[float] | None = _DEFAULTS.target_set_sizes, cost: str = _DEFAULTS.cost,
+             target_set_sizes: list[float] | None = _DEFAULTS.target_set_sizes,
+             target_set_int8_speedups: list[float] | None = _DEFAULTS.target_set_int8_speedups, cost: str = _DEFAULTS.cost,
              runtime: str = _DEFAULTS.runtime, text: str | Path | None = _DEFAULTS.text, recovery: str = _DEFAULTS.recovery,
              threads: int = _DEFAULTS.threads, trust_remote_code: bool = _DEFAULTS.trust_remote_code,
              log: Callable[[str], None] = print) -> CompressionEnv:
@@ -39,7 +40,8 @@ def make_env(model: str | None = _DEFAULTS.model, target_speedup: float | None =
     A bad argument raises UserError before anything is loaded."""
     asked = targets_or_default(model, trust_remote_code, target_speedup=target_speedup,
                                target_int8_speedup=target_int8_speedup, target_size=target_size,
-                               target_set_speedups=target_set_speedups, target_set_sizes=target_set_sizes)
+                               target_set_speedups=target_set_speedups, target_set_sizes=target_set_sizes,
+                               target_set_int8_speedups=target_set_int8_speedups)
     settings = CompressSettings(model=model, **asked, cost=cost,
                                 runtime=runtime, text=None if text is None else str(text), recovery=recovery, threads=threads,
                                 trust_remote_code=trust_remote_code)
