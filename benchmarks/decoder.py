@@ -7,7 +7,8 @@ target on an equal share of as many evaluations. Every searcher's plan is recove
 (least squares), compressed as NNCF does, judged on held-out text and timed side by side
 with dense PyTorch fp32, and with the no-search alternatives: dense int8, dense int4 and
 NNCF's own mixed precision at the delivered (PPO's) plan's weight bytes. Finished runs
-stay in --work, so an interrupted benchmark continues, in a later session too.
+stay in --work, so an interrupted benchmark continues, in a later session too; a later
+seed starts from the first seed's preparation and scored plans (see _start_from).
 
 Prints each run's summary, then per target the mean over the seeds run of held-out
 perplexity, KL and top-1, weight MB and the measured decode speedup against dense int8,
@@ -20,6 +21,7 @@ estimate-only plan and the evolutionary searcher's. Writes benchmarks/results/de
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -42,9 +44,11 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("runs") / "bench-decoder")
     args = parser.parse_args()
     runs: dict[int, TargetSetResult] = {}
-    for seed in (int(s) for s in args.seeds.split(",")):
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:
         out = args.work / f"seed{seed}"
         if not (out / "family.json").exists():  # else finished in an earlier benchmark run
+            _start_from(args.work / f"seed{seeds[0]}", out, seed)
             code = _run(["--model", MODEL, "--target-int8-speedups", args.targets, "--seed", str(seed), "--out", str(out)],
                         out)
             if code != 0:
@@ -57,6 +61,20 @@ def main() -> int:
         "runs": [{"seed": seed, "evaluations": run.evaluations, "members": [_compact(m) for m in run.members]}
                  for seed, run in runs.items()]})
     return 0
+
+
+def _start_from(first: Path, out: Path, seed: int) -> None:
+    """A later seed's run starts from the first seed's state, as if interrupted there: its
+    one-off measurements (importance, timings, sensitivities, dropped pairs) do not depend
+    on the seed, and its plan evaluations are deterministic, so they come from the cache
+    as a resumed run's do; each searcher still counts every plan it asks for."""
+    if out == first or (out / "state.json").exists() or not (first / "state.json").exists():
+        return
+    state = json.loads((first / "state.json").read_text())
+    state["settings"]["seed"] = seed
+    state["finished"], state["measurements"]["run_seconds"] = {}, {}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "state.json").write_text(json.dumps(state))
 
 
 def _run(arguments: list[str], out: Path) -> int:
@@ -104,6 +122,8 @@ def _summary(runs: dict[int, TargetSetResult]) -> str:
                          f"{statistics.mean(m.speedup_vs_dense_int8 for m in measured):>7.2f}x {prefill:>7.2f}x")
         verdicts = [f"{'below' if mean_ppl['ppo'] < mean_ppl[r] else 'NOT below'} {r}" for r in RIVALS if r in mean_ppl]
         lines.append(f"  PPO's mean perplexity: {', '.join(verdicts)}")
+    lines.append("ratio: perplexity over the dense model's; vs int8: decode speedup against dense int8 on OpenVINO; "
+                 "prefill: the prompt's speedup against dense PyTorch fp32")
     return "\n".join(lines) + "\n"
 
 

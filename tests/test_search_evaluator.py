@@ -188,6 +188,32 @@ def test_measured_table_is_fitted_to_a_few_models_and_cached(tiny, tmp_path):
     assert again == table
 
 
+def test_a_model_timed_while_the_machine_was_busy_is_timed_again_and_its_faster_time_kept(tiny, tmp_path, monkeypatch):
+    """Load only slows a timing down: a model measured far above the table's fit is timed
+    again, its faster time kept, and the table is fitted to the machine's own speed."""
+    from ppocompress.compress.measure.timing import summarise
+    from ppocompress.search import cost_table
+
+    theta = np.array([2.0, 0.5, 0.25, 1.0, 0.25, 0.125, 0.5, 0.0, 0.0, 0.0])  # base, then float's and int8's (int4 unused)
+    plans = timing_plans(MENU, 3)
+    truth = {label: float(np.array([1.0, *sum(level_features(level) for level in plan.chosen(MENU))]) @ theta)
+             for label, plan in plans.items()} | {"reference": 40.0}
+    busy, calls = "uniform h100-f100", []
+
+    def measure(targets, setup):
+        calls.append([label for label, _, _ in targets])
+        slowed = len(calls) == 1  # busy during the first rounds only
+        return {label: summarise([[truth[label] * (1.6 if slowed and label == busy else 1.0)]], runtime, setup.statistic)
+                for label, _, runtime in targets}
+
+    monkeypatch.setattr(cost_table, "measure_latencies", measure)
+    monkeypatch.setattr(cost_table, "get_runtime", lambda name: type("Exported", (), {"export": lambda self, m, path, c: path})())
+    table = measured_table(tiny, MENU, "onnxruntime", TimingSetup(rounds=1), TEXTS, cache_folder=tmp_path, log=lambda _: None)
+    assert calls[1:] == [[busy]]
+    assert {row["label"]: row["measured_ms"] for row in table.fit}[busy] == pytest.approx(truth[busy])
+    assert table.base == pytest.approx(theta[0]) and table.fit_error() == pytest.approx(0.0, abs=1e-9)
+
+
 def test_level_costs_follow_the_time_model():
     """A level's cost is linear in the fractions it keeps, per precision; dropping is free."""
     theta = np.array([1.0, 2.0, 3.0, 0.5, 1.0, 1.5, 0.25, 0.5, 0.75])  # float, int8, int4

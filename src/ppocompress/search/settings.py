@@ -22,9 +22,9 @@ from ppocompress.search.searchers import DEFAULT_SEARCHER, SEARCHERS, get_search
 # more than quantizing alone gives. An encoder's, against dense PyTorch fp32; a decoder's,
 # against the dense int8 model itself (on an LLM runtime int8 is already several times
 # PyTorch, by a factor that depends on the CPU's float precision), and below what int4 in
-# every layer gives (1.3x to 1.55x int8 on the CPUs measured): there the plan is chosen
-# layer by layer between int4, int8 and pruning, where NNCF's mixed precision chooses by a
-# one-pass ranking; beyond it, SmolLM2 must lose structure, which costs far more than int4.
+# every layer gives: there the plan is chosen layer by layer between int4, int8 and
+# pruning, where NNCF's mixed precision chooses by a one-pass ranking; beyond it, a plan
+# must also remove structure, which costs a small decoder far more than int4 does.
 DEFAULT_TARGET_SPEEDUP = 5.0
 DEFAULT_DECODER_INT8_SPEEDUP = 1.2
 # Evaluations per searcher. A causal LM's cost several times an encoder's, so it is given
