@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from ppocompress.search.results import MeasuredModel, TargetSetResult
 from publish import publish
-from searchers import _compact, _minutes, _table
+from searchers import _compact, _minutes, _table, run_compress
 
 MODEL = "smollm2"
 RIVALS = ("nncf mixed", "estimate", "evolutionary")  # what PPO must beat at every target
@@ -49,8 +47,8 @@ def main() -> int:
         out = args.work / f"seed{seed}"
         if not (out / "family.json").exists():  # else finished in an earlier benchmark run
             _start_from(args.work / f"seed{seeds[0]}", out, seed)
-            code = _run(["--model", MODEL, "--target-int8-speedups", args.targets, "--seed", str(seed), "--out", str(out)],
-                        out)
+            code = run_compress(["--model", MODEL, "--target-int8-speedups", args.targets, "--seed", str(seed),
+                                 "--out", str(out)], out)
             if code != 0:
                 return code
         runs[seed] = TargetSetResult.from_dir(out)
@@ -75,20 +73,6 @@ def _start_from(first: Path, out: Path, seed: int) -> None:
     state["finished"], state["measurements"]["run_seconds"] = {}, {}
     out.mkdir(parents=True, exist_ok=True)
     (out / "state.json").write_text(json.dumps(state))
-
-
-def _run(arguments: list[str], out: Path) -> int:
-    """One `ppocompress compress`, resumed where an earlier one stopped; its wall time kept beside it."""
-    command = [sys.executable, "-m", "ppocompress.cli", "compress", *arguments]
-    if (out / "state.json").exists():
-        command.append("--resume")
-    print("+", " ".join(command), flush=True)
-    start = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True)
-    sys.stderr.write(done.stderr[-2000:])
-    if done.returncode == 0:
-        (out / "wall_time_s.txt").write_text(f"{time.monotonic() - start:.0f}\n")
-    return done.returncode
 
 
 def _models(member) -> dict[str, MeasuredModel]:

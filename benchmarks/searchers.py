@@ -43,26 +43,34 @@ def main() -> int:
     for target in args.targets.split(","):
         for seed in args.seeds.split(","):
             out = work / f"speedup-{target}-seed{seed}"
-            command = [sys.executable, "-m", "ppocompress.cli", "compress", "--target-speedup", target, "--seed", seed,
-                       "--out", str(out)]
-            command += ["--model", args.model] if args.model else []
-            command += ["--evals", str(args.evals)] if args.evals else []
+            arguments = ["--target-speedup", target, "--seed", seed, "--out", str(out)]
+            arguments += ["--model", args.model] if args.model else []
+            arguments += ["--evals", str(args.evals)] if args.evals else []
             if not (out / "result.json").exists():  # else done in an earlier, interrupted benchmark run
-                if (out / "state.json").exists():
-                    command.append("--resume")  # an interrupted run continues where it stopped
-                print("+", " ".join(command), flush=True)
-                start = time.monotonic()
-                done = subprocess.run(command, capture_output=True, text=True)
-                sys.stderr.write(done.stderr[-2000:])
-                if done.returncode != 0:
-                    return done.returncode
-                (out / "wall_time_s.txt").write_text(f"{time.monotonic() - start:.0f}\n")
+                code = run_compress(arguments, out)
+                if code != 0:
+                    return code
             runs[float(target), int(seed)] = CompressResult.from_file(out / "result.json")
             print(f"target {target} seed {seed}: {_minutes(out)}", flush=True)
     text = "".join(_table(result, seed) for (_, seed), result in runs.items()) + "\n" + _summary(runs)
     publish(args.name, text, {"evals": args.evals,
                               "runs": [{"target": t, "seed": s, "result": _compact(r)} for (t, s), r in runs.items()]})
     return 0
+
+
+def run_compress(arguments: list[str], out: Path) -> int:
+    """One `ppocompress compress` into `out`, continuing an interrupted one there (--resume
+    when its state is on disk); its wall time kept beside it. Its exit code."""
+    command = [sys.executable, "-m", "ppocompress.cli", "compress", *arguments]
+    if (out / "state.json").exists():
+        command.append("--resume")
+    print("+", " ".join(command), flush=True)
+    start = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True)
+    sys.stderr.write(done.stderr[-2000:])
+    if done.returncode == 0:
+        (out / "wall_time_s.txt").write_text(f"{time.monotonic() - start:.0f}\n")
+    return done.returncode
 
 
 def _compact(result: CompressResult) -> dict:

@@ -28,7 +28,7 @@ from ppocompress.cluster import check_address
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text, output_dir, read_json_object, remove_leftovers
 from ppocompress.search.deliver import deliver
-from ppocompress.search.env import INT8_SPEEDUP, SPEEDUP, Target
+from ppocompress.search.env import Target
 from ppocompress.search.files import POLICY_DIR, RESULT_FILE, STATE_FILE, TARGET_SET_FILE
 from ppocompress.search.prepare import Prepared, prepare
 from ppocompress.search.results import CompressResult, TargetSetResult
@@ -158,6 +158,5 @@ def _timed(state: SearchState, phase: str):
 
 
 def member_folder(target: Target) -> str:
-    """A target set member's folder in --out: "target-4x", "target-1.2x-int8", "target-size-0.5"."""
-    return {SPEEDUP: f"target-{target.value:g}x", INT8_SPEEDUP: f"target-{target.value:g}x-int8"}.get(
-        target.kind, f"target-size-{target.value:g}")
+    """A target set member's folder in --out, its label's: "target-4x", "target-1.2x-int8", "target-size-0.5"."""
+    return "target-" + target.label.replace(" ", "-")

@@ -62,8 +62,7 @@ class CompressSettings:
     def targets(self) -> list[Target]:
         """The target, or the target set's (ascending, each once); every value checked."""
         given = {SPEEDUP: self.target_speedup, SIZE: self.target_size, INT8_SPEEDUP: self.target_int8_speedup}
-        sets = {SPEEDUP: self.target_set_speedups, SIZE: self.target_set_sizes,
-                INT8_SPEEDUP: self.target_set_int8_speedups}
+        sets = self._target_sets()
         if sum(v is not None for v in (*given.values(), *sets.values())) != 1:
             raise UserError("give exactly one of --target-speedup, --target-int8-speedup, --target-size, --targets, "
                             "--target-int8-speedups and --target-sizes")
@@ -79,8 +78,11 @@ class CompressSettings:
     @property
     def is_target_set(self) -> bool:
         """Asked for a target set (--targets, --target-int8-speedups, --target-sizes), even of one target."""
-        return any(values is not None for values in
-                   (self.target_set_speedups, self.target_set_int8_speedups, self.target_set_sizes))
+        return any(values is not None for values in self._target_sets().values())
+
+    def _target_sets(self) -> dict[str, list[float] | None]:
+        """Each kind of target's set, as asked (None: not asked)."""
+        return {SPEEDUP: self.target_set_speedups, SIZE: self.target_set_sizes, INT8_SPEEDUP: self.target_set_int8_speedups}
 
     def searchers(self) -> list[str]:
         """The chosen searcher first, then the baselines on as many evaluations."""
