@@ -13,9 +13,10 @@ from ppocompress.compress.ops.importance import importance_scores
 from ppocompress.search import default_menu
 from ppocompress.search import evaluator as evaluator_module
 from ppocompress.search.cost_table import (
-    PRECISIONS,
+    NARROWEST_FIRST,
     CostTable,
     anchor_reference,
+    fit_time_model,
     flops_table,
     level_features,
     measured_table,
@@ -194,7 +195,9 @@ def test_a_model_timed_while_the_machine_was_busy_is_timed_again_and_its_faster_
     from ppocompress.compress.measure.timing import summarise
     from ppocompress.search import cost_table
 
-    theta = np.array([2.0, 0.5, 0.25, 1.0, 0.25, 0.125, 0.5, 0.0, 0.0, 0.0])  # base, then float's and int8's (int4 unused)
+    # base, the fixed costs of int4 (unused: the menu has none), int8 and float, then the
+    # per-unit costs (groups, neurons) of int4 and the increments of int8 and float
+    theta = np.array([2.0, 0.0, 0.25, 0.5, 0.0, 0.0, 0.125, 0.5, 0.125, 0.5])
     plans = timing_plans(MENU, 3)
     truth = {label: float(np.array([1.0, *sum(level_features(level) for level in plan.chosen(MENU))]) @ theta)
              for label, plan in plans.items()} | {"reference": 40.0}
@@ -215,12 +218,33 @@ def test_a_model_timed_while_the_machine_was_busy_is_timed_again_and_its_faster_
 
 
 def test_level_costs_follow_the_time_model():
-    """A level's cost is linear in the fractions it keeps, per precision; dropping is free."""
-    theta = np.array([1.0, 2.0, 3.0, 0.5, 1.0, 1.5, 0.25, 0.5, 0.75])  # float, int8, int4
-    for level in default_menu(precisions=tuple(PRECISIONS)):
-        own = theta[3 * PRECISIONS.index(level.weights):][:3]
-        expected = 0.0 if level.drop else own @ [1.0, level.group_keep, level.neuron_keep]
+    """A level's cost is its precision's fixed cost plus its costs per fraction of groups
+    and of neurons kept, each the narrower precision's plus an increment; dropping is free."""
+    theta = np.array([1.0, 0.5, 0.75, 0.25, 0.5, 0.25, 0.5, 0.5, 1.0])  # fixed int4, int8, float; per unit: int4, +int8, +float
+    terms = {Precision.INT4: [1.0, 0.25, 0.5], Precision.INT8: [0.5, 0.5, 1.0], Precision.FLOAT: [0.75, 1.0, 2.0]}
+    for level in default_menu(precisions=NARROWEST_FIRST):
+        expected = 0.0 if level.drop else np.dot(terms[level.weights], [1.0, level.group_keep, level.neuron_keep])
         assert level_features(level) @ theta == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_kept_unit_never_costs_less_in_a_wider_precision(seed):
+    """Whatever the timings (a busy machine once timed float models faster than int8 ones),
+    keeping more groups or neurons adds at least as much cost in a wider precision as in a
+    narrower one, so noise cannot steer the search into float layers."""
+    rng = np.random.default_rng(seed)
+    menu = default_menu(precisions=NARROWEST_FIRST)
+    plans = list(timing_plans(menu, 4).values())
+    features = np.array([[1.0, *sum(level_features(level) for level in plan.chosen(menu))] for plan in plans])
+    solution = fit_time_model(features, rng.uniform(1.0, 20.0, len(plans)))
+    price = {(level.group_keep, level.neuron_keep, level.weights): level_features(level) @ solution[1:]
+             for level in menu if not level.drop}
+    smallest = min(level.group_keep for level in menu), min(level.neuron_keep for level in menu)
+    for (groups, neurons, precision), cost in price.items():
+        if precision != NARROWEST_FIRST[0]:
+            narrower = NARROWEST_FIRST[NARROWEST_FIRST.index(precision) - 1]
+            added = cost - price[(*smallest, precision)]
+            assert added >= price[(groups, neurons, narrower)] - price[(*smallest, narrower)] - 1e-12
 
 
 def test_anchor_reference_scales_the_table_by_the_ratio_timed_now():

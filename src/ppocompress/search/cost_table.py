@@ -3,7 +3,12 @@
 Layers of the supported families share one shape, so a layer's time is modelled from
 what it keeps: for each precision of the weights (floating point, int8, int4), a fixed
 cost plus a cost per fraction of attention groups kept plus a cost per fraction of FFN
-neurons kept (matrix products scale with their widths). Those numbers and a base outside
+neurons kept (matrix products scale with their widths). A kept unit costs no less in a
+wider precision than in a narrower one (its weights are more bytes to read: a precision's
+cost per unit is the narrower one's plus a non-negative increment), so that a few slowed
+timings cannot make a float layer's units cheaper than int8 ones, which the search would
+exploit; the fixed costs are free (an int4 matrix product has more to set up than an int8
+one, and on narrow layers measures slower). Those numbers and a base outside
 the layers are the non-negative least-squares fit to a dozen whole models timed on the
 serving runtime (dense, one layer, uniform levels at each precision, random mixed plans),
 each in its own process in interleaved rounds; a model measured well above the fit is
@@ -45,7 +50,9 @@ from ppocompress.search.plan import Plan
 # How much faster the FLOPs table prices a GEMM in each precision than fp32 (a FLOPs table
 # has no timings to learn it from; a measured table needs no such guess).
 FLOP_DISCOUNT = {Precision.FLOAT: 1.0, Precision.INT8: 2.5, Precision.INT4: 3.5}
-PRECISIONS = tuple(Precision)  # the order of the per-precision unknowns of the time model
+# The precisions in the time model's unknowns, narrowest first: a fixed cost each, then
+# per fraction of groups and of neurons kept, each precision's increment over the narrower.
+NARROWEST_FIRST = (Precision.INT4, Precision.INT8, Precision.FLOAT)
 
 
 @dataclass
@@ -107,12 +114,13 @@ MIXED_PLANS = 4  # random mixed plans timed to calibrate the table
 # is timed again, up to RETIMES more times, its faster measurement kept, and the table refitted.
 RETIME_ABOVE = 0.08
 RETIMES = 2
-TABLE_FORMAT = 3  # of the cached file; a new format is measured anew (3: slow outliers timed again)
+TABLE_FORMAT = 4  # of the cached file; a new format is measured anew (4: a unit's cost monotone in precision)
 UNIFORM_TIMED = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.25, 0.25))  # (groups, neurons) kept, timed at both precisions
 CALIBRATION_FOR_TIMING = 16  # passages static int8 calibrates on; ranges do not change speed
 # A causal LM's table times fewer new tokens than delivery: the cost per token is what is
 # priced, and a dozen models timed over rounds of full-length generations would take minutes.
 TABLE_NEW_TOKENS = 32
+TABLE_REPEATS = 4  # timings a process (decoding a sequence, or a forward pass)
 
 
 def timing_calibration(dense: LoadedModel, calibration: list[str]) -> list[str]:
@@ -124,17 +132,22 @@ def timing_calibration(dense: LoadedModel, calibration: list[str]) -> list[str]:
 
 
 def table_setup(setup: TimingSetup) -> TimingSetup:
-    """How the latency table times models: as `setup`, generating fewer tokens."""
-    return replace(setup, new_tokens=min(setup.new_tokens, TABLE_NEW_TOKENS))
+    """How the latency table times models: as `setup`, generating fewer tokens, more times
+    a process (its statistic then rests on more timings, and a repeat costs far less than
+    the process it runs in)."""
+    return replace(setup, new_tokens=min(setup.new_tokens, TABLE_NEW_TOKENS), repeats=max(setup.repeats, TABLE_REPEATS))
 
 
 def level_features(level: Level) -> np.ndarray:
-    """A level's unknowns in the per-layer time model: [1, groups kept, neurons kept] for
-    each of PRECISIONS in turn, set for the level's; all zero when the layer is dropped."""
-    features = np.zeros(3 * len(PRECISIONS))
+    """A level's unknowns in the per-layer time model: a 1 at its precision's fixed cost
+    (one per precision of NARROWEST_FIRST), then [groups kept, neurons kept] at its
+    precision's increment and at every narrower one's; all zero when the layer is dropped."""
+    features = np.zeros(3 * len(NARROWEST_FIRST))
     if not level.drop:
-        offset = 3 * PRECISIONS.index(level.weights)
-        features[offset: offset + 3] = (1.0, level.group_keep, level.neuron_keep)
+        rank = NARROWEST_FIRST.index(level.weights)
+        features[rank] = 1.0
+        for offset in range(len(NARROWEST_FIRST), len(NARROWEST_FIRST) + 2 * (rank + 1), 2):
+            features[offset: offset + 2] = (level.group_keep, level.neuron_keep)
     return features
 
 
@@ -221,7 +234,7 @@ def _fit_timing_slow_ones_again(targets: list[tuple], features: np.ndarray, meas
     ones measured slower than the fit by more than RETIME_ABOVE are timed again, up to
     RETIMES times, each keeping its faster measurement in `measured`."""
     def fitted() -> np.ndarray:
-        return _fit(features, np.array([measured[label].ms for label, _, _ in targets]))
+        return fit_time_model(features, np.array([measured[label].ms for label, _, _ in targets]))
 
     solution = fitted()
     for _ in range(RETIMES):
@@ -235,7 +248,7 @@ def _fit_timing_slow_ones_again(targets: list[tuple], features: np.ndarray, meas
     return solution
 
 
-def _fit(features: np.ndarray, times: np.ndarray) -> np.ndarray:
+def fit_time_model(features: np.ndarray, times: np.ndarray) -> np.ndarray:
     """The time model's unknowns (base, then level_features'), non-negative, fitted to the
     timed models' `times` (one per row of `features`) in relative error, so that small
     and large models count alike."""
