@@ -115,7 +115,7 @@ MIXED_PLANS = 4  # random mixed plans timed to calibrate the table
 RETIME_ABOVE = 0.08
 RETIMES = 2
 TABLE_FORMAT = 4  # of the cached file; a new format is measured anew (4: a unit's cost monotone in precision)
-UNIFORM_TIMED = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.25, 0.25))  # (groups, neurons) kept, timed at both precisions
+UNIFORM_TIMED = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.25, 0.25))  # (groups, neurons) kept, timed at each precision of the menu
 CALIBRATION_FOR_TIMING = 16  # passages static int8 calibrates on; ranges do not change speed
 # A causal LM's table times fewer new tokens than delivery: the cost per token is what is
 # priced, and a dozen models timed over rounds of full-length generations would take minutes.
