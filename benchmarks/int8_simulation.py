@@ -55,7 +55,8 @@ def main() -> None:
                 artifact = runtime.export(model, Path(work) / f"{name}-{index}", calibration)
                 embeddings = embed_session(runtime.session(artifact), dense.tokenizer, evaluator.texts["low"])
                 real = float((embeddings * reference).sum(dim=1).mean())
-                rows.append({"runtime": name, "level": level.name, "weights": level.weights.value, "simulated": simulated, "real": real})
+                rows.append({"runtime": name, "level": level.name, "weights": level.weights.value, "simulated": simulated,
+                             "real": real})
                 print(f"{name:12} {level.name:14} simulated {simulated:.4f} real {real:.4f}", flush=True)
     lines = [f"{'runtime':12} {'level':10} {'sim fp':>7} {'real fp':>7} {'sim q':>7} {'real q':>7} "
              f"{'sim drop':>8} {'real drop':>9}"]

@@ -51,10 +51,10 @@ def main() -> int:
                 if code != 0:
                     return code
             runs[float(target), int(seed)] = CompressResult.from_file(out / "result.json")
-            print(f"target {target} seed {seed}: {_minutes(out)}", flush=True)
-    text = "".join(_table(result, seed) for (_, seed), result in runs.items()) + "\n" + _summary(runs)
+            print(f"target {target} seed {seed}: {wall_minutes(out)}", flush=True)
+    text = "".join(run_summary(result, seed) for (_, seed), result in runs.items()) + "\n" + _summary(runs)
     publish(args.name, text, {"evals": args.evals,
-                              "runs": [{"target": t, "seed": s, "result": _compact(r)} for (t, s), r in runs.items()]})
+                              "runs": [{"target": t, "seed": s, "result": compact_result(r)} for (t, s), r in runs.items()]})
     return 0
 
 
@@ -73,7 +73,7 @@ def run_compress(arguments: list[str], out: Path) -> int:
     return done.returncode
 
 
-def _compact(result: CompressResult) -> dict:
+def compact_result(result: CompressResult) -> dict:
     """The result without what is long and kept in the run folder: search histories, and
     the plans' kept unit indices (each searcher's levels say the plan)."""
     data = {k: v for k, v in json.loads(result.to_json()).items() if k not in ("curves", "evaluated")}
@@ -82,7 +82,7 @@ def _compact(result: CompressResult) -> dict:
     return data
 
 
-def _table(result: CompressResult, seed: int) -> str:
+def run_summary(result: CompressResult, seed: int) -> str:
     """The summary `ppocompress compress` prints, for one run."""
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
@@ -90,7 +90,7 @@ def _table(result: CompressResult, seed: int) -> str:
     return f"seed {seed}\n" + buffer.getvalue() + "\n"
 
 
-def _minutes(out: Path) -> str:
+def wall_minutes(out: Path) -> str:
     """The run's wall time, when this benchmark ran it (resumed runs report their last part)."""
     path = out / "wall_time_s.txt"
     return f"{int(path.read_text()) / 60:.1f} min" if path.exists() else "-"

@@ -15,7 +15,7 @@ import torch
 import ppocompress
 from compress_models import save_tiny_model
 from ppocompress.cli import main
-from ppocompress.compress import CompressionPlan, LayerPlan, Precision, apply_plan, load_model
+from ppocompress.compress import CompressionPlan, LayerPlan, Precision, apply_plan, layer_table, load_model
 from ppocompress.compress.commands.bench import Variant, run_bench
 from ppocompress.compress.data.text import splits_from_texts
 from ppocompress.compress.files.saved import save
@@ -33,10 +33,12 @@ from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import get_runtime
 from ppocompress.compress.runtimes.pytorch import TorchSession
 from ppocompress.errors import UserError
-from ppocompress.search.evaluator import PlanEvaluator
+from ppocompress.search.cost_table import size_table
+from ppocompress.search.env import Target, check_reachable
+from ppocompress.search.evaluator import PlanEvaluator, compression_plan
 from ppocompress.search.levels import default_menu, group_fractions
 from ppocompress.search.plan import Plan
-from ppocompress.search.prepare import drop_interaction, relative_sensitivity
+from ppocompress.search.prepare import drop_interaction, model_menu, relative_sensitivity
 from ppocompress.search.results import CompressResult
 
 TEXTS = [f"the {w} of the town changed a lot over {n} years, said {name}" for n, (w, name) in
@@ -276,3 +278,25 @@ def test_a_decoder_s_least_squares_delivers_exactly_what_the_search_priced(llama
     fidelity = evaluator.fidelity["high"]
     assert fidelity(delivered.model) == pytest.approx(evaluator.quality(plan, "high"), rel=1e-5)
     assert fidelity(delivered.model) != pytest.approx(fidelity(unrecovered.model), rel=1e-5)  # the refit did something
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_size_target_prices_a_plan_by_the_bytes_its_weights_are_served_in(llama, seed):
+    menu = model_menu(llama, "openvino")
+    table = size_table(llama, menu, "openvino")
+    plan = Plan.of(np.random.default_rng(seed).integers(len(menu), size=table.num_layers))
+    compressed = apply_plan(llama, compression_plan(plan, menu, layer_table(llama.model)), quantize=False).model
+    bits = {Precision.FLOAT: 16, Precision.INT8: 8, Precision.INT4: 4 + (16 + 4) / 64}  # int4: a group's scale, zero
+    kept = iter(compressed.model.layers)
+    layer_bytes = sum(sum(p.numel() for p in next(kept).parameters()) * bits[menu[i].weights] / 8
+                      for i in plan if not menu[i].drop)
+    params = sum(p.numel() for p in llama.model.parameters())
+    outside = params - sum(sum(p.numel() for p in layer.parameters()) for layer in llama.model.model.layers)
+    assert table.unit == "bytes" and table.reference_total == 4 * params  # dense PyTorch fp32
+    assert table.total(plan) == pytest.approx(outside + layer_bytes)  # fp16 floats, an int8 head and embedding
+
+
+def test_a_size_target_no_plan_meets_fails_in_one_line_naming_the_smallest_size(llama):
+    menu = model_menu(llama, "openvino")
+    with pytest.raises(UserError, match=r"target size 0.01 cannot be met: the most compressed plan reaches size 0\.\d+"):
+        check_reachable(size_table(llama, menu, "openvino"), menu, [Target("size", 0.01)])

@@ -17,12 +17,13 @@ def _latency(p10: float, p90: float) -> LatencyResult:
 
 
 def _result(speedup: float, vs_int8: float, reference: LatencyResult, delivered: LatencyResult, rounds=None,
-            alternatives=None, target=("speedup", 5.0)):
+            alternatives=None, target=("speedup", 5.0), size_bytes=100):
     rounds = rounds or [speedup]
     model = SimpleNamespace(speedup=speedup, speedup_vs_dense_int8=vs_int8, predicted_speedup=5.06, latency=delivered,
-                            speedup_range=lambda: (min(rounds), max(rounds)), fidelity=0.95)
+                            speedup_range=lambda: (min(rounds), max(rounds)), fidelity=0.95, size_bytes=size_bytes)
     return SimpleNamespace(delivered=model, target_kind=target[0], target_value=target[1], runtime="onnxruntime",
-                           reference_latency=reference, alternatives=alternatives or {}, fidelity_short_name="exp(-KL)")
+                           reference_latency=reference, alternatives=alternatives or {}, fidelity_short_name="exp(-KL)",
+                           dense_size_bytes=500)
 
 
 def test_a_quiet_run_that_meets_its_target_has_no_warning():
@@ -71,3 +72,16 @@ def test_an_alternative_as_fast_and_better_is_named_one_slower_or_worse_is_not()
     assert len(warnings) == 1
     assert warnings[0].startswith("nncf mixed is as fast (5.00x) and keeps more quality than the delivered model "
                                   "(exp(-KL) 0.9700 against 0.9500)")
+
+
+def test_a_size_target_is_checked_against_the_measured_bytes_and_alternatives_by_theirs():
+    """A size target asks for bytes, not speed: a delivery slower than dense int8 is no warning."""
+    met = _result(2.0, 0.9, _latency(345, 350), _latency(115, 117), target=("size", 0.2), size_bytes=100)
+    assert target_warnings(met) == []
+    large = target_warnings(_result(2.0, 0.9, _latency(345, 350), _latency(115, 117), target=("size", 0.2), size_bytes=110))
+    assert large == ["measured size 0.220 of dense PyTorch fp32's, above the size 0.2 target by 10%"]
+    smaller = SimpleNamespace(speedup=1.0, fidelity=0.97, size_bytes=98)
+    larger = SimpleNamespace(speedup=9.0, fidelity=0.99, size_bytes=140)
+    warnings = target_warnings(_result(2.0, 0.9, _latency(345, 350), _latency(115, 117), target=("size", 0.2),
+                                       alternatives={"nncf mixed": smaller, "dense int8": larger}))
+    assert len(warnings) == 1 and warnings[0].startswith("nncf mixed is as small (0.0 MB) and keeps more quality")

@@ -192,8 +192,8 @@ def compress_command(
                                                                  "(by the latency table). An encoder's default: 5.0.")] = None,
     target_int8_speedup: Annotated[Optional[float], typer.Option(help="Or: speedup against the dense int8 model on the "
                                                                       "serving runtime. A causal LM's default: 1.2.")] = None,
-    target_size: Annotated[Optional[float], typer.Option(help="Or: size fraction of the dense model the plan must "
-                                                              "fit in.")] = None,
+    target_size: Annotated[Optional[float], typer.Option(help="Or: the most weight bytes the plan may take, as a fraction "
+                                                              "of dense PyTorch fp32's (as the runtime stores them).")] = None,
     targets: Annotated[Optional[str], typer.Option(help="Or: a family of speedups, e.g. 2,3,4,5,6: one PPO search for all, "
                                                         "a model each in OUT/target-<N>x/.")] = None,
     target_int8_speedups: Annotated[Optional[str], typer.Option(help="Or: a family of speedups against the dense int8 "

@@ -20,7 +20,8 @@ Speedups are against the dense model in PyTorch fp32, timed in the same rounds; 
 re-anchors that reference (`anchor_reference`), because PyTorch slows far more than the
 other runtimes when the machine is busy, and a reference timed under load once would
 mislead every later run that reads the cached table.
-FLOPs give the same kind of table without measuring (the fallback, and a cross-check).
+FLOPs give the same kind of table without measuring (the fallback, and a cross-check),
+and a size target's table is the weights' bytes as the runtime stores them.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import nnls
 
-from ppocompress.compress import LoadedModel, Precision, apply_plan, layer_table
-from ppocompress.compress.measure.cost import model_flops
+from ppocompress.compress import LayerInfo, LoadedModel, Precision, apply_plan, layer_table
+from ppocompress.compress.measure.cost import bits_per_weight, count_parameters, model_flops
 from ppocompress.compress.measure.timing import LatencyResult, TimingSetup, measure_latencies
 from ppocompress.compress.runtimes import REFERENCE, get_runtime
 from ppocompress.errors import UserError
@@ -59,7 +60,7 @@ NARROWEST_FIRST = (Precision.INT4, Precision.INT8, Precision.FLOAT)
 class CostTable:
     """Per-level cost of one layer, plus the fixed cost outside the layers."""
 
-    unit: str  # "ms" (measured) or "flops"
+    unit: str  # "ms" (measured), "flops" or "bytes" (size_table)
     base: float
     per_level: list[float]  # indexed like the level menu
     num_layers: int
@@ -93,18 +94,34 @@ class CostTable:
 
 def flops_table(dense: LoadedModel, menu: list[Level], seq_len: int = 64) -> CostTable:
     """Each level priced by the FLOPs of the model with every layer at it (int8 discounted)."""
-    table = layer_table(dense.model, seq_len)
-    num_layers = len(table)
-    per_level = []
-    for index, level in enumerate(menu):
-        if level.drop:
-            per_level.append(0.0)
-            continue
-        compressed = apply_plan(dense, compression_plan(Plan.uniform(index, num_layers), menu, table), quantize=False)
-        per_layer = sum(info.flops_per_token for info in layer_table(compressed.model, seq_len)) / num_layers * seq_len
-        per_level.append(per_layer / FLOP_DISCOUNT[level.weights])
+    per_level = [0.0 if layers is None else sum(info.flops_per_token for info in layers) / len(layers) * seq_len
+                 / FLOP_DISCOUNT[level.weights] for level, layers in zip(menu, _uniform_layers(dense, menu, seq_len))]
+    num_layers = dense.model.config.num_hidden_layers
     base = model_flops(dense.model, seq_len) - per_level[DENSE] * num_layers
     return CostTable("flops", float(base), per_level, num_layers)
+
+
+def size_table(dense: LoadedModel, menu: list[Level], runtime: str) -> CostTable:
+    """Each level priced by the bytes its layer's weights are served in on `runtime`
+    (bits_per_weight), the base by the weights outside the layers (a causal LM's are in
+    its output head's precision: the runtime compresses the embedding with it), against
+    dense PyTorch fp32's bytes, as speedups are against its time."""
+    float_bits = get_runtime(runtime).float_bits
+    per_level = [0.0 if layers is None else sum(info.params for info in layers) / len(layers)
+                 * bits_per_weight(level.weights, float_bits) / 8 for level, layers in zip(menu, _uniform_layers(dense, menu))]
+    params = count_parameters(dense.model)
+    outside = params - sum(info.params for info in layer_table(dense.model))
+    base = outside * bits_per_weight(searched_head(dense), float_bits) / 8
+    return CostTable("bytes", float(base), per_level, dense.model.config.num_hidden_layers,
+                     reference=params * bits_per_weight(Precision.FLOAT, 32) / 8, runtime=runtime)
+
+
+def _uniform_layers(dense: LoadedModel, menu: list[Level], seq_len: int = 64) -> list[list[LayerInfo] | None]:
+    """For each level, the layer table of the model with every layer at it (None: dropped)."""
+    table = layer_table(dense.model, seq_len)
+    return [None if level.drop else
+            layer_table(apply_plan(dense, compression_plan(Plan.uniform(index, len(table)), menu, table),
+                                   quantize=False).model, seq_len) for index, level in enumerate(menu)]
 
 
 MIXED_PLANS = 4  # random mixed plans timed to calibrate the table

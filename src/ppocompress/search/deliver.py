@@ -21,7 +21,7 @@ from ppocompress.compress.pipeline import compress
 from ppocompress.compress.recovery.method import Recovery
 from ppocompress.compress.runtimes import REFERENCE, Runtime, get_runtime
 from ppocompress.fileio import move_into_place, staging_dir
-from ppocompress.search.env import INT8_SPEEDUP, SPEEDUP, Target
+from ppocompress.search.env import INT8_SPEEDUP, SIZE, SPEEDUP, Target
 from ppocompress.search.evaluator import sensitivity_evaluations
 from ppocompress.search.files import RECOVERY_CHECKPOINTS
 from ppocompress.search.plan import Plan
@@ -186,18 +186,11 @@ def _measured(name: str, measures: _Measures, runtime: Runtime, prepared: Prepar
 
 def target_warnings(result: CompressResult) -> list[str]:
     """What the summary must not let pass silently: a delivered model measured short of its
-    speedup target, timings taken on a busy machine, or a delivery slower than the dense
-    int8 model a user could ship without us."""
-    warnings = []
-    delivered = result.delivered
-    measured = {SPEEDUP: (delivered.speedup, "dense PyTorch fp32"),
-                INT8_SPEEDUP: (delivered.speedup_vs_dense_int8, f"the dense int8 model on {result.runtime}")}
-    speedup, against = measured.get(result.target_kind, (math.inf, ""))
-    if speedup < result.target_value * (1 - TARGET_TOLERANCE):
-        predicted = ("" if delivered.predicted_speedup is None or result.target_kind != SPEEDUP
-                     else f" (the latency table predicted {delivered.predicted_speedup:.2f}x)")
-        warnings.append(f"measured {speedup:.2f}x against {against}, short of the {result.target_value:g}x "
-                        f"target by {100 * (1 - speedup / result.target_value):.0f}%{predicted}")
+    target, timings taken on a busy machine, a delivery slower than the dense int8 model a
+    user could ship without us (for a speed target), or an alternative as fast (as small,
+    for a size target) that keeps more quality."""
+    delivered, size_target = result.delivered, result.target_kind == SIZE
+    warnings = _short_of_target(result)
     timed = (("dense PyTorch fp32", result.reference_latency), ("the delivered model", delivered.latency))
     busy = [f"{name} {latency.p10_ms:.0f} to {latency.p90_ms:.0f} ms p10 to p90" for name, latency in timed
             if latency.spread > UNQUIET_SPREAD]
@@ -207,12 +200,36 @@ def target_warnings(result: CompressResult) -> list[str]:
     if busy:
         warnings.append(f"timings spread widely ({', '.join(busy)}): the machine was busy, so the speedups may be off; "
                         "time again with `ppocompress bench` when it is quiet")
-    if delivered.speedup_vs_dense_int8 < 1.0:
+    if delivered.speedup_vs_dense_int8 < 1.0 and not size_target:
         warnings.append(f"the delivered model is slower than the dense int8 model on {result.runtime} "
                         f"({delivered.speedup_vs_dense_int8:.2f}x); ship that instead or ask for a higher target")
     for name, alternative in result.alternatives.items():
-        if alternative.speedup >= delivered.speedup * (1 - TARGET_TOLERANCE) and alternative.fidelity > delivered.fidelity:
-            warnings.append(f"{name} is as fast ({alternative.speedup:.2f}x) and keeps more quality than the delivered "
+        as_good = (alternative.size_bytes <= delivered.size_bytes * (1 + TARGET_TOLERANCE) if size_target
+                   else alternative.speedup >= delivered.speedup * (1 - TARGET_TOLERANCE))
+        if as_good and alternative.fidelity > delivered.fidelity:
+            than = (f"small ({alternative.size_bytes / 1e6:.1f} MB)" if size_target else f"fast ({alternative.speedup:.2f}x)")
+            warnings.append(f"{name} is as {than} and keeps more quality than the delivered "
                             f"model ({result.fidelity_short_name} {alternative.fidelity:.4f} against {delivered.fidelity:.4f}); "
                             "ship it instead")
     return warnings
+
+
+def _short_of_target(result: CompressResult) -> list[str]:
+    """A warning when the delivered model measured short of its target: slower than a speed
+    target (by more than TARGET_TOLERANCE), or larger than a size target."""
+    delivered = result.delivered
+    if result.target_kind == SIZE:
+        size = delivered.size_bytes / result.dense_size_bytes
+        if size <= result.target_value * (1 + TARGET_TOLERANCE):
+            return []
+        return [f"measured size {size:.3f} of dense PyTorch fp32's, above the size {result.target_value:g} target "
+                f"by {100 * (size / result.target_value - 1):.0f}%"]
+    measured = {SPEEDUP: (delivered.speedup, "dense PyTorch fp32"),
+                INT8_SPEEDUP: (delivered.speedup_vs_dense_int8, f"the dense int8 model on {result.runtime}")}
+    speedup, against = measured.get(result.target_kind, (math.inf, ""))
+    if speedup >= result.target_value * (1 - TARGET_TOLERANCE):
+        return []
+    predicted = ("" if delivered.predicted_speedup is None or result.target_kind != SPEEDUP
+                 else f" (the latency table predicted {delivered.predicted_speedup:.2f}x)")
+    return [f"measured {speedup:.2f}x against {against}, short of the {result.target_value:g}x "
+            f"target by {100 * (1 - speedup / result.target_value):.0f}%{predicted}"]

@@ -105,8 +105,10 @@ def check_reachable(cost: CostTable, menu: list[Level], targets: list[Target]) -
     lowest = cost.base + cheapest_kept + (cost.num_layers - 1) * min(cost.per_level)
     for target, budget in zip(targets, budgets(cost, menu, targets)):
         if lowest > budget + BUDGET_TOLERANCE:
+            reaches = (f"size {lowest / cost.reference_total:.3f} of dense PyTorch fp32" if target.kind == SIZE
+                       else f"{cost.reference_total / lowest:.2f}x dense PyTorch fp32")
             raise UserError(f"target {target.description} cannot be met: the most compressed plan reaches "
-                            f"{cost.reference_total / lowest:.2f}x dense PyTorch fp32 by the cost table; ask for less")
+                            f"{reaches} by the cost table; ask for less")
 
 
 class CompressionEnv(gym.Env):

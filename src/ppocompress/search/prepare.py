@@ -24,6 +24,7 @@ from ppocompress.search.cost_table import (
     anchor_reference,
     flops_table,
     measured_table,
+    size_table,
     table_cache_path,
     table_setup,
     timing_calibration,
@@ -89,9 +90,10 @@ def prepare(settings: CompressSettings, state: SearchState, save_state, log, wor
     dense, texts, menu = _load(settings)
     targets, setup, calibration = settings.targets(), settings.timing(dense.is_causal), texts.calibration
     measured = settings.cost == MEASURED and targets[0].kind != SIZE
-    if not measured:  # parameters scale like FLOPs per layer; int8 is priced by its discount
-        cost = flops_table(dense, menu)
-        check_reachable(cost, menu, targets)  # a measured table is checked once it is timed
+    if not measured:  # a measured table is checked once it is timed
+        cost = (size_table(dense, menu, _asked_runtime(settings, dense.is_causal)) if targets[0].kind == SIZE
+                else flops_table(dense, menu))
+        check_reachable(cost, menu, targets)
     taken = state.measurements
     scores = _importance(dense, calibration, taken, save_state, log)
     if settings.runtime != AUTO and dense.is_causal and no_generation(get_runtime(settings.runtime)):

@@ -11,8 +11,11 @@ from torch import nn
 from ppocompress.compress.models.architecture import weight_matrix
 from ppocompress.compress.models.families import layer_table
 from ppocompress.compress.ops.quantize import is_int8_linear, is_packed_int8_linear
+from ppocompress.compress.ops.weight_compression import INT4_BITS, INT4_GROUP_SIZE
+from ppocompress.compress.plan import Precision
 from ppocompress.errors import UserError
 
+INT4_GROUP_BITS = 16 + INT4_BITS  # each int4 group's fp16 scale and int4 zero point, stored beside its codes
 _PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
 
 
@@ -54,6 +57,14 @@ def model_bytes(model: nn.Module) -> int:
         if bias is not None:
             total += bias.numel() * bias.element_size()
     return total
+
+
+def bits_per_weight(precision: Precision, float_bits: int) -> float:
+    """Bits a served weight takes in `precision`, float ones in `float_bits` (the runtime's):
+    int4 counts its group's scale and zero point; int8's per-channel ones are left out
+    (a few bytes per row of hundreds of weights)."""
+    return {Precision.FLOAT: float(float_bits), Precision.INT8: 8.0,
+            Precision.INT4: INT4_BITS + INT4_GROUP_BITS / INT4_GROUP_SIZE}[precision]
 
 
 def directory_bytes(path: str | Path) -> int:

@@ -35,6 +35,7 @@ class Runtime:
     int8_kind: str  # names how its int8 computes (weights_as_served_) in a search's identity
     generates = False  # runs a causal LM with a KV cache (its Session has generate_timed)
     serves_int4 = False  # int4 weights, in a causal LM's layers and head
+    float_bits = 32  # a floating-point weight as it is stored
     artifact_name: str  # what export writes in its directory, and session loads
 
     def missing(self) -> str | None:

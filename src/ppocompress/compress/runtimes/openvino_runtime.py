@@ -53,6 +53,7 @@ class OpenVinoRuntime(Runtime):
     int8_kind = "static"  # input ranges calibrated on text (an encoder's; a decoder's int8 is weights only)
     generates = True  # a causal LM through OpenVINO GenAI
     serves_int4 = True
+    float_bits = 16  # IR weights are saved in fp16
     artifact_name = "openvino_model.xml"  # what sentence-transformers and optimum-intel look for
 
     def missing(self) -> str | None:
