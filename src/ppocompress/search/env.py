@@ -56,7 +56,8 @@ TARGET_OPTIONS = {SPEEDUP: "--target-speedup", INT8_SPEEDUP: "--target-int8-spee
 class Target:
     """kind SPEEDUP: the plan's cost at most dense PyTorch fp32's / value; INT8_SPEEDUP: at
     most the dense int8 model's on the serving runtime / value (what quantizing alone gives
-    is the bar a decoder's search must clear); SIZE: at most the dense model's x value."""
+    is the bar a decoder's search must clear); SIZE: weights of at most value times dense
+    PyTorch fp32's bytes (cost_table.size_table)."""
 
     kind: str
     value: float
