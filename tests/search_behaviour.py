@@ -1,8 +1,9 @@
 """The search's behaviour on a tiny model, as data: run in a process of its own by
 test_search_behaviour.py (a near-1 cosine can move by an ulp after hundreds of other tests
-in one process) and compared with tests/golden/search_behaviour.json, recorded before the
+in one process) and compared with tests/golden/search_behaviour_<kernels>.json, recorded before the
 code was reorganised and again at each intended change of behaviour (last: the estimate's
-losses added on the KL scale, and the estimate searcher). `python tests/search_behaviour.py OUT` prints it as JSON."""
+losses added on the KL scale, and the estimate searcher); the AVX2 record was added later, from
+the same code, on an AVX2-only machine. `python tests/search_behaviour.py OUT` prints it as JSON."""
 
 from __future__ import annotations
 

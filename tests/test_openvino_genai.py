@@ -29,6 +29,7 @@ MIXED_PLAN = CompressionPlan([LayerPlan(keep_groups=[0, 2], keep_neurons=list(ra
                               LayerPlan(drop=True),
                               LayerPlan(keep_groups=[1, 2, 3], keep_neurons=list(range(16)), weights=Precision.INT8)],
                              head=Precision.INT8)
+LINEARS = [f"{part}.{name}_proj" for part, names in (("self_attn", "qkvo"), ("mlp", ("gate", "up", "down"))) for name in names]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,18 @@ def _optimum_tokens(folder, ids: np.ndarray, **properties) -> list[int]:
     return out[0, ids.shape[1]:].tolist()
 
 
+def _greedy_up_to_near_ties(folder, ids: np.ndarray, tokens: list[int], margin: float) -> bool:
+    """Whether optimum-intel's model, fed `tokens` after the prompt, gives each of them a logit
+    within `margin` of its best at that step: the same greedy choice, up to a near-tie."""
+    model = OVModelForCausalLM.from_pretrained(str(folder), device="CPU", ov_config=F32)
+    sequence = torch.from_numpy(np.concatenate([ids, np.array([tokens])], axis=1))
+    with torch.no_grad():
+        logits = model(input_ids=sequence, attention_mask=torch.ones_like(sequence)).logits[0]
+    steps = logits[ids.shape[1] - 1:-1]
+    chosen = steps[torch.arange(len(tokens)), torch.tensor(tokens)]
+    return bool((chosen >= steps.max(dim=-1).values - margin).all())
+
+
 def test_float_weights_generate_pytorchs_tokens_in_genai_and_optimum(dense, tmp_path):
     model, folder = _deliver(dense, FLOAT_PLAN, tmp_path / "float")
     ids = _prompt(model)
@@ -82,14 +95,14 @@ def test_generation_from_text_through_the_converted_tokenizer(dense, tmp_path):
 
 
 def _weight_types(folder) -> dict[str, set[str]]:
-    """The element types of the 8- and 4-bit weight constants, keyed by module path
+    """The element types of the weight constants ("u4", "u8", "f16"), keyed by module path
     ("model.layers.0.mlp.up_proj"); a tied embedding and head are one constant."""
     graph = ov.Core().read_model(str(folder / "openvino_model.xml"))
     found: dict[str, set[str]] = {}
     for op in graph.get_ordered_ops():
-        if op.get_type_name() == "Constant" and op.get_output_element_type(0).bitwidth in (4, 8):
-            name = op.get_friendly_name().split("/")[0].removesuffix(".weight")
-            module = name.removeprefix("__module.model.").removeprefix("self.model.")
+        name = op.get_friendly_name().removesuffix("_compressed")  # OpenVINO's suffix for a stored-smaller constant
+        if op.get_type_name() == "Constant" and name.endswith(".weight"):
+            module = name.removesuffix(".weight").removeprefix("__module.model.").removeprefix("self.model.")
             found.setdefault(module, set()).add(op.get_output_element_type(0).get_type_name())
     return found
 
@@ -97,13 +110,23 @@ def _weight_types(folder) -> dict[str, set[str]]:
 def test_each_layer_is_stored_in_its_own_precision(dense, tmp_path):
     model, folder = _deliver(dense, MIXED_PLAN, tmp_path / "mixed")
     types = _weight_types(folder)
-    linears = [f"{part}.{name}" for part, names in (("self_attn", "qkvo"), ("mlp", ("gate", "up", "down"))) for name in names]
-    for linear in linears:
-        assert types[f"model.layers.0.{linear}_proj"] == {"u4"}
-        assert types[f"model.layers.1.{linear}_proj"] == {"u8"}  # the third layer, renumbered
+    for linear in LINEARS:
+        assert types[f"model.layers.0.{linear}"] == {"u4"}
+        assert types[f"model.layers.1.{linear}"] == {"u8"}  # the third layer, renumbered
     assert types["lm_head"] == types["model.embed_tokens"] == {"u8"}  # the head choice covers the embedding
     ids = _prompt(model)
     assert _genai_tokens(folder, ids, **F32) == _optimum_tokens(folder, ids, **F32)
+
+
+def test_float_layers_beside_compressed_ones_are_stored_in_fp16(dense, tmp_path):
+    """OpenVINO's save_model halves float weights only in a graph with none compressed, so
+    the export converts them itself: a mixed plan's float layers cost the bytes priced."""
+    plan = CompressionPlan([LayerPlan(weights=Precision.INT8), LayerPlan(), LayerPlan(drop=True)])
+    _, folder = _deliver(dense, plan, tmp_path / "mixed")
+    types = _weight_types(folder)
+    assert all(types[f"model.layers.0.{linear}"] == {"u8"} for linear in LINEARS)
+    assert all(types[f"model.layers.1.{linear}"] == {"f16"} for linear in LINEARS)
+    assert types["model.embed_tokens"] == {"f16"}  # the float head, tied to the embedding
 
 
 def test_session_gives_the_models_logits_and_times_generation(dense, tmp_path):
@@ -145,11 +168,13 @@ def test_the_real_smollm2_in_a_mixed_plan_generates_in_genai_as_in_optimum(tmp_p
     types = _weight_types(folder)
     assert types["model.layers.3.self_attn.k_proj"] == {"u4"} and types["model.layers.1.mlp.down_proj"] == {"u8"}
     assert types["model.embed_tokens"] == {"u8"}  # tied to the output head
-    assert not any(name.startswith("model.layers.2.") for name in types)
+    assert types["model.layers.2.mlp.down_proj"] == {"f16"}
     assert not any(name.startswith("model.layers.29.") for name in types)  # 30 layers, one dropped
     ids = model.tokenizer("The capital of France is", return_tensors="np")["input_ids"]
     tokens = _genai_tokens(folder, ids, **F32)
-    assert tokens == _optimum_tokens(folder, ids, **F32)
+    # The runtimes' attention kernels differ in the last digits, so where optimum-intel's two
+    # best logits are a near-tie GenAI may take the other one (seen: 15.537 against 15.476).
+    assert _greedy_up_to_near_ties(folder, ids, tokens, margin=0.1)
     # From text, through the converted tokenizer and detokenizer: what Hugging Face's make of the same tokens.
     pipe = openvino_genai.LLMPipeline(str(folder), "CPU", **F32)
     config = openvino_genai.GenerationConfig()

