@@ -92,6 +92,20 @@ def test_openvino_quantizes_only_the_planned_layers(tiny_model, tmp_path):
     assert not any("/encoder/layer.0/attention/self/" in name or "/encoder/layer.0/intermediate/" in name for name in quantized)
 
 
+def test_openvino_stores_float_layers_in_fp16_beside_int8_ones(tiny_model, tmp_path):
+    """OpenVINO's save_model halves float weights only in a graph with none quantized, so
+    the export converts them itself: a mixed plan's float layers cost the bytes priced."""
+    import openvino as ov
+
+    plan = CompressionPlan([LayerPlan(), LayerPlan(weights=Precision.INT8), LayerPlan()])
+    artifact = get_runtime("openvino").export(apply_plan(tiny_model("bert"), plan, quantize=False), tmp_path, CALIBRATION)
+    graph = ov.Core().read_model(str(artifact))
+    matrices = [op.get_output_element_type(0).get_type_name() for op in graph.get_ops()
+                if op.get_type_name() == "Constant" and len(shape := op.get_output_partial_shape(0)) == 2
+                and shape[0].get_length() > 1 and shape[1].get_length() > 1]
+    assert set(matrices) == {"f16", "i8"}
+
+
 def test_static_int8_needs_calibration_text(tiny_model, tmp_path):
     int8 = apply_plan(tiny_model("bert"), CompressionPlan([LayerPlan(weights=Precision.INT8)] * 3), quantize=False)
     with pytest.raises(UserError, match="calibration text"):

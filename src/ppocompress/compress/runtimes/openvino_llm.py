@@ -41,6 +41,15 @@ def quiet_nncf() -> Iterator[None]:
         yield
 
 
+def store_floats_in_fp16(graph: ov.Model) -> None:
+    """Marks `graph`'s float weights to be stored in fp16, before NNCF compresses any:
+    ov.save_model does it only in a graph with no compressed or quantized weights, so a
+    mixed plan would keep its float layers in fp32, twice the bytes priced and read."""
+    from openvino._offline_transformations import compress_model_transformation
+
+    compress_model_transformation(graph)
+
+
 def export_llm(model: LoadedModel, directory: Path, calibration: list[str]) -> Path:
     """Writes `model` as an LLMPipeline folder in `directory`, its weights as its plan says
     (int4 data-aware on `calibration` when there is text: AWQ and scale estimation)."""
@@ -54,14 +63,10 @@ def _export(model: LoadedModel, directory: Path, calibration: list[str], compres
     """The one way to an LLMPipeline folder: traced, weights compressed by
     `compress(graph, calibration dataset)` while the cache is still explicit (data-aware
     compression runs the graph), made stateful, saved with tokenizers and configs."""
-    from openvino._offline_transformations import compress_model_transformation
-
     from ppocompress.compress.files.openvino_genai_folder import make_stateful, save_openvino_genai, trace
 
     graph = trace(model.model)
-    # ov.save_model stores float weights in fp16 only in a graph with no compressed weights,
-    # so a mixed plan would keep its float layers in fp32: twice the bytes priced and read.
-    compress_model_transformation(graph)
+    store_floats_in_fp16(graph)
     graph = compress(graph, calibration_dataset(graph, model.tokenizer, calibration))
     make_stateful(graph)
     return save_openvino_genai(model, graph, Path(directory))

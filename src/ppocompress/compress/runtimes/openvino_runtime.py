@@ -16,7 +16,7 @@ import numpy as np
 
 from ppocompress.compress.files.genai_layout import is_llm_artifact
 from ppocompress.compress.runtimes.base import Runtime, graph_feeds, int8_layers
-from ppocompress.compress.runtimes.openvino_llm import OpenVinoLlmSession, export_llm, quiet_nncf
+from ppocompress.compress.runtimes.openvino_llm import OpenVinoLlmSession, export_llm, quiet_nncf, store_floats_in_fp16
 from ppocompress.errors import UserError
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ class OpenVinoRuntime(Runtime):
         onnx_path = export_onnx(model.model, model.tokenizer, directory / "graph.onnx")
         graph = ov.convert_model(str(onnx_path))
         onnx_path.unlink()
+        store_floats_in_fp16(graph)
         layers = int8_layers(model)
         if layers:
             graph = _quantize(graph, model, layers, calibration)
