@@ -33,7 +33,7 @@ from ppocompress.search.evaluator import PlanEvaluator, fidelity_passages
 from ppocompress.search.levels import DENSE_INT8_LEVEL, drop_index
 from ppocompress.search.plan import Plan
 from ppocompress.search.prepare import Prepared, prepare
-from ppocompress.search.searching import best_at_high_fidelity, search
+from ppocompress.search.searching import best_at_high_fidelity, estimated_loss, search
 from ppocompress.search.settings import TARGET_SET_RUNS, CompressSettings
 from ppocompress.search.state import SearchState
 from publish import publish
@@ -94,11 +94,13 @@ def main() -> None:
         print(f"{name}", flush=True)
         return search(prepared, settings, state, path, folder / "policy")
 
+    estimate = estimated_loss(prepared, set_settings.targets())
+
     def plans_of(run_name: str, results: dict, seed: int) -> list[Found]:
         found = []
         for label, by_searcher in results.items():
             result = next(iter(by_searcher.values()))
-            plan = best_at_high_fidelity(prepared.evaluator, result)
+            plan = best_at_high_fidelity(prepared.evaluator, result, estimate)
             target = float(label.removesuffix("x"))
             found.append(Found.judged(run_name, target, seed, plan, prepared, held_out, result.evaluations))
         return found

@@ -1,9 +1,12 @@
 """The search's behaviour on a tiny model, as data: run in a process of its own by
 test_search_behaviour.py (a near-1 cosine can move by an ulp after hundreds of other tests
 in one process) and compared with tests/golden/search_behaviour_<kernels>.json, recorded before the
-code was reorganised and again at each intended change of behaviour (last: the estimate's
-losses added on the KL scale, and the estimate searcher); the AVX2 record was added later, from
-the same code, on an AVX2-only machine. `python tests/search_behaviour.py OUT` prints it as JSON."""
+code was reorganised and again at each intended change of behaviour (the estimate's losses
+added on the KL scale, and the estimate searcher); the AVX2 record was added later, from the
+same code, on an AVX2-only machine. Last change: the finalists include the plan the estimate
+ranks first, which changed one final plan in the AVX2 record; made on an AVX2-only machine,
+the AVX512 record keeps its searches and lost its final plans (record it again there).
+`python tests/search_behaviour.py OUT` prints it as JSON."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Changes to the code change no behaviour unless meant to: the same seed on the same tiny
 model scores the same plans in the same order, with the same rewards, and every searcher
 ends with the same plan as recorded (tests/golden/search_behaviour_<kernels>.json;
-search_behaviour.py says when it was last recorded).
+search_behaviour.py says when it was last recorded; a record that could not be made again
+after a change of the finalists' rule keeps its searches and drops its final plans).
 
 The record is bit for bit, so it is kept per set of CPU kernels torch picks (AVX2, AVX512):
 rewards grow like -log(1 - cosine), and near cosine 1 the last bit of a float32 matmul,
@@ -40,4 +41,5 @@ def test_the_search_scores_the_same_plans_as_before_the_reorganisation(tmp_path)
                 where = f"{run_name} {target} {name}"
                 assert [levels for levels, _ in got["evaluated"]] == [levels for levels, _ in expected["evaluated"]], where
                 assert [r for _, r in got["evaluated"]] == pytest.approx([r for _, r in expected["evaluated"]], abs=1e-6), where
-                assert got["best"] == expected["best"], where
+                if "best" in expected:  # a record made before the last change of the finalists' rule has none
+                    assert got["best"] == expected["best"], where

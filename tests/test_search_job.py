@@ -216,8 +216,8 @@ def test_searchers_that_found_the_same_plan_share_one_recovered_model_and_its_me
     model_dir, text = setup
     real_finalists = job_module.finalists
 
-    def all_ppo_s(scorer, results, labels, log):
-        finals = real_finalists(scorer, results, labels, log)
+    def all_ppo_s(prepared, targets, results, labels, log):
+        finals = real_finalists(prepared, targets, results, labels, log)
         return {label: dict.fromkeys(plans, plans["ppo"]) for label, plans in finals.items()}
 
     monkeypatch.setattr(job_module, "finalists", all_ppo_s)

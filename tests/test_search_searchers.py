@@ -294,3 +294,44 @@ def test_run_searcher_runs_the_registered_entry(monkeypatch):
     monkeypatch.setitem(SEARCHERS, "uniform", Searcher("uniform", stand_in, whole_target_set=False, policy=False))
     result = run_searcher("uniform", factory(Target("speedup", 1.0)), one_by_one(score), max_evaluations=5, seed=7)
     assert ran == [7] and result.best_plan == Plan.uniform(0, NUM_LAYERS) and result.evaluations == 1
+
+
+class _HighFidelity:
+    """A scorer whose larger calibration subset says how good plans really are, and
+    records which plans it was asked about."""
+
+    def __init__(self, quality: dict[Plan, float]):
+        self.quality, self.asked = quality, []
+
+    def qualities(self, plans: list[Plan], fidelity: str):
+        assert fidelity == "high"
+        self.asked += plans
+        return [self.quality[plan] for plan in plans]
+
+
+def test_the_finalists_include_the_plan_the_estimate_ranks_first_and_the_larger_subset_decides():
+    from ppocompress.search.searching import FINALISTS, best_at_high_fidelity
+
+    plans = [Plan.uniform(level, NUM_LAYERS) for level in range(FINALISTS + 2)]
+    # the search's few passages ranked plans[0..FINALISTS-1] first (lucky); the estimate
+    # ranks plans[-1] first, and the larger subset agrees with the estimate
+    rewards = [10.0 - index for index in range(len(plans) - 1)] + [0.0]
+    result = SearchResult("ppo", plans[0], rewards[0], len(plans), [], [Evaluation(p, r, 1.0) for p, r in zip(plans, rewards)])
+    estimate = {plan: (0.0 if plan == plans[-1] else 1.0 + index) for index, plan in enumerate(plans)}
+    scorer = _HighFidelity({plan: (0.9 if plan == plans[-1] else 0.5) for plan in plans})
+    assert best_at_high_fidelity(scorer, result, estimate.__getitem__) == plans[-1]
+    assert scorer.asked == plans[:FINALISTS] + [plans[-1]]  # the plans ranked in between are not re-scored
+
+    scorer = _HighFidelity({plan: (0.9 if plan == plans[1] else 0.5) for plan in plans})
+    assert best_at_high_fidelity(scorer, result, estimate.__getitem__) == plans[1]
+
+
+def test_a_plan_both_rankings_put_first_is_re_scored_once():
+    from ppocompress.search.searching import FINALISTS, best_at_high_fidelity
+
+    plans = [Plan.uniform(level, NUM_LAYERS) for level in range(FINALISTS + 1)]
+    result = SearchResult("ppo", plans[0], 1.0, len(plans), [],
+                          [Evaluation(p, -float(index), 1.0) for index, p in enumerate(plans)])
+    scorer = _HighFidelity(dict.fromkeys(plans, 0.5))
+    assert best_at_high_fidelity(scorer, result, lambda plan: float(plans.index(plan))) == plans[0]
+    assert scorer.asked == plans[:FINALISTS]

@@ -63,7 +63,7 @@ LOW_FIDELITY, HIGH_FIDELITY = 64, 256  # calibration passages a plan is scored o
 # A causal LM's score costs a forward pass with the full vocabulary per token (passages are
 # cut at fidelity.CAUSAL_MAX_LENGTH tokens), so it is scored on fewer passages, and its
 # one-off sensitivities (a plan per layer and level) on fewer still.
-CAUSAL_PROBE, CAUSAL_LOW_FIDELITY, CAUSAL_HIGH_FIDELITY = 4, 8, 32
+CAUSAL_PROBE, CAUSAL_LOW_FIDELITY, CAUSAL_HIGH_FIDELITY = 4, 8, 64
 
 
 def fidelity_passages(causal: bool) -> dict[str, int]:

@@ -77,7 +77,7 @@ def _run(settings: CompressSettings, out: Path, resume: bool, log, ray: str | No
             results = search(prepared, settings, state, state_path, out / POLICY_DIR, log)
             undelivered = [label for label in results
                            if not (resume and settings.is_target_set and (folders[label] / RESULT_FILE).exists())]
-            finals = finalists(prepared.scorer, results, undelivered, log)
+            finals = finalists(prepared, targets, results, undelivered, log)
     state.save(state_path)
     delivered = [_delivered(prepared, settings, state, target, finals.get(target.label), results, folders[target.label], log)
                  for target in targets]

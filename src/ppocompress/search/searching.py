@@ -1,6 +1,7 @@
 """The search step of `ppocompress compress`: every searcher on the same number of plan
 evaluations, over every target, each plan evaluated once (the state caches them, shared
-by all), then each searcher's finalists re-scored on more calibration text."""
+by all), then each searcher's finalists re-scored on more calibration text: its best
+plans, and the one the free estimate ranks first of those it scored."""
 
 from __future__ import annotations
 
@@ -129,20 +130,36 @@ def _reused_plans(prepared: Prepared, settings: CompressSettings, state: SearchS
     return [Evaluation(plan, reward, prepared.cost.speedup(plan)) for plan, reward in rewards.items()]
 
 
-def finalists(scorer: Scorer, results: Results, labels: list[str], log) -> dict[str, dict[str, Plan]]:
-    """For each target of `labels`, each searcher's plan to deliver: of its FINALISTS best
-    plans, the best on the larger calibration subset."""
+def finalists(prepared: Prepared, targets: list[Target], results: Results, labels: list[str],
+              log) -> dict[str, dict[str, Plan]]:
+    """For each target of `labels`, each searcher's plan to deliver (best_at_high_fidelity)."""
+    estimate = estimated_loss(prepared, targets)
     finals = {}
     for label in labels:
         log(f"{label}: re-scoring the best plans on more calibration text")
-        finals[label] = {name: best_at_high_fidelity(scorer, result) for name, result in results[label].items()}
+        finals[label] = {name: best_at_high_fidelity(prepared.scorer, result, estimate)
+                         for name, result in results[label].items()}
     return finals
 
 
-def best_at_high_fidelity(scorer: Scorer, result: SearchResult) -> Plan:
-    """Of the searcher's FINALISTS best plans, the best on the larger calibration subset."""
-    candidates = [e.plan for e in sorted(result.evaluated, key=lambda e: e.reward, reverse=True)[:FINALISTS]]
+def best_at_high_fidelity(scorer: Scorer, result: SearchResult, estimated_loss: Callable[[Plan], float]) -> Plan:
+    """Of the searcher's FINALISTS best plans, and the plan of the lowest estimated loss it
+    scored, the best on the larger calibration subset. The best of many plans scored on a
+    few passages is partly the luckiest (a decoder's are scored on CAUSAL_LOW_FIDELITY):
+    the estimate, made from every layer's own measured drop, is a second opinion that
+    noise did not pick."""
+    by_reward = sorted(result.evaluated, key=lambda e: e.reward, reverse=True)
+    estimated_best = min((e.plan for e in result.evaluated), key=estimated_loss)
+    candidates = list(dict.fromkeys([e.plan for e in by_reward[:FINALISTS]] + [estimated_best]))
     return best_of(candidates, list(scorer.qualities(candidates, "high")))[0]
+
+
+def estimated_loss(prepared: Prepared, targets: list[Target]) -> Callable[[Plan], float]:
+    """A plan's loss on the free estimate (CompressionEnv.estimated_loss), no evaluation spent."""
+    def not_scored(plans: list[Plan]) -> Iterator[float]:
+        raise AssertionError("an env built for its estimate scores no plan")
+
+    return compression_env(prepared, targets, not_scored).estimated_loss
 
 
 def target_set_evaluations(results: Results) -> dict[str, int]:
