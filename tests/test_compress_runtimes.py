@@ -77,6 +77,12 @@ def test_int8_in_the_planned_layers_shrinks_the_model_and_stays_close(tiny_model
     assert cosine.min() > 0.9
 
 
+def test_openvino_counts_the_weights_not_the_graphs_description(tiny_model, tmp_path):
+    runtime = get_runtime("openvino")
+    artifact = runtime.export(tiny_model("bert"), tmp_path / "ov", CALIBRATION)
+    assert runtime.size_bytes(artifact) == artifact.with_suffix(".bin").stat().st_size  # the .xml is not counted
+
+
 def test_openvino_quantizes_only_the_planned_layers(tiny_model, tmp_path):
     """NNCF's ignored scope keeps every other layer's matrix products in floating point."""
     import openvino as ov

@@ -116,7 +116,7 @@ class OpenVinoRuntime(Runtime):
         return OpenVinoSession(artifact, threads)
 
     def size_bytes(self, artifact: Path) -> int:
-        return Path(artifact).stat().st_size + Path(artifact).with_suffix(".bin").stat().st_size
+        return Path(artifact).with_suffix(".bin").stat().st_size  # the .xml describes the graph
 
 
 def _quantize(graph, model: LoadedModel, layers: list[int], calibration: list[str]):
