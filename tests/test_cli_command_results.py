@@ -85,11 +85,11 @@ def test_evaluate_json_prints_the_reports_as_dicts(monkeypatch, capsys, runtimes
         return [dense_report(name) for name in runtimes]
 
     monkeypatch.setattr(evaluate_module, "evaluate_command", fake)
-    assert main(["evaluate", "--runtime", "auto", "--threads", "3", "--no-latency", "--json"]) == 0
+    assert main(["evaluate", "--runtime", "auto", "--threads", "2", "--no-latency", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     expected = [dense_report(name).to_dict() for name in runtimes]
     assert printed == (expected[0] if len(runtimes) == 1 else expected)
-    assert given["runtime"] == "auto" and given["threads"] == 3 and given["latency"] is False
+    assert given["runtime"] == "auto" and given["threads"] == 2 and given["latency"] is False
 
 
 def test_evaluate_prints_a_table_of_the_report(monkeypatch, capsys):

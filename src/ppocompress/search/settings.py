@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ppocompress.compress.commands.runtime_choice import check_runtime
 from ppocompress.compress.data.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES
-from ppocompress.compress.measure.timing import DEFAULT_THREADS, TimingSetup
+from ppocompress.compress.measure.timing import DEFAULT_THREADS, TimingSetup, check_threads
 from ppocompress.compress.models.loading import model_is_causal, resolve_source
 from ppocompress.compress.recovery.distillation import DistillConfig
 from ppocompress.compress.recovery.method import Recovery
@@ -111,6 +111,7 @@ class CompressSettings:
         if self.policy is not None and not Path(self.policy).is_dir():
             raise UserError(f"--policy {self.policy} is not a folder; {POLICY_HINT}")
         self.timing(causal=False)
+        check_threads(self.threads)
         if self.seed < 0:
             raise UserError(f"--seed must be >= 0, got {self.seed}")
         resolve_source(self.model)  # a mistyped path fails here, not after minutes

@@ -22,7 +22,7 @@ from ppocompress.compress.commands.runtime_choice import check_runtime, runtimes
 from ppocompress.compress.data.text import CALIBRATION_PASSAGES, EVALUATION_PASSAGES, TextSplits, load_splits, subset
 from ppocompress.compress.measure.cost import count_parameters
 from ppocompress.compress.measure.quality import HeldOut, HeldOutQuality
-from ppocompress.compress.measure.timing import DEFAULT_THREADS, TimingSetup, measure_latencies
+from ppocompress.compress.measure.timing import DEFAULT_THREADS, TimingSetup, check_threads, measure_latencies
 from ppocompress.compress.models.families import layer_table
 from ppocompress.compress.models.loading import LoadedModel, load_model
 from ppocompress.compress.ops.importance import (
@@ -132,6 +132,7 @@ def bench_command(model: str | None = None, text: Path | None = None, runtime: s
     `progress`; with `json_file`, the run is written there too. Every option is checked
     before the model loads. A causal LM is timed decoding, whatever batch_size says."""
     setup = TimingSetup(batch_size=batch_size, seq_len=seq_len, threads=threads, rounds=rounds)
+    check_threads(threads)
     check_runtime(runtime)
     texts = subset(load_splits(text), calibration_texts or CALIBRATION_PASSAGES, evaluation_texts or EVALUATION_PASSAGES)
     dense = load_model(model, trust_remote_code=trust_remote_code)

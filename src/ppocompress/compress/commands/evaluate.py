@@ -21,7 +21,7 @@ from ppocompress.compress.measure.quality import (
     judge_session,
     lee_correlation,
 )
-from ppocompress.compress.measure.timing import DEFAULT_THREADS, LatencyResult, TimingSetup, measure_latencies
+from ppocompress.compress.measure.timing import DEFAULT_THREADS, LatencyResult, TimingSetup, check_threads, measure_latencies
 from ppocompress.compress.models.loading import LoadedModel, load_model
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.plan import CompressionPlan
@@ -116,6 +116,7 @@ def evaluate_command(model: str | None = None, plan: Path | None = None, text: P
     compression.json names)."""
     check_runtime(runtime)
     TimingSetup(threads=threads)  # bad values fail before the model loads
+    check_threads(threads)
     recovery = Recovery.parse(recovery)
     distillation = DistillConfig() if recover_minutes is None else DistillConfig(minutes=recover_minutes)
     splits = load_splits(text)

@@ -27,6 +27,16 @@ WORKER_TIMEOUT_S = 600.0
 DEFAULT_THREADS = 2
 
 
+def check_threads(threads: int) -> None:
+    """Refuses more timing threads than this process may run on: the extra threads would
+    share cores, and every latency would measure the contention, not the model. Not a
+    TimingSetup check, because a result timed on a larger machine must still load here."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if threads > cores:
+        raise UserError(f"--threads {threads} is more than the {cores} cores this machine gives the run; "
+                        f"use --threads {cores} or fewer")
+
+
 @dataclass(frozen=True)
 class TimingSetup:
     """The one description of a timing: the cost table, the reference anchoring, delivery,
