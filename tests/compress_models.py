@@ -15,6 +15,8 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MPNetConfig,
+    MPNetModel,
     Qwen2Config,
     Qwen2ForCausalLM,
     RobertaConfig,
@@ -34,11 +36,22 @@ def _decoder_kwargs() -> dict:
                 num_attention_heads=8, num_key_value_heads=4, head_dim=4, max_position_embeddings=128)
 
 
+def _mpnet() -> MPNetModel:
+    """A tiny MPNet whose relative position bias is as large as the attention scores: a layer
+    that added another head's bias (or none) would give other outputs."""
+    model = MPNetModel(MPNetConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                   intermediate_size=48, max_position_embeddings=130))
+    with torch.no_grad():
+        model.encoder.relative_attention_bias.weight.normal_(0.0, 2.0)
+    return model
+
+
 FAMILIES = {
     "bert": lambda: BertModel(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                                          intermediate_size=48, max_position_embeddings=128)),
     "roberta": lambda: RobertaModel(RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                                                   intermediate_size=48, max_position_embeddings=130, pad_token_id=1)),
+    "mpnet": _mpnet,
     "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_inner=48, n_positions=128)),
     "llama": lambda: LlamaForCausalLM(LlamaConfig(**_decoder_kwargs())),
     "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**_decoder_kwargs())),

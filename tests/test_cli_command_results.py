@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -15,8 +16,9 @@ from ppocompress.compress import CompressionPlan, LayerPlan
 from ppocompress.compress.commands import bench as bench_module
 from ppocompress.compress.commands import evaluate as evaluate_module
 from ppocompress.compress.commands.bench import BenchRun, VariantResult
-from ppocompress.compress.commands.evaluate import EvaluationReport, ModelMetrics, evaluate_command
+from ppocompress.compress.commands.evaluate import EvaluationReport, ModelMetrics, evaluate, evaluate_command
 from ppocompress.compress.commands.runtime_choice import check_runtime, runtimes_for
+from ppocompress.compress.data.text import Corpus, TextSplits, load_splits
 from ppocompress.compress.measure.timing import TimingSetup
 from ppocompress.compress.recovery.distillation import DEFAULT_MINUTES, DistillReport
 from ppocompress.errors import UserError
@@ -46,6 +48,23 @@ def test_evaluate_command_returns_a_typed_report_of_the_compressed_model(tiny_di
     assert isinstance(report, EvaluationReport) and report.compressed is None and report.judged is report.dense
     assert report.recovery is None and report.plan is None and report.timing == TimingSetup.for_model(False, 1)
     assert 0.99 < report.dense.mean_cosine <= 1.0 + 1e-6 and report.dense.latency_ms is None
+    # A user's text: neighbours over all its evaluation passages, and no documents, so no labelled task.
+    assert report.dense.retrieval_passages == len(load_splits(text_file).evaluation) == 12
+    assert report.dense.neighbour_recall_at_10 > 0.9 and report.dense.task_recall_at_10 is None
+    assert "task_mrr" not in report.to_dict()["dense"] and "neighbour_recall_at_10" in report.to_dict()["dense"]
+
+
+def test_evaluate_scores_retrieval_of_the_compressed_model_and_the_dense_ones_task(tiny_model):
+    """The dense model's neighbours are the reference; its own task score (in PyTorch) is shown beside the compressed one's."""
+    passages = [f"sentence {i} tells of {w} in the year {1900 + i}" for i, w in
+                enumerate(["rivers", "kings", "music", "trade", "storms", "sport"] * 5)]
+    corpus = Corpus(tuple(passages), ("news",) * 30, tuple(f"doc {i % 6}" for i in range(30)))
+    texts = TextSplits(calibration=passages[:16], evaluation=passages[:8], validation=passages[16:20], corpus=corpus)
+    report = evaluate(tiny_model("bert"), texts, PLAN, latency=False)
+    assert report.dense.neighbour_recall_at_10 is None and 0 < report.dense.task_mrr <= 1
+    assert 0 <= report.compressed.neighbour_recall_at_10 <= 1 and 0 < report.compressed.task_mrr <= 1
+    assert report.dense.retrieval_passages == report.compressed.retrieval_passages == 30
+    assert EvaluationReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
 
 
 def test_evaluate_command_judges_a_plan_on_the_compressed_model(tiny_dir, text_file, tmp_path):
@@ -93,10 +112,24 @@ def test_evaluate_json_prints_the_reports_as_dicts(monkeypatch, capsys, runtimes
 
 
 def test_evaluate_prints_a_table_of_the_report(monkeypatch, capsys):
-    monkeypatch.setattr(evaluate_module, "evaluate_command", lambda **options: [distilled_report()])
+    report = distilled_report()
+    report.compressed = replace(report.compressed, neighbour_recall_at_10=0.85, task_recall_at_10=0.9, retrieval_passages=5371)
+    monkeypatch.setattr(evaluate_module, "evaluate_command", lambda **options: [report])
     assert main(["evaluate"]) == 0
     out = capsys.readouterr().out
     assert "tiny (bert) on onnxruntime" in out and "latency_torch_fp32_ms" in out and "distillation: 3 steps" in out
+    rows = {line.split()[1]: line.split()[2:] for line in out.splitlines() if line.startswith("│")}
+    assert rows["neighbour_recall_at_10"] == ["│", "-", "│", "0.8500", "│"] and rows["retrieval_passages"][-2] == "5,371"
+
+
+def test_evaluate_json_holds_retrieval_under_the_same_names(monkeypatch, capsys):
+    report = dense_report()
+    report.dense = replace(report.dense, neighbour_recall_at_10=1.0, task_recall_at_10=0.9, task_mrr=0.7, retrieval_passages=5371)
+    monkeypatch.setattr(evaluate_module, "evaluate_command", lambda **options: [report])
+    assert main(["evaluate", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)["dense"]
+    expected = {"neighbour_recall_at_10": 1.0, "task_recall_at_10": 0.9, "task_mrr": 0.7, "retrieval_passages": 5371}
+    assert {name: printed[name] for name in expected} == expected
 
 
 def test_bench_json_holds_the_run_as_a_dict(monkeypatch, tiny_dir, text_file, tmp_path, capsys):

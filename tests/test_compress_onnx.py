@@ -42,7 +42,7 @@ def _int8_matmuls(path) -> list[str]:
     return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulInteger"]
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2", "llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "mpnet", "gpt2", "llama", "qwen2", "mistral"])
 def test_onnx_output_equals_torch_for_other_batch_sizes_and_padding(tiny_model, tmp_path, family):
     loaded = tiny_model(family)
     path = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "model.onnx")
@@ -65,7 +65,7 @@ def test_exported_graph_inputs_outputs_and_metadata(tiny_model, tmp_path):
     assert onnx_metadata(gpt2_path)["model_type"] == "gpt2"
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("family", ["bert", "mpnet", "gpt2", "llama"])
 def test_onnx_output_equals_torch_for_a_model_pruned_differently_per_layer(tmp_path, family):
     loaded = load_model(str(save_tiny_model(family, tmp_path / "model")))
     model, adapter = loaded.model, adapter_for(loaded.model)
@@ -140,18 +140,20 @@ def test_quantizing_embeddings_is_optional_and_only_changes_size(tiny_model, tmp
 
 @pytest.mark.parametrize(
     ("family", "layers", "per_layer"),
-    [("bert", [1], 6), ("gpt2", [0, 2], 4), ("llama", [2], 7)],  # q k v o + FFN: 2 (BERT), 3 (gated), GPT-2 fuses q|k|v
+    # q k v o + FFN: 2 (BERT, MPNet), 3 (gated); GPT-2 fuses q|k|v
+    [("bert", [1], 6), ("mpnet", [0, 2], 6), ("gpt2", [0, 2], 4), ("llama", [2], 7)],
 )
 def test_quantizing_some_layers_quantizes_only_their_matmuls(tiny_model, tmp_path, family, layers, per_layer):
     loaded = tiny_model(family)
     fp32 = export_onnx(loaded.model, loaded.tokenizer, tmp_path / "fp32.onnx")
     part = quantize_onnx_int8(fp32, tmp_path / "part.onnx", layers, model_type=family, embeddings=False)
     names = _int8_matmuls(part)
-    marker = {"bert": "/encoder/layer.{}/", "gpt2": "/transformer/h.{}/", "llama": "/model/layers.{}/"}[family]
+    marker = {"bert": "/encoder/layer.{}/", "mpnet": "/encoder/layer.{}/", "gpt2": "/transformer/h.{}/",
+              "llama": "/model/layers.{}/"}[family]
     assert len(names) == per_layer * len(layers)
     assert all(any(marker.format(i) in name for i in layers) for name in names)
     everything = _int8_matmuls(quantize_onnx_int8(fp32, tmp_path / "all.onnx", model_type=family))
-    head = 0 if family == "bert" else 1  # a causal LM's lm_head is quantized too
+    head = 0 if family in ("bert", "mpnet") else 1  # a causal LM's lm_head is quantized too
     assert len(everything) == per_layer * 3 + head
     batch = _other_batch(loaded.tokenizer)  # still runs, and still close to fp32
     ref = onnx_outputs(fp32, batch["input_ids"], batch["attention_mask"])

@@ -48,7 +48,7 @@ def _run(runtime: Runtime, artifact, model) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", list(RUNTIMES))
-@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("family", ["bert", "mpnet", "llama"])
 def test_every_runtime_runs_a_pruned_model_as_pytorch_does(tiny_model, tmp_path, name, family):
     dense = tiny_model(family)
     plan = CompressionPlan([LayerPlan(keep_groups=[0, 2]), LayerPlan(keep_neurons=list(range(20))), LayerPlan(drop=True)])
@@ -65,8 +65,9 @@ def test_every_runtime_runs_a_pruned_model_as_pytorch_does(tiny_model, tmp_path,
 
 
 @pytest.mark.parametrize("name", list(RUNTIMES))
-def test_int8_in_the_planned_layers_shrinks_the_model_and_stays_close(tiny_model, tmp_path, name):
-    dense = tiny_model("bert")
+@pytest.mark.parametrize("family", ["bert", "mpnet"])
+def test_int8_in_the_planned_layers_shrinks_the_model_and_stays_close(tiny_model, tmp_path, name, family):
+    dense = tiny_model(family)
     runtime = get_runtime(name)
     fp = runtime.export(dense, tmp_path / "fp", CALIBRATION)
     int8 = apply_plan(dense, CompressionPlan([LayerPlan(weights=Precision.INT8)] * 3), quantize=False)

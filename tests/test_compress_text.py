@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,39 @@ def test_subset_balances_every_prefix_between_sources() -> None:
     held_out = {name: len(texts) for name, texts in splits.by_source(chosen.evaluation).items()}
     assert held_out == {"news": 100, "wikipedia": 100, "reviews": 100}
     assert chosen.validation == splits.validation
+
+
+def _held_out_name(name: str) -> bool:
+    """Whether a document's name is one of the module docstring's held-out parts."""
+    kind, number = name.rsplit(" ", 1)
+    if number == "Berlin":
+        return kind == "wikipedia"
+    index = int(number)
+    return {"news": index >= 200, "wikipedia": index % 5 == 4, "review": index % 100 >= 50, "imdb": index >= 7}[kind]
+
+
+def test_every_evaluation_passage_has_one_document_of_the_held_out_parts() -> None:
+    splits = text.default_splits()
+    corpus = splits.corpus
+    assert corpus.passages == tuple(splits.evaluation) and len(corpus.documents) == len(corpus.passages)
+    assert corpus.sources == tuple(splits.sources[p] for p in splits.evaluation)
+    held_out = {name: set(passages) for by_name in text.held_out_documents().values() for name, passages in by_name.items()}
+    assert all(_held_out_name(name) for name in held_out) and len(held_out) == 100 + 18 + 1 + 100 + 3
+    assert all(passage in held_out[name] for passage, name in zip(corpus.passages, corpus.documents))
+    sizes = Counter(corpus.documents)
+    repeated = set(text.split_sentences(text.lee_background_documents()[271]))  # article 271 repeats 263: its passages are 263's
+    assert repeated and "news 271" not in sizes
+    assert repeated == {passage for passage, name in zip(corpus.passages, corpus.documents) if name == "news 263"}
+    answerable = [name for name in sizes if sizes[name] > 1]  # documents a query can find another passage of
+    assert (len(answerable), sum(sizes[name] for name in answerable)) == (119, 5271) and sizes["wikipedia Berlin"] > 100
+
+
+def test_subset_keeps_the_whole_corpus_and_a_users_has_no_documents() -> None:
+    splits = text.default_splits()
+    assert text.subset(splits, 100, 300).corpus == splits.corpus
+    users = text.splits_from_texts([f"passage number {i}" for i in range(20)])
+    assert users.corpus == text.Corpus(tuple(users.evaluation), (text.USER_SOURCE,) * len(users.evaluation), None)
+    assert text.subset(users, 5, 2).corpus == users.corpus
 
 
 def test_balanced_gives_what_a_small_group_lacks_to_the_others() -> None:

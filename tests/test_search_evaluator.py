@@ -72,7 +72,7 @@ def test_swapped_model_equals_the_applied_plan_and_restores(tiny, evaluator):
     assert len(tiny.model.encoder.layer) == 3 and tiny.model.config.num_hidden_layers == 3
 
 
-@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("family", ["bert", "mpnet", "llama"])
 def test_replaying_the_dense_layers_before_a_plan_s_first_compressed_one_changes_no_quality(family, tmp_path, monkeypatch):
     model = load_model(str(save_tiny_model(family, tmp_path / family)))
     scores = importance_scores(model, TEXTS[:32])

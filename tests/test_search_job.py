@@ -9,8 +9,9 @@ import pytest
 
 import ppocompress
 from ppocompress.cli import main
-from ppocompress.compress import layer_table, load_model
+from ppocompress.compress import Precision, layer_table, load_model
 from ppocompress.errors import UserError
+from ppocompress.reporting import print_compress
 from ppocompress.rl.ppo import SAVE_FORMAT as PPO_SAVE_FORMAT
 from ppocompress.search import job as job_module
 from ppocompress.search.evaluator import PlanEvaluator
@@ -74,7 +75,7 @@ def test_resume_after_interruption_gives_the_same_plan(setup, tmp_path, monkeypa
     model_dir, text = setup
     plain = settings(model_dir, text)
 
-    def skip_delivery(prepared, settings, target, finals, results, out, log):
+    def skip_delivery(prepared, settings, target, finals, results, out, log, floor=None):
         plan = prepared.evaluator.plan(finals[settings.searcher]).to_dict()
         return SimpleNamespace(plan=plan, to_json=lambda: "{}")
 
@@ -113,7 +114,7 @@ def test_a_target_set_is_one_ppo_run_and_per_target_baselines_on_as_many_evaluat
     model_dir, text = setup
     delivered = {}
 
-    def keep_finals(prepared, settings, target, finals, results, out, log):
+    def keep_finals(prepared, settings, target, finals, results, out, log, floor=None):
         delivered[target.label] = (out, {name: prepared.cost.speedup(plan) for name, plan in finals.items()},
                                    {name: r.evaluations for name, r in results.items()})
         return SimpleNamespace(to_json=lambda: "{}")
@@ -141,7 +142,7 @@ def test_a_target_set_is_one_ppo_run_and_per_target_baselines_on_as_many_evaluat
     scored = json.loads((tmp_path / "family" / "policy" / "plans.json").read_text())["rewards"]
     logged: list[str] = []
     results = {}
-    monkeypatch.setattr(job_module, "deliver", lambda prepared, settings, target, finals, found, out, log: (
+    monkeypatch.setattr(job_module, "deliver", lambda prepared, settings, target, finals, found, out, log, floor=None: (
         results.update(found), SimpleNamespace(to_json=lambda: "{}"))[1])
     run_compress(settings(model_dir, text, target_speedup=1.4, evals=1, policy=str(tmp_path / "family" / "policy")),
                  tmp_path / "new-target", log=logged.append)
@@ -236,3 +237,51 @@ def test_each_member_of_a_target_set_has_a_folder_of_its_own_named_by_its_target
 
     assert [member_folder(Target(kind, value)) for kind, value in
             (("speedup", 4.0), ("int8-speedup", 1.2), ("size", 0.5))] == ["target-4x", "target-1.2x-int8", "target-size-0.5"]
+
+
+def test_a_quality_floor_delivers_the_most_compressed_target_that_keeps_it(setup, tmp_path, capsys):
+    """Probed from the most compressed down: a floor every plan keeps costs one probe, and
+    one model is delivered into --out (no member folders)."""
+    model_dir, text = setup
+    out = tmp_path / "run"
+    lines = []
+    result, = run_compress(settings(model_dir, text, target_speedup=None, target_set_speedups=[1.2, 1.5], min_quality=0.01,
+                                    evals=6), out, log=lines.append)
+    assert result.floor.chosen == "1.5x" and [probe.target for probe in result.floor.probes] == ["1.5x"]
+    assert result.target_value == 1.5 and result.delivered is result.searchers["ppo"]
+    assert not any("validation text" in warning for warning in result.warnings)  # (timings may be flagged: a busy machine)
+    assert 0 < result.floor.probes[0].quality <= 1.0 + 1e-6 and "floor" in result.run_seconds
+    assert CompressResult.from_file(out / "result.json").floor == result.floor
+    assert (out / "model").is_dir() and not list(out.glob("target-*")) and not (out / "family.json").exists()
+    assert not list(out.glob(".*staging*")) and not (out / ".recovery").exists()
+    assert "floor cosine 0.01 on validation text: 1.5x delivered (probed 1.5x " in (out / "report.html").read_text()
+    print_compress(result)
+    summary = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("floor cosine 0.01 on validation text: 1.5x delivered") for line in summary)
+    assert max(len(line) for line in summary) <= 80 and any("ppo *" in line for line in summary)
+
+
+def test_a_quality_floor_no_plan_keeps_delivers_dense_int8_and_says_so(setup, tmp_path):
+    model_dir, text = setup
+    out = tmp_path / "run"
+    result, = run_compress(settings(model_dir, text, target_speedup=None, target_set_speedups=[1.2, 1.5], min_quality=1.0,
+                                    evals=6), out, log=lambda line: None)
+    assert result.floor.chosen is None and [probe.target for probe in result.floor.probes] == ["1.5x", "1.2x"]
+    assert result.delivered is result.dense_int8 and result.target_value == 1.2  # the searchers' plans measured beside it
+    assert result.warnings[0].startswith("no target's plan keeps cosine 1 on validation text")
+    assert "Delivered: the dense int8 model" in (out / "report.html").read_text()
+    delivered = ppocompress.load(out / "model")
+    assert len(delivered.plan.layers_in(Precision.INT8)) == len(delivered.plan.kept_layers()) == len(delivered.plan.layers)
+
+
+def test_a_floor_alone_searches_the_floor_targets_and_a_floor_outside_0_1_is_refused(tmp_path, capsys):
+    from ppocompress.search.settings import FLOOR_INT8_SPEEDUPS, targets_or_default
+
+    asked = targets_or_default(None, False, 0.98, target_speedup=None, target_int8_speedup=None, target_size=None,
+                               target_set_speedups=None, target_set_int8_speedups=None, target_set_sizes=None)
+    assert asked["target_set_int8_speedups"] == list(FLOOR_INT8_SPEEDUPS)
+    assert targets_or_default(None, False, 0.98, target_speedup=3.0)["target_speedup"] == 3.0  # a target given is kept
+    for value in ("0", "1.5", "nan"):
+        assert main(["compress", "--min-quality", value, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert "--min-quality must be a number in (0, 1]" in err and len(err.strip().splitlines()) == 1

@@ -61,3 +61,42 @@ def test_a_target_sets_report_and_summary_cover_every_member(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.split()[1:] == ["h100f100", "h75f50q", "-"] for line in lines) == 2
     assert json.loads((tmp_path / TARGET_SET_FILE).read_text())["format"] == "ppocompress.family/1"
+
+
+def with_retrieval(model: MeasuredModel, recall: float, task: float | None) -> MeasuredModel:
+    model.neighbour_recall_at_10, model.retrieval_passages = recall, 5371
+    model.task_recall_at_10, model.task_mrr = task, None if task is None else task - 0.2
+    return model
+
+
+def test_the_summary_shows_retrieval_within_80_columns_with_every_searcher(tmp_path, capsys):
+    """The widest summary an encoder's run gives: five searchers, the longest name, a 3-digit size."""
+    run = result(2.0)
+    for name in ("evolutionary", "uniform", "random", "estimate"):
+        run.searchers[name] = measured(name, 12.3, PLAN)
+    for model in (*run.searchers.values(), run.dense, run.dense_int8):
+        with_retrieval(model, 0.8523, 0.9133).size_bytes = 113_500_000
+    with_retrieval(run.dense, 1.0, 0.9412)
+    (tmp_path / RESULT_FILE).write_text(run.to_json())
+    print_compress(CompressResult.from_file(tmp_path / RESULT_FILE))
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 80
+    assert any(line.startswith("│ evolutionary") and "0.852 │ 0.913" in line for line in lines)
+    assert any(line.startswith("│ dense ") and "1.000 │ 0.941" in line for line in lines)
+    assert "5,371 held-out passages" in " ".join(lines)
+
+
+def test_the_report_shows_retrieval_and_says_when_the_task_is_absent(tmp_path):
+    run = result(2.0)
+    with_retrieval(run.delivered, 0.8523, 0.9133)
+    with_retrieval(run.dense, 1.0, 0.9412)
+    (tmp_path / RESULT_FILE).write_text(run.to_json())
+    page = write_report(tmp_path).read_text()
+    assert "<th>neighbour recall@10 held-out</th>" in page and "<th>task MRR held-out</th>" in page
+    assert "Among 5,371 held-out passages, it finds 85.2% of the dense model" in page
+    assert "91.3% of the queries, MRR 0.713 (the dense model on onnxruntime: 94.1%, MRR 0.741)" in page
+    with_retrieval(run.delivered, 0.8523, None)
+    with_retrieval(run.dense, 1.0, None)
+    (tmp_path / RESULT_FILE).write_text(run.to_json())
+    page = write_report(tmp_path).read_text()
+    assert "documents are unknown, so there is no labelled task" in page and "<td>-</td>" in page

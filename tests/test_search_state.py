@@ -82,6 +82,7 @@ def measured(name: str, plan: Plan | None = None) -> MeasuredModel:
     latency = LatencyResult("onnxruntime", 10.0, 9.5, 10.0, 11.0, 30, round_ms=[10.0, 10.5])
     model = MeasuredModel(name=name, runtime="onnxruntime", latency=latency, speedup=2.0, speedup_vs_dense_int8=1.25,
                           size_bytes=1000, cosine_heldout=0.99, cosine_heldout_min=0.9, lee_pearson=0.8,
+                          neighbour_recall_at_10=0.85, task_recall_at_10=0.9, task_mrr=0.7, retrieval_passages=5371,
                           speedup_over_rounds=[2.0, 2.1])
     if plan is not None:
         model.levels, model.plan, model.evaluations = plan.chosen(MENU), {"layers": [], "head": "float"}, 2
@@ -102,7 +103,14 @@ def test_a_result_written_to_json_reads_back_equal_with_its_levels_and_evaluatio
     assert saved["evaluated"]["ppo"] == [[[0, 3, 32], 1.25, 1.5], [[5, 5, 5], 2.5, 2.25]]
     read = CompressResult.from_file(tmp_path / "result.json")
     assert read.evaluated == result.evaluated and read.delivered.levels == search.best_plan.chosen(MENU)
-    assert read.to_json() == result.to_json()
+    assert read.to_json() == result.to_json() and read.dense == result.dense
+    assert (read.delivered.neighbour_recall_at_10, read.dense.task_mrr, read.dense_int8.retrieval_passages) == (0.85, 0.7, 5371)
+    for model in ("dense", "dense_int8"):  # a result.json from before retrieval was judged
+        for field in ("neighbour_recall_at_10", "task_recall_at_10", "task_mrr", "retrieval_passages"):
+            del saved[model][field]
+    (tmp_path / "result.json").write_text(json.dumps(saved))
+    older = CompressResult.from_file(tmp_path / "result.json")
+    assert older.dense.task_mrr is None and older.dense.cosine_heldout == 0.99 and older.delivered.task_mrr == 0.7
 
 
 def test_a_result_naming_a_level_no_menu_has_is_refused_in_one_line(tmp_path):

@@ -10,6 +10,7 @@ from ppocompress.compress.measure.timing import (
     summarise,
 )
 from ppocompress.search.deliver import target_warnings
+from ppocompress.search.results import FloorProbe, QualityFloor
 
 
 def _latency(p10: float, p90: float) -> LatencyResult:
@@ -17,13 +18,13 @@ def _latency(p10: float, p90: float) -> LatencyResult:
 
 
 def _result(speedup: float, vs_int8: float, reference: LatencyResult, delivered: LatencyResult, rounds=None,
-            alternatives=None, target=("speedup", 5.0), size_bytes=100):
+            alternatives=None, target=("speedup", 5.0), size_bytes=100, floor=None):
     rounds = rounds or [speedup]
     model = SimpleNamespace(speedup=speedup, speedup_vs_dense_int8=vs_int8, predicted_speedup=5.06, latency=delivered,
                             speedup_range=lambda: (min(rounds), max(rounds)), fidelity=0.95, size_bytes=size_bytes)
     return SimpleNamespace(delivered=model, target_kind=target[0], target_value=target[1], runtime="onnxruntime",
                            reference_latency=reference, alternatives=alternatives or {}, fidelity_short_name="exp(-KL)",
-                           dense_size_bytes=500)
+                           dense_size_bytes=500, floor=floor)
 
 
 def test_a_quiet_run_that_meets_its_target_has_no_warning():
@@ -85,3 +86,20 @@ def test_a_size_target_is_checked_against_the_measured_bytes_and_alternatives_by
     warnings = target_warnings(_result(2.0, 0.9, _latency(345, 350), _latency(115, 117), target=("size", 0.2),
                                        alternatives={"nncf mixed": smaller, "dense int8": larger}))
     assert len(warnings) == 1 and warnings[0].startswith("nncf mixed is as small (0.0 MB) and keeps more quality")
+
+
+def test_a_floor_no_plan_met_is_said_plainly_and_its_targets_are_not_held_against_dense_int8():
+    floor = QualityFloor(0.99, [FloorProbe("2x int8", 0.91), FloorProbe("1.25x int8", 0.97)], None)
+    warnings = target_warnings(_result(4.0, 1.0, _latency(345, 350), _latency(86, 87), target=("int8-speedup", 1.25),
+                                       floor=floor))
+    assert warnings == ["no target's plan keeps exp(-KL) 0.99 on validation text (the best, at 1.25x int8: 0.9700); "
+                        "the dense int8 model is delivered"]
+
+
+def test_a_floor_met_on_validation_text_but_not_on_held_out_text_is_flagged():
+    floor = QualityFloor(0.94, [FloorProbe("2x int8", 0.97)], "2x int8")
+    met = _result(8.0, 2.0, _latency(345, 350), _latency(43, 44), target=("int8-speedup", 2.0), floor=floor)
+    assert target_warnings(met) == []  # held-out 0.95 >= 0.94
+    floor.min_quality = 0.955
+    assert target_warnings(met) == ["held-out exp(-KL) 0.9500 is below the 0.955 floor that validation text met "
+                                    "(0.9700); ask for a higher floor to keep a margin"]

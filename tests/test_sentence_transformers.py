@@ -23,11 +23,11 @@ CALIBRATION = [f"passage {i} about {w} and the way it shapes the day" for i, w i
                enumerate(["rain", "maps", "songs", "bread", "ships", "clocks", "trees", "coins"] * 4)]
 
 
-@pytest.fixture(scope="module")
-def delivered(tmp_path_factory):
-    """A tiny BERT pruned differently per layer, int8 in one layer, saved as a delivery is."""
+@pytest.fixture(scope="module", params=["bert", "mpnet"])
+def delivered(request, tmp_path_factory):
+    """A tiny encoder pruned differently per layer, int8 in one layer, saved as a delivery is."""
     root = tmp_path_factory.mktemp("st")
-    dense = load_model(str(save_tiny_model("bert", root / "dense")))
+    dense = load_model(str(save_tiny_model(request.param, root / "dense")))
     plan = CompressionPlan([LayerPlan(keep_groups=[0, 2], weights=Precision.INT8), LayerPlan(keep_neurons=list(range(20))),
                             LayerPlan(drop=True)])
     model = apply_plan(dense, plan, quantize=False)

@@ -101,8 +101,9 @@ def rl(
 
 ModelOption = Annotated[
     Optional[str],
-    typer.Option("--model", help="Hugging Face id or local directory (safetensors only). "
-                                 "Default: the embedded all-MiniLM-L6-v2."),
+    typer.Option("--model", help="Hugging Face id or local directory (safetensors only), or an embedded model: "
+                                 "mpnet (all-mpnet-base-v2), smollm2 (SmolLM2-135M). Default: the embedded "
+                                 "all-MiniLM-L6-v2."),
 ]
 TrustOption = Annotated[bool, typer.Option(help="Allow the model's own Python code to run (off unless you pass this).")]
 TextOption = Annotated[
@@ -199,6 +200,10 @@ def compress_command(
     target_int8_speedups: Annotated[Optional[str], typer.Option(help="Or: a family of speedups against the dense int8 "
                                                                      "model, e.g. 1.1,1.2,1.4.")] = None,
     target_sizes: Annotated[Optional[str], typer.Option(help="Or: a family of size fractions, e.g. 0.3,0.5.")] = None,
+    min_quality: Annotated[Optional[float], typer.Option(help="Deliver the most compressed target whose plan keeps this "
+                                                              "quality on validation text (an encoder's cosine, a causal "
+                                                              "LM's exp(-KL)), or dense int8 if none does. Alone, it "
+                                                              "searches several speedups over dense int8.")] = None,
     searcher: Annotated[str, typer.Option(help="ppo, uniform, random, evolutionary or estimate.")] = "ppo",
     evals: Annotated[Optional[int], typer.Option(help="Plan evaluations each searcher may make (for a family, in all). "
                                                       "Default 200 for an encoder, 100 for a causal LM (each costs more); "
@@ -225,7 +230,8 @@ def compress_command(
 
     settings = _compress_settings(model=model, target_speedup=target_speedup, target_int8_speedup=target_int8_speedup,
                                   target_size=target_size, targets=targets,
-                                  target_int8_speedups=target_int8_speedups, target_sizes=target_sizes, policy=policy,
+                                  target_int8_speedups=target_int8_speedups, target_sizes=target_sizes,
+                                  min_quality=min_quality, policy=policy,
                                   searcher=searcher, evals=evals, recovery=recovery,
                                   recover_minutes=recover_minutes, seed=seed, baselines=baselines, threads=threads, text=text,
                                   cost=cost, runtime=runtime, trust_remote_code=trust_remote_code)
@@ -236,24 +242,25 @@ def compress_command(
         if (out / STATE_FILE).exists():
             stop.resume = " ".join(["ppocompress", *sys.argv[1:], *([] if resume else ["--resume"])])
         raise
-    _print_compressed(results, settings.is_target_set, out)
+    _print_compressed(results, settings.delivers_set, out)
 
 
 def _compress_settings(*, model: str | None, target_speedup: float | None, target_int8_speedup: float | None,
                        target_size: float | None, targets: str | None,
-                       target_int8_speedups: str | None, target_sizes: str | None, policy: Path | None, searcher: str,
+                       target_int8_speedups: str | None, target_sizes: str | None, min_quality: float | None,
+                       policy: Path | None, searcher: str,
                        evals: int | None, recovery: str,
                        recover_minutes: float | None, seed: int, baselines: bool, threads: int, text: Path | None, cost: str,
                        runtime: str, trust_remote_code: bool):
     """compress' options as the search's CompressSettings; no target given means the model's default target."""
     from ppocompress.search.settings import CompressSettings, targets_or_default
 
-    asked = targets_or_default(model, trust_remote_code, target_speedup=target_speedup,
+    asked = targets_or_default(model, trust_remote_code, min_quality, target_speedup=target_speedup,
                                target_int8_speedup=target_int8_speedup, target_size=target_size,
                                target_set_speedups=_numbers(targets, "--targets"),
                                target_set_int8_speedups=_numbers(target_int8_speedups, "--target-int8-speedups"),
                                target_set_sizes=_numbers(target_sizes, "--target-sizes"))
-    settings = CompressSettings(model=model, **asked,
+    settings = CompressSettings(model=model, **asked, min_quality=min_quality,
                                 policy=None if policy is None else str(policy), searcher=searcher,
                                 evals=evals, recovery=recovery, recover_minutes=recover_minutes, seed=seed,
                                 baselines=baselines, threads=threads,

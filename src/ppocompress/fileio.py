@@ -181,6 +181,15 @@ def run_lock(folder: Path, option: str = "--out") -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """Holds an flock on the file `path` for the block, waiting while another process holds
+    it (the kernel releases a dead process's lock, so a killed holder never blocks)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
 def output_dir(folder: Path, option: str = "--out", keep: Callable[[], bool] = lambda: False) -> Iterator[None]:
     """A run's output folder for the block: made writable (writable_dir) and held
     (run_lock); if the block fails, a folder it created goes too, unless keep() says it

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from ppocompress.compress.measure.retrieval import TOP_K
 from ppocompress.compress.recovery.distillation import DistillReport
 from ppocompress.search.levels import SHORT_NAME_KEY
 from ppocompress.search.results import quality_columns
@@ -15,7 +16,9 @@ def _fmt(value, spec: str = ".4f") -> str:
 
 
 def print_bench(results, model_name: str, causal: bool = False) -> None:
-    quality = quality_columns(causal)
+    """The variants side by side, with the held-out quality that bench measured (no retrieval: it judges no corpus)."""
+    quality = [column for column in quality_columns(causal, detailed=True) if any(getattr(r, column[1]) is not None
+                                                                                   for r in results)]
     speed = ("decode speedup", "prefill speedup") if causal else ("speedup",)
     table = Table(title=f"Variants of {model_name} (speedup vs dense PyTorch fp32, measured side by side)")
     for column in ("variant", "runtime", *(header for header, _, _ in quality), "size MB", "latency ms", *speed):
@@ -65,13 +68,14 @@ def print_compress(result) -> None:
     timed = "decode" if result.timing.generates else "batch"
     table = Table(title=f"{result.model} on {result.runtime}, target {target}", title_justify="left",
                   caption=f"{timed} speedups: dense PyTorch fp32 {result.reference_latency.ms:.0f} ms, and the dense int8 model "
-                          f"on {result.runtime} (vs int8); quality on held-out text", caption_justify="left")
+                          f"on {result.runtime} (vs int8); quality on held-out text{_retrieval_note(result)}",
+                  caption_justify="left")
     quality = quality_columns(result.causal)
-    for column in ("model", "predicted", "speedup", "vs int8", *(header for header, _, _ in quality), "MB"):
+    for column in ("model", "predicted", "speedup", "vs\nint8", *(header for header, _, _ in quality), "MB"):
         table.add_column(column, justify="left" if column == "model" else "right")
     rows = [*result.searchers.values(), *result.alternatives.values(), result.dense_int8, result.dense]
     for row in rows:
-        name = row.name + (" *" if row.name == result.searcher else "")
+        name = row.name + (" *" if row is result.delivered else "")
         table.add_row(name, _fmt(row.predicted_speedup, ".2f"), _fmt(row.speedup, ".2f") + "x",
                       _fmt(row.speedup_vs_dense_int8, ".2f") + "x",
                       *(_fmt(getattr(row, field), spec) for _, field, spec in quality),
@@ -84,10 +88,32 @@ def print_compress(result) -> None:
         console.print(f"  {row.name:<13}" + short_levels(row.levels))
     if result.delivered.distillation is not None:
         console.print("delivered plan's " + distillation_line(result.delivered.distillation))
+    if result.floor is not None:
+        console.print(floor_line(result))
     if result.run_seconds:
         console.print(f"run time {result.run_time()}")
     for warning in result.warnings:
         console.print(f"[bold yellow]warning:[/] {warning}")
+
+
+def floor_line(result) -> str:
+    """What a quality floor chose, and on what: each probe's quality on validation text."""
+    floor = result.floor
+    probes = ", ".join(f"{probe.target} {probe.quality:.4f}" for probe in floor.probes)
+    chosen = f"{floor.chosen} delivered" if floor.met else "none met it, dense int8 delivered"
+    return (f"floor {result.fidelity_short_name} {floor.min_quality:g} on validation text: {chosen} "
+            f"(probed {probes}); on held-out text {result.delivered.fidelity:.4f}")
+
+
+def _retrieval_note(result) -> str:
+    """What the summary's retrieval columns are, if the result has them."""
+    passages = result.dense.retrieval_passages
+    if passages is None:
+        return ""
+    task = ("" if result.dense.task_recall_at_10 is None else
+            f", task@{TOP_K}: share of sentences with another of their own document among their {TOP_K} nearest")
+    return (f". Among {passages:,} held-out passages, nbr@{TOP_K}: share of the dense model's {TOP_K} nearest "
+            f"neighbours found{task}")
 
 
 def print_target_set(target_set) -> None:

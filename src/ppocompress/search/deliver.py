@@ -24,6 +24,7 @@ from ppocompress.fileio import move_into_place, staging_dir
 from ppocompress.search.env import INT8_SPEEDUP, SIZE, SPEEDUP, Target
 from ppocompress.search.evaluator import sensitivity_evaluations
 from ppocompress.search.files import RECOVERY_CHECKPOINTS
+from ppocompress.search.floor import QualityFloor
 from ppocompress.search.plan import Plan
 from ppocompress.search.prepare import CAUSAL_VALIDATION_SHARE, Prepared, all_in, all_int8, refit_passages
 from ppocompress.search.recorder import SearchResult
@@ -55,20 +56,23 @@ class _Measures:
 
 
 def deliver(prepared: Prepared, settings: CompressSettings, target: Target, finals: dict[str, Plan],
-            results: dict[str, SearchResult], out: Path, log) -> CompressResult:
-    """finals: each searcher's plan for `target`; out: the folder its model goes to."""
+            results: dict[str, SearchResult], out: Path, log, floor: QualityFloor | None = None) -> CompressResult:
+    """finals: each searcher's plan for `target`; out: the folder its model goes to. With a
+    quality floor that no plan met, the dense int8 model is the one delivered."""
     runtime = get_runtime(prepared.runtime)
-    held_out = HeldOut(prepared.dense, prepared.texts.evaluation)
+    held_out = HeldOut(prepared.dense, prepared.texts.evaluation, prepared.texts.corpus)
     staging = staging_dir(out)
     try:
         torch_dense = get_runtime(REFERENCE).export(prepared.dense, staging / "torch-dense", [])
         artifacts = {DENSE: runtime.export(prepared.dense, staging / "dense", prepared.texts.calibration),
                      DENSE_INT8: runtime.export(all_int8(prepared.dense), staging / "dense-int8", prepared.texts.calibration)}
         recovered = _recover(prepared, settings, finals, runtime, staging, out, artifacts, log)
+        chosen = settings.searcher if floor is None or floor.met else DENSE_INT8
         if prepared.dense.is_causal and runtime.serves_int4:
-            _export_int4_alternatives(prepared, runtime, artifacts, artifacts[settings.searcher], staging, log)
-        measures = _measure(prepared, settings, runtime, torch_dense, artifacts, held_out, log)
-        _move_delivered(prepared, recovered[settings.searcher], runtime, artifacts[settings.searcher], staging, out)
+            _export_int4_alternatives(prepared, runtime, artifacts, artifacts[chosen], staging, log)
+        measures = _measure(prepared, chosen, runtime, torch_dense, artifacts, held_out, log)
+        model = recovered[chosen] if chosen in recovered else all_int8(prepared.dense)
+        _move_delivered(prepared, model, runtime, artifacts[chosen], staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result = CompressResult(
@@ -82,18 +86,15 @@ def deliver(prepared: Prepared, settings: CompressSettings, target: Target, fina
         sensitivity_evaluations=sensitivity_evaluations(len(prepared.scores), len(prepared.menu)),
         latency_table=({"runtime": prepared.cost.runtime, "largest_error_on_mixed_plans": prepared.cost.fit_error()}
                        if prepared.cost.unit == "ms" else None),
-        curves={name: r.curve for name, r in results.items()}, evaluated={name: r.evaluated for name, r in results.items()})
+        curves={name: r.curve for name, r in results.items()}, evaluated={name: r.evaluated for name, r in results.items()},
+        floor=floor)
     result.warnings = target_warnings(result)
     return result
 
 
 def _recover(prepared: Prepared, settings: CompressSettings, finals: dict[str, Plan], runtime: Runtime, staging: Path,
              out: Path, artifacts: dict[str, Path], log) -> dict[str, LoadedModel]:
-    """Each searcher's plan applied and recovered as --recover says (each distillation
-    checkpointed in out, so that --resume continues it), and exported into `artifacts`."""
-    dense, texts = prepared.dense, prepared.texts
-    # Distillation learns from all the calibration text, not only what the search scored on.
-    distill_texts = load_splits(settings.text).calibration if Recovery(settings.recovery).distills else None
+    """Each searcher's plan recovered (recover_plan) and exported into `artifacts`."""
     recovered = {}
     for name, plan in finals.items():
         same = next((other for other in recovered if finals[other] == plan), None)
@@ -102,13 +103,20 @@ def _recover(prepared: Prepared, settings: CompressSettings, finals: dict[str, P
             recovered[name], artifacts[name] = recovered[same], artifacts[same]
             continue
         log(f"{name}: recovery {settings.recovery}, export for {runtime.name}")
-        recovered[name] = compress(dense, prepared.evaluator.plan(plan), settings.recovery,
-                                   refit_passages(texts.calibration, dense.is_causal), quantize=False,
-                                   validation=refit_passages(texts.validation, dense.is_causal, CAUSAL_VALIDATION_SHARE),
-                                   distillation=settings.distillation(), distill_texts=distill_texts,
-                                   checkpoint=out / RECOVERY_CHECKPOINTS / name, progress=True)
-        artifacts[name] = runtime.export(recovered[name], staging / name, texts.calibration)
+        recovered[name] = recover_plan(prepared, settings, plan, out / RECOVERY_CHECKPOINTS / name)
+        artifacts[name] = runtime.export(recovered[name], staging / name, prepared.texts.calibration)
     return recovered
+
+
+def recover_plan(prepared: Prepared, settings: CompressSettings, plan: Plan, checkpoint: Path) -> LoadedModel:
+    """The plan applied to the dense model and recovered as --recover says; a distillation
+    saves its progress in `checkpoint`, so that --resume continues it."""
+    dense, texts = prepared.dense, prepared.texts
+    # Distillation learns from all the calibration text, not only what the search scored on.
+    distill_texts = load_splits(settings.text).calibration if Recovery(settings.recovery).distills else None
+    return compress(dense, prepared.evaluator.plan(plan), settings.recovery, refit_passages(texts.calibration, dense.is_causal),
+                    quantize=False, validation=refit_passages(texts.validation, dense.is_causal, CAUSAL_VALIDATION_SHARE),
+                    distillation=settings.distillation(), distill_texts=distill_texts, checkpoint=checkpoint, progress=True)
 
 
 def _export_int4_alternatives(prepared: Prepared, runtime: Runtime, artifacts: dict[str, Path], delivered: Path,
@@ -126,7 +134,7 @@ def _export_int4_alternatives(prepared: Prepared, runtime: Runtime, artifacts: d
     artifacts[NNCF_MIXED] = export_nncf_mixed(prepared.dense, staging / "nncf-mixed", ratio, calibration)
 
 
-def _measure(prepared: Prepared, settings: CompressSettings, runtime: Runtime, torch_dense: Path, artifacts: dict[str, Path],
+def _measure(prepared: Prepared, delivered: str, runtime: Runtime, torch_dense: Path, artifacts: dict[str, Path],
              held_out: HeldOut, log) -> _Measures:
     """Every model's held-out quality and size on the serving runtime, a causal LM's greedy
     text (dense and delivered), and the latency of all, dense PyTorch fp32 with them."""
@@ -138,7 +146,7 @@ def _measure(prepared: Prepared, settings: CompressSettings, runtime: Runtime, t
     for path, name in first.items():
         session = runtime.session(path)
         quality[name] = held_out.judge(session)
-        shown = [n for n in (DENSE, settings.searcher) if artifacts.get(n) == path]  # the text a user would see
+        shown = [n for n in (DENSE, delivered) if artifacts.get(n) == path]  # the text a user would see
         if prepared.dense.is_causal and shown:
             text = greedy_generations(session, prepared.dense.tokenizer, list(PROMPTS), GENERATED_TOKENS)
             generations.update(dict.fromkeys(shown, text))
@@ -190,7 +198,10 @@ def target_warnings(result: CompressResult) -> list[str]:
     user could ship without us (for a speed target), or an alternative as fast (as small,
     for a size target) that keeps more quality."""
     delivered, size_target = result.delivered, result.target_kind == SIZE
-    warnings = _short_of_target(result)
+    floor = result.floor
+    warnings = _floor_warnings(result) if floor is not None else []
+    if floor is None or floor.met:  # else dense int8 is delivered, and no target was its to meet
+        warnings += _short_of_target(result)
     timed = (("dense PyTorch fp32", result.reference_latency), ("the delivered model", delivered.latency))
     busy = [f"{name} {latency.p10_ms:.0f} to {latency.p90_ms:.0f} ms p10 to p90" for name, latency in timed
             if latency.spread > UNQUIET_SPREAD]
@@ -212,6 +223,22 @@ def target_warnings(result: CompressResult) -> list[str]:
                             f"model ({result.fidelity_short_name} {alternative.fidelity:.4f} against {delivered.fidelity:.4f}); "
                             "ship it instead")
     return warnings
+
+
+def _floor_warnings(result: CompressResult) -> list[str]:
+    """What the summary says plainly of a quality floor: that no plan met it, or that the
+    delivered model, chosen on validation text, measured below it on held-out text."""
+    floor, name = result.floor, result.fidelity_short_name
+    if not floor.met:
+        best = max(floor.probes, key=lambda probe: probe.quality)
+        return [f"no target's plan keeps {name} {floor.min_quality:g} on validation text (the best, at "
+                f"{best.target}: {best.quality:.4f}); the dense int8 model is delivered"]
+    held_out = result.delivered.fidelity
+    if held_out >= floor.min_quality:
+        return []
+    chosen = next(probe for probe in floor.probes if probe.target == floor.chosen)
+    return [f"held-out {name} {held_out:.4f} is below the {floor.min_quality:g} floor that validation text met "
+            f"({chosen.quality:.4f}); ask for a higher floor to keep a margin"]
 
 
 def _short_of_target(result: CompressResult) -> list[str]:

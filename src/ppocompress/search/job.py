@@ -14,7 +14,9 @@ run_compress (here): checks the settings, holds --out, opens or resumes the stat
 A target set (--targets 2,3,4): PPO searches every target in one run with one policy on
 one number of evaluations; the other searchers run per target, sharing the same number
 out; then a model is delivered per target into out/target-<target>/, with the set's
-family.json and report in out.
+family.json and report in out. With a quality floor (--min-quality) the targets are
+searched the same way, then one model is delivered into out, the target the floor chooses
+(floor.py).
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from pathlib import Path
 from ppocompress.cluster import check_address
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text, output_dir, read_json_object, remove_leftovers
-from ppocompress.search.deliver import deliver
+from ppocompress.search import floor
+from ppocompress.search.deliver import deliver, recover_plan
 from ppocompress.search.env import Target
-from ppocompress.search.files import POLICY_DIR, RESULT_FILE, STATE_FILE, TARGET_SET_FILE
+from ppocompress.search.files import POLICY_DIR, RECOVERY_CHECKPOINTS, RESULT_FILE, STATE_FILE, TARGET_SET_FILE
 from ppocompress.search.prepare import Prepared, prepare
-from ppocompress.search.results import CompressResult, TargetSetResult
+from ppocompress.search.results import CompressResult, QualityFloor, TargetSetResult
 from ppocompress.search.scoring import ray_workers
 from ppocompress.search.searching import Results, finalists, search, target_set_evaluations
 from ppocompress.search.settings import CompressSettings
@@ -69,26 +72,28 @@ def _run(settings: CompressSettings, out: Path, resume: bool, log, ray: str | No
         log(f"removed {path.relative_to(out)}, left by an interrupted run")
     state.save(state_path)  # from the start: a run killed at any moment can be resumed
     targets = settings.targets()
-    folders = {target.label: out / member_folder(target) if settings.is_target_set else out for target in targets}
+    folders = {target.label: out / member_folder(target) if settings.delivers_set else out for target in targets}
     with ray_workers(ray) as workers:
         with _timed(state, "preparation"):
             prepared = prepare(settings, state, lambda: state.save(state_path), log, workers)
         with _timed(state, "search"):
             results = search(prepared, settings, state, state_path, out / POLICY_DIR, log)
             undelivered = [label for label in results
-                           if not (resume and settings.is_target_set and (folders[label] / RESULT_FILE).exists())]
+                           if not (resume and settings.delivers_set and (folders[label] / RESULT_FILE).exists())]
             finals = finalists(prepared, targets, results, undelivered, log)
     state.save(state_path)
+    if settings.min_quality is not None:
+        return [_delivered_by_floor(prepared, settings, state, targets, finals, results, out, log)]
     delivered = [_delivered(prepared, settings, state, target, finals.get(target.label), results, folders[target.label], log)
                  for target in targets]
-    if settings.is_target_set:
+    if settings.delivers_set:
         _write_target_set(out, settings, delivered, results)
     return delivered
 
 
 def _new_state(settings: CompressSettings, out: Path) -> SearchState:
     """A fresh state; refused where an interrupted run's measurements would be lost."""
-    finished = out / (TARGET_SET_FILE if settings.is_target_set else RESULT_FILE)
+    finished = out / (TARGET_SET_FILE if settings.delivers_set else RESULT_FILE)
     if not finished.exists():
         if _worth_resuming(out / STATE_FILE):
             raise UserError(f"{out} holds an interrupted run's measurements; add --resume to continue it, "
@@ -121,17 +126,31 @@ def _resumed_state(settings: CompressSettings, out: Path) -> SearchState:
     return state
 
 
+def _delivered_by_floor(prepared: Prepared, settings: CompressSettings, state: SearchState, targets: list[Target],
+                        finals: dict, results: Results, out: Path, log) -> CompressResult:
+    """The target the quality floor chooses delivered into `out` (floor.py)."""
+
+    def recover(plan, checkpoint: str):
+        return recover_plan(prepared, settings, plan, out / RECOVERY_CHECKPOINTS / checkpoint)
+
+    plans = {label: by_searcher[settings.searcher] for label, by_searcher in finals.items()}
+    with _timed(state, "floor"):
+        chosen = floor.choose(prepared, targets, plans, settings.min_quality, recover, out, log)
+    target = floor.delivered_target(targets, chosen)
+    return _delivered(prepared, settings, state, target, finals[target.label], results, out, log, chosen)
+
+
 def _delivered(prepared: Prepared, settings: CompressSettings, state: SearchState, target: Target, finals: dict | None,
-               results: Results, folder: Path, log) -> CompressResult:
+               results: Results, folder: Path, log, chosen: QualityFloor | None = None) -> CompressResult:
     """The target's model delivered into `folder` with its result.json and report, or the
-    result delivered before an interruption (finals None)."""
+    result delivered before an interruption (finals None); chosen: a quality floor's choice."""
     if finals is None:
         return CompressResult.from_file(folder / RESULT_FILE)
     from ppocompress.search.report import write_report  # matplotlib, only for the report's plots
 
     folder.mkdir(exist_ok=True)
     start = time.monotonic()
-    result = deliver(prepared, settings, target, finals, results[target.label], folder, log)
+    result = deliver(prepared, settings, target, finals, results[target.label], folder, log, floor=chosen)
     result.run_seconds = {**state.measurements.run_seconds, "delivery": time.monotonic() - start}
     atomic_write_text(folder / RESULT_FILE, result.to_json())
     write_report(folder)

@@ -13,8 +13,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ppocompress.compress.measure.retrieval import TOP_K  # noqa: E402
 from ppocompress.errors import UserError  # noqa: E402
 from ppocompress.fileio import atomic_path, atomic_write_text  # noqa: E402
+from ppocompress.reporting import floor_line  # noqa: E402
 from ppocompress.search.files import (  # noqa: E402
     OUT_FOLDER,
     POLICY_DIR,
@@ -53,7 +55,7 @@ def write_report(run_dir: Path) -> Path:
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
     return _write_page(run_dir, "ppocompress report", f"""
 <h1>ppocompress: {html.escape(result.model)} on {html.escape(result.runtime)}</h1>
-<p>Target {html.escape(result.target.description)}. Delivered: the {html.escape(result.searcher)} plan,
+<p>Target {html.escape(_target_sentence(result))}. Delivered: {html.escape(_delivered_name(result))},
 {result.delivered.speedup:.2f}x faster than dense PyTorch fp32 and {result.delivered.speedup_vs_dense_int8:.2f}x faster than
 the dense model with int8 on {html.escape(result.runtime)} (what a user gets without a search);
 {html.escape(_quality_sentence(result))}</p>
@@ -94,19 +96,19 @@ def _models_table(result: CompressResult) -> str:
                *(("prefill speedup",) if prefill else ()), *(f"{header} held-out" for header, _, _ in quality), "size MB")
     rows = []
     for row in [*result.searchers.values(), *result.alternatives.values(), result.dense_int8, result.dense]:
-        name = row.name + (" (delivered)" if row.name == result.searcher else "")
+        name = row.name + (" (delivered)" if row is result.delivered else "")
         cells = (name, row.runtime, row.evaluations, row.predicted_speedup, f"{row.speedup:.2f}x",
                  "{:.2f}-{:.2f}x".format(*row.speedup_range()), f"{row.speedup_vs_dense_int8:.2f}x",
                  *((f"{result.prefill_speedup(row):.2f}x",) if prefill else ()),
                  *(getattr(row, field) for _, field, _ in quality), f"{row.size_bytes / 1e6:.1f}")
-        style = ' class="delivered"' if row.name == result.searcher else ""
+        style = ' class="delivered"' if row is result.delivered else ""
         rows.append(f"<tr{style}>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
     return _html_table(columns, rows)
 
 
 def _plans_table(result: CompressResult) -> str:
     """Each searcher's level per layer, by name."""
-    layers = len(result.delivered.levels)
+    layers = len(result.searchers[result.searcher].levels)
     rows = (f"<tr><td>{html.escape(row.name)}</td>" + "".join(f"<td>{html.escape(level.name)}</td>" for level in row.levels)
             + "</tr>" for row in result.searchers.values())
     return _html_table(["searcher", *(f"layer {i}" for i in range(layers))], rows)
@@ -198,6 +200,15 @@ def _levels_heatmap(rows: list[tuple[Level, ...]], labels: list[str], title: str
     return _save(fig, path)
 
 
+def _target_sentence(result: CompressResult) -> str:
+    """The target, or the target a quality floor chose and on what (reporting.floor_line)."""
+    return result.target.description if result.floor is None else f"{result.target.description}; {floor_line(result)}"
+
+
+def _delivered_name(result: CompressResult) -> str:
+    return f"the {result.searcher} plan" if result.delivered is not result.dense_int8 else "the dense int8 model"
+
+
 def _quality_sentence(result: CompressResult) -> str:
     delivered = result.delivered
     if result.causal:
@@ -205,7 +216,20 @@ def _quality_sentence(result: CompressResult) -> str:
                 f"{delivered.top1_agreement:.3f}, perplexity {delivered.perplexity_heldout:.2f} "
                 f"(dense {result.dense.perplexity_heldout:.2f}).")
     return (f"mean cosine {delivered.cosine_heldout:.4f} to the dense embeddings on held-out text; dense Lee Pearson "
-            f"{result.dense_lee_pearson:.4f}.")
+            f"{result.dense_lee_pearson:.4f}.{_retrieval_sentence(result)}")
+
+
+def _retrieval_sentence(result: CompressResult) -> str:
+    """The delivered model's retrieval beside the dense model's, if it was judged."""
+    delivered, dense = result.delivered, result.dense
+    if delivered.neighbour_recall_at_10 is None:
+        return ""
+    task = (" The text's documents are unknown, so there is no labelled task." if delivered.task_recall_at_10 is None
+            else f" A held-out sentence finds another of its own document among its {TOP_K} nearest for "
+                 f"{delivered.task_recall_at_10:.1%} of the queries, MRR {delivered.task_mrr:.3f} (the dense model on "
+                 f"{result.runtime}: {dense.task_recall_at_10:.1%}, MRR {dense.task_mrr:.3f}).")
+    return (f" Among {delivered.retrieval_passages:,} held-out passages, it finds {delivered.neighbour_recall_at_10:.1%} "
+            f"of the dense model's {TOP_K} nearest neighbours of a passage.{task}")
 
 
 def _timing_note(result: CompressResult) -> str:
@@ -223,7 +247,7 @@ def _generations(result: CompressResult) -> str:
         return ""
     rows = "".join(f"<tr><td>{html.escape(prompt)}</td><td>{html.escape(dense)}</td><td>{html.escape(delivered)}</td></tr>"
                    for prompt, dense, delivered in zip(result.generations["prompts"], result.generations["dense"],
-                                                       result.generations[result.searcher]))
+                                                       result.generations[result.delivered.name]))
     return (f'<h2>Greedy generations</h2><table style="text-align:left"><tr><th>prompt</th><th>dense</th>'
             f"<th>delivered ({html.escape(result.searcher)})</th></tr>{rows}</table>")
 

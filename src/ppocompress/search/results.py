@@ -8,6 +8,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from ppocompress.compress.measure.quality import HeldOutQuality
+from ppocompress.compress.measure.retrieval import TOP_K
 from ppocompress.compress.measure.timing import LatencyResult, TimingSetup
 from ppocompress.compress.recovery.distillation import DistillReport
 from ppocompress.errors import UserError
@@ -56,13 +57,46 @@ class MeasuredModel(HeldOutQuality):
                       "distillation": None if distillation is None else DistillReport.from_dict(distillation)})
 
 
+@dataclass
+class FloorProbe:
+    """One target's plan, recovered, judged on validation text."""
+
+    target: str  # the target's label
+    quality: float  # fidelity on validation text
+
+
+@dataclass
+class QualityFloor:
+    """What the floor chose: probes in the order made (most compressed first); chosen is
+    the delivered target's label, None when no target met the floor (dense int8 delivered)."""
+
+    min_quality: float
+    probes: list[FloorProbe]
+    chosen: str | None
+
+    @property
+    def met(self) -> bool:
+        return self.chosen is not None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QualityFloor":
+        return cls(data["min_quality"], [FloorProbe(**probe) for probe in data["probes"]], data["chosen"])
+
+
 def quality_columns(causal: bool, detailed: bool = False) -> list[tuple[str, str, str]]:
     """(header, MeasuredModel field, format) of the held-out quality a summary shows;
-    detailed adds the ones only the report has room for."""
+    detailed: the report's, which has room for all of them under their full names."""
     if causal:
         return [("KL", "kl_heldout", ".4f"), ("ppl", "perplexity_heldout", ".2f"), ("top-1", "top1_agreement", ".3f")]
-    return [("cosine", "cosine_heldout", ".4f"), *([("min cosine", "cosine_heldout_min", ".4f")] if detailed else []),
-            ("Lee", "lee_pearson", ".3f")]
+    if not detailed:  # an 80-column terminal's: retrieval's headers in two lines
+        return [("cosine", "cosine_heldout", ".4f"), (f"nbr\n@{TOP_K}", "neighbour_recall_at_10", ".3f"),
+                (f"task\n@{TOP_K}", "task_recall_at_10", ".3f")]
+    return [("cosine", "cosine_heldout", ".4f"), ("min cosine", "cosine_heldout_min", ".4f"),
+            (f"neighbour recall@{TOP_K}", "neighbour_recall_at_10", ".3f"), (f"task recall@{TOP_K}", "task_recall_at_10", ".3f"),
+            ("task MRR", "task_mrr", ".3f"), ("Lee", "lee_pearson", ".3f")]
 
 
 @dataclass
@@ -91,6 +125,7 @@ class CompressResult:
     # Wall time of "preparation", "search" and this model's "delivery", summed over resumed
     # attempts (a killed attempt's unfinished phase is not counted).
     run_seconds: dict[str, float] = field(default_factory=dict)
+    floor: QualityFloor | None = None  # --min-quality: what it chose, and on what
     format: str = RESULT_FORMAT
 
     @property
@@ -118,7 +153,8 @@ class CompressResult:
 
     @property
     def delivered(self) -> MeasuredModel:
-        return self.searchers[self.searcher]
+        """The searcher's model, or dense int8 where a quality floor was met by no plan."""
+        return self.dense_int8 if self.floor is not None and not self.floor.met else self.searchers[self.searcher]
 
     def prefill_speedup(self, model: MeasuredModel) -> float | None:
         """A causal LM's prompt processing against dense PyTorch fp32 (speedup is of decoding)."""
@@ -139,7 +175,8 @@ class CompressResult:
                  "searchers": {name: model.to_dict() for name, model in self.searchers.items()},
                  "dense": self.dense.to_dict(), "dense_int8": self.dense_int8.to_dict(),
                  "alternatives": {name: model.to_dict() for name, model in self.alternatives.items()},
-                 "evaluated": {name: [e.to_json() for e in evaluated] for name, evaluated in self.evaluated.items()}}
+                 "evaluated": {name: [e.to_json() for e in evaluated] for name, evaluated in self.evaluated.items()},
+                 "floor": None if self.floor is None else self.floor.to_dict()}
         return json.dumps(data, indent=1)
 
     @classmethod
@@ -155,7 +192,8 @@ class CompressResult:
                           "dense": MeasuredModel.from_dict(data["dense"]),
                           "dense_int8": MeasuredModel.from_dict(data["dense_int8"]),
                           "alternatives": {k: MeasuredModel.from_dict(v) for k, v in data.get("alternatives", {}).items()},
-                          "evaluated": {k: [Evaluation.from_json(e) for e in v] for k, v in data.get("evaluated", {}).items()}})
+                          "evaluated": {k: [Evaluation.from_json(e) for e in v] for k, v in data.get("evaluated", {}).items()},
+                          "floor": None if data.get("floor") is None else QualityFloor.from_dict(data["floor"])})
         except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise UserError(f"{path} does not match the result schema ({exc}); {RUN_AGAIN}") from None
 

@@ -3,6 +3,7 @@ long starts (a bad value is one UserError line)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,10 @@ from ppocompress.search.searchers import DEFAULT_SEARCHER, SEARCHERS, get_search
 # must also remove structure, which costs a small decoder far more than int4 does.
 DEFAULT_TARGET_SPEEDUP = 5.0
 DEFAULT_DECODER_INT8_SPEEDUP = 1.2
+# The targets a quality floor alone searches (--min-quality without a target): speedups
+# against the dense int8 model on the serving runtime, since that model is what a floor
+# falls back to and what a user gets with no search at all.
+FLOOR_INT8_SPEEDUPS = (1.25, 1.5, 1.75, 2.0, 2.5)
 # Evaluations per searcher. A causal LM's cost several times an encoder's, so it is given
 # fewer, which keeps a default decoder run within the length of a sitting.
 DEFAULT_EVALS = {False: 200, True: 100}
@@ -43,6 +48,9 @@ class CompressSettings:
     target_set_speedups: list[float] | None = None  # --targets: a model per speedup, from one search
     target_set_sizes: list[float] | None = None  # --target-sizes
     target_set_int8_speedups: list[float] | None = None  # --target-int8-speedups
+    # --min-quality: deliver the most compressed target whose plan keeps this fidelity on
+    # validation text (floor.py), dense int8 if none does
+    min_quality: float | None = None
     policy: str | None = None  # a saved search policy the policy searcher starts from
     searcher: str = DEFAULT_SEARCHER
     # Evaluations per searcher (a target set: over all its targets); None: DEFAULT_EVALS, TARGET_SET_RUNS times for a set
@@ -74,6 +82,11 @@ class CompressSettings:
         for target in targets:
             target.budget(1.0, 1.0)  # the value's own range
         return targets
+
+    @property
+    def delivers_set(self) -> bool:
+        """A model per target (a target set with no floor to choose one of them)."""
+        return self.is_target_set and self.min_quality is None
 
     @property
     def is_target_set(self) -> bool:
@@ -112,6 +125,9 @@ class CompressSettings:
             raise UserError(f"--policy {self.policy} is not a folder; {POLICY_HINT}")
         self.timing(causal=False)
         check_threads(self.threads)
+        if self.min_quality is not None and not (math.isfinite(self.min_quality) and 0.0 < self.min_quality <= 1.0):
+            raise UserError(f"--min-quality must be a number in (0, 1] (validation cosine for an encoder, exp(-KL) for "
+                            f"a causal LM), got {self.min_quality}")
         if self.seed < 0:
             raise UserError(f"--seed must be >= 0, got {self.seed}")
         resolve_source(self.model)  # a mistyped path fails here, not after minutes
@@ -133,9 +149,12 @@ def default_target(model: str | None, trust_remote_code: bool = False) -> dict[s
     return {"target_speedup": DEFAULT_TARGET_SPEEDUP}
 
 
-def targets_or_default(model: str | None, trust_remote_code: bool = False, **targets) -> dict:
-    """CompressSettings' target fields (`targets`, all of them) as asked, or the model's
-    default_target when none was."""
+def targets_or_default(model: str | None, trust_remote_code: bool = False, min_quality: float | None = None,
+                       **targets) -> dict:
+    """CompressSettings' target fields (`targets`, all of them) as asked; when none was,
+    FLOOR_INT8_SPEEDUPS for a quality floor, else the model's default_target."""
     if any(value is not None for value in targets.values()):
         return targets
+    if min_quality is not None:
+        return {**targets, "target_set_int8_speedups": list(FLOOR_INT8_SPEEDUPS)}
     return {**targets, **default_target(model, trust_remote_code)}

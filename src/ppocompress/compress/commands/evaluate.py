@@ -18,9 +18,12 @@ from ppocompress.compress.measure.quality import (
     HELD_OUT_MAX_LENGTH,
     NextTokenReference,
     embed,
+    judge_retrieval,
     judge_session,
     lee_correlation,
+    retrieval_reference,
 )
+from ppocompress.compress.measure.retrieval import RetrievalQuality, RetrievalReference
 from ppocompress.compress.measure.timing import DEFAULT_THREADS, LatencyResult, TimingSetup, check_threads, measure_latencies
 from ppocompress.compress.models.loading import LoadedModel, load_model
 from ppocompress.compress.pipeline import compress
@@ -32,9 +35,12 @@ from ppocompress.errors import UserError
 
 
 @dataclass
-class ModelMetrics:
+class ModelMetrics(RetrievalQuality):
     """One model's measurements in an evaluation. What it has not (an encoder's perplexity,
-    a causal LM's cosines, latencies when not timed) is None, and left out of to_dict()."""
+    a causal LM's cosines, latencies when not timed) is None, and left out of to_dict().
+    Retrieval (RetrievalQuality's fields) is over the whole evaluation split; the dense
+    model's, when it is not the one judged, is its task score in PyTorch, its neighbours
+    being the reference."""
 
     params: int
     size_bytes: int
@@ -126,8 +132,9 @@ def evaluate_command(model: str | None = None, plan: Path | None = None, text: P
     dense = load_model(source, trust_remote_code=trust_remote_code)
     setup = TimingSetup.for_model(dense.is_causal, threads)
     names = runtimes_for(runtime, dense.is_causal, log)
+    retrieval = None if dense.is_causal else retrieval_reference(dense.model, dense.tokenizer, texts.corpus)  # once for all
     return [evaluate(dense, texts, compression_plan, recovery, name, latency=latency, setup=setup, distillation=distillation,
-                     distill_texts=splits.calibration, delivered=delivered) for name in names]
+                     distill_texts=splits.calibration, delivered=delivered, retrieval=retrieval) for name in names]
 
 
 def _dense_source(model: str | None, dense_model: str | None, compresses: bool) -> tuple[Path | None, str | None]:
@@ -146,11 +153,12 @@ def _dense_source(model: str | None, dense_model: str | None, compresses: bool) 
 def evaluate(dense: LoadedModel, texts: TextSplits, plan: CompressionPlan | None = None, recovery: str = Recovery.NONE,
              runtime: str = "torch", latency: bool = True, setup: TimingSetup = TimingSetup(),
              distillation: DistillConfig = DistillConfig(), distill_texts: list[str] | None = None,
-             delivered: Path | None = None) -> EvaluationReport:
+             delivered: Path | None = None, retrieval: RetrievalReference | None = None) -> EvaluationReport:
     """Metrics of the dense model, and of the compressed one when a plan is given (or a
     delivered folder, judged from the files it serves `runtime` from); the candidate
     (compressed, else dense) is exported for `runtime` and judged as it runs there. Quality
-    is measured on texts.evaluation; least squares fits texts.calibration, distillation
+    is measured on texts.evaluation, retrieval over texts.corpus (`retrieval`: the dense
+    model's, if already computed); least squares fits texts.calibration, distillation
     `distill_texts` (default the same), both choosing on texts.validation."""
     served_on, torch_runtime = get_runtime(runtime), get_runtime("torch")
     if dense.is_causal and no_generation(served_on):
@@ -162,12 +170,16 @@ def evaluate(dense: LoadedModel, texts: TextSplits, plan: CompressionPlan | None
     elif plan is not None:
         candidate = compress(dense, plan, recovery, texts.calibration, quantize=False, validation=texts.validation,
                              distillation=distillation, distill_texts=distill_texts, progress=True)
+    if retrieval is None and not dense.is_causal:
+        retrieval = retrieval_reference(dense.model, dense.tokenizer, texts.corpus)
     with tempfile.TemporaryDirectory(prefix="ppocompress-eval-") as workdir:
         reference_dir = torch_runtime.export(dense, Path(workdir) / "reference", [])
         artifact = (served(delivered, runtime) if delivered is not None
                     else served_on.export(candidate, Path(workdir) / "candidate", texts.calibration))
-        judged = _fidelity(dense, candidate, served_on.session(artifact), texts.evaluation)
-        dense_metrics = _metrics(dense, torch_runtime.size_bytes(reference_dir), setup, **_lee(dense))
+        session = served_on.session(artifact)
+        judged = _fidelity(dense, candidate, session, texts.evaluation) | _retrieval(dense, session, retrieval)
+        dense_metrics = _metrics(dense, torch_runtime.size_bytes(reference_dir), setup, **_lee(dense),
+                                 **({} if retrieval is None else vars(retrieval.dense)))
         report = EvaluationReport(
             model=dense.source, delivered=None if delivered is None else str(delivered), model_type=dense.model_type,
             recovery=recovery if plan is not None and delivered is None else None, runtime=runtime, timing=setup,
@@ -210,6 +222,11 @@ def _fidelity(dense: LoadedModel, candidate: LoadedModel, session, texts: list[s
                 "kl_to_dense": compared.kl, "top1_agreement": compared.top1_agreement}
     reference = embed(dense.model, dense.tokenizer, texts, max_length=HELD_OUT_MAX_LENGTH)
     return judge_session(session, dense.model, dense.tokenizer, texts, reference)
+
+
+def _retrieval(dense: LoadedModel, session, reference: RetrievalReference | None) -> dict:
+    """The retrieval of the model a session runs, as ModelMetrics' fields (none for a causal LM)."""
+    return {} if reference is None else vars(judge_retrieval(session, dense.model, dense.tokenizer, reference))
 
 
 def _add_latencies(report: EvaluationReport, measured: dict[str, LatencyResult]) -> None:

@@ -24,7 +24,10 @@ in two lists):
 - validation is a whole source that no fit sees (reviews: lowercase, informal), so a
   choice made on it (the least-squares ridge, when distillation stops) is made on a
   domain the fit never saw.
-- evaluation is for the final report only, and is reported per source.
+- evaluation is for the final report only, and is reported per source. The whole of it
+  is also the retrieval corpus (`Corpus`, which `subset` keeps whole), each passage with
+  its document (`held_out_documents`): a news article, a Wikipedia article (Berlin's
+  paragraphs are one), a movie-review sentence or an IMDB review.
 
 Articles and reviews are split into sentences (`split_sentences`); movie-review lines
 are already single sentences. Each list keeps one copy of a repeated sentence
@@ -152,16 +155,33 @@ def _sentences(documents) -> list[str]:
     return [s for doc in documents for s in split_sentences(doc)]
 
 
+@dataclass(frozen=True)
+class Corpus:
+    """Held-out passages to retrieve among: the whole evaluation split, each passage's
+    source, and its document where that is known (the default text; None for a user's)."""
+
+    passages: tuple[str, ...]
+    sources: tuple[str, ...]
+    documents: tuple[str, ...] | None = None
+
+
 @dataclass
 class TextSplits:
     """Text for fits (calibration), for choices made on a source no fit sees
     (validation), and held out for the final report (evaluation). `sources` names the
-    source of every passage, so results can be given per source."""
+    source of every passage, so results can be given per source. `corpus` is the whole
+    evaluation split (by default: evaluation, documents unknown), which `subset` keeps
+    whole: retrieval is judged over all of it."""
 
     calibration: list[str]
     evaluation: list[str]
     validation: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    corpus: Corpus | None = None
+
+    def __post_init__(self):
+        if self.corpus is None:
+            self.corpus = Corpus(tuple(self.evaluation), tuple(self.sources.get(p, USER_SOURCE) for p in self.evaluation))
 
     def by_source(self, texts: list[str]) -> dict[str, list[str]]:
         """`texts` grouped by source, in order of first appearance."""
@@ -179,10 +199,11 @@ def _interleaved(groups: list[list[str]]) -> list[str]:
     return [passage for row in itertools.zip_longest(*groups) for passage in row if passage is not None]
 
 
-def _build(roles: dict[str, dict[str, list[str]]]) -> TextSplits:
+def _build(roles: dict[str, dict[str, list[str]]], documents: dict[str, str]) -> TextSplits:
     """roles: source -> role -> passages. Duplicates are removed within a role, and a
     passage already in an earlier role (calibration, validation, evaluation) is dropped
-    from a later one, so no passage is in two lists."""
+    from a later one, so no passage is in two lists. documents: every evaluation
+    passage's document."""
     seen: set[str] = set()
     lists: dict[str, list[list[str]]] = {"calibration": [], "validation": [], "evaluation": []}
     sources: dict[str, str] = {}
@@ -192,26 +213,50 @@ def _build(roles: dict[str, dict[str, list[str]]]) -> TextSplits:
             seen.update(kept)
             sources.update(dict.fromkeys(kept, source))
             groups.append(spread_prefixes(kept))
-    return TextSplits(calibration=_interleaved(lists["calibration"]), evaluation=_interleaved(lists["evaluation"]),
-                      validation=_interleaved(lists["validation"]), sources=sources)
+    evaluation = _interleaved(lists["evaluation"])
+    corpus = Corpus(tuple(evaluation), tuple(sources[p] for p in evaluation), tuple(documents[p] for p in evaluation))
+    return TextSplits(calibration=_interleaved(lists["calibration"]), evaluation=evaluation,
+                      validation=_interleaved(lists["validation"]), sources=sources, corpus=corpus)
+
+
+NEWS_HELD_OUT_FROM = 200  # lee_background.cor's articles from this one on are held out
+REVIEWS_HELD_OUT_FROM = 50  # of each polarity's 100 pang_lee_polarity.cor sentences (i % 100: the index in its polarity)
+IMDB_HELD_OUT_FROM = 7
+
+
+def _held_out_article(index: int) -> bool:
+    return index % WIKIPEDIA_HELD_OUT_EVERY == WIKIPEDIA_HELD_OUT_EVERY - 1
+
+
+def held_out_documents() -> dict[str, dict[str, list[str]]]:
+    """source -> document name -> its sentences, for the held-out parts of the module
+    docstring's table, in the evaluation split's order of sources and passages."""
+    reviews, articles = movie_review_sentences(), wikipedia_articles()
+    return {
+        "news": {f"news {i}": split_sentences(article) for i, article in enumerate(lee_background_documents())
+                 if i >= NEWS_HELD_OUT_FROM},
+        "wikipedia": {**{f"wikipedia {i}": _sentences(article) for i, article in enumerate(articles) if _held_out_article(i)},
+                      "wikipedia Berlin": _sentences(wikipedia_paragraphs(2))},
+        "reviews": {**{f"review {i}": [review] for i, review in enumerate(reviews) if i % 100 >= REVIEWS_HELD_OUT_FROM},
+                    **{f"imdb {i}": split_sentences(r) for i, r in enumerate(imdb_reviews()) if i >= IMDB_HELD_OUT_FROM}},
+    }
 
 
 def default_splits() -> TextSplits:
     """The fixed three-way split of the module docstring."""
-    background = lee_background_documents()
-    reviews = movie_review_sentences()
-    negative, positive = reviews[:100], reviews[100:]
-    imdb = imdb_reviews()
-    articles = list(enumerate(wikipedia_articles()))
-    held_out = [p for i, article in articles if i % WIKIPEDIA_HELD_OUT_EVERY == WIKIPEDIA_HELD_OUT_EVERY - 1 for p in article]
-    fit = [p for i, article in articles if i % WIKIPEDIA_HELD_OUT_EVERY != WIKIPEDIA_HELD_OUT_EVERY - 1 for p in article]
+    background, reviews = lee_background_documents(), movie_review_sentences()
+    fit = [p for i, article in enumerate(wikipedia_articles()) if not _held_out_article(i) for p in article]
+    held_out = held_out_documents()
+    evaluation = {source: [p for passages in by_name.values() for p in passages] for source, by_name in held_out.items()}
+    documents: dict[str, str] = {}  # a passage of two documents is the first's, as it counts for the first source
+    for name, passage in ((name, p) for by_name in held_out.values() for name, passages in by_name.items() for p in passages):
+        documents.setdefault(passage, name)
     return _build({
-        "news": {"calibration": _sentences(background[:200]), "evaluation": _sentences(background[200:])},
-        "wikipedia": {"calibration": _sentences(fit + wikipedia_paragraphs(1)),
-                      "evaluation": _sentences(held_out + wikipedia_paragraphs(2))},
-        "reviews": {"validation": negative[:50] + positive[:50] + _sentences(imdb[:7]),
-                    "evaluation": negative[50:] + positive[50:] + _sentences(imdb[7:])},
-    })
+        "news": {"calibration": _sentences(background[:NEWS_HELD_OUT_FROM]), "evaluation": evaluation["news"]},
+        "wikipedia": {"calibration": _sentences(fit + wikipedia_paragraphs(1)), "evaluation": evaluation["wikipedia"]},
+        "reviews": {"validation": [r for i, r in enumerate(reviews) if i % 100 < REVIEWS_HELD_OUT_FROM]
+                    + _sentences(imdb_reviews()[:IMDB_HELD_OUT_FROM]), "evaluation": evaluation["reviews"]},
+    }, documents)
 
 
 def splits_from_texts(texts: list[str], eval_fraction: float = 0.3, validation_fraction: float = 0.1) -> TextSplits:

@@ -41,15 +41,16 @@ def takes_token_type_ids(model: nn.Module) -> bool:
 class _ExportWrapper(nn.Module):
     """Selects the one tensor the ONNX graph returns: last_hidden_state or logits."""
 
-    def __init__(self, model: nn.Module, causal: bool) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.causal = causal
+        self.causal = family_of(model).causal
+        self.takes_4d_mask = family_of(model).takes_4d_mask
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         causal_positions = torch.ones_like(attention_mask[:1]).cumsum(1) - 1 if self.causal else None
-        mask = additive_mask(attention_mask, self.model.dtype, causal_positions)
+        mask = additive_mask(attention_mask, self.model.dtype, causal_positions) if self.takes_4d_mask else attention_mask
         if self.causal:
             return self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
@@ -97,7 +98,7 @@ def export_onnx(model: nn.Module, tokenizer, path: str | Path, opset: int = 17) 
     output = "logits" if causal else "last_hidden_state"
     # eval() on the wrapper too: the exporter restores the wrapper's mode afterwards, and
     # a fresh module is in training mode, which would switch dropout on in the model.
-    wrapper = _ExportWrapper(model, causal).eval()
+    wrapper = _ExportWrapper(model).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, _quiet_export():
         torch.onnx.export(

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ppocompress.compress.data.calibration import BATCH_SIZE, MAX_LENGTH, by_length, ensure_pad_token
-from ppocompress.compress.data.text import lee_documents, lee_similarities
+from ppocompress.compress.data.text import Corpus, lee_documents, lee_similarities
+from ppocompress.compress.measure.retrieval import RetrievalQuality, RetrievalReference
 
 LEE_MAX_LENGTH = 256  # the longest lee.cor document is 154 MiniLM tokens, so nothing is cut
 HELD_OUT_MAX_LENGTH = 128  # tokens of a held-out passage that quality is measured on
@@ -91,6 +92,19 @@ def judge_session(session, dense_model: nn.Module, tokenizer, texts: list[str], 
     return {**fidelity, "lee_pearson": lee["pearson"]}
 
 
+def retrieval_reference(dense_model: nn.Module, tokenizer, corpus: Corpus) -> RetrievalReference:
+    """The dense model's retrieval over `corpus`, its embeddings computed once (as held-out
+    cosine's reference is: HELD_OUT_MAX_LENGTH tokens)."""
+    return RetrievalReference(corpus, embed(dense_model, tokenizer, list(corpus.passages), max_length=HELD_OUT_MAX_LENGTH))
+
+
+def judge_retrieval(session, dense_model: nn.Module, tokenizer, reference: RetrievalReference) -> RetrievalQuality:
+    """The retrieval of a model as its runtime runs it: one pass over the corpus, inputs
+    capped as embed() caps the dense model's."""
+    max_length = min(HELD_OUT_MAX_LENGTH, usable_positions(dense_model))
+    return reference.score(embed_session(session, tokenizer, list(reference.corpus.passages), max_length=max_length))
+
+
 def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Token states averaged over the mask, then L2-normalised (sentence-transformers' pooling)."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -98,10 +112,10 @@ def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
 
 
 def usable_positions(model: nn.Module) -> int:
-    """The longest input the model's position table allows (RoBERTa reserves padding_idx + 1)."""
+    """The longest input the model's position table allows (RoBERTa and MPNet reserve padding_idx + 1)."""
     config = model.config
     limit = getattr(config, "max_position_embeddings", None) or 1_000_000
-    if config.model_type == "roberta":
+    if config.model_type in ("roberta", "mpnet"):
         limit -= (config.pad_token_id or 0) + 1
     return limit
 
@@ -258,9 +272,10 @@ def greedy_generations(session, tokenizer, prompts: list[str], new_tokens: int =
 
 
 @dataclass(kw_only=True)
-class HeldOutQuality:
+class HeldOutQuality(RetrievalQuality):
     """How a model as its runtime serves it compares with dense PyTorch fp32 on held-out
-    text: the encoder fields or the causal-LM fields are set."""
+    text: the encoder fields (retrieval's among them, when judged over a corpus) or the
+    causal-LM fields are set."""
 
     # Encoders: sentence embeddings.
     cosine_heldout: float | None = None  # mean cosine
@@ -279,17 +294,20 @@ class HeldOutQuality:
 
 class HeldOut:
     """Held-out quality of a model as its runtime serves it, against dense PyTorch fp32:
-    embeddings (cosine, Lee correlation) for encoders, next-token distributions (KL, top-1
-    agreement, perplexity) for causal LMs; the dense outputs computed once."""
+    embeddings (cosine, Lee correlation, and retrieval over `corpus` when one is given) for
+    encoders, next-token distributions (KL, top-1 agreement, perplexity) for causal LMs;
+    the dense outputs computed once."""
 
-    def __init__(self, dense, texts: list[str]):
-        """dense: a LoadedModel."""
-        self.dense, self.texts = dense, texts
+    def __init__(self, dense, texts: list[str], corpus: Corpus | None = None):
+        """dense: a LoadedModel; texts: the cosines'; corpus: retrieval's (TextSplits.corpus)."""
+        self.dense, self.texts, self.retrieval = dense, texts, None
         if dense.is_causal:
             self.texts = texts[:CAUSAL_HELD_OUT]
             self.reference = NextTokenReference(dense.model, dense.tokenizer, self.texts)
-        else:
-            self.reference = embed(dense.model, dense.tokenizer, texts, max_length=HELD_OUT_MAX_LENGTH)
+            return
+        self.reference = embed(dense.model, dense.tokenizer, texts, max_length=HELD_OUT_MAX_LENGTH)
+        if corpus is not None:
+            self.retrieval = retrieval_reference(dense.model, dense.tokenizer, corpus)
 
     def judge(self, session) -> HeldOutQuality:
         """The quality of a runtime session's model."""
@@ -298,8 +316,10 @@ class HeldOut:
             return HeldOutQuality(kl_heldout=compared.kl, top1_agreement=compared.top1_agreement,
                                   perplexity_heldout=compared.perplexity)
         judged = judge_session(session, self.dense.model, self.dense.tokenizer, self.texts, self.reference)
+        retrieval = (RetrievalQuality() if self.retrieval is None
+                     else judge_retrieval(session, self.dense.model, self.dense.tokenizer, self.retrieval))
         return HeldOutQuality(cosine_heldout=judged["mean_cosine"], cosine_heldout_min=judged["min_cosine"],
-                              lee_pearson=judged["lee_pearson"])
+                              lee_pearson=judged["lee_pearson"], **vars(retrieval))
 
     def dense_lee_pearson(self) -> float | None:
         return None if self.dense.is_causal else lee_correlation(self.dense.model, self.dense.tokenizer)["pearson"]

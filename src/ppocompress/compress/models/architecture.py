@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from transformers.models.mpnet.modeling_mpnet import MPNetSelfAttention
 from transformers.pytorch_utils import Conv1D
 
 from ppocompress.errors import UserError
@@ -212,6 +213,58 @@ class BertAdapter(FamilyAdapter):
         index = torch.tensor(keep, dtype=torch.long)
         layer.intermediate.dense = slice_linear(layer.intermediate.dense, index, 0)
         layer.output.dense = slice_linear(layer.output.dense, index, 1)
+
+
+class KeptHeadsSelfAttention(MPNetSelfAttention):
+    """MPNet self-attention after some heads were removed. MPNet's encoder computes the
+    relative position bias once, one slice per head of the dense model, and hands the same
+    bias to every layer; this layer adds only its kept heads' slices. kept_heads is a buffer,
+    so it is saved with the weights and traced into an exported graph as a constant Gather."""
+
+    kept_heads: torch.Tensor
+
+    def forward(self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False, **kwargs):
+        if position_bias is not None:  # (batch, dense heads, query, key)
+            position_bias = position_bias.index_select(1, self.kept_heads)
+        return super().forward(hidden_states, attention_mask, position_bias, output_attentions, **kwargs)
+
+
+def keep_heads_(attention: MPNetSelfAttention, keep: list[int]) -> None:
+    """Makes `attention` add only the position bias of the heads `keep` (indices among its
+    current heads), in place; an already pruned layer composes the two selections."""
+    index = torch.tensor(keep, dtype=torch.long)
+    if isinstance(attention, KeptHeadsSelfAttention):
+        index = attention.kept_heads[index]
+    attention.__class__ = KeptHeadsSelfAttention  # same module and parameter names, so saved files keep theirs
+    attention.register_buffer("kept_heads", index)
+
+
+class MPNetAdapter(BertAdapter):
+    """MPNet (all-mpnet-base-v2): encoder.layer[i].attention.attn.{q,k,v,o}; the FFN is
+    BERT's. Every layer adds the encoder's relative position bias to its attention scores,
+    so a layer that loses heads keeps their bias out too (KeptHeadsSelfAttention)."""
+
+    def base(self, model):
+        return getattr(model, "mpnet", model)
+
+    def query_heads(self, layer, head_dim):
+        return layer.attention.attn.q.out_features // head_dim
+
+    def attention_output(self, layer):
+        return layer.attention.attn.o
+
+    def attention_modules(self, layer):
+        attn = layer.attention.attn
+        return [attn.q, attn.k, attn.v, attn.o]
+
+    def prune_attention(self, layer, keep_groups, head_dim):
+        attn = layer.attention.attn
+        index = _head_index(keep_groups, head_dim)
+        attn.q, attn.k, attn.v = (slice_linear(m, index, 0) for m in (attn.q, attn.k, attn.v))
+        attn.o = slice_linear(attn.o, index, 1)
+        attn.num_attention_heads = len(keep_groups)
+        attn.all_head_size = len(index)  # read by forward to merge the heads
+        keep_heads_(attn, keep_groups)
 
 
 class GPT2Adapter(FamilyAdapter):

