@@ -66,7 +66,7 @@ def test_compress_end_to_end_writes_everything(setup, tmp_path, capsys):
     *summary, done = capsys.readouterr().out.splitlines()  # the last line is key=value for scripts
     assert any("dense int8" in line for line in summary) and max(len(line) for line in summary) <= 80
     assert any("distillation:" in line for line in summary)
-    assert done.startswith("done searcher=ppo runtime=openvino ")
+    assert done.startswith("done searcher=ppo delivered=ppo runtime=openvino ")
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.html").exists()
 

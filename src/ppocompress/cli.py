@@ -282,7 +282,8 @@ def _print_compressed(results: list, target_set: bool, out: Path) -> None:
         delivered = result.delivered
         quality = (f"kl_heldout={delivered.kl_heldout:.4f} perplexity_heldout={delivered.perplexity_heldout:.2f}" if result.causal
                    else f"cosine_heldout={delivered.cosine_heldout:.4f}")
-        typer.echo(f"done searcher={result.searcher} runtime={result.runtime} speedup={delivered.speedup:.2f} "
+        typer.echo(f"done searcher={result.searcher} delivered={delivered.name.replace(' ', '_')} "
+                   f"runtime={result.runtime} speedup={delivered.speedup:.2f} "
                    f"vs_dense_int8={delivered.speedup_vs_dense_int8:.2f} {quality} target={result.target_value:g} out={out}")
 
 

@@ -53,11 +53,13 @@ class Estimate:
 
 def estimate(importance_s: float, searchers: list[str], evals: int, levels: int, sensitivity_evaluations: int,
              table_cached: bool, dense_timed: bool, measured: bool, causal: bool = False,
-             distill_minutes: float = 0.0, targets: int = 1) -> Estimate:
+             distill_minutes: float = 0.0, targets: int = 1, floor: bool = False) -> Estimate:
     """importance_s: what this run's importance scoring took; the rest says what is left to
     do: evals per searcher in all (the uniform searcher scores at most one plan per menu
-    level and target), a delivery per target. distill_minutes: each delivered plan's
-    distillation time, which is time, not work, so it is not scaled."""
+    level and target), a delivery per target, or with a quality floor a probe per target
+    at most (one plan recovered and judged) and one delivery. distill_minutes: each
+    recovered plan's distillation time, which is time, not work, so it is not scaled."""
+    probes, deliveries = (targets, 1) if floor else (0, targets)
     reference = DECODER if causal else ENCODER
     scale = importance_s / reference.importance_s
     phases = {
@@ -65,10 +67,11 @@ def estimate(importance_s: float, searchers: list[str], evals: int, levels: int,
         "latency table": 0.0 if table_cached or not measured else reference.table_s,
         "sensitivities": reference.sensitivity_s_per_evaluation * sensitivity_evaluations,
         "search": sum(reference.search_s_per_evaluation[name] * _evaluations(name, evals, levels, targets) for name in searchers),
-        "delivery": targets * (reference.delivery_fixed_s + reference.delivery_per_plan_s * len(searchers)),
+        "floor": probes * reference.delivery_per_plan_s,
+        "delivery": deliveries * (reference.delivery_fixed_s + reference.delivery_per_plan_s * len(searchers)),
     }
     phases = {name: seconds * scale for name, seconds in phases.items()}
-    phases["distillation"] = 60.0 * distill_minutes * len(searchers) * targets
+    phases["distillation"] = 60.0 * distill_minutes * (probes + len(searchers) * deliveries)
     return Estimate(phases)
 
 

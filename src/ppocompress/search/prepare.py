@@ -146,7 +146,7 @@ def _duration(settings: CompressSettings, state: SearchState, dense: LoadedModel
                     table_cached=table_cache_path(dense, menu, likely_runtime, table_setup(setup)).exists(),
                     dense_timed=taken.dense_ms is not None, measured=measured, causal=dense.is_causal,
                     distill_minutes=settings.distillation().minutes if Recovery(settings.recovery).distills else 0.0,
-                    targets=len(targets))
+                    targets=len(targets), floor=settings.min_quality is not None)
 
 
 def model_menu(dense: LoadedModel, runtime: str) -> list[Level]:
