@@ -249,6 +249,8 @@ def test_a_quality_floor_delivers_the_most_compressed_target_that_keeps_it(setup
                                     evals=6), out, log=lines.append)
     assert result.floor.chosen == "1.5x" and [probe.target for probe in result.floor.probes] == ["1.5x"]
     assert result.target_value == 1.5 and result.delivered is result.searchers["ppo"]
+    assert "ppo: the model the floor judged, export for onnxruntime" in lines  # delivered as judged, not recovered again
+    assert not any(line.startswith("ppo: recovery") for line in lines)
     assert not any("validation text" in warning for warning in result.warnings)  # (timings may be flagged: a busy machine)
     assert 0 < result.floor.probes[0].quality <= 1.0 + 1e-6 and "floor" in result.run_seconds
     assert CompressResult.from_file(out / "result.json").floor == result.floor

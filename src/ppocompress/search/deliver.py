@@ -56,9 +56,11 @@ class _Measures:
 
 
 def deliver(prepared: Prepared, settings: CompressSettings, target: Target, finals: dict[str, Plan],
-            results: dict[str, SearchResult], out: Path, log, floor: QualityFloor | None = None) -> CompressResult:
+            results: dict[str, SearchResult], out: Path, log, floor: QualityFloor | None = None,
+            probed: LoadedModel | None = None) -> CompressResult:
     """finals: each searcher's plan for `target`; out: the folder its model goes to. With a
-    quality floor that no plan met, the dense int8 model is the one delivered."""
+    quality floor, probed is the delivered searcher's model as the floor judged it (not
+    recovered again); where no plan met the floor, the dense int8 model is delivered."""
     runtime = get_runtime(prepared.runtime)
     held_out = HeldOut(prepared.dense, prepared.texts.evaluation, prepared.texts.corpus)
     staging = staging_dir(out)
@@ -66,13 +68,14 @@ def deliver(prepared: Prepared, settings: CompressSettings, target: Target, fina
         torch_dense = get_runtime(REFERENCE).export(prepared.dense, staging / "torch-dense", [])
         artifacts = {DENSE: runtime.export(prepared.dense, staging / "dense", prepared.texts.calibration),
                      DENSE_INT8: runtime.export(all_int8(prepared.dense), staging / "dense-int8", prepared.texts.calibration)}
-        recovered = _recover(prepared, settings, finals, runtime, staging, out, artifacts, log)
-        chosen = settings.searcher if floor is None or floor.met else DENSE_INT8
+        known = {} if probed is None else {settings.searcher: probed}
+        recovered = _recover(prepared, settings, finals, runtime, staging, out, artifacts, log, known)
+        delivered_name = settings.searcher if floor is None or floor.met else DENSE_INT8
         if prepared.dense.is_causal and runtime.serves_int4:
-            _export_int4_alternatives(prepared, runtime, artifacts, artifacts[chosen], staging, log)
-        measures = _measure(prepared, chosen, runtime, torch_dense, artifacts, held_out, log)
-        model = recovered[chosen] if chosen in recovered else all_int8(prepared.dense)
-        _move_delivered(prepared, model, runtime, artifacts[chosen], staging, out)
+            _export_int4_alternatives(prepared, runtime, artifacts, artifacts[delivered_name], staging, log)
+        measures = _measure(prepared, delivered_name, runtime, torch_dense, artifacts, held_out, log)
+        model = recovered.get(delivered_name) or all_int8(prepared.dense)
+        _move_delivered(prepared, model, runtime, artifacts[delivered_name], staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result = CompressResult(
@@ -93,8 +96,9 @@ def deliver(prepared: Prepared, settings: CompressSettings, target: Target, fina
 
 
 def _recover(prepared: Prepared, settings: CompressSettings, finals: dict[str, Plan], runtime: Runtime, staging: Path,
-             out: Path, artifacts: dict[str, Path], log) -> dict[str, LoadedModel]:
-    """Each searcher's plan recovered (recover_plan) and exported into `artifacts`."""
+             out: Path, artifacts: dict[str, Path], log, known: dict[str, LoadedModel]) -> dict[str, LoadedModel]:
+    """Each searcher's plan recovered (recover_plan; `known`: searchers' models already
+    recovered) and exported into `artifacts`."""
     recovered = {}
     for name, plan in finals.items():
         same = next((other for other in recovered if finals[other] == plan), None)
@@ -102,8 +106,9 @@ def _recover(prepared: Prepared, settings: CompressSettings, finals: dict[str, P
             log(f"{name}: the same plan as {same}")
             recovered[name], artifacts[name] = recovered[same], artifacts[same]
             continue
-        log(f"{name}: recovery {settings.recovery}, export for {runtime.name}")
-        recovered[name] = recover_plan(prepared, settings, plan, out / RECOVERY_CHECKPOINTS / name)
+        log(f"{name}: recovery {settings.recovery}, export for {runtime.name}" if name not in known
+            else f"{name}: the model the floor judged, export for {runtime.name}")
+        recovered[name] = known.get(name) or recover_plan(prepared, settings, plan, out / RECOVERY_CHECKPOINTS / name)
         artifacts[name] = runtime.export(recovered[name], staging / name, prepared.texts.calibration)
     return recovered
 

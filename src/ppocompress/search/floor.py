@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from ppocompress.compress.measure.quality import HeldOut
+from ppocompress.compress.models.loading import LoadedModel
 from ppocompress.compress.runtimes import get_runtime
 from ppocompress.fileio import staging_dir
 from ppocompress.search.env import SIZE, Target
@@ -33,11 +34,13 @@ def most_compressed_first(targets: list[Target]) -> list[Target]:
     return sorted(targets, key=lambda target: target.value, reverse=targets[0].kind != SIZE)
 
 
-def choose(prepared: Prepared, targets: list[Target], plans: dict[str, Plan], min_quality: float,
-           recover, out: Path, log) -> QualityFloor:
-    """plans: the delivered searcher's plan per target label; recover(plan, checkpoint) gives
-    the plan's model recovered as delivery recovers it (checkpoint: where a distillation
-    saves its progress)."""
+def choose_target(prepared: Prepared, targets: list[Target], plans: dict[str, Plan], min_quality: float,
+                  recover, out: Path, log) -> tuple[QualityFloor, LoadedModel | None]:
+    """What the floor chose, and the chosen plan's recovered model (None: no plan met the
+    floor), which delivery ships as it was judged: a distillation is not run twice, nor
+    its weights changed after the choice. plans: the delivered searcher's plan per target
+    label; recover(plan, checkpoint) gives the plan's model recovered as delivery recovers
+    it (checkpoint: where a distillation saves its progress)."""
     runtime = get_runtime(prepared.runtime)
     validation = HeldOut(prepared.dense, prepared.texts.validation)
     probes: list[FloorProbe] = []
@@ -51,11 +54,11 @@ def choose(prepared: Prepared, targets: list[Target], plans: dict[str, Plan], mi
             log(f"floor {min_quality:g}: {target.description} keeps {quality:.4f} on validation text"
                 + (", chosen" if quality >= min_quality else ""))
             if quality >= min_quality:
-                return QualityFloor(min_quality, probes, target.label)
+                return QualityFloor(min_quality, probes, target.label), model
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"floor {min_quality:g}: no target's plan keeps it on validation text; the dense int8 model is delivered")
-    return QualityFloor(min_quality, probes, None)
+    return QualityFloor(min_quality, probes, None), None
 
 
 def delivered_target(targets: list[Target], floor: QualityFloor) -> Target:

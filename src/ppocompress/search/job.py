@@ -27,12 +27,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ppocompress.cluster import check_address
+from ppocompress.compress.models.loading import LoadedModel
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text, output_dir, read_json_object, remove_leftovers
-from ppocompress.search import floor
 from ppocompress.search.deliver import deliver, recover_plan
 from ppocompress.search.env import Target
 from ppocompress.search.files import POLICY_DIR, RECOVERY_CHECKPOINTS, RESULT_FILE, STATE_FILE, TARGET_SET_FILE
+from ppocompress.search.floor import choose_target, delivered_target
 from ppocompress.search.prepare import Prepared, prepare
 from ppocompress.search.results import CompressResult, QualityFloor, TargetSetResult
 from ppocompress.search.scoring import ray_workers
@@ -135,22 +136,24 @@ def _delivered_by_floor(prepared: Prepared, settings: CompressSettings, state: S
 
     plans = {label: by_searcher[settings.searcher] for label, by_searcher in finals.items()}
     with _timed(state, "floor"):
-        chosen = floor.choose(prepared, targets, plans, settings.min_quality, recover, out, log)
-    target = floor.delivered_target(targets, chosen)
-    return _delivered(prepared, settings, state, target, finals[target.label], results, out, log, chosen)
+        floor, probed = choose_target(prepared, targets, plans, settings.min_quality, recover, out, log)
+    target = delivered_target(targets, floor)
+    return _delivered(prepared, settings, state, target, finals[target.label], results, out, log, floor, probed)
 
 
 def _delivered(prepared: Prepared, settings: CompressSettings, state: SearchState, target: Target, finals: dict | None,
-               results: Results, folder: Path, log, chosen: QualityFloor | None = None) -> CompressResult:
+               results: Results, folder: Path, log, floor: QualityFloor | None = None,
+               probed: LoadedModel | None = None) -> CompressResult:
     """The target's model delivered into `folder` with its result.json and report, or the
-    result delivered before an interruption (finals None); chosen: a quality floor's choice."""
+    result delivered before an interruption (finals None); floor: a quality floor's choice,
+    probed: the chosen plan's model as the floor judged it."""
     if finals is None:
         return CompressResult.from_file(folder / RESULT_FILE)
     from ppocompress.search.report import write_report  # matplotlib, only for the report's plots
 
     folder.mkdir(exist_ok=True)
     start = time.monotonic()
-    result = deliver(prepared, settings, target, finals, results[target.label], folder, log, floor=chosen)
+    result = deliver(prepared, settings, target, finals, results[target.label], folder, log, floor=floor, probed=probed)
     result.run_seconds = {**state.measurements.run_seconds, "delivery": time.monotonic() - start}
     atomic_write_text(folder / RESULT_FILE, result.to_json())
     write_report(folder)

@@ -249,7 +249,7 @@ def _generations(result: CompressResult) -> str:
                    for prompt, dense, delivered in zip(result.generations["prompts"], result.generations["dense"],
                                                        result.generations[result.delivered.name]))
     return (f'<h2>Greedy generations</h2><table style="text-align:left"><tr><th>prompt</th><th>dense</th>'
-            f"<th>delivered ({html.escape(result.searcher)})</th></tr>{rows}</table>")
+            f"<th>delivered ({html.escape(_delivered_name(result))})</th></tr>{rows}</table>")
 
 
 def _usage(result: CompressResult, model_dir: Path) -> str:

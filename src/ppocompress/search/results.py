@@ -122,8 +122,8 @@ class CompressResult:
     evaluated: dict[str, list[Evaluation]] = field(default_factory=dict)  # searcher -> every plan it scored, in order
     warnings: list[str] = field(default_factory=list)
     generations: dict[str, list[str]] = field(default_factory=dict)  # causal LMs: "prompts", "dense", the delivered
-    # Wall time of "preparation", "search" and this model's "delivery", summed over resumed
-    # attempts (a killed attempt's unfinished phase is not counted).
+    # Wall time of "preparation", "search", a floor's probes ("floor") and this model's
+    # "delivery", summed over resumed attempts (a killed attempt's unfinished phase is not counted).
     run_seconds: dict[str, float] = field(default_factory=dict)
     floor: QualityFloor | None = None  # --min-quality: what it chose, and on what
     format: str = RESULT_FORMAT

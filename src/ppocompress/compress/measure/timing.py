@@ -22,19 +22,27 @@ from ppocompress.errors import UserError
 
 STATISTICS = ("p10", "median")
 WORKER_TIMEOUT_S = 600.0
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container or taskset may give fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 # Threads a model is timed with unless told otherwise: the cores of the smallest CPU server
-# the tool is meant for, so that timings are comparable across machines.
-DEFAULT_THREADS = 2
+# the tool is meant for, so that timings are comparable across machines (fewer where the
+# run is given fewer cores, which check_threads would refuse).
+DEFAULT_THREADS = min(2, usable_cores())
 
 
 def check_threads(threads: int) -> None:
     """Refuses more timing threads than this process may run on: the extra threads would
     share cores, and every latency would measure the contention, not the model. Not a
     TimingSetup check, because a result timed on a larger machine must still load here."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if threads > cores:
-        raise UserError(f"--threads {threads} is more than the {cores} cores this machine gives the run; "
-                        f"use --threads {cores} or fewer")
+        raise UserError(f"--threads {threads} is more than the {cores} core{'s' if cores > 1 else ''} this machine gives "
+                        f"the run; use --threads {cores}" + (" or fewer" if cores > 1 else ""))
 
 
 @dataclass(frozen=True)
