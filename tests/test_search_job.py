@@ -75,7 +75,7 @@ def test_resume_after_interruption_gives_the_same_plan(setup, tmp_path, monkeypa
     model_dir, text = setup
     plain = settings(model_dir, text)
 
-    def skip_delivery(prepared, settings, target, finals, results, out, log, floor=None):
+    def skip_delivery(prepared, settings, target, finals, results, out, log, floor=None, probed=None):
         plan = prepared.evaluator.plan(finals[settings.searcher]).to_dict()
         return SimpleNamespace(plan=plan, to_json=lambda: "{}")
 
@@ -114,7 +114,7 @@ def test_a_target_set_is_one_ppo_run_and_per_target_baselines_on_as_many_evaluat
     model_dir, text = setup
     delivered = {}
 
-    def keep_finals(prepared, settings, target, finals, results, out, log, floor=None):
+    def keep_finals(prepared, settings, target, finals, results, out, log, floor=None, probed=None):
         delivered[target.label] = (out, {name: prepared.cost.speedup(plan) for name, plan in finals.items()},
                                    {name: r.evaluations for name, r in results.items()})
         return SimpleNamespace(to_json=lambda: "{}")
@@ -142,7 +142,7 @@ def test_a_target_set_is_one_ppo_run_and_per_target_baselines_on_as_many_evaluat
     scored = json.loads((tmp_path / "family" / "policy" / "plans.json").read_text())["rewards"]
     logged: list[str] = []
     results = {}
-    monkeypatch.setattr(job_module, "deliver", lambda prepared, settings, target, finals, found, out, log, floor=None: (
+    monkeypatch.setattr(job_module, "deliver", lambda prepared, settings, target, finals, found, out, log, **_: (
         results.update(found), SimpleNamespace(to_json=lambda: "{}"))[1])
     run_compress(settings(model_dir, text, target_speedup=1.4, evals=1, policy=str(tmp_path / "family" / "policy")),
                  tmp_path / "new-target", log=logged.append)
