@@ -25,7 +25,7 @@ def searched(out: Path, **settings) -> dict:
     """Every searcher's scored plans in order (menu levels and reward) and its best plan."""
     found = {}
 
-    def keep(prepared, settings, target, finals, results, folder, log, floor=None, probed=None):
+    def keep(prepared, settings, target, finals, results, folder, log, floor=None, judged=None):
         found[target.label] = {name: {"best": list(map(int, finals[name])),
                                       "evaluated": [[list(map(int, e.plan)), round(float(e.reward), 9)]
                                                     for e in result.evaluated]}

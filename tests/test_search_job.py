@@ -75,7 +75,7 @@ def test_resume_after_interruption_gives_the_same_plan(setup, tmp_path, monkeypa
     model_dir, text = setup
     plain = settings(model_dir, text)
 
-    def skip_delivery(prepared, settings, target, finals, results, out, log, floor=None, probed=None):
+    def skip_delivery(prepared, settings, target, finals, results, out, log, floor=None, judged=None):
         plan = prepared.evaluator.plan(finals[settings.searcher]).to_dict()
         return SimpleNamespace(plan=plan, to_json=lambda: "{}")
 
@@ -114,7 +114,7 @@ def test_a_target_set_is_one_ppo_run_and_per_target_baselines_on_as_many_evaluat
     model_dir, text = setup
     delivered = {}
 
-    def keep_finals(prepared, settings, target, finals, results, out, log, floor=None, probed=None):
+    def keep_finals(prepared, settings, target, finals, results, out, log, floor=None, judged=None):
         delivered[target.label] = (out, {name: prepared.cost.speedup(plan) for name, plan in finals.items()},
                                    {name: r.evaluations for name, r in results.items()})
         return SimpleNamespace(to_json=lambda: "{}")
@@ -249,7 +249,7 @@ def test_a_quality_floor_delivers_the_most_compressed_target_that_keeps_it(setup
                                     evals=6), out, log=lines.append)
     assert result.floor.chosen == "1.5x" and [probe.target for probe in result.floor.probes] == ["1.5x"]
     assert result.target_value == 1.5 and result.delivered is result.searchers["ppo"]
-    assert "ppo: the model the floor judged, export for onnxruntime" in lines  # delivered as judged, not recovered again
+    assert "ppo: the model the floor judged, as exported for onnxruntime" in lines  # delivered as judged, not recovered again
     assert not any(line.startswith("ppo: recovery") for line in lines)
     assert not any("validation text" in warning for warning in result.warnings)  # (timings may be flagged: a busy machine)
     assert 0 < result.floor.probes[0].quality <= 1.0 + 1e-6 and "floor" in result.run_seconds

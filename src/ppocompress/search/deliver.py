@@ -24,11 +24,11 @@ from ppocompress.fileio import move_into_place, staging_dir
 from ppocompress.search.env import INT8_SPEEDUP, SIZE, SPEEDUP, Target
 from ppocompress.search.evaluator import sensitivity_evaluations
 from ppocompress.search.files import RECOVERY_CHECKPOINTS
-from ppocompress.search.floor import QualityFloor
+from ppocompress.search.floor import Judged
 from ppocompress.search.plan import Plan
 from ppocompress.search.prepare import CAUSAL_VALIDATION_SHARE, Prepared, all_in, all_int8, refit_passages
 from ppocompress.search.recorder import SearchResult
-from ppocompress.search.results import CompressResult, MeasuredModel
+from ppocompress.search.results import CompressResult, MeasuredModel, QualityFloor
 from ppocompress.search.settings import CompressSettings
 
 # Measured below the target by more than this, a delivery is flagged: delivered plans
@@ -57,24 +57,25 @@ class _Measures:
 
 def deliver(prepared: Prepared, settings: CompressSettings, target: Target, finals: dict[str, Plan],
             results: dict[str, SearchResult], out: Path, log, floor: QualityFloor | None = None,
-            probed: LoadedModel | None = None) -> CompressResult:
+            judged: Judged | None = None) -> CompressResult:
     """finals: each searcher's plan for `target`; out: the folder its model goes to. With a
-    quality floor, probed is the delivered searcher's model as the floor judged it (not
-    recovered again); where no plan met the floor, the dense int8 model is delivered."""
+    quality floor, judged is the delivered searcher's plan as the floor judged it (shipped
+    as it is); where no plan met the floor, the dense int8 model is delivered."""
     runtime = get_runtime(prepared.runtime)
     held_out = HeldOut(prepared.dense, prepared.texts.evaluation, prepared.texts.corpus)
     staging = staging_dir(out)
     try:
         torch_dense = get_runtime(REFERENCE).export(prepared.dense, staging / "torch-dense", [])
+        dense_int8 = all_int8(prepared.dense)
         artifacts = {DENSE: runtime.export(prepared.dense, staging / "dense", prepared.texts.calibration),
-                     DENSE_INT8: runtime.export(all_int8(prepared.dense), staging / "dense-int8", prepared.texts.calibration)}
-        known = {} if probed is None else {settings.searcher: probed}
+                     DENSE_INT8: runtime.export(dense_int8, staging / "dense-int8", prepared.texts.calibration)}
+        known = {} if judged is None else {settings.searcher: judged}
         recovered = _recover(prepared, settings, finals, runtime, staging, out, artifacts, log, known)
         delivered_name = settings.searcher if floor is None or floor.met else DENSE_INT8
         if prepared.dense.is_causal and runtime.serves_int4:
             _export_int4_alternatives(prepared, runtime, artifacts, artifacts[delivered_name], staging, log)
         measures = _measure(prepared, delivered_name, runtime, torch_dense, artifacts, held_out, log)
-        model = recovered.get(delivered_name) or all_int8(prepared.dense)
+        model = recovered[delivered_name] if delivered_name in recovered else dense_int8
         _move_delivered(prepared, model, runtime, artifacts[delivered_name], staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -96,9 +97,9 @@ def deliver(prepared: Prepared, settings: CompressSettings, target: Target, fina
 
 
 def _recover(prepared: Prepared, settings: CompressSettings, finals: dict[str, Plan], runtime: Runtime, staging: Path,
-             out: Path, artifacts: dict[str, Path], log, known: dict[str, LoadedModel]) -> dict[str, LoadedModel]:
-    """Each searcher's plan recovered (recover_plan; `known`: searchers' models already
-    recovered) and exported into `artifacts`."""
+             out: Path, artifacts: dict[str, Path], log, known: dict[str, Judged]) -> dict[str, LoadedModel]:
+    """Each searcher's plan recovered (recover_plan) and exported into `artifacts`, but for
+    those `known` already: recovered, exported and judged by a quality floor."""
     recovered = {}
     for name, plan in finals.items():
         same = next((other for other in recovered if finals[other] == plan), None)
@@ -106,9 +107,12 @@ def _recover(prepared: Prepared, settings: CompressSettings, finals: dict[str, P
             log(f"{name}: the same plan as {same}")
             recovered[name], artifacts[name] = recovered[same], artifacts[same]
             continue
-        log(f"{name}: recovery {settings.recovery}, export for {runtime.name}" if name not in known
-            else f"{name}: the model the floor judged, export for {runtime.name}")
-        recovered[name] = known.get(name) or recover_plan(prepared, settings, plan, out / RECOVERY_CHECKPOINTS / name)
+        if name in known:
+            log(f"{name}: the model the floor judged, as exported for {runtime.name}")
+            recovered[name], artifacts[name] = known[name].model, known[name].artifact
+            continue
+        log(f"{name}: recovery {settings.recovery}, export for {runtime.name}")
+        recovered[name] = recover_plan(prepared, settings, plan, out / RECOVERY_CHECKPOINTS / name)
         artifacts[name] = runtime.export(recovered[name], staging / name, prepared.texts.calibration)
     return recovered
 

@@ -17,16 +17,26 @@ stops as soon as one passes, so a floor that allows a fast target costs one reco
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from ppocompress.compress.measure.quality import HeldOut
 from ppocompress.compress.models.loading import LoadedModel
 from ppocompress.compress.runtimes import get_runtime
-from ppocompress.fileio import staging_dir
 from ppocompress.search.env import SIZE, Target
 from ppocompress.search.plan import Plan
 from ppocompress.search.prepare import Prepared
 from ppocompress.search.results import FloorProbe, QualityFloor
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The chosen plan's model as the floor judged it, and the artifact it was judged from:
+    delivery ships both as they are, so a time-bounded distillation is not run twice (nor
+    its weights changed after the choice) and the export is not made again."""
+
+    model: LoadedModel
+    artifact: Path
 
 
 def most_compressed_first(targets: list[Target]) -> list[Target]:
@@ -35,28 +45,25 @@ def most_compressed_first(targets: list[Target]) -> list[Target]:
 
 
 def choose_target(prepared: Prepared, targets: list[Target], plans: dict[str, Plan], min_quality: float,
-                  recover, out: Path, log) -> tuple[QualityFloor, LoadedModel | None]:
-    """What the floor chose, and the chosen plan's recovered model (None: no plan met the
-    floor), which delivery ships as it was judged: a distillation is not run twice, nor
-    its weights changed after the choice. plans: the delivered searcher's plan per target
-    label; recover(plan, checkpoint) gives the plan's model recovered as delivery recovers
-    it (checkpoint: where a distillation saves its progress)."""
+                  recover, staging: Path, log) -> tuple[QualityFloor, Judged | None]:
+    """What the floor chose, and the chosen plan as it was judged (None: no plan met the
+    floor), its artifact left in `staging` for delivery. plans: the delivered searcher's
+    plan per target label; recover(plan, checkpoint) gives the plan's model recovered as
+    delivery recovers it (checkpoint: where a distillation saves its progress)."""
     runtime = get_runtime(prepared.runtime)
     validation = HeldOut(prepared.dense, prepared.texts.validation)
     probes: list[FloorProbe] = []
-    staging = staging_dir(out, "floor")
-    try:
-        for target in most_compressed_first(targets):
-            model = recover(plans[target.label], f"floor-{target.label.replace(' ', '-')}")
-            artifact = runtime.export(model, staging / target.label.replace(" ", "-"), prepared.texts.calibration)
-            quality = validation.judge(runtime.session(artifact)).fidelity
-            probes.append(FloorProbe(target.label, quality))
-            log(f"floor {min_quality:g}: {target.description} keeps {quality:.4f} on validation text"
-                + (", chosen" if quality >= min_quality else ""))
-            if quality >= min_quality:
-                return QualityFloor(min_quality, probes, target.label), model
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    for target in most_compressed_first(targets):
+        folder = staging / target.label.replace(" ", "-")
+        model = recover(plans[target.label], f"floor-{folder.name}")
+        artifact = runtime.export(model, folder, prepared.texts.calibration)
+        quality = validation.judge(runtime.session(artifact)).fidelity
+        probes.append(FloorProbe(target.label, quality))
+        log(f"floor {min_quality:g}: {target.description} keeps {quality:.4f} on validation text"
+            + (", chosen" if quality >= min_quality else ""))
+        if quality >= min_quality:
+            return QualityFloor(min_quality, probes, target.label), Judged(model, artifact)
+        shutil.rmtree(folder, ignore_errors=True)
     log(f"floor {min_quality:g}: no target's plan keeps it on validation text; the dense int8 model is delivered")
     return QualityFloor(min_quality, probes, None), None
 

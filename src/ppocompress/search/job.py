@@ -22,18 +22,18 @@ searched the same way, then one model is delivered into out, the target the floo
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from ppocompress.cluster import check_address
-from ppocompress.compress.models.loading import LoadedModel
 from ppocompress.errors import UserError
-from ppocompress.fileio import atomic_write_text, output_dir, read_json_object, remove_leftovers
+from ppocompress.fileio import atomic_write_text, output_dir, read_json_object, remove_leftovers, staging_dir
 from ppocompress.search.deliver import deliver, recover_plan
 from ppocompress.search.env import Target
 from ppocompress.search.files import POLICY_DIR, RECOVERY_CHECKPOINTS, RESULT_FILE, STATE_FILE, TARGET_SET_FILE
-from ppocompress.search.floor import choose_target, delivered_target
+from ppocompress.search.floor import Judged, choose_target, delivered_target
 from ppocompress.search.prepare import Prepared, prepare
 from ppocompress.search.results import CompressResult, QualityFloor, TargetSetResult
 from ppocompress.search.scoring import ray_workers
@@ -135,25 +135,29 @@ def _delivered_by_floor(prepared: Prepared, settings: CompressSettings, state: S
         return recover_plan(prepared, settings, plan, out / RECOVERY_CHECKPOINTS / checkpoint)
 
     plans = {label: by_searcher[settings.searcher] for label, by_searcher in finals.items()}
-    with _timed(state, "floor"):
-        floor, probed = choose_target(prepared, targets, plans, settings.min_quality, recover, out, log)
-    target = delivered_target(targets, floor)
-    return _delivered(prepared, settings, state, target, finals[target.label], results, out, log, floor, probed)
+    staging = staging_dir(out, "floor")  # the judged artifact stays until delivery has shipped it
+    try:
+        with _timed(state, "floor"):
+            floor, judged = choose_target(prepared, targets, plans, settings.min_quality, recover, staging, log)
+        target = delivered_target(targets, floor)
+        return _delivered(prepared, settings, state, target, finals[target.label], results, out, log, floor, judged)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _delivered(prepared: Prepared, settings: CompressSettings, state: SearchState, target: Target, finals: dict | None,
                results: Results, folder: Path, log, floor: QualityFloor | None = None,
-               probed: LoadedModel | None = None) -> CompressResult:
+               judged: Judged | None = None) -> CompressResult:
     """The target's model delivered into `folder` with its result.json and report, or the
     result delivered before an interruption (finals None); floor: a quality floor's choice,
-    probed: the chosen plan's model as the floor judged it."""
+    judged: the chosen plan as the floor judged it."""
     if finals is None:
         return CompressResult.from_file(folder / RESULT_FILE)
     from ppocompress.search.report import write_report  # matplotlib, only for the report's plots
 
     folder.mkdir(exist_ok=True)
     start = time.monotonic()
-    result = deliver(prepared, settings, target, finals, results[target.label], folder, log, floor=floor, probed=probed)
+    result = deliver(prepared, settings, target, finals, results[target.label], folder, log, floor=floor, judged=judged)
     result.run_seconds = {**state.measurements.run_seconds, "delivery": time.monotonic() - start}
     atomic_write_text(folder / RESULT_FILE, result.to_json())
     write_report(folder)
