@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ppocompress.cli import _stopped_by_signals
 from ppocompress.errors import Interrupted
 from ppocompress.search.job import STATE_FILE, _worth_resuming
+from ppocompress.stopping import stopped_by_signals
 
 WAIT_SECONDS = 120
 
@@ -45,7 +45,7 @@ class _Object:
 def test_a_signal_that_lands_where_python_ignores_exceptions_still_stops_the_command():
     """CI sent SIGTERM while an import ran a weakref callback: Python printed "Exception
     ignored" and the run went on."""
-    with pytest.raises(Interrupted) as stopped, _stopped_by_signals():
+    with pytest.raises(Interrupted) as stopped, stopped_by_signals():
         target = _Object()
         ref = weakref.ref(target, lambda _: signal.raise_signal(signal.SIGTERM))
         del target  # the callback runs, the handler raises inside it, Python ignores that
@@ -63,13 +63,13 @@ def test_a_signal_that_an_extension_wraps_in_its_own_error_still_stops_the_comma
         except BaseException as exc:
             raise ImportError("initialization failed") from exc
 
-    with pytest.raises(Interrupted) as stopped, _stopped_by_signals():
+    with pytest.raises(Interrupted) as stopped, stopped_by_signals():
         initialize_extension()
     assert stopped.value.signal_number == signal.SIGTERM
 
 
 def test_an_error_with_no_stop_in_its_chain_is_left_as_it_is():
-    with pytest.raises(ImportError), _stopped_by_signals():
+    with pytest.raises(ImportError), stopped_by_signals():
         try:
             raise ValueError("inner")
         except ValueError as exc:
@@ -107,3 +107,17 @@ def test_a_stopped_compress_run_names_the_command_that_resumes_it(job_inputs, tm
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "result.json").exists()
+
+
+def test_a_child_a_library_forks_during_a_command_dies_when_it_is_terminated():
+    """OpenVINO's telemetry sender is such a child: with the command's handler it would
+    outlive terminate() wherever it blocks outside Python, and the command would wait at exit."""
+    import multiprocessing
+
+    with stopped_by_signals():
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+        child.start()
+        time.sleep(0.5)
+        child.terminate()
+        child.join(10)
+    assert child.exitcode == -signal.SIGTERM  # killed by the signal, not stopped by the command's handler

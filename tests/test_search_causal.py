@@ -259,12 +259,19 @@ def test_layers_that_each_lose_nearly_everything_add_up_on_the_kl_scale_not_to_a
     assert interaction[0, 1] == pytest.approx(0.0, abs=1e-9) and sensitivity[0, 1] == pytest.approx(-math.log(0.01))
 
 
-def test_a_causal_lm_s_default_target_is_a_speedup_over_dense_int8_an_encoder_s_over_pytorch(tmp_path):
-    from ppocompress.search.settings import DEFAULT_DECODER_INT8_SPEEDUP, DEFAULT_TARGET_SPEEDUP, default_target
+def test_a_causal_lm_s_default_is_a_speedup_over_dense_int8_an_encoder_s_a_quality_floor(tmp_path):
+    from ppocompress.search.settings import (
+        DEFAULT_DECODER_INT8_SPEEDUP,
+        DEFAULT_MIN_QUALITY,
+        FLOOR_INT8_SPEEDUPS,
+        CompressSettings,
+    )
 
-    assert default_target(str(save_tiny_model("llama", tmp_path / "llama"))) == {
-        "target_int8_speedup": DEFAULT_DECODER_INT8_SPEEDUP}
-    assert default_target(str(save_tiny_model("bert", tmp_path / "bert"))) == {"target_speedup": DEFAULT_TARGET_SPEEDUP}
+    decoder = CompressSettings(model=str(save_tiny_model("llama", tmp_path / "llama")))
+    assert decoder.min_quality is None and decoder.targets() == [Target("int8-speedup", DEFAULT_DECODER_INT8_SPEEDUP)]
+    encoder = CompressSettings(model=str(save_tiny_model("bert", tmp_path / "bert")))
+    assert encoder.min_quality == DEFAULT_MIN_QUALITY and not encoder.delivers_set
+    assert encoder.targets() == [Target("int8-speedup", value) for value in FLOOR_INT8_SPEEDUPS]
 
 
 def test_a_decoder_s_least_squares_delivers_exactly_what_the_search_priced(llama):

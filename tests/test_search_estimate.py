@@ -26,3 +26,8 @@ def test_a_target_set_delivers_every_target_and_a_floor_probes_them_and_delivers
 def test_distillation_counts_each_recovered_plan_the_floor_s_probes_among_them():
     assert _phases(distill_minutes=2.0)["distillation"] == pytest.approx(2 * 60 * len(SEARCHERS))
     assert _phases(distill_minutes=2.0, targets=5, floor=True)["distillation"] == pytest.approx(2 * 60 * (5 + len(SEARCHERS)))
+
+
+def test_a_floor_s_distillations_where_least_squares_falls_short_are_counted_at_most():
+    assert _phases(targets=5, floor=True, floor_distill_minutes=8.0)["distillation"] == pytest.approx(8 * 60)
+    assert _phases(targets=5, floor=True)["distillation"] == 0

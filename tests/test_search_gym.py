@@ -22,7 +22,7 @@ from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.factory import make_env
 from ppocompress.search.plan import Plan
 from ppocompress.search.reward import reward_from_fidelity
-from ppocompress.search.settings import DEFAULT_TARGET_SPEEDUP, CompressSettings
+from ppocompress.search.settings import FLOOR_INT8_SPEEDUPS, CompressSettings
 
 ENV_ID = "ppocompress/Compress-v0"
 
@@ -113,13 +113,13 @@ def test_a_bad_argument_raises_a_user_error_before_the_model_is_loaded(files, ov
 def test_the_factory_defaults_are_those_of_ppocompress_compress():
     defaults = {f.name: f.default for f in dataclasses.fields(CompressSettings)}
     parameters = inspect.signature(make_env).parameters
-    shared = [name for name in parameters if name in defaults and name != "target_speedup"]
-    assert len(shared) == len(parameters) - 2  # all but target_speedup (None: the CLI's default 5x) and log
+    shared = [name for name in parameters if name in defaults]
+    assert len(shared) == len(parameters) - 1  # all but log
     assert {name: parameters[name].default for name in shared} == {name: defaults[name] for name in shared}
 
 
 @pytest.mark.parametrize("given, targets", [
-    ({}, [Target("speedup", DEFAULT_TARGET_SPEEDUP)]),  # no target: the 5x of `ppocompress compress`
+    ({}, [Target("int8-speedup", value) for value in FLOOR_INT8_SPEEDUPS]),  # no target: `ppocompress compress`'s
     (dict(target_size=0.5), [Target("size", 0.5)]),
     (dict(target_set_speedups=[3.0, 1.5]), [Target("speedup", 1.5), Target("speedup", 3.0)]),  # a target set, taken in turn
     (dict(target_set_int8_speedups=[1.3, 1.1]), [Target("int8-speedup", 1.1), Target("int8-speedup", 1.3)]),

@@ -14,6 +14,7 @@ from ppocompress.errors import UserError
 from ppocompress.reporting import print_compress
 from ppocompress.rl.ppo import SAVE_FORMAT as PPO_SAVE_FORMAT
 from ppocompress.search import job as job_module
+from ppocompress.search.env import Target
 from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.job import CompressSettings, run_compress
 from ppocompress.search.levels import default_menu
@@ -256,33 +257,40 @@ def test_a_quality_floor_delivers_the_most_compressed_target_that_keeps_it(setup
     assert CompressResult.from_file(out / "result.json").floor == result.floor
     assert (out / "model").is_dir() and not list(out.glob("target-*")) and not (out / "family.json").exists()
     assert not list(out.glob(".*staging*")) and not (out / ".recovery").exists()
-    assert "floor cosine 0.01 on validation text: 1.5x delivered (probed 1.5x " in (out / "report.html").read_text()
+    assert ("floor cosine 0.01 on validation text: 1.5x delivered, recovered by lsq (probed lsq: 1.5x "
+            in (out / "report.html").read_text())
     print_compress(result)
     summary = capsys.readouterr().out.splitlines()
-    assert any(line.startswith("floor cosine 0.01 on validation text: 1.5x delivered") for line in summary)
+    assert any(line.startswith("floor cosine 0.01 on validation text: 1.5x delivered, recovered by lsq")
+               for line in summary)
     assert max(len(line) for line in summary) <= 80 and any("ppo *" in line for line in summary)
 
 
 def test_a_quality_floor_no_plan_keeps_delivers_dense_int8_and_says_so(setup, tmp_path):
+    """Least squares short on every target, the floor distills from the least compressed
+    up, and stops at the first distillation short of it too."""
     model_dir, text = setup
     out = tmp_path / "run"
     result, = run_compress(settings(model_dir, text, target_speedup=None, target_set_speedups=[1.2, 1.5], min_quality=1.0,
-                                    evals=6), out, log=lambda line: None)
-    assert result.floor.chosen is None and [probe.target for probe in result.floor.probes] == ["1.5x", "1.2x"]
+                                    evals=6, recover_minutes=0.02), out, log=lambda line: None)
+    assert result.floor.chosen is None
+    assert [(probe.target, probe.recovery) for probe in result.floor.probes] == [
+        ("1.5x", "lsq"), ("1.2x", "lsq"), ("1.2x", "lsq+distill")]
     assert result.delivered is result.dense_int8 and result.target_value == 1.2  # the searchers' plans measured beside it
     assert result.warnings[0].startswith("no target's plan keeps cosine 1 on validation text")
+    assert "the dense int8 model is delivered" in result.warnings[0] and "ask for a lower floor" in result.warnings[0]
     assert "Delivered: the dense int8 model" in (out / "report.html").read_text()
     delivered = ppocompress.load(out / "model")
     assert len(delivered.plan.layers_in(Precision.INT8)) == len(delivered.plan.kept_layers()) == len(delivered.plan.layers)
 
 
 def test_a_floor_alone_searches_the_floor_targets_and_a_floor_outside_0_1_is_refused(tmp_path, capsys):
-    from ppocompress.search.settings import FLOOR_INT8_SPEEDUPS, targets_or_default
+    from ppocompress.search.settings import FLOOR_INT8_SPEEDUPS
 
-    asked = targets_or_default(None, False, 0.98, target_speedup=None, target_int8_speedup=None, target_size=None,
-                               target_set_speedups=None, target_set_int8_speedups=None, target_set_sizes=None)
-    assert asked["target_set_int8_speedups"] == list(FLOOR_INT8_SPEEDUPS)
-    assert targets_or_default(None, False, 0.98, target_speedup=3.0)["target_speedup"] == 3.0  # a target given is kept
+    floor = CompressSettings(min_quality=0.9)
+    assert floor.target_set_int8_speedups == list(FLOOR_INT8_SPEEDUPS) and floor.target_speedup is None
+    assert CompressSettings(min_quality=0.98, target_speedup=3.0).targets() == [Target("speedup", 3.0)]  # a target given
+    assert CompressSettings(target_speedup=3.0).min_quality is None  # a target alone: no floor
     for value in ("0", "1.5", "nan"):
         assert main(["compress", "--min-quality", value, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err

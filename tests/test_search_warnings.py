@@ -89,15 +89,17 @@ def test_a_size_target_is_checked_against_the_measured_bytes_and_alternatives_by
 
 
 def test_a_floor_no_plan_met_is_said_plainly_and_its_targets_are_not_held_against_dense_int8():
-    floor = QualityFloor(0.99, [FloorProbe("2x int8", 0.91), FloorProbe("1.25x int8", 0.97)], None)
+    floor = QualityFloor(0.99, [FloorProbe("2x int8", 0.91, "lsq"), FloorProbe("1.25x int8", 0.96, "lsq"),
+                                FloorProbe("1.25x int8", 0.97, "lsq+distill")], None)
     warnings = target_warnings(_result(4.0, 1.0, _latency(345, 350), _latency(86, 87), target=("int8-speedup", 1.25),
                                        floor=floor))
-    assert warnings == ["no target's plan keeps exp(-KL) 0.99 on validation text (the best, at 1.25x int8: 0.9700); "
-                        "the dense int8 model is delivered"]
+    assert warnings == ["no target's plan keeps exp(-KL) 0.99 on validation text (the best, at 1.25x int8 by "
+                        "lsq+distill: 0.9700); the dense int8 model is delivered (0.9500), which falls below it too; "
+                        "ask for a lower floor"]
 
 
 def test_a_floor_met_on_validation_text_but_not_on_held_out_text_is_flagged():
-    floor = QualityFloor(0.94, [FloorProbe("2x int8", 0.97)], "2x int8")
+    floor = QualityFloor(0.94, [FloorProbe("2x int8", 0.93, "lsq"), FloorProbe("2x int8", 0.97, "lsq+distill")], "2x int8")
     met = _result(8.0, 2.0, _latency(345, 350), _latency(43, 44), target=("int8-speedup", 2.0), floor=floor)
     assert target_warnings(met) == []  # held-out 0.95 >= 0.94
     floor.min_quality = 0.955

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -24,8 +22,8 @@ from ppocompress.errors import Interrupted, UserError, first_line, stops_unwrapp
 from ppocompress.fileio import cache_dir
 from ppocompress.rl.config import EVALUATION_EPISODES, PPOConfig
 from ppocompress.rl.presets import config_for
+from ppocompress.stopping import stopped_by_signals
 
-REDELIVERY_DELAY_S = 0.05  # long enough for the code that ignored a stop to return
 RUNS_DIR = Path("runs")  # where a command writes its outputs unless --out says otherwise
 
 app = typer.Typer(
@@ -116,7 +114,8 @@ TextOption = Annotated[
 RECOVER_HELP = ("Recovery after pruning: none, lsq (least squares), distill, or lsq+distill (least squares, then "
                 "distillation on all the calibration text).")
 RecoverMinutesOption = Annotated[Optional[float], typer.Option(help="Time budget of a distillation, in minutes, for each "
-                                                                     "model distilled. Default 20.")]
+                                                                     "model distilled. Default 20 (3 for a quality floor's "
+                                                                     "second try).")]
 
 RuntimeOption = Annotated[str, typer.Option(help="Where the model runs: auto (time the candidates, serve on the fastest), "
                                                "openvino, onnxruntime or torch.")]
@@ -190,7 +189,7 @@ def bench(
 def compress_command(
     model: ModelOption = None,
     target_speedup: Annotated[Optional[float], typer.Option(help="Speedup against dense PyTorch fp32 the plan must reach "
-                                                                 "(by the latency table). An encoder's default: 5.0.")] = None,
+                                                                 "(by the latency table).")] = None,
     target_int8_speedup: Annotated[Optional[float], typer.Option(help="Or: speedup against the dense int8 model on the "
                                                                       "serving runtime. A causal LM's default: 1.2.")] = None,
     target_size: Annotated[Optional[float], typer.Option(help="Or: the most weight bytes the plan may take, as a fraction "
@@ -202,12 +201,15 @@ def compress_command(
     target_sizes: Annotated[Optional[str], typer.Option(help="Or: a family of size fractions, e.g. 0.3,0.5.")] = None,
     min_quality: Annotated[Optional[float], typer.Option(help="Deliver the most compressed target whose plan keeps this "
                                                               "quality on validation text (an encoder's cosine, a causal "
-                                                              "LM's exp(-KL)), or dense int8 if none does. Alone, it "
-                                                              "searches several speedups over dense int8.")] = None,
+                                                              "LM's exp(-KL)), distilled if least squares falls short, or "
+                                                              "dense int8 if none does. Alone, it searches several "
+                                                              "speedups over dense int8. An encoder's default run has one "
+                                                              "(README).")] = None,
     searcher: Annotated[str, typer.Option(help="ppo, uniform, random, evolutionary or estimate.")] = "ppo",
     evals: Annotated[Optional[int], typer.Option(help="Plan evaluations each searcher may make (for a family, in all). "
                                                       "Default 200 for an encoder, 100 for a causal LM (each costs more); "
-                                                      "twice that for a family.")] = None,
+                                                      "twice that for a family delivered whole (a quality floor's: "
+                                                      "once).")] = None,
     policy: Annotated[Optional[Path], typer.Option(help="Start PPO from the policy a run saved (its OUT/policy): its plans "
                                                         "for the targets are scored first.")] = None,
     recovery: Annotated[str, typer.Option("--recover", help=RECOVER_HELP)] = "lsq",
@@ -252,15 +254,13 @@ def _compress_settings(*, model: str | None, target_speedup: float | None, targe
                        evals: int | None, recovery: str,
                        recover_minutes: float | None, seed: int, baselines: bool, threads: int, text: Path | None, cost: str,
                        runtime: str, trust_remote_code: bool):
-    """compress' options as the search's CompressSettings; no target given means the model's default target."""
-    from ppocompress.search.settings import CompressSettings, targets_or_default
+    """compress' options as the search's CompressSettings (no target given: the model's default)."""
+    from ppocompress.search.settings import CompressSettings
 
-    asked = targets_or_default(model, trust_remote_code, min_quality, target_speedup=target_speedup,
-                               target_int8_speedup=target_int8_speedup, target_size=target_size,
-                               target_set_speedups=_numbers(targets, "--targets"),
-                               target_set_int8_speedups=_numbers(target_int8_speedups, "--target-int8-speedups"),
-                               target_set_sizes=_numbers(target_sizes, "--target-sizes"))
-    settings = CompressSettings(model=model, **asked, min_quality=min_quality,
+    settings = CompressSettings(model=model, target_speedup=target_speedup, target_int8_speedup=target_int8_speedup,
+                                target_size=target_size, target_set_speedups=_numbers(targets, "--targets"),
+                                target_set_int8_speedups=_numbers(target_int8_speedups, "--target-int8-speedups"),
+                                target_set_sizes=_numbers(target_sizes, "--target-sizes"), min_quality=min_quality,
                                 policy=None if policy is None else str(policy), searcher=searcher,
                                 evals=evals, recovery=recovery, recover_minutes=recover_minutes, seed=seed,
                                 baselines=baselines, threads=threads,
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     --debug)."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        with _stopped_by_signals():
+        with stopped_by_signals():
             app(args=args, standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -346,39 +346,6 @@ def main(argv: list[str] | None = None) -> int:
                    "(ppocompress --debug shows it here); please report it", err=True)
         return 1
     return 0
-
-
-@contextlib.contextmanager
-def _stopped_by_signals():
-    """Ctrl-C and SIGTERM raise Interrupted for the command's duration: the stack unwinds
-    (staging folders and locks are cleaned up on the way) to main, which names the signal.
-    Not KeyboardInterrupt, which typer turns into a bare exit code. A signal that lands in
-    code whose exceptions Python ignores (a weakref callback during an import, a __del__)
-    would be lost, so it is delivered again from there; one that an extension wraps in its
-    own error is unwrapped."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(number: int, frame) -> None:
-        raise Interrupted(number)
-
-    def deliver_again(unraisable) -> None:
-        if isinstance(unraisable.exc_value, Interrupted):
-            # From another thread, a moment later: a signal raised here would be handled, and ignored, here.
-            threading.Timer(REDELIVERY_DELAY_S, os.kill, (os.getpid(), unraisable.exc_value.signal_number)).start()
-        else:
-            previous_hook(unraisable)
-
-    previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
-    previous_hook, sys.unraisablehook = sys.unraisablehook, deliver_again
-    try:
-        with stops_unwrapped():
-            yield
-    finally:
-        sys.unraisablehook = previous_hook
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def _log_traceback() -> Path:

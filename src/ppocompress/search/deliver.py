@@ -73,7 +73,8 @@ def deliver(prepared: Prepared, settings: CompressSettings, target: Target, fina
         recovered = _recover(prepared, settings, finals, runtime, staging, out, artifacts, log, known)
         delivered_name = settings.searcher if floor is None or floor.met else DENSE_INT8
         if prepared.dense.is_causal and runtime.serves_int4:
-            _export_int4_alternatives(prepared, runtime, artifacts, artifacts[delivered_name], staging, log)
+            _export_int4_alternatives(prepared, runtime, artifacts, artifacts[delivered_name], staging, log,
+                                      mixed=delivered_name != DENSE_INT8)  # sized to dense int8, it would repeat it
         measures = _measure(prepared, delivered_name, runtime, torch_dense, artifacts, held_out, log)
         model = recovered[delivered_name] if delivered_name in recovered else dense_int8
         _move_delivered(prepared, model, runtime, artifacts[delivered_name], staging, out)
@@ -102,14 +103,16 @@ def _recover(prepared: Prepared, settings: CompressSettings, finals: dict[str, P
     those `known` already: recovered, exported and judged by a quality floor."""
     recovered = {}
     for name, plan in finals.items():
-        same = next((other for other in recovered if finals[other] == plan), None)
-        if same is not None:  # recovery and export are deterministic: an equal plan is the same model
-            log(f"{name}: the same plan as {same}")
-            recovered[name], artifacts[name] = recovered[same], artifacts[same]
-            continue
         if name in known:
             log(f"{name}: the model the floor judged, as exported for {runtime.name}")
             recovered[name], artifacts[name] = known[name].model, known[name].artifact
+            continue
+        # recovery and export are deterministic: an equal plan is the same model (but for one
+        # the floor judged, which it may have distilled)
+        same = next((other for other in recovered if finals[other] == plan and other not in known), None)
+        if same is not None:
+            log(f"{name}: the same plan as {same}")
+            recovered[name], artifacts[name] = recovered[same], artifacts[same]
             continue
         log(f"{name}: recovery {settings.recovery}, export for {runtime.name}")
         recovered[name] = recover_plan(prepared, settings, plan, out / RECOVERY_CHECKPOINTS / name)
@@ -129,14 +132,16 @@ def recover_plan(prepared: Prepared, settings: CompressSettings, plan: Plan, che
 
 
 def _export_int4_alternatives(prepared: Prepared, runtime: Runtime, artifacts: dict[str, Path], delivered: Path,
-                              staging: Path, log) -> None:
-    """Dense int4 (head int8), and NNCF's own mixed precision with its int4 share set to
-    give the delivered model's weight bytes (as near as its share can: a pruned plan may be
-    smaller than all-int4)."""
+                              staging: Path, log, mixed: bool = True) -> None:
+    """Dense int4 (head int8), and (mixed) NNCF's own mixed precision with its int4 share set
+    to give the delivered model's weight bytes (as near as its share can: a pruned plan may
+    be smaller than all-int4)."""
     from ppocompress.compress.runtimes.openvino_llm import export_nncf_mixed
 
     calibration = prepared.texts.calibration
     artifacts[DENSE_INT4] = runtime.export(all_in(prepared.dense, Precision.INT4), staging / "dense-int4", calibration)
+    if not mixed:
+        return
     int8, int4, target = (runtime.size_bytes(path) for path in (artifacts[DENSE_INT8], artifacts[DENSE_INT4], delivered))
     ratio = min(max((int8 - target) / (int8 - int4), 0.0), 1.0)
     log(f"NNCF's mixed precision at the delivered model's weight bytes: int4 on {ratio:.0%} of the layers' weights")
@@ -235,19 +240,21 @@ def target_warnings(result: CompressResult) -> list[str]:
 
 
 def _floor_warnings(result: CompressResult) -> list[str]:
-    """What the summary says plainly of a quality floor: that no plan met it, or that the
-    delivered model, chosen on validation text, measured below it on held-out text."""
-    floor, name = result.floor, result.fidelity_short_name
+    """What the summary says plainly of a quality floor: that no plan met it (and whether
+    dense int8, delivered instead, meets it), or that the delivered model, chosen on
+    validation text, measured below it on held-out text."""
+    floor, name, held_out = result.floor, result.fidelity_short_name, result.delivered.fidelity
     if not floor.met:
         best = max(floor.probes, key=lambda probe: probe.quality)
+        int8 = ("which keeps it on held-out text" if held_out >= floor.min_quality
+                else "which falls below it too; ask for a lower floor")
         return [f"no target's plan keeps {name} {floor.min_quality:g} on validation text (the best, at "
-                f"{best.target}: {best.quality:.4f}); the dense int8 model is delivered"]
-    held_out = result.delivered.fidelity
+                f"{best.target} by {best.recovery}: {best.quality:.4f}); the dense int8 model is delivered "
+                f"({held_out:.4f}), {int8}"]
     if held_out >= floor.min_quality:
         return []
-    chosen = next(probe for probe in floor.probes if probe.target == floor.chosen)
     return [f"held-out {name} {held_out:.4f} is below the {floor.min_quality:g} floor that validation text met "
-            f"({chosen.quality:.4f}); ask for a higher floor to keep a margin"]
+            f"({floor.chosen_probe.quality:.4f}); ask for a higher floor to keep a margin"]
 
 
 def _short_of_target(result: CompressResult) -> list[str]:

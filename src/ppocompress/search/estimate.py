@@ -53,12 +53,15 @@ class Estimate:
 
 def estimate(importance_s: float, searchers: list[str], evals: int, levels: int, sensitivity_evaluations: int,
              table_cached: bool, dense_timed: bool, measured: bool, causal: bool = False,
-             distill_minutes: float = 0.0, targets: int = 1, floor: bool = False) -> Estimate:
+             distill_minutes: float = 0.0, targets: int = 1, floor: bool = False,
+             floor_distill_minutes: float = 0.0) -> Estimate:
     """importance_s: what this run's importance scoring took; the rest says what is left to
     do: evals per searcher in all (the uniform searcher scores at most one plan per menu
     level and target), a delivery per target, or with a quality floor a probe per target
     at most (one plan recovered and judged) and one delivery. distill_minutes: each
-    recovered plan's distillation time, which is time, not work, so it is not scaled."""
+    recovered plan's distillation time, which is time, not work, so it is not scaled;
+    floor_distill_minutes: those of a floor's distillations where least squares fell short
+    (settings.floor_distillation), at most."""
     probes, deliveries = (targets, 1) if floor else (0, targets)
     reference = DECODER if causal else ENCODER
     scale = importance_s / reference.importance_s
@@ -71,7 +74,7 @@ def estimate(importance_s: float, searchers: list[str], evals: int, levels: int,
         "delivery": deliveries * (reference.delivery_fixed_s + reference.delivery_per_plan_s * len(searchers)),
     }
     phases = {name: seconds * scale for name, seconds in phases.items()}
-    phases["distillation"] = 60.0 * distill_minutes * (probes + len(searchers) * deliveries)
+    phases["distillation"] = 60.0 * (distill_minutes * (probes + len(searchers) * deliveries) + floor_distill_minutes)
     return Estimate(phases)
 
 

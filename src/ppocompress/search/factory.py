@@ -11,38 +11,38 @@ disk beyond the latency table prepare() caches.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 from ppocompress.search.env import CompressionEnv
 from ppocompress.search.prepare import prepare
 from ppocompress.search.searching import compression_env, plan_scorer
-from ppocompress.search.settings import CompressSettings, targets_or_default
+from ppocompress.search.settings import CompressSettings
 from ppocompress.search.state import SearchState
 
-_DEFAULTS = CompressSettings()  # make_env's defaults are the command's, defined there once
+# make_env's defaults are the command's, defined there once
+_DEFAULTS = SimpleNamespace(**{field.name: field.default for field in fields(CompressSettings)})
 
 
-def make_env(model: str | None = _DEFAULTS.model, target_speedup: float | None = None,
-             target_int8_speedup: float | None = None, target_size: float | None = _DEFAULTS.target_size,
+def make_env(model: str | None = _DEFAULTS.model, target_speedup: float | None = _DEFAULTS.target_speedup,
+             target_int8_speedup: float | None = _DEFAULTS.target_int8_speedup, target_size: float | None = _DEFAULTS.target_size,
              target_set_speedups: list[float] | None = _DEFAULTS.target_set_speedups,
              target_set_sizes: list[float] | None = _DEFAULTS.target_set_sizes,
              target_set_int8_speedups: list[float] | None = _DEFAULTS.target_set_int8_speedups, cost: str = _DEFAULTS.cost,
              runtime: str = _DEFAULTS.runtime, text: str | Path | None = _DEFAULTS.text, recovery: str = _DEFAULTS.recovery,
              threads: int = _DEFAULTS.threads, trust_remote_code: bool = _DEFAULTS.trust_remote_code,
              log: Callable[[str], None] = print) -> CompressionEnv:
-    """A CompressionEnv for `model` (default: the embedded all-MiniLM-L6-v2) and one target
-    (default: `ppocompress compress`'s for the model, see settings.default_target), or a target set's targets taken in
-    turn by episode. cost="measured" times the dense model and a latency table on the
+    """A CompressionEnv for `model` (default: the embedded all-MiniLM-L6-v2) and one target,
+    or a target set's targets taken in turn by episode (default: those `ppocompress compress`
+    searches for the model, see settings.default_target). cost="measured" times the dense model and a latency table on the
     serving runtime first (minutes; the table is cached), "flops" prices by parameters.
     recovery: plans are scored after least-squares recovery when it includes "lsq", as the
     search scores them. Each distinct plan is evaluated once, then its reward is reused.
     A bad argument raises UserError before anything is loaded."""
-    asked = targets_or_default(model, trust_remote_code, target_speedup=target_speedup,
-                               target_int8_speedup=target_int8_speedup, target_size=target_size,
-                               target_set_speedups=target_set_speedups, target_set_sizes=target_set_sizes,
-                               target_set_int8_speedups=target_set_int8_speedups)
-    settings = CompressSettings(model=model, **asked, cost=cost,
+    settings = CompressSettings(model=model, target_speedup=target_speedup, target_int8_speedup=target_int8_speedup,
+                                target_size=target_size, target_set_speedups=target_set_speedups,
+                                target_set_sizes=target_set_sizes, target_set_int8_speedups=target_set_int8_speedups, cost=cost,
                                 runtime=runtime, text=None if text is None else str(text), recovery=recovery, threads=threads,
                                 trust_remote_code=trust_remote_code)
     settings.validate()

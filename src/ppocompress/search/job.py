@@ -33,7 +33,7 @@ from ppocompress.fileio import atomic_write_text, output_dir, read_json_object, 
 from ppocompress.search.deliver import deliver, recover_plan
 from ppocompress.search.env import Target
 from ppocompress.search.files import POLICY_DIR, RECOVERY_CHECKPOINTS, RESULT_FILE, STATE_FILE, TARGET_SET_FILE
-from ppocompress.search.floor import Judged, choose_target, delivered_target
+from ppocompress.search.floor import Judged, Recoveries, choose_target, delivered_target
 from ppocompress.search.prepare import Prepared, prepare
 from ppocompress.search.results import CompressResult, QualityFloor, TargetSetResult
 from ppocompress.search.scoring import ray_workers
@@ -131,14 +131,17 @@ def _delivered_by_floor(prepared: Prepared, settings: CompressSettings, state: S
                         finals: dict, results: Results, out: Path, log) -> CompressResult:
     """The target the quality floor chooses delivered into `out` (floor.py)."""
 
-    def recover(plan, checkpoint: str):
-        return recover_plan(prepared, settings, plan, out / RECOVERY_CHECKPOINTS / checkpoint)
+    def recovered_by(with_settings: CompressSettings):
+        return lambda plan, checkpoint: recover_plan(prepared, with_settings, plan, out / RECOVERY_CHECKPOINTS / checkpoint)
 
     plans = {label: by_searcher[settings.searcher] for label, by_searcher in finals.items()}
+    second = settings.floor_distillation()
+    recoveries = Recoveries(recovered_by(settings), str(settings.recovery),
+                            *(() if second is None else (recovered_by(second), str(second.recovery))))
     staging = staging_dir(out, "floor")  # the judged artifact stays until delivery has shipped it
     try:
         with _timed(state, "floor"):
-            floor, judged = choose_target(prepared, targets, plans, settings.min_quality, recover, staging, log)
+            floor, judged = choose_target(prepared, targets, plans, settings.min_quality, recoveries, staging, log)
         target = delivered_target(targets, floor)
         return _delivered(prepared, settings, state, target, finals[target.label], results, out, log, floor, judged)
     finally:

@@ -53,7 +53,7 @@ from ppocompress.search.policy import load_policy
 from ppocompress.search.progress import count_bar
 from ppocompress.search.reward import additive_loss, quality_lost
 from ppocompress.search.scoring import EvaluatorSpec, RayScorer, Scorer
-from ppocompress.search.settings import MEASURED, CompressSettings
+from ppocompress.search.settings import FLOOR_SECOND_TRIES, MEASURED, CompressSettings
 from ppocompress.search.state import Measurements, SearchState
 
 IMPORTANCE_PASSAGES = 256
@@ -139,14 +139,16 @@ def _duration(settings: CompressSettings, state: SearchState, dense: LoadedModel
     taken, layers = state.measurements, len(state.measurements.importance)
     pairs_left = 0 if drop_index(menu) is None else drop_pair_evaluations(layers) - sum(map(len, taken.drop_pairs))
     likely_runtime = taken.runtime or _asked_runtime(settings, dense.is_causal)
-    targets = settings.targets()
+    targets, floor_distillation = settings.targets(), settings.floor_distillation()
     return estimate(taken.importance_seconds, [s for s in settings.searchers() if s not in state.finished],
                     settings.max_evaluations(dense.is_causal), len(menu),
                     sensitivity_evaluations(layers - len(taken.sensitivity), len(menu)) + pairs_left,
                     table_cached=table_cache_path(dense, menu, likely_runtime, table_setup(setup)).exists(),
                     dense_timed=taken.dense_ms is not None, measured=measured, causal=dense.is_causal,
                     distill_minutes=settings.distillation().minutes if Recovery(settings.recovery).distills else 0.0,
-                    targets=len(targets), floor=settings.min_quality is not None)
+                    targets=len(targets), floor=settings.min_quality is not None,
+                    floor_distill_minutes=0.0 if floor_distillation is None
+                    else FLOOR_SECOND_TRIES * floor_distillation.distillation().minutes)
 
 
 def model_menu(dense: LoadedModel, runtime: str) -> list[Level]:

@@ -18,7 +18,7 @@ from ppocompress.search.levels import Level
 from ppocompress.search.plan import level_names, levels_from_names
 from ppocompress.search.recorder import Evaluation
 
-RESULT_FORMAT = "ppocompress.result/2"
+RESULT_FORMAT = "ppocompress.result/3"  # 3: a floor's probes name their recovery
 
 
 @dataclass
@@ -63,12 +63,14 @@ class FloorProbe:
 
     target: str  # the target's label
     quality: float  # fidelity on validation text
+    recovery: str  # how the plan was recovered (a Recovery's name)
 
 
 @dataclass
 class QualityFloor:
-    """What the floor chose: probes in the order made (most compressed first); chosen is
-    the delivered target's label, None when no target met the floor (dense int8 delivered)."""
+    """What the floor chose: probes in the order made (most compressed first, then any
+    distillations from the least compressed up); chosen is the delivered target's label,
+    None when no target met the floor (dense int8 delivered)."""
 
     min_quality: float
     probes: list[FloorProbe]
@@ -77,6 +79,12 @@ class QualityFloor:
     @property
     def met(self) -> bool:
         return self.chosen is not None
+
+    @property
+    def chosen_probe(self) -> FloorProbe | None:
+        """The probe that met the floor (the last made: probing stops at it, or it is the
+        last distillation that met it)."""
+        return next((probe for probe in reversed(self.probes) if probe.target == self.chosen), None)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -4,7 +4,7 @@ long starts (a bad value is one UserError line)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ppocompress.compress.commands.runtime_choice import check_runtime
@@ -19,30 +19,41 @@ from ppocompress.search.env import INT8_SPEEDUP, SIZE, SPEEDUP, Target
 from ppocompress.search.policy import POLICY_HINT
 from ppocompress.search.searchers import DEFAULT_SEARCHER, SEARCHERS, get_searcher, policy_searchers
 
-# Above what the dense int8 model reaches on the fastest runtime: the default asks for
-# more than quantizing alone gives. An encoder's, against dense PyTorch fp32; a decoder's,
-# against the dense int8 model itself (on an LLM runtime int8 is already several times
-# PyTorch, by a factor that depends on the CPU's float precision), and below what int4 in
-# every layer gives: there the plan is chosen layer by layer between int4, int8 and
-# pruning, where NNCF's mixed precision chooses by a one-pass ranking; beyond it, a plan
-# must also remove structure, which costs a small decoder far more than int4 does.
-DEFAULT_TARGET_SPEEDUP = 5.0
+# An encoder's default run is quality-first: it delivers the most compressed plan that
+# keeps this cosine on validation text (floor.py), a fidelity at which a user still gets
+# most of the dense model's neighbours back; dense int8 keeps more on every runtime.
+DEFAULT_MIN_QUALITY = 0.98
+# The targets a quality floor searches when none is given: speedups against the dense
+# int8 model on the serving runtime, since that model is what a floor falls back to and
+# what a user gets with no search at all. The lowest rung is the first a plan with a
+# little structure removed reaches.
+FLOOR_INT8_SPEEDUPS = (1.1, 1.25, 1.5, 2.0)
+# Where least squares meets a floor on no target, the floor distills: from the least
+# compressed target up, this many at most, each for this long unless --recover-minutes
+# says otherwise (short: a default run stays within a sitting).
+FLOOR_SECOND_TRIES = 2
+FLOOR_DISTILL_MINUTES = 3.0
+# A causal LM's default target, against the dense int8 model itself (on an LLM runtime
+# int8 is already several times PyTorch, by a factor that depends on the CPU's float
+# precision), below what int4 in every layer gives: there the plan is chosen layer by
+# layer between int4, int8 and pruning, where NNCF's mixed precision chooses by a one-pass
+# ranking; beyond it, a plan must also remove structure, which costs a small decoder far
+# more than int4 does.
 DEFAULT_DECODER_INT8_SPEEDUP = 1.2
-# The targets a quality floor alone searches (--min-quality without a target): speedups
-# against the dense int8 model on the serving runtime, since that model is what a floor
-# falls back to and what a user gets with no search at all.
-FLOOR_INT8_SPEEDUPS = (1.25, 1.5, 1.75, 2.0, 2.5)
 # Evaluations per searcher. A causal LM's cost several times an encoder's, so it is given
 # fewer, which keeps a default decoder run within the length of a sitting.
 DEFAULT_EVALS = {False: 200, True: 100}
-TARGET_SET_RUNS = 2  # a target set's default evaluations, per searcher: those of this many single-target runs
+# A target set's default evaluations, per searcher: those of this many single-target runs
+# (a floor's, which delivers one model: those of one run)
+TARGET_SET_RUNS = 2
 MEASURED, FLOPS = "measured", "flops"  # --cost: a latency table timed on the serving runtime, or FLOPs
 
 
 @dataclass
 class CompressSettings:
     model: str | None = None
-    target_speedup: float | None = DEFAULT_TARGET_SPEEDUP
+    # The target fields and min_quality: none given, the model's default (default_target)
+    target_speedup: float | None = None
     target_size: float | None = None
     target_int8_speedup: float | None = None  # against the dense int8 model on the serving runtime
     target_set_speedups: list[float] | None = None  # --targets: a model per speedup, from one search
@@ -53,7 +64,8 @@ class CompressSettings:
     min_quality: float | None = None
     policy: str | None = None  # a saved search policy the policy searcher starts from
     searcher: str = DEFAULT_SEARCHER
-    # Evaluations per searcher (a target set: over all its targets); None: DEFAULT_EVALS, TARGET_SET_RUNS times for a set
+    # Evaluations per searcher (a target set: over all its targets); None: DEFAULT_EVALS, TARGET_SET_RUNS times for a
+    # set delivered whole
     evals: int | None = None
     recovery: Recovery = Recovery.LSQ
     recover_minutes: float | None = None  # how long a distillation may take; None: DistillConfig's default
@@ -66,6 +78,13 @@ class CompressSettings:
     trust_remote_code: bool = False
     calibration_texts: int = CALIBRATION_PASSAGES
     evaluation_texts: int = EVALUATION_PASSAGES
+
+    def __post_init__(self) -> None:
+        asked = (self.target_speedup, self.target_size, self.target_int8_speedup, *self._target_sets().values())
+        if all(value is None for value in asked):
+            default = default_target(self.model, self.trust_remote_code) if self.min_quality is None else floor_targets()
+            for name, value in default.items():
+                setattr(self, name, value)
 
     def targets(self) -> list[Target]:
         """The target, or the target set's (ascending, each once); every value checked."""
@@ -105,13 +124,21 @@ class CompressSettings:
         """Evaluations each searcher may make (over the whole target set)."""
         if self.evals is not None:
             return self.evals
-        return DEFAULT_EVALS[causal] * (TARGET_SET_RUNS if self.is_target_set else 1)
+        return DEFAULT_EVALS[causal] * (TARGET_SET_RUNS if self.delivers_set else 1)
 
     def distillation(self) -> DistillConfig:
         """How each delivered plan is distilled (if the recovery distills)."""
         if self.recover_minutes is None:
             return DistillConfig(seed=self.seed)
         return DistillConfig(minutes=self.recover_minutes, seed=self.seed)
+
+    def floor_distillation(self) -> CompressSettings | None:
+        """The settings a floor's second try recovers with (floor.py): least squares, then
+        distillation, where this run's recovery is least squares alone; None where there
+        is no floor, or the run distills already, or recovers nothing as asked."""
+        if self.min_quality is None or Recovery.parse(self.recovery) != Recovery.LSQ:
+            return None
+        return replace(self, recovery=Recovery.LSQ_DISTILL, recover_minutes=self.recover_minutes or FLOOR_DISTILL_MINUTES)
 
     def timing(self, causal: bool) -> TimingSetup:
         return TimingSetup.for_model(causal, self.threads)
@@ -141,20 +168,15 @@ class CompressSettings:
         check_runtime(self.runtime)
 
 
-def default_target(model: str | None, trust_remote_code: bool = False) -> dict[str, float]:
-    """The target a run asks for when none is given, as CompressSettings' fields:
-    DEFAULT_TARGET_SPEEDUP for an encoder, DEFAULT_DECODER_INT8_SPEEDUP for a causal LM."""
+def floor_targets() -> dict:
+    """The targets a quality floor searches when none is given, as CompressSettings' fields."""
+    return {"target_set_int8_speedups": list(FLOOR_INT8_SPEEDUPS)}
+
+
+def default_target(model: str | None, trust_remote_code: bool = False) -> dict:
+    """What a run asks for when no target is given, as CompressSettings' fields: an
+    encoder's quality floor (DEFAULT_MIN_QUALITY over FLOOR_INT8_SPEEDUPS), a causal LM's
+    DEFAULT_DECODER_INT8_SPEEDUP."""
     if model_is_causal(model, trust_remote_code):
         return {"target_int8_speedup": DEFAULT_DECODER_INT8_SPEEDUP}
-    return {"target_speedup": DEFAULT_TARGET_SPEEDUP}
-
-
-def targets_or_default(model: str | None, trust_remote_code: bool = False, min_quality: float | None = None,
-                       **targets) -> dict:
-    """CompressSettings' target fields (`targets`, all of them) as asked; when none was,
-    FLOOR_INT8_SPEEDUPS for a quality floor, else the model's default_target."""
-    if any(value is not None for value in targets.values()):
-        return targets
-    if min_quality is not None:
-        return {**targets, "target_set_int8_speedups": list(FLOOR_INT8_SPEEDUPS)}
-    return {**targets, **default_target(model, trust_remote_code)}
+    return {"min_quality": DEFAULT_MIN_QUALITY, **floor_targets()}
