@@ -3,6 +3,9 @@ works for encoders and causal LMs."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -15,10 +18,12 @@ from ppocompress.compress import (
     layer_table,
     load_model,
 )
+from ppocompress.compress.ops.quantize import simulate_int8_
 from ppocompress.compress.pipeline import compress
 from ppocompress.compress.plan import Precision
 from ppocompress.compress.recovery import distillation as distillation_module
 from ppocompress.compress.recovery.distillation import DistillConfig, distill
+from ppocompress.compress.recovery.served_int8 import StraightThroughInt8Linear
 from ppocompress.errors import UserError
 
 WORDS = ["cats", "dogs", "markets", "rain", "music", "trains", "history", "science", "rivers", "engines"]
@@ -28,13 +33,13 @@ DISTURBANCE = 2.0  # noise added to the student's weights, in their standard dev
 CONFIG = DistillConfig(minutes=10, steps=40, learning_rate=3e-3, batch_size=8)  # the fixed schedule ends first
 
 
-def _pruned(kind: str, tmp_path, drop_last: bool = False):
+def _pruned(kind: str, tmp_path, drop_last: bool = False, weights: Precision = Precision.FLOAT):
     """A tiny model and a pruned copy, its layers' weights also disturbed (seeded): a tiny
     random model's embeddings barely move when it is only pruned, so there would be nothing
-    to recover."""
+    to recover. weights: what the plan marks the layers (kept in fp32 here)."""
     dense = load_model(str(save_tiny_model(kind, tmp_path / kind)))
     table = layer_table(dense.model)
-    layers = [LayerPlan(keep_neurons=list(range(info.ffn // 4))) for info in table]
+    layers = [LayerPlan(keep_neurons=list(range(info.ffn // 4)), weights=weights) for info in table]
     if drop_last:
         layers[-1] = LayerPlan(drop=True)
     student = apply_plan(dense, CompressionPlan(layers), quantize=False)
@@ -60,6 +65,28 @@ def test_distillation_gains_on_validation_and_keeps_the_best_weights(kind, tmp_p
     judge = distillation_module._validation(dense, VALIDATION, CONFIG.max_length)
     assert judge(student.model) == pytest.approx(report.best_fidelity, abs=1e-6)
     assert all(not p.requires_grad for p in student.model.parameters())
+
+
+def test_int8_layers_a_dynamic_int8_runtime_serves_train_and_are_chosen_as_it_computes_them(tmp_path):
+    dense, student = _pruned("bert", tmp_path, weights=Precision.INT8)
+    judge = distillation_module._validation(dense, VALIDATION, CONFIG.max_length)
+
+    def as_served(model) -> float:
+        served = copy.deepcopy(model)
+        for layer in adapter_for(served).layers(served):
+            simulate_int8_(layer)
+        return judge(served)
+
+    start_fp32, start_served = judge(student.model), as_served(student.model)
+    report = distill(dense, student, TEXTS, VALIDATION, replace(CONFIG, int8_kind="dynamic"), progress=False)
+    # a tiny random model loses little to int8 (about 5e-6 here), but far more than float rounding
+    assert report.validation[0][1] == pytest.approx(start_served, abs=1e-7) and abs(start_served - start_fp32) > 1e-6
+    assert as_served(student.model) == pytest.approx(report.best_fidelity, abs=1e-7)
+    assert report.best_fidelity > start_served
+    assert all(type(m) is not StraightThroughInt8Linear for m in student.model.modules())  # plain Linears again
+    _, fp32_trained = _pruned("bert", tmp_path / "fp32", weights=Precision.INT8)
+    assert distill(dense, fp32_trained, TEXTS, VALIDATION, replace(CONFIG, int8_kind="static"),  # not trained as served
+                   progress=False).validation[0][1] == pytest.approx(start_fp32, abs=1e-7)
 
 
 def test_an_interrupted_distillation_resumes_to_the_same_weights(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from ppocompress.rl.ppo import SAVE_FORMAT as PPO_SAVE_FORMAT
 from ppocompress.search import job as job_module
 from ppocompress.search.env import Target
 from ppocompress.search.evaluator import PlanEvaluator
+from ppocompress.search.floor import SKIP_MARGIN
 from ppocompress.search.job import CompressSettings, run_compress
 from ppocompress.search.levels import default_menu
 from ppocompress.search.results import CompressResult, TargetSetResult
@@ -101,6 +102,36 @@ def test_resume_after_interruption_gives_the_same_plan(setup, tmp_path, monkeypa
     monkeypatch.setattr(PlanEvaluator, "quality", original)
     resumed = run_compress(plain, tmp_path / "b", resume=True, log=lambda _: None)
     assert resumed[0].plan == uninterrupted[0].plan
+
+
+def test_a_floor_run_interrupted_in_delivery_resumes_to_the_same_choice(setup, tmp_path, monkeypatch):
+    """The search is resumed from the state, the floor's probes are made again, and the
+    same target and plans are delivered as by a run never interrupted."""
+    model_dir, text = setup
+    floor = settings(model_dir, text, target_speedup=None, target_set_speedups=[1.2, 1.5], min_quality=0.01, evals=6,
+                     baselines=True)
+    chosen = []
+
+    def record(prepared, settings, target, finals, results, out, log, floor=None, judged=None):
+        chosen.append((target.label, finals, floor))
+        return SimpleNamespace(to_json=lambda: "{}")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ppocompress.search.report.write_report", lambda out: None)
+    monkeypatch.setattr(job_module, "deliver", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_compress(floor, tmp_path / "b", log=lambda _: None)
+    finished = json.loads((tmp_path / "b" / "state.json").read_text())["finished"]
+    assert {key.split()[0] for key in finished} == set(SEARCHERS)  # "ppo", "uniform 1.2x", ...: every search done
+    assert not list((tmp_path / "b").glob(".*staging*"))
+    monkeypatch.setattr(job_module, "deliver", record)
+    lines = []
+    run_compress(floor, tmp_path / "b", resume=True, log=lines.append)
+    assert not any(line.startswith("search:") for line in lines)  # nothing searched again
+    run_compress(floor, tmp_path / "a", log=lambda _: None)
+    assert chosen[0] == chosen[1] and chosen[0][0] == "1.5x" and set(chosen[0][1]) == set(SEARCHERS)
 
 
 def test_resume_refuses_other_settings_and_missing_state(setup, tmp_path, capsys):
@@ -218,8 +249,8 @@ def test_searchers_that_found_the_same_plan_share_one_recovered_model_and_its_me
     model_dir, text = setup
     real_finalists = job_module.finalists
 
-    def all_ppo_s(prepared, targets, results, labels, log):
-        finals = real_finalists(prepared, targets, results, labels, log)
+    def all_ppo_s(prepared, targets, results, labels, log, searchers=None):
+        finals = real_finalists(prepared, targets, results, labels, log, searchers)
         return {label: dict.fromkeys(plans, plans["ppo"]) for label, plans in finals.items()}
 
     monkeypatch.setattr(job_module, "finalists", all_ppo_s)
@@ -242,13 +273,18 @@ def test_each_member_of_a_target_set_has_a_folder_of_its_own_named_by_its_target
 
 def test_a_quality_floor_delivers_the_most_compressed_target_that_keeps_it(setup, tmp_path, capsys):
     """Probed from the most compressed down: a floor every plan keeps costs one probe, and
-    one model is delivered into --out (no member folders)."""
+    one model is delivered into --out (no member folders). The other searchers' plans are
+    chosen for the delivered target alone."""
     model_dir, text = setup
     out = tmp_path / "run"
     lines = []
     result, = run_compress(settings(model_dir, text, target_speedup=None, target_set_speedups=[1.2, 1.5], min_quality=0.01,
-                                    evals=6), out, log=lines.append)
+                                    evals=6, baselines=True), out, log=lines.append)
     assert result.floor.chosen == "1.5x" and [probe.target for probe in result.floor.probes] == ["1.5x"]
+    rescored = [line.split(" best plans")[0] for line in lines if "re-scoring" in line]
+    others = ", ".join(name for name in result.searchers if name != "ppo")
+    assert rescored == ["1.2x: re-scoring ppo's", "1.5x: re-scoring ppo's", f"1.5x: re-scoring {others}'s"]
+    assert list(result.searchers) == list(SEARCHERS) and not result.floor.skipped
     assert result.target_value == 1.5 and result.delivered is result.searchers["ppo"]
     assert "ppo: the model the floor judged, as exported for onnxruntime" in lines  # delivered as judged, not recovered again
     assert not any(line.startswith("ppo: recovery") for line in lines)
@@ -271,11 +307,16 @@ def test_a_quality_floor_no_plan_keeps_delivers_dense_int8_and_says_so(setup, tm
     up, and stops at the first distillation short of it too."""
     model_dir, text = setup
     out = tmp_path / "run"
+    lines = []
     result, = run_compress(settings(model_dir, text, target_speedup=None, target_set_speedups=[1.2, 1.5], min_quality=1.0,
-                                    evals=6, recover_minutes=0.02), out, log=lambda line: None)
+                                    evals=6, recover_minutes=0.02), out, log=lines.append)
     assert result.floor.chosen is None
-    assert [(probe.target, probe.recovery) for probe in result.floor.probes] == [
-        ("1.5x", "lsq"), ("1.2x", "lsq"), ("1.2x", "lsq+distill")]
+    made = [(probe.target, probe.recovery) for probe in result.floor.probes]
+    probed = [label for label, recovery in made if recovery == "lsq"]
+    assert made == [(label, "lsq") for label in probed] + [("1.2x", "lsq+distill")]  # then stopped
+    assert sorted([*probed, *result.floor.skipped]) == ["1.2x", "1.5x"]  # each lsq target probed or skipped by its score
+    assert all(score < 1.0 - SKIP_MARGIN for score in result.floor.skipped.values())
+    assert "1.2x" in probed and "ppo: the model the floor judged, as exported for onnxruntime" in lines  # not made again
     assert result.delivered is result.dense_int8 and result.target_value == 1.2  # the searchers' plans measured beside it
     assert result.warnings[0].startswith("no target's plan keeps cosine 1 on validation text")
     assert "the dense int8 model is delivered" in result.warnings[0] and "ask for a lower floor" in result.warnings[0]

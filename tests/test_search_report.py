@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ppocompress.compress.measure.timing import LatencyResult, TimingSetup
+from ppocompress.errors import UserError
 from ppocompress.reporting import print_compress, print_target_set
 from ppocompress.search.files import RESULT_FILE, TARGET_SET_FILE
 from ppocompress.search.levels import default_menu
 from ppocompress.search.plan import Plan
 from ppocompress.search.recorder import Evaluation
 from ppocompress.search.report import write_report
-from ppocompress.search.results import CompressResult, MeasuredModel, TargetSetResult
+from ppocompress.search.results import RESULT_FORMAT, CompressResult, MeasuredModel, TargetSetResult
 
 MENU = default_menu()
 PLAN = Plan.of([0, 22, 32])  # dense, h75-f50-int8, drop
@@ -100,3 +103,15 @@ def test_the_report_shows_retrieval_and_says_when_the_task_is_absent(tmp_path):
     (tmp_path / RESULT_FILE).write_text(run.to_json())
     page = write_report(tmp_path).read_text()
     assert "documents are unknown, so there is no labelled task" in page and "<td>-</td>" in page
+
+
+def test_a_result_of_format_2_reads_unless_its_floor_probes_lack_their_recovery(tmp_path):
+    """Format 3 added a floor probe's recovery, so an older result without a floor still
+    reads (and is written back as format 3); one with a floor is refused in one line."""
+    data = json.loads(result(2.0).to_json()) | {"format": "ppocompress.result/2"}
+    (tmp_path / RESULT_FILE).write_text(json.dumps(data))
+    assert CompressResult.from_file(tmp_path / RESULT_FILE).format == RESULT_FORMAT
+    data["floor"] = {"min_quality": 0.98, "probes": [{"target": "2x", "quality": 0.97}], "chosen": None}
+    (tmp_path / RESULT_FILE).write_text(json.dumps(data))
+    with pytest.raises(UserError, match="does not match the result schema"):
+        CompressResult.from_file(tmp_path / RESULT_FILE)

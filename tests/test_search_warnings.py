@@ -96,6 +96,11 @@ def test_a_floor_no_plan_met_is_said_plainly_and_its_targets_are_not_held_agains
     assert warnings == ["no target's plan keeps exp(-KL) 0.99 on validation text (the best, at 1.25x int8 by "
                         "lsq+distill: 0.9700); the dense int8 model is delivered (0.9500), which falls below it too; "
                         "ask for a lower floor"]
+    unprobed = QualityFloor(0.99, [], None, {"2x int8": 0.8, "1.25x int8": 0.9})  # recovery none: no second try
+    warnings = target_warnings(_result(4.0, 1.0, _latency(345, 350), _latency(86, 87), target=("int8-speedup", 1.25),
+                                       floor=unprobed))
+    assert warnings[0].startswith("no target's plan keeps exp(-KL) 0.99 on validation text (none came near it in the "
+                                  "search); the dense int8 model is delivered (0.9500)")
 
 
 def test_a_floor_met_on_validation_text_but_not_on_held_out_text_is_flagged():

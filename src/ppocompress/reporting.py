@@ -98,16 +98,21 @@ def print_compress(result) -> None:
 
 def floor_line(result) -> str:
     """What a quality floor chose, and on what: each probe's quality on validation text,
-    by recovery (a second recovery's probes, distillations, after the first's)."""
+    by recovery (a second recovery's probes, distillations, after the first's), then the
+    targets not probed, with the search's score of their plan."""
     floor = result.floor
     by_recovery: dict[str, list[str]] = {}
     for probe in floor.probes:
         by_recovery.setdefault(probe.recovery, []).append(f"{probe.target} {probe.quality:.4f}")
-    probes = "; ".join(f"{recovery}: {', '.join(made)}" for recovery, made in by_recovery.items())
+    parts = ["probed " + "; ".join(f"{recovery}: {', '.join(made)}" for recovery, made in by_recovery.items())
+             ] if by_recovery else []
+    if floor.skipped:
+        parts.append("not probed, as the search scored them: "
+                     + ", ".join(f"{label} {score:.4f}" for label, score in floor.skipped.items()))
     chosen = (f"{floor.chosen} delivered, recovered by {floor.chosen_probe.recovery}" if floor.met
               else "none met it, dense int8 delivered")
     return (f"floor {result.fidelity_short_name} {floor.min_quality:g} on validation text: {chosen} "
-            f"(probed {probes}); on held-out text {result.delivered.fidelity:.4f}")
+            f"({'; '.join(parts)}); on held-out text {result.delivered.fidelity:.4f}")
 
 
 def _retrieval_note(result) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ppocompress.compress import Precision
@@ -28,7 +28,7 @@ from ppocompress.search.floor import Judged
 from ppocompress.search.plan import Plan
 from ppocompress.search.prepare import CAUSAL_VALIDATION_SHARE, Prepared, all_in, all_int8, refit_passages
 from ppocompress.search.recorder import SearchResult
-from ppocompress.search.results import CompressResult, MeasuredModel, QualityFloor
+from ppocompress.search.results import CompressResult, MeasuredModel, QualityFloor, delivers_dense_int8
 from ppocompress.search.settings import CompressSettings
 
 # Measured below the target by more than this, a delivery is flagged: delivered plans
@@ -59,8 +59,9 @@ def deliver(prepared: Prepared, settings: CompressSettings, target: Target, fina
             results: dict[str, SearchResult], out: Path, log, floor: QualityFloor | None = None,
             judged: Judged | None = None) -> CompressResult:
     """finals: each searcher's plan for `target`; out: the folder its model goes to. With a
-    quality floor, judged is the delivered searcher's plan as the floor judged it (shipped
-    as it is); where no plan met the floor, the dense int8 model is delivered."""
+    quality floor, judged is the delivered searcher's plan for `target` as the floor
+    judged it (measured, and shipped if it met the floor, as it is); where no plan met the
+    floor, the dense int8 model is delivered."""
     runtime = get_runtime(prepared.runtime)
     held_out = HeldOut(prepared.dense, prepared.texts.evaluation, prepared.texts.corpus)
     staging = staging_dir(out)
@@ -71,7 +72,7 @@ def deliver(prepared: Prepared, settings: CompressSettings, target: Target, fina
                      DENSE_INT8: runtime.export(dense_int8, staging / "dense-int8", prepared.texts.calibration)}
         known = {} if judged is None else {settings.searcher: judged}
         recovered = _recover(prepared, settings, finals, runtime, staging, out, artifacts, log, known)
-        delivered_name = settings.searcher if floor is None or floor.met else DENSE_INT8
+        delivered_name = DENSE_INT8 if delivers_dense_int8(floor) else settings.searcher
         if prepared.dense.is_causal and runtime.serves_int4:
             _export_int4_alternatives(prepared, runtime, artifacts, artifacts[delivered_name], staging, log,
                                       mixed=delivered_name != DENSE_INT8)  # sized to dense int8, it would repeat it
@@ -108,8 +109,9 @@ def _recover(prepared: Prepared, settings: CompressSettings, finals: dict[str, P
             recovered[name], artifacts[name] = known[name].model, known[name].artifact
             continue
         # recovery and export are deterministic: an equal plan is the same model (but for one
-        # the floor judged, which it may have distilled)
-        same = next((other for other in recovered if finals[other] == plan and other not in known), None)
+        # the floor judged recovered otherwise: distilled)
+        same = next((other for other in recovered if finals[other] == plan
+                     and (other not in known or known[other].recovery == settings.recovery)), None)
         if same is not None:
             log(f"{name}: the same plan as {same}")
             recovered[name], artifacts[name] = recovered[same], artifacts[same]
@@ -121,14 +123,16 @@ def _recover(prepared: Prepared, settings: CompressSettings, finals: dict[str, P
 
 
 def recover_plan(prepared: Prepared, settings: CompressSettings, plan: Plan, checkpoint: Path) -> LoadedModel:
-    """The plan applied to the dense model and recovered as --recover says; a distillation
-    saves its progress in `checkpoint`, so that --resume continues it."""
+    """The plan applied to the dense model and recovered as --recover says (a distillation
+    trains the int8 layers as the serving runtime computes them, where it can); a
+    distillation saves its progress in `checkpoint`, so that --resume continues it."""
     dense, texts = prepared.dense, prepared.texts
     # Distillation learns from all the calibration text, not only what the search scored on.
     distill_texts = load_splits(settings.text).calibration if Recovery(settings.recovery).distills else None
+    distillation = replace(settings.distillation(), int8_kind=get_runtime(prepared.runtime).int8_kind)
     return compress(dense, prepared.evaluator.plan(plan), settings.recovery, refit_passages(texts.calibration, dense.is_causal),
                     quantize=False, validation=refit_passages(texts.validation, dense.is_causal, CAUSAL_VALIDATION_SHARE),
-                    distillation=settings.distillation(), distill_texts=distill_texts, checkpoint=checkpoint, progress=True)
+                    distillation=distillation, distill_texts=distill_texts, checkpoint=checkpoint, progress=True)
 
 
 def _export_int4_alternatives(prepared: Prepared, runtime: Runtime, artifacts: dict[str, Path], delivered: Path,
@@ -214,7 +218,7 @@ def target_warnings(result: CompressResult) -> list[str]:
     delivered, size_target = result.delivered, result.target_kind == SIZE
     floor = result.floor
     warnings = _floor_warnings(result) if floor is not None else []
-    if floor is None or floor.met:  # else dense int8 is delivered, and no target was its to meet
+    if not delivers_dense_int8(floor):  # dense int8 had no target to meet
         warnings += _short_of_target(result)
     timed = (("dense PyTorch fp32", result.reference_latency), ("the delivered model", delivered.latency))
     busy = [f"{name} {latency.p10_ms:.0f} to {latency.p90_ms:.0f} ms p10 to p90" for name, latency in timed
@@ -245,12 +249,13 @@ def _floor_warnings(result: CompressResult) -> list[str]:
     validation text, measured below it on held-out text."""
     floor, name, held_out = result.floor, result.fidelity_short_name, result.delivered.fidelity
     if not floor.met:
-        best = max(floor.probes, key=lambda probe: probe.quality)
+        best = max(floor.probes, key=lambda probe: probe.quality, default=None)
         int8 = ("which keeps it on held-out text" if held_out >= floor.min_quality
                 else "which falls below it too; ask for a lower floor")
-        return [f"no target's plan keeps {name} {floor.min_quality:g} on validation text (the best, at "
-                f"{best.target} by {best.recovery}: {best.quality:.4f}); the dense int8 model is delivered "
-                f"({held_out:.4f}), {int8}"]
+        best_made = ("none came near it in the search" if best is None
+                     else f"the best, at {best.target} by {best.recovery}: {best.quality:.4f}")
+        return [f"no target's plan keeps {name} {floor.min_quality:g} on validation text ({best_made}); the dense "
+                f"int8 model is delivered ({held_out:.4f}), {int8}"]
     if held_out >= floor.min_quality:
         return []
     return [f"held-out {name} {held_out:.4f} is below the {floor.min_quality:g} floor that validation text met "

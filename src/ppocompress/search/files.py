@@ -24,11 +24,14 @@ OUT_FOLDER = "pass the --out folder of ppocompress compress"
 RUN_AGAIN = "run ppocompress compress again"
 
 
-def read_versioned(path: Path, what: str, expected_format: str, hint: str, other_format_hint: str | None = None) -> dict:
-    """The JSON object in `path`, written in `expected_format`; else a one-line UserError
-    naming `what` the file should be, ending with `hint` (other_format_hint, if given, for
-    a file of another format)."""
+def read_versioned(path: Path, what: str, expected_format: str, hint: str, other_format_hint: str | None = None,
+                   readable: tuple[str, ...] = ()) -> dict:
+    """The JSON object in `path`, written in `expected_format` (or an older one in `readable`,
+    returned as `expected_format`); else a one-line UserError naming `what` the file should
+    be, ending with `hint` (other_format_hint, if given, for a file of another format)."""
     data = read_json_object(path, what, hint)
+    if data.get("format") in readable:
+        data["format"] = expected_format
     if data.get("format") != expected_format:
         raise UserError(f"{path} is not a {what} this version reads (format {data.get('format')!r}, "
                         f"expected {expected_format}); {other_format_hint or hint}")

@@ -28,12 +28,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ppocompress.cluster import check_address
+from ppocompress.compress.recovery.method import Recovery
 from ppocompress.errors import UserError
 from ppocompress.fileio import atomic_write_text, output_dir, read_json_object, remove_leftovers, staging_dir
 from ppocompress.search.deliver import deliver, recover_plan
 from ppocompress.search.env import Target
 from ppocompress.search.files import POLICY_DIR, RECOVERY_CHECKPOINTS, RESULT_FILE, STATE_FILE, TARGET_SET_FILE
-from ppocompress.search.floor import Judged, Recoveries, choose_target, delivered_target
+from ppocompress.search.floor import Judged, choose_target, delivered_target
 from ppocompress.search.prepare import Prepared, prepare
 from ppocompress.search.results import CompressResult, QualityFloor, TargetSetResult
 from ppocompress.search.scoring import ray_workers
@@ -81,7 +82,9 @@ def _run(settings: CompressSettings, out: Path, resume: bool, log, ray: str | No
             results = search(prepared, settings, state, state_path, out / POLICY_DIR, log)
             undelivered = [label for label in results
                            if not (resume and settings.delivers_set and (folders[label] / RESULT_FILE).exists())]
-            finals = finalists(prepared, targets, results, undelivered, log)
+            # a floor delivers one target, chosen by the delivered searcher's plans alone
+            searchers = None if settings.min_quality is None else [settings.searcher]
+            finals = finalists(prepared, targets, results, undelivered, log, searchers)
     state.save(state_path)
     if settings.min_quality is not None:
         return [_delivered_by_floor(prepared, settings, state, targets, finals, results, out, log)]
@@ -129,23 +132,34 @@ def _resumed_state(settings: CompressSettings, out: Path) -> SearchState:
 
 def _delivered_by_floor(prepared: Prepared, settings: CompressSettings, state: SearchState, targets: list[Target],
                         finals: dict, results: Results, out: Path, log) -> CompressResult:
-    """The target the quality floor chooses delivered into `out` (floor.py)."""
+    """The target the quality floor chooses delivered into `out` (floor.py), the other
+    searchers' plans for it chosen then."""
 
-    def recovered_by(with_settings: CompressSettings):
-        return lambda plan, checkpoint: recover_plan(prepared, with_settings, plan, out / RECOVERY_CHECKPOINTS / checkpoint)
+    def recover(with_settings: CompressSettings, plan, checkpoint: str):
+        return recover_plan(prepared, with_settings, plan, out / RECOVERY_CHECKPOINTS / checkpoint)
 
     plans = {label: by_searcher[settings.searcher] for label, by_searcher in finals.items()}
-    second = settings.floor_distillation()
-    recoveries = Recoveries(recovered_by(settings), str(settings.recovery),
-                            *(() if second is None else (recovered_by(second), str(second.recovery))))
     staging = staging_dir(out, "floor")  # the judged artifact stays until delivery has shipped it
     try:
         with _timed(state, "floor"):
-            floor, judged = choose_target(prepared, targets, plans, settings.min_quality, recoveries, staging, log)
+            floor, judged = choose_target(prepared, targets, plans, settings, recover, staging, log,
+                                          _estimates(prepared, settings, plans))
         target = delivered_target(targets, floor)
-        return _delivered(prepared, settings, state, target, finals[target.label], results, out, log, floor, judged)
+        others = [name for name in results[target.label] if name != settings.searcher]
+        chosen = finals[target.label] | (finalists(prepared, targets, results, [target.label], log, others)[target.label]
+                                         if others else {})
+        return _delivered(prepared, settings, state, target, chosen, results, out, log, floor, judged)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _estimates(prepared: Prepared, settings: CompressSettings, plans: dict) -> dict[str, float] | None:
+    """The search's score of each plan (label -> fidelity on its larger calibration subset),
+    where the search priced in the recovery the floor probes with first: it does least
+    squares (or nothing) as delivery does, but not distillation."""
+    if Recovery(settings.recovery).distills:
+        return None
+    return dict(zip(plans, prepared.scorer.qualities(list(plans.values()), "high")))
 
 
 def _delivered(prepared: Prepared, settings: CompressSettings, state: SearchState, target: Target, finals: dict | None,
@@ -153,7 +167,7 @@ def _delivered(prepared: Prepared, settings: CompressSettings, state: SearchStat
                judged: Judged | None = None) -> CompressResult:
     """The target's model delivered into `folder` with its result.json and report, or the
     result delivered before an interruption (finals None); floor: a quality floor's choice,
-    judged: the chosen plan as the floor judged it."""
+    judged: the delivered searcher's plan as the floor judged it (floor.choose_target)."""
     if finals is None:
         return CompressResult.from_file(folder / RESULT_FILE)
     from ppocompress.search.report import write_report  # matplotlib, only for the report's plots

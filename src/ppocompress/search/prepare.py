@@ -17,7 +17,7 @@ from ppocompress.compress.data.text import TextSplits, load_splits, subset
 from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
 from ppocompress.compress.ops.importance import LayerImportance, importance_scores
 from ppocompress.compress.recovery.method import Recovery
-from ppocompress.compress.runtimes import AUTO, REFERENCE, available_runtimes, get_runtime, no_generation
+from ppocompress.compress.runtimes import AUTO, REFERENCE, RUNTIMES, available_runtimes, get_runtime, no_generation
 from ppocompress.errors import UserError
 from ppocompress.search.cost_table import (
     CostTable,
@@ -53,7 +53,7 @@ from ppocompress.search.policy import load_policy
 from ppocompress.search.progress import count_bar
 from ppocompress.search.reward import additive_loss, quality_lost
 from ppocompress.search.scoring import EvaluatorSpec, RayScorer, Scorer
-from ppocompress.search.settings import FLOOR_SECOND_TRIES, MEASURED, CompressSettings
+from ppocompress.search.settings import MEASURED, CompressSettings
 from ppocompress.search.state import Measurements, SearchState
 
 IMPORTANCE_PASSAGES = 256
@@ -138,17 +138,18 @@ def _duration(settings: CompressSettings, state: SearchState, dense: LoadedModel
     """How long what is left of the run will take."""
     taken, layers = state.measurements, len(state.measurements.importance)
     pairs_left = 0 if drop_index(menu) is None else drop_pair_evaluations(layers) - sum(map(len, taken.drop_pairs))
-    likely_runtime = taken.runtime or _asked_runtime(settings, dense.is_causal)
-    targets, floor_distillation = settings.targets(), settings.floor_distillation()
+    # auto, not yet timed: a table this machine cached for any runtime is the one an earlier
+    # run's timing chose, which this run's is likely to choose again
+    likely = [taken.runtime] if taken.runtime else [settings.runtime] if settings.runtime != AUTO else list(RUNTIMES)
+    targets = settings.targets()
     return estimate(taken.importance_seconds, [s for s in settings.searchers() if s not in state.finished],
                     settings.max_evaluations(dense.is_causal), len(menu),
                     sensitivity_evaluations(layers - len(taken.sensitivity), len(menu)) + pairs_left,
-                    table_cached=table_cache_path(dense, menu, likely_runtime, table_setup(setup)).exists(),
+                    table_cached=any(table_cache_path(dense, menu, r, table_setup(setup)).exists() for r in likely),
                     dense_timed=taken.dense_ms is not None, measured=measured, causal=dense.is_causal,
                     distill_minutes=settings.distillation().minutes if Recovery(settings.recovery).distills else 0.0,
                     targets=len(targets), floor=settings.min_quality is not None,
-                    floor_distill_minutes=0.0 if floor_distillation is None
-                    else FLOOR_SECOND_TRIES * floor_distillation.distillation().minutes)
+                    floor_distill_minutes=settings.floor_distill_minutes())
 
 
 def model_menu(dense: LoadedModel, runtime: str) -> list[Level]:

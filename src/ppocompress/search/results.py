@@ -19,6 +19,9 @@ from ppocompress.search.plan import level_names, levels_from_names
 from ppocompress.search.recorder import Evaluation
 
 RESULT_FORMAT = "ppocompress.result/3"  # 3: a floor's probes name their recovery
+# Format 2 differs only there, so a result of 2 without a floor reads as it is; one with a
+# floor fails the schema check (its probes lack their recovery) and is run again.
+READABLE_RESULT_FORMATS = ("ppocompress.result/2",)
 
 
 @dataclass
@@ -70,11 +73,13 @@ class FloorProbe:
 class QualityFloor:
     """What the floor chose: probes in the order made (most compressed first, then any
     distillations from the least compressed up); chosen is the delivered target's label,
-    None when no target met the floor (dense int8 delivered)."""
+    None when no target met the floor (dense int8 delivered); skipped: the targets not
+    probed, with the search's own score of their plan, too far below the floor."""
 
     min_quality: float
     probes: list[FloorProbe]
     chosen: str | None
+    skipped: dict[str, float] = field(default_factory=dict)
 
     @property
     def met(self) -> bool:
@@ -91,7 +96,13 @@ class QualityFloor:
 
     @classmethod
     def from_dict(cls, data: dict) -> "QualityFloor":
-        return cls(data["min_quality"], [FloorProbe(**probe) for probe in data["probes"]], data["chosen"])
+        return cls(data["min_quality"], [FloorProbe(**probe) for probe in data["probes"]], data["chosen"],
+                   data.get("skipped", {}))  # absent where none was skipped before skipping was
+
+
+def delivers_dense_int8(floor: QualityFloor | None) -> bool:
+    """Whether a run delivers the dense int8 model, not a plan: its floor was met by none."""
+    return floor is not None and not floor.met
 
 
 def quality_columns(causal: bool, detailed: bool = False) -> list[tuple[str, str, str]]:
@@ -162,7 +173,7 @@ class CompressResult:
     @property
     def delivered(self) -> MeasuredModel:
         """The searcher's model, or dense int8 where a quality floor was met by no plan."""
-        return self.dense_int8 if self.floor is not None and not self.floor.met else self.searchers[self.searcher]
+        return self.dense_int8 if delivers_dense_int8(self.floor) else self.searchers[self.searcher]
 
     def prefill_speedup(self, model: MeasuredModel) -> float | None:
         """A causal LM's prompt processing against dense PyTorch fp32 (speedup is of decoding)."""
@@ -189,7 +200,7 @@ class CompressResult:
 
     @classmethod
     def from_file(cls, path: Path) -> "CompressResult":
-        data = read_versioned(path, "run result", RESULT_FORMAT, OUT_FOLDER, RUN_AGAIN)
+        data = read_versioned(path, "run result", RESULT_FORMAT, OUT_FOLDER, RUN_AGAIN, READABLE_RESULT_FORMATS)
         missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
         if missing:
             raise UserError(f"{path} lacks the field {missing[0]!r}; {RUN_AGAIN}")

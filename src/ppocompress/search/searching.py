@@ -130,15 +130,17 @@ def _reused_plans(prepared: Prepared, settings: CompressSettings, state: SearchS
     return [Evaluation(plan, reward, prepared.cost.speedup(plan)) for plan, reward in rewards.items()]
 
 
-def finalists(prepared: Prepared, targets: list[Target], results: Results, labels: list[str],
-              log) -> dict[str, dict[str, Plan]]:
-    """For each target of `labels`, each searcher's plan to deliver (best_at_high_fidelity)."""
+def finalists(prepared: Prepared, targets: list[Target], results: Results, labels: list[str], log,
+              searchers: list[str] | None = None) -> dict[str, dict[str, Plan]]:
+    """For each target of `labels`, each searcher's (of `searchers`; None: all) plan to
+    deliver (best_at_high_fidelity)."""
     estimate = estimated_loss(prepared, targets)
     finals = {}
     for label in labels:
-        log(f"{label}: re-scoring the best plans on more calibration text")
-        finals[label] = {name: best_at_high_fidelity(prepared.scorer, result, estimate)
-                         for name, result in results[label].items()}
+        names = [name for name in results[label] if searchers is None or name in searchers]
+        whose = "the" if searchers is None else f"{', '.join(names)}'s"
+        log(f"{label}: re-scoring {whose} best plans on more calibration text")
+        finals[label] = {name: best_at_high_fidelity(prepared.scorer, results[label][name], estimate) for name in names}
     return finals
 
 

@@ -33,6 +33,10 @@ FLOOR_INT8_SPEEDUPS = (1.1, 1.25, 1.5, 2.0)
 # says otherwise (short: a default run stays within a sitting).
 FLOOR_SECOND_TRIES = 2
 FLOOR_DISTILL_MINUTES = 3.0
+# A floor's plans are near the dense model (their quality is what it asks for), where
+# distillation's usual steps first undo what least squares won; smaller ones gain from
+# the first (docs/how-it-works.md#a-quality-floor).
+FLOOR_DISTILL_LEARNING_RATE = 1e-4
 # A causal LM's default target, against the dense int8 model itself (on an LLM runtime
 # int8 is already several times PyTorch, by a factor that depends on the CPU's float
 # precision), below what int4 in every layer gives: there the plan is chosen layer by
@@ -127,10 +131,13 @@ class CompressSettings:
         return DEFAULT_EVALS[causal] * (TARGET_SET_RUNS if self.delivers_set else 1)
 
     def distillation(self) -> DistillConfig:
-        """How each delivered plan is distilled (if the recovery distills)."""
-        if self.recover_minutes is None:
-            return DistillConfig(seed=self.seed)
-        return DistillConfig(minutes=self.recover_minutes, seed=self.seed)
+        """How each delivered plan is distilled (if the recovery distills): a floor's, after
+        least squares, at FLOOR_DISTILL_LEARNING_RATE."""
+        config = DistillConfig(seed=self.seed) if self.recover_minutes is None else DistillConfig(
+            minutes=self.recover_minutes, seed=self.seed)
+        if self.min_quality is None or Recovery.parse(self.recovery) != Recovery.LSQ_DISTILL:
+            return config
+        return replace(config, learning_rate=FLOOR_DISTILL_LEARNING_RATE)
 
     def floor_distillation(self) -> CompressSettings | None:
         """The settings a floor's second try recovers with (floor.py): least squares, then
@@ -139,6 +146,11 @@ class CompressSettings:
         if self.min_quality is None or Recovery.parse(self.recovery) != Recovery.LSQ:
             return None
         return replace(self, recovery=Recovery.LSQ_DISTILL, recover_minutes=self.recover_minutes or FLOOR_DISTILL_MINUTES)
+
+    def floor_distill_minutes(self) -> float:
+        """The longest a floor's distillations may take, all of them (0: it makes none)."""
+        second = self.floor_distillation()
+        return 0.0 if second is None else FLOOR_SECOND_TRIES * second.distillation().minutes
 
     def timing(self, causal: bool) -> TimingSetup:
         return TimingSetup.for_model(causal, self.threads)

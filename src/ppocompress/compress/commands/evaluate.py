@@ -169,7 +169,8 @@ def evaluate(dense: LoadedModel, texts: TextSplits, plan: CompressionPlan | None
         plan = candidate.plan
     elif plan is not None:
         candidate = compress(dense, plan, recovery, texts.calibration, quantize=False, validation=texts.validation,
-                             distillation=distillation, distill_texts=distill_texts, progress=True)
+                             distillation=replace(distillation, int8_kind=served_on.int8_kind),
+                             distill_texts=distill_texts, progress=True)
     if retrieval is None and not dense.is_causal:
         retrieval = retrieval_reference(dense.model, dense.tokenizer, texts.corpus)
     with tempfile.TemporaryDirectory(prefix="ppocompress-eval-") as workdir:

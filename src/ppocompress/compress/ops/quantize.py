@@ -189,22 +189,38 @@ class SimulatedInt8Linear(nn.Module):
             self.smooth = smooth
             weight = weight * smooth
             self.input_range = (float((statistics.low / smooth).min()), float((statistics.high / smooth).max()))
-        most = REDUCED_WEIGHT_MAX if statistics is None and onnx_runtime_reduces_range() else INT8_WEIGHT_MAX
-        scale = (weight.abs().amax(dim=1, keepdim=True) / most).clamp(min=1e-12)
-        self.register_buffer("weight", torch.round(weight / scale).clamp(-most, most) * scale)
+        most = dynamic_weight_max() if statistics is None else INT8_WEIGHT_MAX
+        self.register_buffer("weight", int8_weight(weight, most))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.smooth is not None:
             x = x / self.smooth
         if self.input_range is None:
-            low, high = x.min().clamp(max=0.0), x.max().clamp(min=0.0)
+            low, high = x.min(), x.max()
         else:
-            low, high = (torch.tensor(v, dtype=x.dtype) for v in (min(self.input_range[0], 0.0), max(self.input_range[1], 0.0)))
-        scale = ((high - low) / 255.0).clamp(min=1e-12)
-        zero_point = torch.round(-low / scale).clamp(0, 255)
-        quantized = (torch.round(x / scale) + zero_point).clamp(0, 255)
-        return nn.functional.linear((quantized - zero_point) * scale, self.weight, self.bias)
+            low, high = (torch.tensor(v, dtype=x.dtype) for v in self.input_range)
+        return nn.functional.linear(uint8_input(x, low, high), self.weight, self.bias)
+
+
+def dynamic_weight_max() -> int:
+    """The largest int8 weight ONNX Runtime's dynamic int8 uses on this processor."""
+    return REDUCED_WEIGHT_MAX if onnx_runtime_reduces_range() else INT8_WEIGHT_MAX
+
+
+def int8_weight(weight: torch.Tensor, most: int) -> torch.Tensor:
+    """`weight` [out, in] in symmetric int8 with a scale per output channel (values in
+    [-most, most]), back in float."""
+    scale = (weight.abs().amax(dim=1, keepdim=True) / most).clamp(min=1e-12)
+    return torch.round(weight / scale).clamp(-most, most) * scale
+
+
+def uint8_input(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """`x` in asymmetric uint8 over the range [low, high] widened to hold 0, back in float."""
+    low, high = low.clamp(max=0.0), high.clamp(min=0.0)
+    scale = ((high - low) / 255.0).clamp(min=1e-12)
+    zero_point = torch.round(-low / scale).clamp(0, 255)
+    return ((torch.round(x / scale) + zero_point).clamp(0, 255) - zero_point) * scale
 
 
 def simulate_int8_(module: nn.Module, statistics: dict[str, InputStatistics] | None = None) -> nn.Module:

@@ -1,8 +1,9 @@
 """Distillation: training a compressed model to behave like the dense one, on a time budget.
 
-The dense teacher's outputs are computed once and cached (float16): its final hidden
-states, and each kept layer's output. The student, the pruned model in fp32 (int8 is
-applied afterwards by its runtime), is trained on
+The dense teacher's outputs are computed for a batch when it is first trained on, and
+cached (float16): its final hidden states, and each kept layer's output. The student,
+the pruned model in fp32 (int8 is applied afterwards by its runtime; layers its runtime
+computes in dynamic int8 train as they will be served, served_int8.py), is trained on
 - the output: 1 - cosine of the mean-pooled sentence embeddings (encoders), or the KL
   divergence of the next-token distributions (causal LMs, the teacher's logits computed
   from its cached final states by its own output head);
@@ -19,14 +20,12 @@ Checkpoints are written atomically, so an interrupted distillation resumes.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +36,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ppocompress.compress.data.calibration import MAX_LENGTH, batches, by_length, ensure_pad_token
@@ -45,8 +43,9 @@ from ppocompress.compress.measure.fidelity import Fidelity, fidelity_for
 from ppocompress.compress.measure.quality import mean_pooled
 from ppocompress.compress.models.families import adapter_for
 from ppocompress.compress.models.loading import LoadedModel
+from ppocompress.compress.recovery.distill_checkpoint import fingerprint_of, load_checkpoint, save_checkpoint
+from ppocompress.compress.recovery.served_int8 import TRAINED_INT8, served_as_int8
 from ppocompress.errors import UserError
-from ppocompress.fileio import atomic_write_text
 from ppocompress.terminal import stderr_progress
 
 # A distillation is still gaining after several minutes, so the default budget is generous.
@@ -60,13 +59,12 @@ MIN_GAIN = 1e-4  # in fidelity: smaller changes count as no gain
 CACHE_BYTES = 3 * 2**30  # the teacher's cached states; passages beyond it are not used
 CHECKPOINT_EVERY_S = 120.0
 WARMUP_BEFORE_TIMING = 100  # steps the warm-up is assumed to last until the schedule is known
-POINTER = "latest.json"
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """How a distillation runs. minutes is the budget for training and validation (the
-    teacher's cache comes on top)."""
+    """How a distillation runs. minutes is its budget of wall time: training, validation
+    and the teacher's states."""
 
     minutes: float = DEFAULT_MINUTES
     learning_rate: float = 5e-4  # as good as the larger rates tried on MiniLM
@@ -76,6 +74,9 @@ class DistillConfig:
     hidden_weight: float = 1.0  # the layer-matching loss, against the output loss
     seed: int = 0
     steps: int | None = None  # a fixed schedule length (reproducible) instead of what the budget allows
+    # The serving runtime's int8 kind (Runtime.int8_kind): one of served_int8.TRAINED_INT8
+    # trains the int8-marked layers as it computes them; None, or another, in fp32.
+    int8_kind: str | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.minutes) and self.minutes > 0):
@@ -92,7 +93,7 @@ class DistillReport:
     steps: int = 0  # steps taken
     planned_steps: int = 0  # the schedule's length
     passages: int = 0  # distinct training passages (those whose teacher states fitted the cache)
-    seconds: float = 0.0  # training time, across resumes
+    seconds: float = 0.0  # wall time of training, validation and the teacher's states, across resumes
     validation: list[tuple[int, float]] = field(default_factory=list)  # (step, fidelity)
     best_step: int = 0
     best_fidelity: float = float("nan")
@@ -129,24 +130,36 @@ class _Batches:
 
 
 class _Teacher:
-    """The dense model's cached states for every training batch: the outputs of the
-    layers that are matched, and its final hidden states."""
+    """The dense model's states for each training batch: the outputs of the layers that
+    are matched, and its final hidden states; computed when a batch is first trained on
+    (a short budget uses few of the batches) and kept. `seconds`: the time they took;
+    `recomputed`: its part for the batches trained on before a resume (`seen`), which a
+    resumed run's budget does not pay for twice."""
 
-    def __init__(self, dense: LoadedModel, batches: _Batches, matched: list[int]):
-        self.dense = dense
+    def __init__(self, dense: LoadedModel, batches: _Batches, matched: list[int], seen: set[int]):
+        self.dense, self.batches, self.seen = dense, batches, seen
         adapter = adapter_for(dense.model)
-        base, layers = adapter.base(dense.model), adapter.layers(dense.model)
-        self.final, self.layers = [], []
-        with torch.inference_mode():
-            for batch in batches.batches:
-                outputs = _run_layers(base, [layers[i] for i in matched], batch, dense.is_causal)
-                self.final.append(outputs.pop().half())
-                self.layers.append([o.half() for o in outputs])
+        self.base, self.matched = adapter.base(dense.model), [adapter.layers(dense.model)[i] for i in matched]
+        self.cached: dict[int, tuple[list[torch.Tensor], torch.Tensor]] = {}
+        self.seconds = self.recomputed = 0.0
+
+    def states(self, index: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(the matched layers' outputs, the final hidden states) for batch `index`, float16."""
+        if index not in self.cached:
+            started = time.monotonic()
+            with torch.inference_mode():
+                outputs = _run_layers(self.base, self.matched, self.batches.batches[index], self.dense.is_causal)
+            final = outputs.pop().half()
+            self.cached[index] = ([o.half() for o in outputs], final)
+            self.seconds += time.monotonic() - started
+            if index in self.seen:
+                self.recomputed += time.monotonic() - started
+        return self.cached[index]
 
     def log_probs(self, index: int, mask: torch.Tensor) -> torch.Tensor:
-        """Next-token log-probabilities at the real positions, from the cached final states."""
+        """Next-token log-probabilities at the real positions, from the final states."""
         with torch.no_grad():
-            return torch.log_softmax(self.dense.model.get_output_embeddings()(self.final[index][mask].float()), -1)
+            return torch.log_softmax(self.dense.model.get_output_embeddings()(self.states(index)[1][mask].float()), -1)
 
 
 def _run_layers(base: nn.Module, watched: list[nn.Module], batch, causal: bool) -> list[torch.Tensor]:
@@ -214,22 +227,26 @@ def distill(dense: LoadedModel, compressed: LoadedModel, texts: list[str], valid
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
     student = _Student(compressed.model, adapter.base(compressed.model), [layers[i] for i in student_layers], parameters,
                        optimizer)
-    fingerprint = _fingerprint(compressed, config, batches.passages)
+    fingerprint = fingerprint_of(compressed.plan.to_dict(), config, batches.passages)
     best = {name: t.detach().clone() for name, t in compressed.model.state_dict().items()}
-    report = _load_checkpoint(checkpoint, fingerprint, compressed.model, optimizer, best) if checkpoint else None
+    saved = load_checkpoint(checkpoint, fingerprint, compressed.model, optimizer, best) if checkpoint else None
+    report = None if saved is None else DistillReport.from_dict(saved)
     judge = _validation(dense, validation, config.max_length)
-    if report is None:
-        report = DistillReport(passages=batches.passages, planned_steps=config.steps or 0)
-        started = time.monotonic()
-        report.best_fidelity = judge(compressed.model)
-        report.validation_seconds = time.monotonic() - started
-        report.validation.append((0, report.best_fidelity))
-    if not report.stopped:
-        def save() -> None:
-            _save_checkpoint(checkpoint, fingerprint, compressed.model, optimizer, best, report)
+    as_served = [layers[i] for i in compressed.plan.int8_layers()] if config.int8_kind in TRAINED_INT8 else []
+    with served_as_int8(as_served):  # validated as served too: the best weights are the served model's
+        if report is None:
+            report = DistillReport(passages=batches.passages, planned_steps=config.steps or 0)
+            started = time.monotonic()
+            report.best_fidelity = judge(compressed.model)
+            report.validation_seconds = time.monotonic() - started
+            report.validation.append((0, report.best_fidelity))
+        if not report.stopped:
+            def save() -> None:
+                save_checkpoint(checkpoint, fingerprint, compressed.model, optimizer, best, asdict(report), report.steps)
 
-        _train(student, batches, _Teacher(dense, batches, dense_layers), judge, config, report, best,
-               save if checkpoint else None, progress)
+            seen = {batches.index(step) for step in range(report.steps)}  # before a resume
+            _train(student, batches, _Teacher(dense, batches, dense_layers, seen), judge, config, report, best,
+                   save if checkpoint else None, progress)
     compressed.model.load_state_dict(best)
     for p in compressed.model.parameters():
         p.requires_grad_(False)
@@ -244,7 +261,8 @@ def _train(student: _Student, batches: _Batches, teacher: _Teacher, judge: Fidel
     budget = config.minutes * 60.0
     columns = [TextColumn("[bold]  distilling"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    start, last_save, timed_from = time.monotonic() - report.seconds, time.monotonic(), 0.0
+    start, last_save = time.monotonic() - report.seconds, time.monotonic()
+    timed_from = _Timing(report.steps, report.seconds, 0.0, 0)  # a resumed run times from where it resumed
     student.model.eval()  # no dropout: the student is matched to a deterministic teacher
     with stderr_progress(*columns, transient=True, disable=not progress) as bar:
         task = bar.add_task("distilling", total=report.planned_steps or None, completed=report.steps,
@@ -253,18 +271,19 @@ def _train(student: _Student, batches: _Batches, teacher: _Teacher, judge: Fidel
             if report.planned_steps and report.steps >= report.planned_steps:
                 report.stopped = "schedule"
                 break
-            if time.monotonic() - start >= budget:
+            if report.seconds >= budget:
                 report.stopped = "budget"
                 break
             _step(student, batches, teacher, config, report)
-            report.seconds = time.monotonic() - start
+            report.seconds = time.monotonic() - start - teacher.recomputed
             if report.steps == TIMING_FROM:
-                timed_from = report.seconds
-            if report.steps == TIMING_STEPS and not report.planned_steps:
-                _fix_schedule(report, budget, timed_from)
+                timed_from = _Timing(report.steps, report.seconds, teacher.seconds, len(teacher.cached))
+            if report.steps >= TIMING_STEPS and not report.planned_steps:
+                _fix_schedule(report, budget, timed_from, teacher)
                 bar.update(task, total=report.planned_steps)
             if report.planned_steps and report.steps % max(1, report.planned_steps // report.validations) == 0:
                 fidelity = _validate(student.model, judge, report, best)
+                report.seconds = time.monotonic() - start - teacher.recomputed
                 bar.update(task, status=f"validation {fidelity:.4f} (best {report.best_fidelity:.4f})")
             bar.update(task, completed=report.steps)
             if save and (report.stopped or time.monotonic() - last_save > CHECKPOINT_EVERY_S):
@@ -288,13 +307,28 @@ def _step(student: _Student, batches: _Batches, teacher: _Teacher, config: Disti
     report.steps += 1
 
 
-def _fix_schedule(report: DistillReport, budget: float, timed_from: float) -> None:
+class _Timing(NamedTuple):
+    """Where the steps that fix the schedule began to be timed."""
+
+    steps: int
+    seconds: float  # the run's
+    teacher_seconds: float
+    teacher_batches: int  # batches the teacher had run
+
+
+def _fix_schedule(report: DistillReport, budget: float, timed_from: _Timing, teacher: _Teacher) -> None:
     """The schedule's length: what the rest of the budget allows, the validations' time set
-    aside; the first steps (allocations, caches warming) are not timed."""
-    per_step = (report.seconds - timed_from) / (TIMING_STEPS - TIMING_FROM)
+    aside. A step costs the student's time, plus the teacher's the first time its batch
+    comes up (the rest of the first epoch); the first steps (allocations, caches warming)
+    are not timed."""
+    steps, teacher_seconds = report.steps - timed_from.steps, teacher.seconds - timed_from.teacher_seconds
+    student = max(1e-6, (report.seconds - timed_from.seconds - teacher_seconds) / max(1, steps))
+    first = student + teacher_seconds / max(1, len(teacher.cached) - timed_from.teacher_batches)  # a batch new to the teacher
     report.validations = max(2, min(VALIDATIONS, int(VALIDATION_SHARE * budget / report.validation_seconds)))
     left = budget - report.seconds - report.validations * report.validation_seconds
-    report.planned_steps = report.steps + max(1, int(left / per_step))
+    new_batches = min(len(teacher.batches.batches) - len(teacher.cached), max(0.0, left) / first)
+    steps = new_batches + max(0.0, left - new_batches * first) / student
+    report.planned_steps = report.steps + max(1, int(steps))
 
 
 def _validate(model: nn.Module, judge: Fidelity, report: DistillReport, best: dict) -> float:
@@ -320,12 +354,6 @@ def _learning_rate(config: DistillConfig, report: DistillReport) -> float:
     return config.learning_rate * min(rise, fall)
 
 
-def _fingerprint(compressed: LoadedModel, config: DistillConfig, passages: int) -> str:
-    """What a checkpoint must have been made with to be resumed: the plan, the settings and the data."""
-    described = json.dumps([compressed.plan.to_dict(), asdict(config), passages], sort_keys=True)
-    return hashlib.sha256(described.encode()).hexdigest()[:16]
-
-
 def _loss(model: nn.Module, base: nn.Module, watched: list[nn.Module], batch, teacher: _Teacher, index: int, causal: bool,
           hidden_weight: float) -> torch.Tensor:
     outputs = _run_layers(base, watched, batch, causal)
@@ -336,52 +364,10 @@ def _loss(model: nn.Module, base: nn.Module, watched: list[nn.Module], batch, te
         loss = F.kl_div(torch.log_softmax(logits, -1), teacher.log_probs(index, mask), log_target=True, reduction="batchmean")
     else:
         pooled = mean_pooled(final, batch["attention_mask"])
-        reference = mean_pooled(teacher.final[index].float(), batch["attention_mask"])
+        reference = mean_pooled(teacher.states(index)[1].float(), batch["attention_mask"])
         loss = 1.0 - (pooled * reference).sum(-1).mean()
     if hidden_weight > 0:
         matching = [F.mse_loss(out[mask], ref[mask].float()) / ref[mask].float().pow(2).mean().clamp(min=1e-12)
-                    for out, ref in zip(outputs + [final], teacher.layers[index] + [teacher.final[index]])]
+                    for out, ref in zip(outputs + [final], [*teacher.states(index)[0], teacher.states(index)[1]])]
         loss = loss + hidden_weight * torch.stack(matching).mean()
     return loss
-
-
-def _save_checkpoint(directory: Path, fingerprint: str, model: nn.Module, optimizer, best: dict, report: DistillReport) -> None:
-    """A complete checkpoint in a new folder, then the pointer to it replaced atomically,
-    then older folders removed: a kill at any point leaves one whole checkpoint."""
-    directory.mkdir(parents=True, exist_ok=True)
-    folder = directory / f"step-{report.steps}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "student.safetensors")
-    save_file({k: v.contiguous() for k, v in best.items()}, folder / "best.safetensors")
-    moments = {}
-    for i, p in enumerate(optimizer.param_groups[0]["params"]):
-        for key, value in optimizer.state.get(p, {}).items():
-            moments[f"{i}.{key}"] = torch.as_tensor(value).contiguous()
-    save_file(moments, folder / "optimizer.safetensors")
-    pointer = {"folder": folder.name, "fingerprint": fingerprint, "report": asdict(report)}
-    atomic_write_text(directory / POINTER, json.dumps(pointer))
-    for old in directory.glob("step-*"):
-        if old != folder:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(directory: Path, fingerprint: str, model: nn.Module, optimizer, best: dict) -> DistillReport | None:
-    """Restores the checkpoint in `directory` if it was made with the same fingerprint;
-    None if there is none (another plan's or settings' is removed)."""
-    pointer = directory / POINTER
-    if not pointer.exists():
-        return None
-    saved = json.loads(pointer.read_text())
-    if saved.get("fingerprint") != fingerprint:
-        shutil.rmtree(directory, ignore_errors=True)
-        return None
-    folder = directory / saved["folder"]
-    model.load_state_dict(load_file(folder / "student.safetensors"))
-    best.update(load_file(folder / "best.safetensors"))
-    moments = load_file(folder / "optimizer.safetensors")
-    for i, p in enumerate(optimizer.param_groups[0]["params"]):
-        state = {key.split(".", 1)[1]: value for key, value in moments.items() if key.split(".", 1)[0] == str(i)}
-        if state:
-            optimizer.state[p] = state
-    return DistillReport.from_dict(saved["report"])
