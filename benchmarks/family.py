@@ -100,7 +100,7 @@ def main() -> None:
         found = []
         for label, by_searcher in results.items():
             result = next(iter(by_searcher.values()))
-            plan = best_at_high_fidelity(prepared.evaluator, result, estimate)
+            plan, _ = best_at_high_fidelity(prepared.evaluator, result, estimate)
             target = float(label.removesuffix("x"))
             found.append(Found.judged(run_name, target, seed, plan, prepared, held_out, result.evaluations))
         return found

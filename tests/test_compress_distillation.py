@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -89,12 +90,16 @@ def test_int8_layers_a_dynamic_int8_runtime_serves_train_and_are_chosen_as_it_co
                    progress=False).validation[0][1] == pytest.approx(start_fp32, abs=1e-7)
 
 
-def test_an_interrupted_distillation_resumes_to_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("int8_kind", [None, "dynamic"])
+def test_an_interrupted_distillation_resumes_to_the_same_weights(int8_kind, tmp_path, monkeypatch):
+    """Also with int8 layers trained as served: the checkpoint holds the float weights."""
     monkeypatch.setattr(distillation_module, "PATIENCE", CONFIG.steps)  # the whole schedule runs
-    dense, uninterrupted = _pruned("bert", tmp_path)
-    expected = distill(dense, uninterrupted, TEXTS, VALIDATION, CONFIG, progress=False)
+    weights = Precision.INT8 if int8_kind else Precision.FLOAT
+    config = replace(CONFIG, int8_kind=int8_kind)
+    dense, uninterrupted = _pruned("bert", tmp_path, weights=weights)
+    expected = distill(dense, uninterrupted, TEXTS, VALIDATION, config, progress=False)
 
-    _, student = _pruned("bert", tmp_path / "again")
+    _, student = _pruned("bert", tmp_path / "again", weights=weights)
     checkpoint = tmp_path / "checkpoint"
     monkeypatch.setattr(distillation_module, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every step
     real_loss, calls = distillation_module._loss, []
@@ -107,15 +112,63 @@ def test_an_interrupted_distillation_resumes_to_the_same_weights(tmp_path, monke
 
     monkeypatch.setattr(distillation_module, "_loss", killed_at_step_25)
     with pytest.raises(KeyboardInterrupt):
-        distill(dense, student, TEXTS, VALIDATION, CONFIG, checkpoint=checkpoint, progress=False)
+        distill(dense, student, TEXTS, VALIDATION, config, checkpoint=checkpoint, progress=False)
     monkeypatch.setattr(distillation_module, "_loss", real_loss)
 
-    _, resumed = _pruned("bert", tmp_path / "third")
-    report = distill(dense, resumed, TEXTS, VALIDATION, CONFIG, checkpoint=checkpoint, progress=False)
+    _, resumed = _pruned("bert", tmp_path / "third", weights=weights)
+    report = distill(dense, resumed, TEXTS, VALIDATION, config, checkpoint=checkpoint, progress=False)
     assert report.steps == expected.steps == CONFIG.steps and report.validation == expected.validation
+    assert all(type(m) is not StraightThroughInt8Linear for m in resumed.model.modules())
     for name, tensor in _state(uninterrupted.model).items():
         assert torch.equal(resumed.model.state_dict()[name], tensor), name
     assert len(list(checkpoint.glob("step-*"))) == 1  # one whole checkpoint, the older ones removed
+
+
+def test_the_teacher_runs_only_on_the_batches_trained_on(tmp_path, monkeypatch):
+    made = []
+
+    class Recorded(distillation_module._Teacher):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(distillation_module, "_Teacher", Recorded)
+    dense, student = _pruned("bert", tmp_path)
+    distill(dense, student, TEXTS, VALIDATION, replace(CONFIG, steps=3), progress=False)
+    teacher, = made
+    assert len(teacher.batches.batches) > 3  # a short schedule: most batches are never trained on
+    assert sorted(teacher.cached) == sorted({teacher.batches.index(step) for step in range(3)})
+
+
+@pytest.mark.parametrize(("minutes", "stopped", "seconds"), [(0.5, "budget", 32.0), (3.0, "schedule", 176.0)])
+def test_the_budget_is_wall_time_with_the_teachers_passes_and_the_validations(minutes, stopped, seconds, tmp_path,
+                                                                              monkeypatch):
+    """On a clock where a training step takes 1 s, a batch new to the teacher 4 s more (8
+    batches) and a validation 2 s. Half a minute: the first validation, then steps of 5 s
+    until the budget is spent (32 s), before the steps that time the schedule end. Three
+    minutes: at step 30 (64 s) the schedule is fixed at 98 more steps of 1 s, 9
+    validations set aside; 7 fall within it (176 s)."""
+    clock = [0.0]
+
+    def advance(seconds: float, then):
+        def advanced(*args, **kwargs):
+            clock[0] += seconds
+            return then(*args, **kwargs)
+        return advanced
+
+    real_run_layers, real_validation = distillation_module._run_layers, distillation_module._validation
+
+    def run_layers(*args):  # the teacher's passes are the ones in inference mode
+        return (advance(4.0, real_run_layers) if torch.is_inference_mode_enabled() else real_run_layers)(*args)
+
+    monkeypatch.setattr(distillation_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(distillation_module, "_step", advance(1.0, distillation_module._step))
+    monkeypatch.setattr(distillation_module, "_run_layers", run_layers)
+    monkeypatch.setattr(distillation_module, "_validation", lambda *args: advance(2.0, real_validation(*args)))
+    monkeypatch.setattr(distillation_module, "PATIENCE", 1000)  # no stop for want of a gain
+    dense, student = _pruned("bert", tmp_path)
+    report = distill(dense, student, TEXTS, VALIDATION, replace(CONFIG, minutes=minutes, steps=None), progress=False)
+    assert report.stopped == stopped and report.validation_seconds == 2.0 and report.seconds == seconds
 
 
 def test_a_checkpoint_of_another_plan_is_not_resumed(tmp_path):

@@ -3,6 +3,7 @@ the backward pass the float layer's (straight-through), and the model is left as
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -10,9 +11,10 @@ from ppocompress.compress.ops.quantize import SimulatedInt8Linear, uint8_input
 from ppocompress.compress.recovery.served_int8 import StraightThroughInt8Linear, served_as_int8
 
 
-def test_a_straight_through_linear_computes_as_dynamic_int8_and_passes_gradients_through():
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_straight_through_linear_computes_as_dynamic_int8_and_passes_gradients_through(bias):
     torch.manual_seed(0)
-    linear = nn.Linear(16, 8)
+    linear = nn.Linear(16, 8, bias=bias)
     x = torch.randn(4, 5, 16, requires_grad=True)
     simulated = SimulatedInt8Linear(linear)
     y = StraightThroughInt8Linear(linear)(x)
@@ -23,7 +25,10 @@ def test_a_straight_through_linear_computes_as_dynamic_int8_and_passes_gradients
     rounded_input = uint8_input(x.detach(), x.detach().min(), x.detach().max())
     expected = upstream.reshape(-1, 8).T @ rounded_input.reshape(-1, 16)  # a float Linear's, at the rounded input
     assert torch.allclose(linear.weight.grad, expected, atol=1e-5)
-    assert torch.allclose(linear.bias.grad, upstream.reshape(-1, 8).sum(0), atol=1e-5)
+    if bias:
+        assert torch.allclose(linear.bias.grad, upstream.reshape(-1, 8).sum(0), atol=1e-5)
+    else:
+        assert linear.bias is None and list(StraightThroughInt8Linear(linear).state_dict()) == ["weight"]
     assert torch.allclose(x.grad, upstream @ simulated.weight, atol=1e-5)  # through the rounded weights
 
 

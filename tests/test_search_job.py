@@ -251,7 +251,8 @@ def test_searchers_that_found_the_same_plan_share_one_recovered_model_and_its_me
 
     def all_ppo_s(prepared, targets, results, labels, log, searchers=None):
         finals = real_finalists(prepared, targets, results, labels, log, searchers)
-        return {label: dict.fromkeys(plans, plans["ppo"]) for label, plans in finals.items()}
+        finals.plans = {label: dict.fromkeys(plans, plans["ppo"]) for label, plans in finals.plans.items()}
+        return finals
 
     monkeypatch.setattr(job_module, "finalists", all_ppo_s)
     lines = []

@@ -319,11 +319,11 @@ def test_the_finalists_include_the_plan_the_estimate_ranks_first_and_the_larger_
     result = SearchResult("ppo", plans[0], rewards[0], len(plans), [], [Evaluation(p, r, 1.0) for p, r in zip(plans, rewards)])
     estimate = {plan: (0.0 if plan == plans[-1] else 1.0 + index) for index, plan in enumerate(plans)}
     scorer = _HighFidelity({plan: (0.9 if plan == plans[-1] else 0.5) for plan in plans})
-    assert best_at_high_fidelity(scorer, result, estimate.__getitem__) == plans[-1]
+    assert best_at_high_fidelity(scorer, result, estimate.__getitem__) == (plans[-1], 0.9)
     assert scorer.asked == plans[:FINALISTS] + [plans[-1]]  # the plans ranked in between are not re-scored
 
     scorer = _HighFidelity({plan: (0.9 if plan == plans[1] else 0.5) for plan in plans})
-    assert best_at_high_fidelity(scorer, result, estimate.__getitem__) == plans[1]
+    assert best_at_high_fidelity(scorer, result, estimate.__getitem__) == (plans[1], 0.9)
 
 
 def test_a_plan_both_rankings_put_first_is_re_scored_once():
@@ -333,5 +333,5 @@ def test_a_plan_both_rankings_put_first_is_re_scored_once():
     result = SearchResult("ppo", plans[0], 1.0, len(plans), [],
                           [Evaluation(p, -float(index), 1.0) for index, p in enumerate(plans)])
     scorer = _HighFidelity(dict.fromkeys(plans, 0.5))
-    assert best_at_high_fidelity(scorer, result, lambda plan: float(plans.index(plan))) == plans[0]
+    assert best_at_high_fidelity(scorer, result, lambda plan: float(plans.index(plan))) == (plans[0], 0.5)
     assert scorer.asked == plans[:FINALISTS]

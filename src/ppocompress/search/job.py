@@ -38,7 +38,7 @@ from ppocompress.search.floor import Judged, choose_target, delivered_target
 from ppocompress.search.prepare import Prepared, prepare
 from ppocompress.search.results import CompressResult, QualityFloor, TargetSetResult
 from ppocompress.search.scoring import ray_workers
-from ppocompress.search.searching import Results, finalists, search, target_set_evaluations
+from ppocompress.search.searching import Finals, Results, finalists, search, target_set_evaluations
 from ppocompress.search.settings import CompressSettings
 from ppocompress.search.state import STATE_FORMAT, STATE_FORMAT_NAME, SearchState
 
@@ -88,8 +88,8 @@ def _run(settings: CompressSettings, out: Path, resume: bool, log, ray: str | No
     state.save(state_path)
     if settings.min_quality is not None:
         return [_delivered_by_floor(prepared, settings, state, targets, finals, results, out, log)]
-    delivered = [_delivered(prepared, settings, state, target, finals.get(target.label), results, folders[target.label], log)
-                 for target in targets]
+    delivered = [_delivered(prepared, settings, state, target, finals.plans.get(target.label), results,
+                            folders[target.label], log) for target in targets]
     if settings.delivers_set:
         _write_target_set(out, settings, delivered, results)
     return delivered
@@ -131,35 +131,35 @@ def _resumed_state(settings: CompressSettings, out: Path) -> SearchState:
 
 
 def _delivered_by_floor(prepared: Prepared, settings: CompressSettings, state: SearchState, targets: list[Target],
-                        finals: dict, results: Results, out: Path, log) -> CompressResult:
+                        finals: Finals, results: Results, out: Path, log) -> CompressResult:
     """The target the quality floor chooses delivered into `out` (floor.py), the other
     searchers' plans for it chosen then."""
 
     def recover(with_settings: CompressSettings, plan, checkpoint: str):
         return recover_plan(prepared, with_settings, plan, out / RECOVERY_CHECKPOINTS / checkpoint)
 
-    plans = {label: by_searcher[settings.searcher] for label, by_searcher in finals.items()}
+    plans = {label: by_searcher[settings.searcher] for label, by_searcher in finals.plans.items()}
     staging = staging_dir(out, "floor")  # the judged artifact stays until delivery has shipped it
     try:
         with _timed(state, "floor"):
             floor, judged = choose_target(prepared, targets, plans, settings, recover, staging, log,
-                                          _estimates(prepared, settings, plans))
+                                          _estimates(settings, finals))
         target = delivered_target(targets, floor)
         others = [name for name in results[target.label] if name != settings.searcher]
-        chosen = finals[target.label] | (finalists(prepared, targets, results, [target.label], log, others)[target.label]
-                                         if others else {})
+        chosen = finals.plans[target.label] | (
+            finalists(prepared, targets, results, [target.label], log, others).plans[target.label] if others else {})
         return _delivered(prepared, settings, state, target, chosen, results, out, log, floor, judged)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _estimates(prepared: Prepared, settings: CompressSettings, plans: dict) -> dict[str, float] | None:
-    """The search's score of each plan (label -> fidelity on its larger calibration subset),
-    where the search priced in the recovery the floor probes with first: it does least
-    squares (or nothing) as delivery does, but not distillation."""
+def _estimates(settings: CompressSettings, finals: Finals) -> dict[str, float] | None:
+    """The search's score of the delivered searcher's plans (label -> fidelity on the larger
+    calibration subset), where the search priced in the recovery the floor probes with
+    first: it does least squares (or nothing) as delivery does, but not distillation."""
     if Recovery(settings.recovery).distills:
         return None
-    return dict(zip(plans, prepared.scorer.qualities(list(plans.values()), "high")))
+    return {label: qualities[settings.searcher] for label, qualities in finals.qualities.items()}
 
 
 def _delivered(prepared: Prepared, settings: CompressSettings, state: SearchState, target: Target, finals: dict | None,

@@ -17,7 +17,7 @@ from ppocompress.compress.data.text import TextSplits, load_splits, subset
 from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
 from ppocompress.compress.ops.importance import LayerImportance, importance_scores
 from ppocompress.compress.recovery.method import Recovery
-from ppocompress.compress.runtimes import AUTO, REFERENCE, RUNTIMES, available_runtimes, get_runtime, no_generation
+from ppocompress.compress.runtimes import AUTO, REFERENCE, available_runtimes, get_runtime, no_generation
 from ppocompress.errors import UserError
 from ppocompress.search.cost_table import (
     CostTable,
@@ -138,9 +138,9 @@ def _duration(settings: CompressSettings, state: SearchState, dense: LoadedModel
     """How long what is left of the run will take."""
     taken, layers = state.measurements, len(state.measurements.importance)
     pairs_left = 0 if drop_index(menu) is None else drop_pair_evaluations(layers) - sum(map(len, taken.drop_pairs))
-    # auto, not yet timed: a table this machine cached for any runtime is the one an earlier
-    # run's timing chose, which this run's is likely to choose again
-    likely = [taken.runtime] if taken.runtime else [settings.runtime] if settings.runtime != AUTO else list(RUNTIMES)
+    # auto, not yet timed: a table this machine cached for a candidate is the one an earlier
+    # run's timing chose, which this run's is likely to choose again (no table: nothing timed)
+    likely = [] if not measured else [taken.runtime] if taken.runtime else _candidates(settings, dense, menu, log=None)
     targets = settings.targets()
     return estimate(taken.importance_seconds, [s for s in settings.searchers() if s not in state.finished],
                     settings.max_evaluations(dense.is_causal), len(menu),
@@ -172,10 +172,8 @@ def _serving_runtime(settings: CompressSettings, dense: LoadedModel, menu: list[
     the runtimes that serve every precision of the menu)."""
     if taken.runtime is None:
         if measured:
-            int4 = any(level.weights == Precision.INT4 for level in menu)
-            candidates = ([settings.runtime] if settings.runtime != AUTO
-                          else [r.name for r in available_runtimes(log, causal=dense.is_causal) if r.serves_int4 or not int4])
-            taken.dense_ms = time_dense_variants(dense, candidates, replace(setup, rounds=ANCHOR_ROUNDS),
+            taken.dense_ms = time_dense_variants(dense, _candidates(settings, dense, menu, log),
+                                                 replace(setup, rounds=ANCHOR_ROUNDS),
                                                  timing_calibration(dense, calibration), log)
             taken.runtime = settings.runtime if settings.runtime != AUTO else fastest_int8(taken.dense_ms)
         else:
@@ -184,6 +182,16 @@ def _serving_runtime(settings: CompressSettings, dense: LoadedModel, menu: list[
     get_runtime(taken.runtime).require()
     log(f"serving runtime: {taken.runtime}")
     return taken.runtime
+
+
+def _candidates(settings: CompressSettings, dense: LoadedModel, menu: list[Level], log) -> list[str]:
+    """The runtimes the serving one is chosen from: --runtime's, or for auto every runtime
+    that runs here and serves every precision of the menu (log: None, or where each
+    runtime that cannot run is reported)."""
+    if settings.runtime != AUTO:
+        return [settings.runtime]
+    int4 = any(level.weights == Precision.INT4 for level in menu)
+    return [r.name for r in available_runtimes(log, causal=dense.is_causal) if r.serves_int4 or not int4]
 
 
 def _latency_table(dense: LoadedModel, menu: list[Level], runtime: str, setup: TimingSetup, calibration: list[str],

@@ -6,6 +6,7 @@ plans, and the one the free estimate ranks first of those it scored."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ppocompress.search.baselines import best_of
@@ -130,30 +131,42 @@ def _reused_plans(prepared: Prepared, settings: CompressSettings, state: SearchS
     return [Evaluation(plan, reward, prepared.cost.speedup(plan)) for plan, reward in rewards.items()]
 
 
+@dataclass
+class Finals:
+    """Each target's plans to deliver (label -> searcher -> plan), and the same plans'
+    fidelity on the larger calibration subset, recovered as the search recovers."""
+
+    plans: dict[str, dict[str, Plan]] = field(default_factory=dict)
+    qualities: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
 def finalists(prepared: Prepared, targets: list[Target], results: Results, labels: list[str], log,
-              searchers: list[str] | None = None) -> dict[str, dict[str, Plan]]:
+              searchers: list[str] | None = None) -> Finals:
     """For each target of `labels`, each searcher's (of `searchers`; None: all) plan to
     deliver (best_at_high_fidelity)."""
     estimate = estimated_loss(prepared, targets)
-    finals = {}
+    finals = Finals()
     for label in labels:
         names = [name for name in results[label] if searchers is None or name in searchers]
         whose = "the" if searchers is None else f"{', '.join(names)}'s"
         log(f"{label}: re-scoring {whose} best plans on more calibration text")
-        finals[label] = {name: best_at_high_fidelity(prepared.scorer, results[label][name], estimate) for name in names}
+        best = {name: best_at_high_fidelity(prepared.scorer, results[label][name], estimate) for name in names}
+        finals.plans[label] = {name: plan for name, (plan, _) in best.items()}
+        finals.qualities[label] = {name: quality for name, (_, quality) in best.items()}
     return finals
 
 
-def best_at_high_fidelity(scorer: Scorer, result: SearchResult, estimated_loss: Callable[[Plan], float]) -> Plan:
+def best_at_high_fidelity(scorer: Scorer, result: SearchResult,
+                          estimated_loss: Callable[[Plan], float]) -> tuple[Plan, float]:
     """Of the searcher's FINALISTS best plans, and the plan of the lowest estimated loss it
-    scored, the best on the larger calibration subset. The best of many plans scored on a
-    few passages is partly the luckiest (a decoder's are scored on CAUSAL_LOW_FIDELITY):
-    the estimate, made from every layer's own measured drop, is a second opinion that
-    noise did not pick."""
+    scored, the best on the larger calibration subset, and its fidelity there. The best of
+    many plans scored on a few passages is partly the luckiest (a decoder's are scored on
+    CAUSAL_LOW_FIDELITY): the estimate, made from every layer's own measured drop, is a
+    second opinion that noise did not pick."""
     by_reward = sorted(result.evaluated, key=lambda e: e.reward, reverse=True)
     estimated_best = min((e.plan for e in result.evaluated), key=estimated_loss)
     candidates = list(dict.fromkeys([e.plan for e in by_reward[:FINALISTS]] + [estimated_best]))
-    return best_of(candidates, list(scorer.qualities(candidates, "high")))[0]
+    return best_of(candidates, list(scorer.qualities(candidates, "high")))
 
 
 def estimated_loss(prepared: Prepared, targets: list[Target]) -> Callable[[Plan], float]:

@@ -235,10 +235,16 @@ def simulate_int8_(module: nn.Module, statistics: dict[str, InputStatistics] | N
 def replace_linears(module: nn.Module, make) -> nn.Module:
     """Every nn.Linear inside `module` replaced by make(linear, its name inside module); a
     Linear `module` itself is returned replaced."""
-    if isinstance(module, nn.Linear):
+    return replace_modules(module, nn.Linear, make)
+
+
+def replace_modules(module: nn.Module, kind: type[nn.Module], make) -> nn.Module:
+    """Every module of type `kind` inside `module` replaced by make(it, its name inside
+    module); a `module` of that type itself is returned replaced."""
+    if isinstance(module, kind):
         return make(module, "")
     for name, child in list(module.named_modules()):
-        if isinstance(child, nn.Linear):
+        if isinstance(child, kind):
             parent_name, _, attribute = name.rpartition(".")
             parent = module.get_submodule(parent_name) if parent_name else module
             setattr(parent, attribute, make(child, name))

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ppocompress.compress.ops.quantize import dynamic_weight_max, int8_weight, uint8_input
+from ppocompress.compress.ops.quantize import dynamic_weight_max, int8_weight, replace_linears, replace_modules, uint8_input
 
 TRAINED_INT8 = ("dynamic",)  # the runtimes' int8 kinds (Runtime.int8_kind) trained as served
 
@@ -48,13 +48,19 @@ def _straight_through(value: torch.Tensor, rounded: torch.Tensor) -> torch.Tenso
 def served_as_int8(layers: list[nn.Module]) -> Iterator[None]:
     """Within the block, every nn.Linear inside `layers` computes as dynamic int8 and trains
     through it (StraightThroughInt8Linear); afterwards the Linears are back, their weights
-    as trained."""
-    swapped = [(parent, name, child) for layer in layers for parent in layer.modules()
-               for name, child in parent.named_children() if isinstance(child, nn.Linear)]
-    for parent, name, linear in swapped:
-        setattr(parent, name, StraightThroughInt8Linear(linear))
+    as trained (they are the same parameters)."""
+    originals: dict[nn.Module, nn.Linear] = {}
+
+    def served(linear: nn.Linear, _name: str) -> nn.Module:
+        replacement = StraightThroughInt8Linear(linear)
+        originals[replacement] = linear
+        return replacement
+
+    for layer in layers:
+        replace_linears(layer, served)
     try:
         yield
     finally:
-        for parent, name, linear in swapped:
-            setattr(parent, name, linear)
+        for layer in layers:
+            # one this block did not put there (an enclosing block's) stays for its own block to restore
+            replace_modules(layer, StraightThroughInt8Linear, lambda replacement, _name: originals.get(replacement, replacement))
