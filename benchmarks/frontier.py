@@ -11,9 +11,17 @@ delivers, measured as it measures it. A model's second recovery resumes from the
 run's search (its state, with the recovery changed), so both recover the same plans, and
 only delivery is run again.
 
+With --policy (a family run's saved policy, e.g. MiniLM's), the policy is also transferred
+to each other model, recovered by the first recovery: "zero-shot", its plan for each target with
+one evaluation a target (improved on the model's own one-off estimate, as compress does),
+and "continued", a short search from it (--transfer-evals in all), PPO's plans only. They
+reuse the dedicated run's one-off measurements (the same model and text: the same numbers),
+not its scored plans.
+
     python benchmarks/frontier.py [--models all-MiniLM-L6-v2,mpnet] [--targets 1.1,1.25,1.5,2]
                                   [--recoveries lsq,lsq+distill] [--recover-minutes 2]
                                   [--seeds 0] [--work runs/frontier] [--results frontier]
+                                  [--policy DIR] [--transfer-evals 100]
 
 Each run keeps its state in --work/<model>-<recovery>-seed<seed>, so an interrupted
 benchmark resumes where it stopped. Writes benchmarks/results/<results>.{txt,json}.
@@ -25,16 +33,18 @@ import argparse
 import json
 import shutil
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ppocompress.search.files import POLICY_DIR, STATE_FILE, TARGET_SET_FILE
 from ppocompress.search.job import run_compress
 from ppocompress.search.results import CompressResult, MeasuredModel, TargetSetResult
+from ppocompress.search.searchers import DEFAULT_SEARCHER
 from ppocompress.search.settings import FLOOR_INT8_SPEEDUPS, CompressSettings
 from publish import publish
 
 QUALITY_LEVELS = (0.99, 0.98, 0.97, 0.95)  # the fastest point keeping each is reported
+TRANSFERS = ("zero-shot", "continued")  # the --policy runs: one evaluation a target, and a short search
 
 
 @dataclass
@@ -69,6 +79,8 @@ def main() -> None:
     parser.add_argument("--recover-minutes", type=float, default=2.0)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--evals", type=int, default=None, help="per searcher over the family; default compress's")
+    parser.add_argument("--policy", type=Path, default=None, help="a family run's policy folder, transferred to each model")
+    parser.add_argument("--transfer-evals", type=int, default=100, help="the continued search's, over the family")
     parser.add_argument("--work", type=Path, default=Path("runs/frontier"))
     parser.add_argument("--results", default="frontier")
     args = parser.parse_args()
@@ -82,16 +94,59 @@ def main() -> None:
                                             recover_minutes=args.recover_minutes, seed=seed, evals=args.evals)
                 out = args.work / f"{model}-{recovery.replace('+', '-')}-seed{seed}"
                 family = _run(settings, out, searched)
+                _record(points, runs, settings, family, searched_by=None if searched is None else searched.name)
                 searched = searched or out
-                runs.append({"model": model, "seed": seed, "recovery": recovery, "runtime": family.members[0].runtime,
-                             "searched_by": None if out == searched else searched.name,
-                             "evaluations": family.evaluations,
-                             "minutes": {phase: seconds / 60 for phase, seconds in family.members[-1].run_seconds.items()}})
-                for result in family.members:
-                    for measured in [*result.searchers.values(), result.dense_int8]:
-                        points.append(Point.measured(model, recovery, seed, result, measured))
+            if args.policy is not None and model != _policy_model(args.policy):
+                _transfer(points, runs, args, targets, model, seed, searched)
     publish(args.results, _text(points, runs, args), {"runs": runs, "points": [asdict(p) for p in points],
                                                       "recover_minutes": args.recover_minutes})
+
+
+def _record(points: list[Point], runs: list[dict], settings: CompressSettings, family: TargetSetResult,
+            searched_by: str | None = None, transfer: str | None = None) -> None:
+    """The run's line and its delivered models' points; a transfer's are its searcher's plans
+    alone, named for it (its dense int8 timings would weigh its model's dense int8 rows)."""
+    shared = family.members[-1].run_seconds  # preparation and search: the last member's, totals after every resume
+    minutes = {phase: seconds / 60 for phase, seconds in shared.items() if phase != "delivery"}
+    minutes["delivery"] = sum(member.run_seconds.get("delivery", 0.0) for member in family.members) / 60
+    runs.append({"model": settings.model, "seed": settings.seed, "recovery": settings.recovery,
+                 "runtime": family.members[0].runtime, "searched_by": searched_by, "transfer": transfer,
+                 "evaluations": family.evaluations, "minutes": minutes})
+    for result in family.members:
+        if transfer is not None:
+            point = Point.measured(settings.model, settings.recovery, settings.seed, result, result.delivered)
+            points.append(replace(point, name=transfer))
+            continue
+        for measured in [*result.searchers.values(), result.dense_int8]:
+            points.append(Point.measured(settings.model, settings.recovery, settings.seed, result, measured))
+
+
+def _policy_model(policy: Path) -> str | None:
+    """The model the policy was searched on (its run's state), if the policy is in a run's
+    folder. Transferred to that model, it would find the plans its run scored, free: no
+    transfer."""
+    state = policy.parent / STATE_FILE
+    return json.loads(state.read_text())["settings"]["model"] if state.is_file() else None
+
+
+def _transfer(points: list[Point], runs: list[dict], args, targets: list[float], model: str, seed: int,
+              searched: Path) -> None:
+    """The --policy transferred to `model`: zero-shot, and a short search continued from it,
+    each with the one-off measurements of the dedicated run in `searched` (by the first
+    recovery, which they recover by)."""
+    recovery = args.recoveries.split(",")[0]
+    for name, evals in zip(TRANSFERS, (len(targets), args.transfer_evals)):
+        settings = CompressSettings(model=model, target_set_int8_speedups=targets, recovery=recovery,
+                                    recover_minutes=args.recover_minutes, seed=seed, evals=evals, baselines=False,
+                                    policy=str(args.policy))
+        out = args.work / f"{model}-{recovery.replace('+', '-')}-seed{seed}-{name}"
+        if not (out / STATE_FILE).exists() and not (out / TARGET_SET_FILE).exists():
+            state = json.loads((searched / STATE_FILE).read_text())
+            state["measurements"]["run_seconds"] = {}
+            state.update(settings=asdict(settings), evaluations={}, finished={})  # its own search, from the policy
+            out.mkdir(parents=True, exist_ok=True)
+            (out / STATE_FILE).write_text(json.dumps(state))
+        _record(points, runs, settings, _run(settings, out, None), transfer=name)
 
 
 def _run(settings: CompressSettings, out: Path, searched: Path | None) -> TargetSetResult:
@@ -115,8 +170,12 @@ def _text(points: list[Point], runs: list[dict], args) -> str:
              "Dense int8 is timed again in each target's rounds.", ""]
     for run in runs:
         minutes = ", ".join(f"{phase} {value:.1f}" for phase, value in run["minutes"].items())
-        lines.append(f"{run['model']} seed {run['seed']} {run['recovery']}: served on {run['runtime']}; minutes: {minutes}"
-                     + (f" (preparation and search: {run['searched_by']}'s)" if run["searched_by"] else ""))
+        evaluations = ", ".join(f"{name} {count}" for name, count in run["evaluations"].items())
+        lines.append(f"{run['model']} seed {run['seed']} {run['recovery']}"
+                     + (f" {run['transfer']} from {args.policy}" if run.get("transfer") else "")
+                     + f": served on {run['runtime']}; evaluations: {evaluations}; minutes: {minutes}"
+                     + (f" (preparation and search: {run['searched_by']}'s)" if run["searched_by"] else "")
+                     + (" (one-off measurements: the dedicated run's)" if run.get("transfer") else ""))
     by_group: dict[tuple[str, str], list[Point]] = {}
     for point in points:
         by_group.setdefault((point.model, point.recovery), []).append(point)
@@ -124,24 +183,42 @@ def _text(points: list[Point], runs: list[dict], args) -> str:
         lines += ["", f"{model}, {recovery} (mean over seeds): measured speedups, held-out quality",
                   f"{'target':<12}{'model':<14}{'x fp32':>8}{'x int8':>8}{'cosine':>8}{'nbr@10':>8}{'task@10':>8}"
                   f"{'MRR':>7}"]
-        for (target, name), same in _by(group, lambda p: (p.target, p.name)).items():
+        order = list(dict.fromkeys(p.target for p in group))  # a transfer's rows beside its target's others
+        for (target, name), same in _by(sorted(group, key=lambda p: order.index(p.target)),
+                                        lambda p: (p.target, p.name)).items():
             lines.append(f"{target:<12}{name:<14}{_mean(same, 'speedup'):>7.2f}x{_mean(same, 'vs_int8'):>7.2f}x"
                          f"{_mean(same, 'cosine'):>8.4f}{_mean(same, 'neighbour_recall'):>8.3f}"
                          f"{_mean(same, 'task_recall'):>8.3f}{_mean(same, 'task_mrr'):>7.3f}")
         lines.append("Best held-out cosine per target (searchers only): " + "; ".join(
             f"{target} {max(same, key=lambda p: p.cosine).name}"
-            for target, same in _by([p for p in group if p.name != "dense int8"], lambda p: p.target).items()))
+            for target, same in _by([p for p in group if p.name not in ("dense int8", *TRANSFERS)],
+                                    lambda p: p.target).items()))
         int8 = [p for p in group if p.name == "dense int8"]
         lines.append(f"dense int8, over every target's rounds: {_mean(int8, 'speedup'):.2f}x fp32, held-out cosine "
                      f"{_mean(int8, 'cosine'):.4f}, nbr@10 {_mean(int8, 'neighbour_recall'):.3f}")
         for level in QUALITY_LEVELS:
-            kept = [p for p in group if p.name != "dense int8" and p.cosine >= level]
+            kept = [p for p in group if p.name not in ("dense int8", *TRANSFERS) and p.cosine >= level]
             fastest = max(kept, key=lambda p: p.speedup, default=None)
             lines.append(f"fastest plan at held-out cosine >= {level}: " + (
                 "none" if fastest is None else
                 f"{fastest.name} at {fastest.target}, {fastest.speedup:.2f}x fp32, {fastest.vs_int8:.2f}x int8 "
                 f"(cosine {fastest.cosine:.4f}, seed {fastest.seed})"))
+        lines += _transfer_lines(group)
     return "\n".join(lines)
+
+
+def _transfer_lines(group: list[Point]) -> list[str]:
+    """Each transfer's held-out cosine against the dedicated PPO run's, target by target
+    (mean over seeds)."""
+    lines = []
+    for name in TRANSFERS:
+        pairs = [(target, _mean(same, "cosine"),
+                  _mean([p for p in group if p.target == target and p.name == DEFAULT_SEARCHER], "cosine"))
+                 for target, same in _by([p for p in group if p.name == name], lambda p: p.target).items()]
+        if pairs:
+            lines.append(f"{name} against the dedicated PPO run, held-out cosine: " + "; ".join(
+                f"{target} {mine:.4f} vs {own:.4f} ({mine - own:+.4f})" for target, mine, own in pairs))
+    return lines
 
 
 def _by(points: list[Point], key) -> dict:

@@ -134,6 +134,21 @@ def test_held_out_judges_retrieval_over_the_whole_corpus(tiny_model, tmp_path):
     assert HeldOut(dense, passages[:8]).judge(session).neighbour_recall_at_10 is None
 
 
+def test_a_model_judged_under_a_name_is_judged_once_and_others_each_time(tiny_model, tmp_path, monkeypatch):
+    dense = tiny_model("bert")
+    held_out = HeldOut(dense, [f"passage {i} on {w}" for i, w in enumerate(["rivers", "kings", "music", "trade"])])
+    runtime = get_runtime("torch")
+    session = runtime.session(runtime.export(dense, tmp_path / "dense", []))
+    first = held_out.judge(session, same="dense")
+    calls = []
+    monkeypatch.setattr(held_out, "_judge", lambda session: calls.append(session) or first)
+    assert held_out.judge("another export of it", same="dense") is first and calls == []
+    held_out.judge(session, same="dense int8")
+    held_out.judge(session)
+    held_out.judge(session)
+    assert calls == [session] * 3
+
+
 def test_a_causal_lm_is_judged_on_no_corpus(tiny_model):
     held_out = HeldOut(tiny_model("gpt2"), ["one passage of text here", "and another one of them"], corpus(30))
     assert held_out.retrieval is None and RetrievalQuality() == RetrievalQuality(neighbour_recall_at_10=None)

@@ -14,6 +14,7 @@ from ppocompress.errors import UserError
 from ppocompress.reporting import print_compress
 from ppocompress.rl.ppo import SAVE_FORMAT as PPO_SAVE_FORMAT
 from ppocompress.search import job as job_module
+from ppocompress.search import prepare as prepare_module
 from ppocompress.search.env import Target
 from ppocompress.search.evaluator import PlanEvaluator
 from ppocompress.search.floor import SKIP_MARGIN
@@ -198,9 +199,12 @@ def test_target_set_and_policy_options_fail_in_one_line(arguments, message, tmp_
 
 
 @pytest.mark.slow  # two deliveries: exports, latency subprocesses
-def test_a_target_set_run_delivers_a_model_per_target_and_its_policy_starts_a_new_run(setup, tmp_path, capsys):
+def test_a_target_set_run_delivers_a_model_per_target_and_its_policy_starts_a_new_run(setup, tmp_path, capsys,
+                                                                                      monkeypatch):
     model_dir, text = setup
     out = tmp_path / "family"
+    judges, real_held_out = [], prepare_module.HeldOut
+    monkeypatch.setattr(prepare_module, "HeldOut", lambda *args: judges.append(args) or real_held_out(*args))
     common = ["--model", str(model_dir), "--cost", "flops", "--text", str(text), "--runtime", "onnxruntime"]
     assert main(["compress", *common, "--targets", "1.5,1.2", "--evals", "16", "--out", str(out)]) == 0
     target_set = TargetSetResult.from_dir(out)
@@ -209,6 +213,7 @@ def test_a_target_set_run_delivers_a_model_per_target_and_its_policy_starts_a_ne
         assert set(member.searchers) == set(SEARCHERS)
         assert (out / folder / "model").is_dir() and (out / folder / "report.html").exists()
     assert target_set.evaluations["ppo"] <= 16 and target_set.evaluations["evolutionary"] <= 16
+    assert len(judges) == 1  # both targets judged by one HeldOut: the dense outputs computed once
     for name in ("report.html", "family_pareto.png", "family_plans.png"):
         assert (out / name).exists()
     *summary, _, done = capsys.readouterr().out.splitlines()

@@ -41,6 +41,8 @@ PROMPTS = ("The capital of France is", "Once upon a time, in a small village,", 
 GENERATED_TOKENS = 40
 DENSE, DENSE_INT8 = "dense", "dense int8"  # the dense alternatives on the serving runtime, by name
 DENSE_INT4, NNCF_MIXED = "dense int4", "nncf mixed"  # and where it serves int4 (see CompressResult.alternatives)
+# exported alike for every target of a run, so judged on held-out text once (HeldOut.judge)
+SAME_EVERY_TARGET = (DENSE, DENSE_INT8, DENSE_INT4)
 
 
 @dataclass
@@ -63,7 +65,7 @@ def deliver(prepared: Prepared, settings: CompressSettings, target: Target, fina
     judged it (measured, and shipped if it met the floor, as it is); where no plan met the
     floor, the dense int8 model is delivered."""
     runtime = get_runtime(prepared.runtime)
-    held_out = HeldOut(prepared.dense, prepared.texts.evaluation, prepared.texts.corpus)
+    held_out = prepared.held_out
     staging = staging_dir(out)
     try:
         torch_dense = get_runtime(REFERENCE).export(prepared.dense, staging / "torch-dense", [])
@@ -163,7 +165,7 @@ def _measure(prepared: Prepared, delivered: str, runtime: Runtime, torch_dense: 
     quality, generations = {}, {}
     for path, name in first.items():
         session = runtime.session(path)
-        quality[name] = held_out.judge(session)
+        quality[name] = held_out.judge(session, same=name if name in SAME_EVERY_TARGET else None)
         shown = [n for n in (DENSE, delivered) if artifacts.get(n) == path]  # the text a user would see
         if prepared.dense.is_causal and shown:
             text = greedy_generations(session, prepared.dense.tokenizer, list(PROMPTS), GENERATED_TOKENS)

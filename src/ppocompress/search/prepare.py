@@ -8,12 +8,14 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from ppocompress.compress import CompressionPlan, LayerPlan, LoadedModel, Precision, apply_plan, layer_table, load_model
 from ppocompress.compress.data.text import TextSplits, load_splits, subset
+from ppocompress.compress.measure.quality import HeldOut
 from ppocompress.compress.measure.timing import TimingSetup, measure_latencies
 from ppocompress.compress.ops.importance import LayerImportance, importance_scores
 from ppocompress.compress.recovery.method import Recovery
@@ -82,6 +84,12 @@ class Prepared:
     drop_interaction: np.ndarray | None
     shared_loss: float  # lost by the plan every plan starts from (a causal LM's int8 output head), additive_loss's scale
     features: np.ndarray  # (layers, 2) block influence and importance spread
+
+    @cached_property
+    def held_out(self) -> HeldOut:
+        """Delivery's judge, for every target of the run: the dense model's held-out outputs
+        (retrieval's over the corpus) are computed once."""
+        return HeldOut(self.dense, self.texts.evaluation, self.texts.corpus)
 
 
 def prepare(settings: CompressSettings, state: SearchState, save_state, log, workers: int | None = None) -> Prepared:

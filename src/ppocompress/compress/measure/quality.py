@@ -296,11 +296,12 @@ class HeldOut:
     """Held-out quality of a model as its runtime serves it, against dense PyTorch fp32:
     embeddings (cosine, Lee correlation, and retrieval over `corpus` when one is given) for
     encoders, next-token distributions (KL, top-1 agreement, perplexity) for causal LMs;
-    the dense outputs computed once."""
+    the dense outputs computed once, and a model judged under a name once (`judge`'s same)."""
 
     def __init__(self, dense, texts: list[str], corpus: Corpus | None = None):
         """dense: a LoadedModel; texts: the cosines'; corpus: retrieval's (TextSplits.corpus)."""
         self.dense, self.texts, self.retrieval = dense, texts, None
+        self._judged: dict[str, HeldOutQuality] = {}
         if dense.is_causal:
             self.texts = texts[:CAUSAL_HELD_OUT]
             self.reference = NextTokenReference(dense.model, dense.tokenizer, self.texts)
@@ -309,8 +310,16 @@ class HeldOut:
         if corpus is not None:
             self.retrieval = retrieval_reference(dense.model, dense.tokenizer, corpus)
 
-    def judge(self, session) -> HeldOutQuality:
-        """The quality of a runtime session's model."""
+    def judge(self, session, same: str | None = None) -> HeldOutQuality:
+        """The quality of a runtime session's model; same: a name every model judged under
+        it shares (the dense model exported again for the same runtime), judged only once."""
+        if same is None:
+            return self._judge(session)
+        if same not in self._judged:
+            self._judged[same] = self._judge(session)
+        return self._judged[same]
+
+    def _judge(self, session) -> HeldOutQuality:
         if self.dense.is_causal:
             compared = self.reference.compare(session)
             return HeldOutQuality(kl_heldout=compared.kl, top1_agreement=compared.top1_agreement,
