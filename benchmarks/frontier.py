@@ -140,25 +140,24 @@ def _transfer(points: list[Point], runs: list[dict], args, targets: list[float],
                                     recover_minutes=args.recover_minutes, seed=seed, evals=evals, baselines=False,
                                     policy=str(args.policy))
         out = args.work / f"{model}-{recovery.replace('+', '-')}-seed{seed}-{name}"
-        if not (out / STATE_FILE).exists() and not (out / TARGET_SET_FILE).exists():
-            state = json.loads((searched / STATE_FILE).read_text())
-            state["measurements"]["run_seconds"] = {}
-            state.update(settings=asdict(settings), evaluations={}, finished={})  # its own search, from the policy
-            out.mkdir(parents=True, exist_ok=True)
-            (out / STATE_FILE).write_text(json.dumps(state))
-        _record(points, runs, settings, _run(settings, out, None), transfer=name)
+        _record(points, runs, settings, _run(settings, out, searched, own_search=True), transfer=name)
 
 
-def _run(settings: CompressSettings, out: Path, searched: Path | None) -> TargetSetResult:
+def _run(settings: CompressSettings, out: Path, searched: Path | None, own_search: bool = False) -> TargetSetResult:
     """The family run in `out`: read if it finished, resumed if it was interrupted, else
-    started from the search in `searched` (None: a search of its own)."""
+    started from the run in `searched` (None: nothing): its search (another recovery of
+    the same plans), or with own_search only its one-off measurements."""
     if not (out / TARGET_SET_FILE).exists():
         if searched is not None and not (out / STATE_FILE).exists():
             state = json.loads((searched / STATE_FILE).read_text())
-            state["settings"] = asdict(settings)  # what --resume checks: the same search, another recovery
+            state["settings"] = asdict(settings)  # what --resume checks
+            if own_search:
+                state.update(evaluations={}, finished={})
+                state["measurements"]["run_seconds"] = {}
             out.mkdir(parents=True, exist_ok=True)
             (out / STATE_FILE).write_text(json.dumps(state))
-            shutil.copytree(searched / POLICY_DIR, out / POLICY_DIR, dirs_exist_ok=True)
+            if not own_search:
+                shutil.copytree(searched / POLICY_DIR, out / POLICY_DIR, dirs_exist_ok=True)
         run_compress(settings, out, resume=(out / STATE_FILE).exists(), log=lambda line: print(line, flush=True))
     return TargetSetResult.from_dir(out)
 
