@@ -36,6 +36,7 @@ import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from ppocompress.search.deliver import DENSE_INT8
 from ppocompress.search.files import POLICY_DIR, STATE_FILE, TARGET_SET_FILE
 from ppocompress.search.job import run_compress
 from ppocompress.search.results import CompressResult, MeasuredModel, TargetSetResult
@@ -190,13 +191,13 @@ def _text(points: list[Point], runs: list[dict], args) -> str:
                          f"{_mean(same, 'task_recall'):>8.3f}{_mean(same, 'task_mrr'):>7.3f}")
         lines.append("Best held-out cosine per target (searchers only): " + "; ".join(
             f"{target} {max(same, key=lambda p: p.cosine).name}"
-            for target, same in _by([p for p in group if p.name not in ("dense int8", *TRANSFERS)],
+            for target, same in _by([p for p in group if p.name not in (DENSE_INT8, *TRANSFERS)],
                                     lambda p: p.target).items()))
-        int8 = [p for p in group if p.name == "dense int8"]
+        int8 = [p for p in group if p.name == DENSE_INT8]
         lines.append(f"dense int8, over every target's rounds: {_mean(int8, 'speedup'):.2f}x fp32, held-out cosine "
                      f"{_mean(int8, 'cosine'):.4f}, nbr@10 {_mean(int8, 'neighbour_recall'):.3f}")
         for level in QUALITY_LEVELS:
-            kept = [p for p in group if p.name not in ("dense int8", *TRANSFERS) and p.cosine >= level]
+            kept = [p for p in group if p.name not in (DENSE_INT8, *TRANSFERS) and p.cosine >= level]
             fastest = max(kept, key=lambda p: p.speedup, default=None)
             lines.append(f"fastest plan at held-out cosine >= {level}: " + (
                 "none" if fastest is None else

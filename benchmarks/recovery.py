@@ -1,11 +1,11 @@
 """Recovery on all-MiniLM-L6-v2: none, least squares (lsq) and lsq then distillation, for
 uniform 75/75 and 50/50 plans (heads/FFN neurons kept in every layer, int8) and the PPO
-plans searchers.py found at 5x and 6x (benchmarks/plans/). Each model is judged as it is
-served (OpenVINO, static int8): mean cosine to dense PyTorch fp32 embeddings on every
-held-out source, Lee correlation, and the minutes each recovery took; each plan's speedup
-is measured against dense PyTorch fp32 side by side in one run at the end. Finished
-cells are kept in --work, so an interrupted benchmark continues (a distillation from its
-checkpoint).
+plans searchers.py and frontier.py found (benchmarks/plans/). Each model is judged as it
+is served (OpenVINO, static int8 where the plan quantizes): mean cosine to dense PyTorch
+fp32 embeddings on every held-out source, Lee correlation, and the minutes each recovery
+took; each plan's speedup is measured against dense PyTorch fp32 side by side in one run
+at the end. Finished cells are kept in --work, so an interrupted benchmark continues (a
+distillation from its checkpoint).
 
     python benchmarks/recovery.py [--minutes 20] [--plans uniform-75,uniform-50,ppo-5x,ppo-6x]
                                   [--recoveries none,lsq,lsq+distill] [--results recovery]
@@ -53,8 +53,9 @@ from ppocompress.search.prepare import IMPORTANCE_PASSAGES, all_int8
 from publish import publish
 
 PLANS_DIR = Path(__file__).parent / "plans"
-# Every plan in plans/ (minilm-NAME.json) is NAME here: the PPO plans at 5x and 6x, and the
-# plans of all four searchers at 6x (seeds 0 and 1) for how well lsq ranks plans for distillation.
+# Every plan in plans/ (minilm-NAME.json) is NAME here: the PPO plans at 5x and 6x, the
+# plans of all four searchers at 6x (seeds 0 and 1) for how well lsq ranks plans for distillation,
+# and the PPO plans of the frontier run on a Xeon with AMX (amx-ppo-*, some layers left in float).
 PLANS = {
     "uniform-75": Variant("uniform 75/75", group_keep=0.75, neuron_keep=0.75, weights=Precision.INT8),
     "uniform-50": Variant("uniform 50/50", group_keep=0.5, neuron_keep=0.5, weights=Precision.INT8),
@@ -149,7 +150,8 @@ def main() -> None:
 
     sources = list(held_out)
     width = max(14, *(len(PLANS[name].name) for name in names))
-    lines = [f"all-MiniLM-L6-v2 served on {runtime.name} (static int8 in every layer); speedup against dense PyTorch fp32, "
+    lines = [f"all-MiniLM-L6-v2 served on {runtime.name} (static int8 where a plan quantizes); "
+             "speedup against dense PyTorch fp32, "
              f"batch {setup.batch_size} x {setup.seq_len}, {setup.threads} threads, {setup.rounds} rounds, same run",
              f"held-out cosine to dense per source ({', '.join(f'{s} {len(held_out[s])}' for s in sources)} passages), "
              f"distillation budget {args.minutes:g} min; validation: the reviews validation split",
