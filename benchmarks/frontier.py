@@ -189,15 +189,14 @@ def _text(points: list[Point], runs: list[dict], args) -> str:
             lines.append(f"{target:<12}{name:<14}{_mean(same, 'speedup'):>7.2f}x{_mean(same, 'vs_int8'):>7.2f}x"
                          f"{_mean(same, 'cosine'):>8.4f}{_mean(same, 'neighbour_recall'):>8.3f}"
                          f"{_mean(same, 'task_recall'):>8.3f}{_mean(same, 'task_mrr'):>7.3f}")
+        searched = [p for p in group if p.name not in (DENSE_INT8, *TRANSFERS)]  # a run's own searchers' plans
         lines.append("Best held-out cosine per target (searchers only): " + "; ".join(
-            f"{target} {max(same, key=lambda p: p.cosine).name}"
-            for target, same in _by([p for p in group if p.name not in (DENSE_INT8, *TRANSFERS)],
-                                    lambda p: p.target).items()))
+            f"{target} {max(same, key=lambda p: p.cosine).name}" for target, same in _by(searched, lambda p: p.target).items()))
         int8 = [p for p in group if p.name == DENSE_INT8]
         lines.append(f"dense int8, over every target's rounds: {_mean(int8, 'speedup'):.2f}x fp32, held-out cosine "
                      f"{_mean(int8, 'cosine'):.4f}, nbr@10 {_mean(int8, 'neighbour_recall'):.3f}")
         for level in QUALITY_LEVELS:
-            kept = [p for p in group if p.name not in (DENSE_INT8, *TRANSFERS) and p.cosine >= level]
+            kept = [p for p in searched if p.cosine >= level]
             fastest = max(kept, key=lambda p: p.speedup, default=None)
             lines.append(f"fastest plan at held-out cosine >= {level}: " + (
                 "none" if fastest is None else
